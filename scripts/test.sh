@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The one test command (README, .ci/run): installs what the tests need, then runs every check:
+# formatting, clippy with warnings as errors, shellcheck, and the whole test suite (unit tests,
+# integration tests that start the real binaries, end-to-end tests with real sidecars).
+set -euo pipefail
+# shellcheck source=scripts/env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$REPO_ROOT"
+
+step() { printf '\n=== %s\n' "$*" >&2; }
+
+step "set-up"
+scripts/setup-test-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "shellcheck"
+mapfile -t shells < <(git ls-files '*.sh' '.ci/run' 'scripts/*')
+shellcheck -x "${shells[@]}"
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build binaries"
+cargo build --workspace --bins --locked
+
+step "tests"
+cargo nextest run --workspace --locked --no-fail-fast
+cargo test --workspace --doc --locked

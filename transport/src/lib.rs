@@ -1,0 +1,24 @@
+//! Endpoints shared by every process in the workspace.
+//!
+//! One address syntax names a place to listen or to dial, whatever the transport:
+//!
+//! | form | listen | dial |
+//! |---|---|---|
+//! | `vsock://CID:PORT` (`CID` may be `any` for a listener) | yes | yes |
+//! | `unix:///absolute/path` | yes | yes |
+//! | `tcp://HOST:PORT` (IPv4, `[IPv6]`, or a name when dialing) | yes | yes |
+//! | `vsock-hybrid:///path/to/uds:PORT` (Firecracker / vhost-device-vsock host side) | no | yes |
+//!
+//! [`Listener`] and [`Stream`] hide the transport so that servers and tests run the same code
+//! over Unix and TCP sockets where no vsock device exists.
+#![deny(unsafe_code)]
+
+mod endpoint;
+mod hybrid;
+mod listener;
+mod stream;
+
+pub use endpoint::{Endpoint, EndpointError, Host, VsockCid};
+pub use hybrid::HybridError;
+pub use listener::{BindError, Listener};
+pub use stream::{ConnectError, PeerAddr, Stream};
