@@ -16,6 +16,7 @@
 mod endpoint;
 mod hybrid;
 mod listener;
+pub mod socks5;
 mod stream;
 
 pub use endpoint::{Endpoint, EndpointError, Host, VsockCid};
