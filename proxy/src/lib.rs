@@ -1,0 +1,3 @@
+//! vsockproxy: the parent-instance vsock proxy daemon.
+
+pub mod policy;
