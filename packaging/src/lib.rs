@@ -1,1 +1,12 @@
 //! packaging: the enclave image (EIF), its PCRs and the AMI bundle.
+//!
+//! - [`eif`]: the EIF v4 format, a streaming writer and reader, PCR0/1/2/8;
+//! - [`cpio`]: a deterministic newc archive writer (the ramdisks);
+//! - [`build`]: `eif build`, the native (docker-free) path and the nitro-cli path;
+//! - [`bundle`]: the `dist/aws` layout, its manifest and `verify`.
+
+pub mod build;
+pub mod bundle;
+pub mod cpio;
+pub mod eif;
+pub mod progress;

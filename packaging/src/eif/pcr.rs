@@ -1,0 +1,161 @@
+//! PCR computation for an EIF, as nitro-cli does it at build and at describe time.
+//!
+//! Source: aws-nitro-enclaves-image-format `src/utils/mod.rs` (`EifBuilder::measure`,
+//! `get_pcrs`) and `src/defs/eif_hasher.rs`. nitro-cli uses `EifHasher::new_without_cache`, which
+//! passes every byte straight to one SHA-384; at the end `tpm_extend_finalize_reset` returns
+//! `SHA-384(48 zero bytes || SHA-384(data))`, i.e. one TPM-style extend of a zeroed register.
+//!
+//! - PCR0: kernel, cmdline, every ramdisk (in file order);
+//! - PCR1: kernel, cmdline, the first ramdisk (the bootstrap ramdisk);
+//! - PCR2: the other ramdisks (the application);
+//! - PCR8: the DER form of the signing certificate (signed images only).
+//!
+//! Metadata and the signature section are not measured.
+
+use sha2::{Digest, Sha384};
+use std::collections::BTreeMap;
+
+/// What nitro-cli prints as `HashAlgorithm` (it formats its hasher with `{:?}`).
+pub const HASH_ALGORITHM: &str = "Sha384 { ... }";
+pub const PCR_LEN: usize = 48;
+
+/// `SHA-384(zeros || SHA-384(data))` given the inner digest.
+pub fn extend_from_zero(inner: &[u8]) -> [u8; PCR_LEN] {
+    let mut h = Sha384::new();
+    h.update([0u8; PCR_LEN]);
+    h.update(inner);
+    h.finalize().into()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Measurements {
+    #[serde(rename = "HashAlgorithm")]
+    pub hash_algorithm: String,
+    #[serde(rename = "PCR0")]
+    pub pcr0: String,
+    #[serde(rename = "PCR1")]
+    pub pcr1: String,
+    #[serde(rename = "PCR2")]
+    pub pcr2: String,
+    #[serde(rename = "PCR8", skip_serializing_if = "Option::is_none", default)]
+    pub pcr8: Option<String>,
+}
+
+impl Measurements {
+    pub fn as_map(&self) -> BTreeMap<&'static str, &str> {
+        let mut m = BTreeMap::new();
+        m.insert("PCR0", self.pcr0.as_str());
+        m.insert("PCR1", self.pcr1.as_str());
+        m.insert("PCR2", self.pcr2.as_str());
+        if let Some(p) = &self.pcr8 {
+            m.insert("PCR8", p.as_str());
+        }
+        m
+    }
+}
+
+/// Feeds section data in file order; knows which register each section belongs to.
+#[derive(Clone, Default)]
+pub struct PcrHasher {
+    image: Sha384,
+    bootstrap: Sha384,
+    app: Sha384,
+    cert: Option<[u8; PCR_LEN]>,
+    ramdisks_seen: usize,
+}
+
+/// Where the bytes being fed belong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Measured {
+    /// kernel and cmdline: PCR0 and PCR1.
+    Boot,
+    /// the first ramdisk: PCR0 and PCR1; later ramdisks: PCR0 and PCR2.
+    Ramdisk,
+    NotMeasured,
+}
+
+impl PcrHasher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Call once before feeding each ramdisk's bytes with `update(Measured::Ramdisk, ..)`.
+    pub fn start_ramdisk(&mut self) {
+        self.ramdisks_seen += 1;
+    }
+
+    pub fn update(&mut self, what: Measured, data: &[u8]) {
+        match what {
+            Measured::Boot => {
+                self.image.update(data);
+                self.bootstrap.update(data);
+            }
+            Measured::Ramdisk => {
+                self.image.update(data);
+                if self.ramdisks_seen <= 1 {
+                    self.bootstrap.update(data);
+                } else {
+                    self.app.update(data);
+                }
+            }
+            Measured::NotMeasured => {}
+        }
+    }
+
+    /// Records the signing certificate (DER) for PCR8.
+    pub fn set_certificate_der(&mut self, der: &[u8]) {
+        self.cert = Some(Sha384::digest(der).into());
+    }
+
+    pub fn finish(self) -> Measurements {
+        let reg = |h: Sha384| hex::encode(extend_from_zero(&h.finalize()));
+        Measurements {
+            hash_algorithm: HASH_ALGORITHM.to_string(),
+            pcr0: reg(self.image),
+            pcr1: reg(self.bootstrap),
+            pcr2: reg(self.app),
+            pcr8: self.cert.map(|c| hex::encode(extend_from_zero(&c))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extend_matches_the_definition() {
+        // sha384(48 zero bytes || sha384("abc")), spelled out independently.
+        let inner = Sha384::digest(b"abc");
+        let mut buf = vec![0u8; 48];
+        buf.extend_from_slice(&inner);
+        assert_eq!(extend_from_zero(&inner).to_vec(), Sha384::digest(&buf).to_vec());
+    }
+
+    #[test]
+    fn registers_split_ramdisks_between_pcr1_and_pcr2() {
+        let mut h = PcrHasher::new();
+        h.update(Measured::Boot, b"kernel");
+        h.update(Measured::Boot, b"cmdline");
+        h.update(Measured::NotMeasured, b"metadata");
+        h.start_ramdisk();
+        h.update(Measured::Ramdisk, b"first");
+        h.start_ramdisk();
+        h.update(Measured::Ramdisk, b"second");
+        h.start_ramdisk();
+        h.update(Measured::Ramdisk, b"third");
+        let m = h.finish();
+        let pcr = |d: &[u8]| hex::encode(extend_from_zero(&Sha384::digest(d)));
+        assert_eq!(m.pcr0, pcr(b"kernelcmdlinefirstsecondthird"));
+        assert_eq!(m.pcr1, pcr(b"kernelcmdlinefirst"));
+        assert_eq!(m.pcr2, pcr(b"secondthird"));
+        assert_eq!(m.pcr8, None);
+    }
+
+    #[test]
+    fn empty_pcr2_is_the_extend_of_the_empty_digest() {
+        // An image with a single ramdisk has PCR2 = extend(sha384("")), as nitro-cli reports.
+        let m = PcrHasher::new().finish();
+        assert_eq!(m.pcr2, hex::encode(extend_from_zero(&Sha384::digest(b""))));
+    }
+}

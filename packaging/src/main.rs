@@ -1,0 +1,250 @@
+//! kv-packager: build and describe enclave images, lay out and verify the AMI bundle.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use packaging::build::{self, Arch, NativeArgs};
+use packaging::bundle::{self, BundleSpec, CollectorPackage};
+use packaging::eif;
+use packaging::eif::metadata::rfc3339_utc;
+use packaging::progress::Progress;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "kv-packager", version, about = "Enclave images (EIF), PCRs and the AMI bundle")]
+struct Cli {
+    /// Machine-readable JSON on stdout (and no progress bars).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Enclave image files.
+    #[command(subcommand)]
+    Eif(EifCmd),
+    /// Lay out dist/aws: EIF, proxy, units, envoy and collector config, launcher, manifest.json.
+    Bundle(Box<BundleArgs>),
+    /// Recompute a bundle's hashes, sizes, modes and PCRs against its manifest.json.
+    Verify {
+        /// The bundle directory (e.g. dist/aws).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum EifCmd {
+    /// Build an EIF: natively from a kernel and a rootfs directory, or with nitro-cli.
+    Build(Box<BuildArgs>),
+    /// Print an EIF's sections and measurements (PCR0/1/2, PCR8 when signed) as JSON.
+    Describe {
+        /// The .eif file.
+        file: PathBuf,
+        /// Report a CRC mismatch in CheckCRC instead of failing.
+        #[arg(long)]
+        no_crc_check: bool,
+    },
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Output .eif file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Build with `nitro-cli build-enclave` from this docker image instead of natively.
+    #[arg(long, conflicts_with_all = ["kernel", "rootfs", "blobs", "init"])]
+    docker_uri: Option<String>,
+    /// Kernel image (bzImage on x86_64, Image on aarch64).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Directory with nitro-cli's blobs (kernel, cmdline, init, nsm.ko); flags override it.
+    #[arg(long)]
+    blobs: Option<PathBuf>,
+    /// The init (PID 1): our enclave-init binary, or AWS's from --blobs.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// The NSM driver module, loaded by the init when present.
+    #[arg(long)]
+    nsm_ko: Option<PathBuf>,
+    /// Extra kernel modules for the bootstrap ramdisk, loaded in the order given.
+    #[arg(long = "module")]
+    modules: Vec<PathBuf>,
+    /// The application root file system (becomes /rootfs, then / after switch-root).
+    #[arg(long)]
+    rootfs: Option<PathBuf>,
+    /// The application's command: a JSON array or whitespace-separated words.
+    #[arg(long)]
+    cmd: Option<String>,
+    /// Environment for the application, KEY=VALUE (repeatable).
+    #[arg(long)]
+    env: Vec<String>,
+    #[arg(long, value_enum, default_value = "x86_64")]
+    arch: Arch,
+    /// Timestamp for every file and the image's build time (reproducible builds).
+    #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
+    source_date_epoch: u64,
+    /// Image name in the EIF metadata.
+    #[arg(long, default_value = "kv-server")]
+    name: String,
+    /// Image version in the EIF metadata.
+    #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+    image_version: String,
+}
+
+#[derive(Args)]
+struct BundleArgs {
+    /// Output directory.
+    #[arg(long, default_value = "dist/aws")]
+    out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
+    /// The enclave image (becomes server_enclave_image.eif).
+    #[arg(long)]
+    eif: PathBuf,
+    /// The vsockproxy binary (becomes proxy).
+    #[arg(long)]
+    proxy: PathBuf,
+    /// Directory with vsockproxy.service and the other units.
+    #[arg(long, default_value = "systemd")]
+    systemd_dir: PathBuf,
+    #[arg(long, default_value = "envoy/envoy.yaml")]
+    envoy_config: PathBuf,
+    /// The query API descriptor set (`kv-server descriptor-set --out FILE`).
+    #[arg(long)]
+    descriptor_set: PathBuf,
+    #[arg(long, default_value = "collector/otel_collector_config.yaml")]
+    collector_config: PathBuf,
+    /// The collector package file, copied into the bundle.
+    #[arg(long, conflicts_with_all = ["collector_url", "collector_sha256"])]
+    collector_package: Option<PathBuf>,
+    /// Or: the collector package's https URL, fetched and checked by the AMI build.
+    #[arg(long, requires = "collector_sha256")]
+    collector_url: Option<String>,
+    /// SHA-256 of the package at --collector-url.
+    #[arg(long, requires = "collector_url")]
+    collector_sha256: Option<String>,
+    /// The instance-init launcher (terraform/ owns it).
+    #[arg(long)]
+    instance_init: PathBuf,
+    /// Git commit recorded in the manifest (default: `git rev-parse HEAD`).
+    #[arg(long)]
+    git_commit: Option<String>,
+    /// Build time recorded in the manifest; default now.
+    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    source_date_epoch: Option<u64>,
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<bool> {
+    let progress = Progress::new(cli.json);
+    match cli.command {
+        Top::Eif(EifCmd::Describe { file, no_crc_check }) => {
+            let d = eif::describe(&file, !no_crc_check)?;
+            print_json(&d)?;
+        }
+        Top::Eif(EifCmd::Build(a)) => {
+            let report = if let Some(uri) = &a.docker_uri {
+                build::build_with_nitro_cli(uri, &a.out)?
+            } else {
+                let native = NativeArgs {
+                    kernel: a.kernel,
+                    cmdline: a.cmdline,
+                    init: a.init,
+                    nsm_ko: a.nsm_ko,
+                    modules: a.modules,
+                    blobs: a.blobs,
+                    rootfs: a.rootfs,
+                    cmd: a.cmd,
+                    env: a.env,
+                };
+                let spec = build::resolve(native, a.arch, a.source_date_epoch, a.name, a.image_version)?;
+                build::build_native(&spec, &a.out, progress)?
+            };
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                println!("wrote {} ({} bytes, {} build)", report.output.display(), report.size, report.path);
+                print_json(&serde_json::json!({ "Measurements": report.measurements }))?;
+            }
+        }
+        Top::Bundle(a) => {
+            let a = *a;
+            let collector = match (a.collector_package, a.collector_url, a.collector_sha256) {
+                (Some(p), _, _) => CollectorPackage::File(p),
+                (None, Some(url), Some(sha256)) => CollectorPackage::Pinned { url, sha256 },
+                _ => anyhow::bail!(
+                    "the collector package is required: --collector-package FILE, or --collector-url URL with --collector-sha256 HEX"
+                ),
+            };
+            let build_time = match a.source_date_epoch {
+                Some(t) => t,
+                None => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .context("system clock before 1970")?
+                    .as_secs(),
+            };
+            let spec = BundleSpec {
+                git_commit: a
+                    .git_commit
+                    .unwrap_or_else(|| bundle::git_commit(&std::env::current_dir().unwrap_or_default())),
+                build_time: rfc3339_utc(build_time),
+                out: a.out,
+                eif: a.eif,
+                proxy: a.proxy,
+                systemd_dir: a.systemd_dir,
+                envoy_config: a.envoy_config,
+                descriptor_set: a.descriptor_set,
+                collector_config: a.collector_config,
+                collector,
+                instance_init: a.instance_init,
+                force: a.force,
+            };
+            let m = bundle::bundle(&spec)?;
+            if cli.json {
+                print_json(&m)?;
+            } else {
+                println!("wrote {} ({} files + {})", spec.out.display(), m.files.len(), bundle::MANIFEST);
+                print_json(&serde_json::json!({ "Measurements": m.measurements }))?;
+            }
+        }
+        Top::Verify { dir } => {
+            let r = bundle::verify(&dir)?;
+            if cli.json {
+                print_json(&r)?;
+            } else if r.ok {
+                println!("{}: ok ({} files, PCRs match)", dir.display(), r.files_checked);
+            } else {
+                for p in &r.problems {
+                    eprintln!("{}: {}: {}", dir.display(), p.path, p.problem);
+                }
+            }
+            if !r.ok {
+                eprintln!("{}: {} problem(s) found", dir.display(), r.problems.len());
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("kv-packager: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
