@@ -1,0 +1,12 @@
+//! enclave-init: PID 1 of the enclave image.
+//!
+//! - [`wire`]: the constants shared with the parent (heartbeat port, byte, parent CID);
+//! - [`config`]: parsing of options, `/env` and `/cmd` (pure, unit-tested);
+//! - [`plan`]: the boot sequence as a list of steps built by a pure function (unit-tested);
+//! - [`exec`] and [`sys`]: performing the steps with system calls (never run in tests).
+
+pub mod config;
+pub mod exec;
+pub mod plan;
+pub mod sys;
+pub mod wire;
