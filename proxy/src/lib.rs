@@ -1,3 +1,4 @@
 //! vsockproxy: the parent-instance vsock proxy daemon.
 
+pub mod dns;
 pub mod policy;

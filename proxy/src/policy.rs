@@ -328,7 +328,7 @@ pub fn normalise_name(name: &str) -> String {
 }
 
 /// Checks a normalised name: 1-253 bytes, labels of 1-63 bytes of `a-z 0-9 - _`.
-fn validate_name(name: &str) -> Result<(), &'static str> {
+pub(crate) fn validate_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("empty name");
     }
