@@ -1,1 +1,58 @@
 //! kv-server: the key-value server that runs inside the Nitro Enclave.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | flags and the TOML file, checked before anything starts |
+//! | [`data`] | data file names and formats (CSV, Avro of FlatBuffers records) |
+//! | [`source`] | where data files come from ([`source::Source`]; [`source::LocalDir`]) |
+//! | [`loader`] | which files to load, in which order; rejection of bad files |
+//! | [`store`] | the in-memory map: newest commit time wins, tombstones |
+//! | [`query`] | `kv_server.v1.KeyValueService/GetValues` |
+//! | [`health`] | `grpc.health.v1.Health` with the named load-balancer and autoscaler statuses |
+//! | [`attestation`] | `enclave.v1.Attestation`, documents from `/dev/nsm` only |
+//! | [`server`] | `run(listener, app, shutdown)`: every service on one listener |
+#![forbid(unsafe_code)]
+
+pub mod attestation;
+pub mod config;
+pub mod data;
+pub mod health;
+pub mod loader;
+pub mod query;
+pub mod sample;
+pub mod server;
+pub mod source;
+pub mod store;
+
+/// Code generated from `proto/` at the repository root (see `build.rs`).
+pub mod proto {
+    pub mod kv_server {
+        pub mod v1 {
+            tonic::include_proto!("kv_server.v1");
+        }
+    }
+    pub mod grpc {
+        pub mod health {
+            pub mod v1 {
+                tonic::include_proto!("grpc.health.v1");
+            }
+        }
+    }
+    pub mod enclave {
+        pub mod v1 {
+            tonic::include_proto!("enclave.v1");
+        }
+    }
+    pub mod google {
+        pub mod api {
+            tonic::include_proto!("google.api");
+        }
+        pub mod rpc {
+            tonic::include_proto!("google.rpc");
+        }
+    }
+}
+
+/// The FileDescriptorSet of every service above, imports included: served by reflection, read by
+/// envoy's JSON transcoder (`kv-server descriptor-set --out FILE`).
+pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/query_api_descriptor_set.pb"));

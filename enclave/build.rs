@@ -1,0 +1,48 @@
+//! Generates the gRPC code (tonic 0.14 + prost) from `proto/` at the repository root and writes
+//! the FileDescriptorSet (with every import) that reflection, envoy's JSON transcoder and the
+//! packager use: `$OUT_DIR/query_api_descriptor_set.pb`, exposed as `kv_server::DESCRIPTOR_SET`.
+
+use std::path::PathBuf;
+
+const PROTOS: &[&str] =
+    &["kv_server/v1/get_values.proto", "grpc/health/v1/health.proto", "enclave/v1/attestation.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let proto_root = manifest.join("..").join("proto");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+
+    // A pinned protoc from crates.io, so the build needs nothing from the system and the
+    // generated code does not depend on which protoc a machine happens to have.
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let wkt_include = protoc_bin_vendored::include_path()?;
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc);
+
+    let protos: Vec<PathBuf> = PROTOS.iter().map(|p| proto_root.join(p)).collect();
+    let includes = vec![proto_root.clone(), wkt_include];
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .file_descriptor_set_path(out_dir.join("query_api_descriptor_set.pb"))
+        .compile_with_config(config, &protos, &includes)?;
+
+    println!("cargo:rerun-if-changed={}", proto_root.display());
+    for entry in walk(&proto_root)? {
+        println!("cargo:rerun-if-changed={}", entry.display());
+    }
+    Ok(())
+}
+
+fn walk(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(walk(&path)?);
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}

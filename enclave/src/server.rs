@@ -1,0 +1,137 @@
+//! The gRPC server: query API, health, attestation and reflection on one listener.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::Connected;
+use transport::{Listener, Stream};
+
+use crate::attestation::AttestationService;
+use crate::config::Limits;
+use crate::health::Health;
+use crate::query::QueryService;
+use crate::store::Store;
+
+/// Connections served at once; further clients wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// How long a failed accept (e.g. out of file descriptors) pauses accepting.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC reflection from the built-in descriptor set: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// What the services share.
+#[derive(Clone)]
+pub struct App {
+    pub store: Arc<Store>,
+    pub health: Arc<Health>,
+    pub limits: Limits,
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, marks health NOT_SERVING, ends Watch
+/// streams and waits for in-flight calls (the caller bounds that wait).
+pub async fn run(
+    listener: Listener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let incoming = futures::stream::unfold((listener, permits), |(listener, permits)| async move {
+        let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let accepted = match listener.accept().await {
+            Ok((stream, _peer)) => Ok(Conn { stream, _permit: permit }),
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                Err(e)
+            }
+        };
+        Some((accepted, (listener, permits)))
+    })
+    .boxed();
+
+    let health = app.health.clone();
+    let drain = async move {
+        shutdown.await;
+        tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+        health.set_draining();
+    };
+
+    tonic::transport::Server::builder()
+        .add_service(QueryService::new(app.store.clone(), app.limits).into_service())
+        .add_service(app.health.clone().into_service())
+        .add_service(AttestationService.into_service())
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(incoming, drain)
+        .await?;
+    Ok(())
+}
+
+/// An accepted stream holding one connection permit until it closes.
+struct Conn {
+    stream: Stream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = <Stream as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

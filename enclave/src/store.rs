@@ -1,0 +1,405 @@
+//! The in-memory key-value store.
+//!
+//! Design: 64 shards, each a `HashMap` (hashbrown with foldhash) behind its own `std::sync::RwLock`.
+//! Why not a lock-free map (papaya) or dashmap: papaya allocates a separate node per entry (about
+//! 1.5x the memory for 100-byte values) and dashmap is the same sharded-RwLock design with less
+//! control over write-section length. Here the guarantees come from how writes are done:
+//!
+//! - a reader takes one shard's read lock for one hash lookup plus a clone of the value;
+//! - a load never holds a lock across I/O or parsing: a file is parsed completely first, then its
+//!   records are applied shard by shard in chunks of [`WRITE_CHUNK`] inserts per write-lock
+//!   acquisition (tens of microseconds), so a reader waits at most one chunk and readers of other
+//!   shards do not wait at all.
+//!
+//! Semantics: per key the newest `logical_commit_time` wins (ties keep what is stored); a delete
+//! stores a tombstone carrying its commit time, so an older update arriving later cannot bring the
+//! key back. Tombstones are removed by [`Store::cleanup_tombstones`] up to a cutoff time, and from
+//! then on every record at or below that cutoff is ignored (the same rule the reference server
+//! uses), which keeps the no-resurrection guarantee after the tombstone is gone.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use crate::data::{Mutation, Record, Value};
+
+/// Number of shards (a power of two).
+pub const SHARDS: usize = 64;
+/// Inserts applied per write-lock acquisition: bounds how long a reader can wait behind a load.
+pub const WRITE_CHUNK: usize = 256;
+
+type Hasher = foldhash::fast::RandomState;
+
+/// A stored value: a string or a set of strings (kept in the order the file listed them, without
+/// duplicates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredValue {
+    String(Box<str>),
+    Set(Box<[Box<str>]>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    time: i64,
+    /// `None` is a tombstone.
+    value: Option<StoredValue>,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    map: HashMap<Box<str>, Entry, Hasher>,
+    tombstones: usize,
+}
+
+/// What applying a batch of records did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Records that became the newest state of their key (updates and deletes).
+    pub applied: u64,
+    /// Records ignored because the stored state is as new or newer, or because they are at or
+    /// below the tombstone cleanup cutoff.
+    pub stale: u64,
+    /// The largest commit time in the batch (`i64::MIN` for an empty batch).
+    pub max_commit_time: i64,
+}
+
+/// Counters for metrics and logs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Keys with a value.
+    pub live_keys: u64,
+    pub tombstones: u64,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    shards: Box<[RwLock<Shard>]>,
+    hasher: Hasher,
+    /// Records at or below this commit time are ignored (their tombstones may be gone).
+    cleanup_floor: AtomicI64,
+    /// The newest commit time ever applied.
+    max_commit_time: AtomicI64,
+    live_keys: AtomicU64,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store {
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            hasher: Hasher::default(),
+            cleanup_floor: AtomicI64::new(i64::MIN),
+            max_commit_time: AtomicI64::new(i64::MIN),
+            live_keys: AtomicU64::new(0),
+        }
+    }
+
+    fn shard_of(&self, key: &str) -> usize {
+        // The top bits: the map inside the shard uses the low bits of its own hash.
+        (self.hasher.hash_one(key) >> (64 - SHARDS.trailing_zeros())) as usize
+    }
+
+    fn shard(&self, index: usize) -> std::sync::RwLockReadGuard<'_, Shard> {
+        // A poisoned lock means a panic in a write section; the map itself is still consistent
+        // (inserts are single operations), so keep serving.
+        self.shards[index].read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shard_mut(&self, index: usize) -> std::sync::RwLockWriteGuard<'_, Shard> {
+        self.shards[index].write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current value of `key`, if it has one (a tombstone or an unknown key is `None`).
+    pub fn get(&self, key: &str) -> Option<StoredValue> {
+        let shard = self.shard(self.shard_of(key));
+        shard.map.get(key).and_then(|e| e.value.clone())
+    }
+
+    /// Applies records (from one file, already parsed completely). Never fails: the caller
+    /// decides beforehand whether a file is accepted.
+    pub fn apply(&self, records: Vec<Record>) -> ApplyStats {
+        let floor = self.cleanup_floor.load(Ordering::Acquire);
+        let mut stats = ApplyStats { max_commit_time: i64::MIN, ..Default::default() };
+        let mut per_shard: Vec<Vec<(Box<str>, Entry)>> = (0..SHARDS).map(|_| Vec::new()).collect();
+        for record in records {
+            stats.max_commit_time = stats.max_commit_time.max(record.logical_commit_time);
+            if record.logical_commit_time <= floor {
+                stats.stale += 1;
+                continue;
+            }
+            let value = match record.mutation {
+                Mutation::Delete => None,
+                Mutation::Update(Value::String(s)) => Some(StoredValue::String(s.into_boxed_str())),
+                Mutation::Update(Value::StringSet(members)) => Some(StoredValue::Set(dedup(members))),
+            };
+            let index = self.shard_of(&record.key);
+            per_shard[index]
+                .push((record.key.into_boxed_str(), Entry { time: record.logical_commit_time, value }));
+        }
+        let mut live_delta: i64 = 0;
+        for (index, batch) in per_shard.into_iter().enumerate() {
+            let mut batch = batch.into_iter().peekable();
+            while batch.peek().is_some() {
+                let mut shard = self.shard_mut(index);
+                shard.map.reserve(WRITE_CHUNK.min(batch.len()));
+                for (key, entry) in batch.by_ref().take(WRITE_CHUNK) {
+                    match apply_one(&mut shard, key, entry) {
+                        Outcome::Stale => stats.stale += 1,
+                        Outcome::Applied { live_delta: d } => {
+                            stats.applied += 1;
+                            live_delta += d;
+                        }
+                    }
+                }
+            }
+        }
+        if live_delta >= 0 {
+            self.live_keys.fetch_add(live_delta as u64, Ordering::Relaxed);
+        } else {
+            self.live_keys.fetch_sub(live_delta.unsigned_abs(), Ordering::Relaxed);
+        }
+        self.max_commit_time.fetch_max(stats.max_commit_time, Ordering::AcqRel);
+        stats
+    }
+
+    /// The newest commit time applied so far (`i64::MIN` before any record).
+    pub fn max_commit_time(&self) -> i64 {
+        self.max_commit_time.load(Ordering::Acquire)
+    }
+
+    /// Removes tombstones with a commit time at or below `cutoff` and raises the floor below
+    /// which records are ignored to `cutoff`. Returns how many tombstones were removed.
+    pub fn cleanup_tombstones(&self, cutoff: i64) -> u64 {
+        // Raise the floor first: from now on no record at or below the cutoff can be applied, so
+        // removing the tombstones cannot let an older update resurrect its key.
+        self.cleanup_floor.fetch_max(cutoff, Ordering::AcqRel);
+        let mut removed = 0;
+        for index in 0..SHARDS {
+            let expired: Vec<Box<str>> = {
+                let shard = self.shard(index);
+                if shard.tombstones == 0 {
+                    continue;
+                }
+                shard
+                    .map
+                    .iter()
+                    .filter(|(_, e)| e.value.is_none() && e.time <= cutoff)
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            };
+            for chunk in expired.chunks(WRITE_CHUNK) {
+                let mut shard = self.shard_mut(index);
+                for key in chunk {
+                    // Re-check: a newer record may have replaced the tombstone meanwhile.
+                    if let Some(e) = shard.map.get(key)
+                        && e.value.is_none()
+                        && e.time <= cutoff
+                    {
+                        shard.map.remove(key);
+                        shard.tombstones -= 1;
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        removed
+    }
+
+    /// The floor set by the last cleanup (`i64::MIN` if none).
+    pub fn cleanup_floor(&self) -> i64 {
+        self.cleanup_floor.load(Ordering::Acquire)
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let tombstones = (0..SHARDS).map(|i| self.shard(i).tombstones as u64).sum();
+        StoreStats { live_keys: self.live_keys.load(Ordering::Relaxed), tombstones }
+    }
+}
+
+enum Outcome {
+    Stale,
+    Applied { live_delta: i64 },
+}
+
+fn apply_one(shard: &mut Shard, key: Box<str>, entry: Entry) -> Outcome {
+    let new_live = entry.value.is_some();
+    match shard.map.get_mut(&key) {
+        Some(old) if old.time >= entry.time => Outcome::Stale,
+        Some(old) => {
+            let old_live = old.value.is_some();
+            *old = entry;
+            match (old_live, new_live) {
+                (true, false) => {
+                    shard.tombstones += 1;
+                    Outcome::Applied { live_delta: -1 }
+                }
+                (false, true) => {
+                    shard.tombstones -= 1;
+                    Outcome::Applied { live_delta: 1 }
+                }
+                _ => Outcome::Applied { live_delta: 0 },
+            }
+        }
+        None => {
+            shard.map.insert(key, entry);
+            if new_live {
+                Outcome::Applied { live_delta: 1 }
+            } else {
+                shard.tombstones += 1;
+                Outcome::Applied { live_delta: 0 }
+            }
+        }
+    }
+}
+
+/// Keeps the first occurrence of each member (a set), in file order.
+fn dedup(members: Vec<String>) -> Box<[Box<str>]> {
+    let mut out: Vec<Box<str>> = Vec::with_capacity(members.len());
+    for m in members {
+        if !out.iter().any(|o| **o == *m) {
+            out.push(m.into_boxed_str());
+        }
+    }
+    out.into_boxed_slice()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(key: &str, time: i64, value: &str) -> Record {
+        Record {
+            key: key.into(),
+            logical_commit_time: time,
+            mutation: Mutation::Update(Value::String(value.into())),
+        }
+    }
+
+    fn set(key: &str, time: i64, members: &[&str]) -> Record {
+        Record {
+            key: key.into(),
+            logical_commit_time: time,
+            mutation: Mutation::Update(Value::StringSet(members.iter().map(|m| m.to_string()).collect())),
+        }
+    }
+
+    fn delete(key: &str, time: i64) -> Record {
+        Record { key: key.into(), logical_commit_time: time, mutation: Mutation::Delete }
+    }
+
+    fn string(s: &str) -> Option<StoredValue> {
+        Some(StoredValue::String(s.into()))
+    }
+
+    #[test]
+    fn newest_commit_time_wins_whatever_the_arrival_order() {
+        let store = Store::new();
+        let stats =
+            store.apply(vec![update("k", 5, "five"), update("k", 3, "three"), update("k", 9, "nine")]);
+        assert_eq!(store.get("k"), string("nine"));
+        assert_eq!((stats.applied, stats.stale, stats.max_commit_time), (2, 1, 9));
+        store.apply(vec![update("k", 7, "seven")]);
+        assert_eq!(store.get("k"), string("nine"), "an older update arriving later loses");
+        store.apply(vec![update("k", 9, "tie")]);
+        assert_eq!(store.get("k"), string("nine"), "a tie keeps the stored value");
+        store.apply(vec![update("k", 10, "ten")]);
+        assert_eq!(store.get("k"), string("ten"));
+        assert_eq!(store.get("other"), None);
+    }
+
+    #[test]
+    fn delete_leaves_a_tombstone_that_blocks_older_updates() {
+        let store = Store::new();
+        store.apply(vec![update("k", 1, "one"), delete("k", 5)]);
+        assert_eq!(store.get("k"), None);
+        assert_eq!(store.stats(), StoreStats { live_keys: 0, tombstones: 1 });
+        store.apply(vec![update("k", 4, "resurrected?")]);
+        assert_eq!(store.get("k"), None, "an update older than the delete must not resurrect");
+        store.apply(vec![update("k", 6, "six")]);
+        assert_eq!(store.get("k"), string("six"), "a newer update brings it back");
+        assert_eq!(store.stats(), StoreStats { live_keys: 1, tombstones: 0 });
+        // A delete of a key never seen still blocks older updates of it.
+        store.apply(vec![delete("new", 10), update("new", 8, "x")]);
+        assert_eq!(store.get("new"), None);
+    }
+
+    #[test]
+    fn string_sets_are_stored_deduplicated_in_order() {
+        let store = Store::new();
+        store.apply(vec![set("s", 1, &["b", "a", "b", "c"])]);
+        let expected: Box<[Box<str>]> = vec!["b".into(), "a".into(), "c".into()].into_boxed_slice();
+        assert_eq!(store.get("s"), Some(StoredValue::Set(expected)));
+        store.apply(vec![update("s", 2, "now a string")]);
+        assert_eq!(store.get("s"), string("now a string"));
+        store.apply(vec![set("s", 3, &[])]);
+        assert_eq!(store.get("s"), Some(StoredValue::Set(Box::new([]))));
+    }
+
+    #[test]
+    fn tombstone_cleanup_is_bounded_by_the_cutoff_and_keeps_the_guarantee() {
+        let store = Store::new();
+        store.apply(vec![update("a", 1, "a"), delete("a", 10), delete("b", 20), update("c", 5, "c")]);
+        assert_eq!(store.stats().tombstones, 2);
+        assert_eq!(store.cleanup_tombstones(15), 1, "only the tombstone at 10 is at or below 15");
+        assert_eq!(store.stats(), StoreStats { live_keys: 1, tombstones: 1 });
+        assert_eq!(store.cleanup_floor(), 15);
+        // The tombstone of `a` is gone, yet an older update cannot resurrect it: it is below the floor.
+        let stats = store.apply(vec![update("a", 9, "old"), update("a", 15, "at floor")]);
+        assert_eq!((stats.applied, stats.stale), (0, 2));
+        assert_eq!(store.get("a"), None);
+        // `b`'s tombstone (20) survives and still blocks updates between the floor and 20.
+        store.apply(vec![update("b", 18, "old")]);
+        assert_eq!(store.get("b"), None);
+        store.apply(vec![update("a", 16, "new")]);
+        assert_eq!(store.get("a"), string("new"));
+        assert_eq!(store.get("c"), string("c"), "live keys are never cleaned");
+        assert_eq!(store.cleanup_tombstones(10), 0, "the floor never goes down");
+        assert_eq!(store.cleanup_floor(), 15);
+    }
+
+    #[test]
+    fn many_keys_across_all_shards_and_write_chunks() {
+        let store = Store::new();
+        let records: Vec<Record> =
+            (0..10_000).map(|i| update(&format!("key-{i}"), i, &format!("v{i}"))).collect();
+        let stats = store.apply(records);
+        assert_eq!(stats.applied, 10_000);
+        assert_eq!(store.stats().live_keys, 10_000);
+        for i in (0..10_000).step_by(997) {
+            assert_eq!(store.get(&format!("key-{i}")), string(&format!("v{i}")));
+        }
+        let deletes: Vec<Record> = (0..5_000).map(|i| delete(&format!("key-{i}"), 20_000)).collect();
+        store.apply(deletes);
+        assert_eq!(store.stats(), StoreStats { live_keys: 5_000, tombstones: 5_000 });
+        assert_eq!(store.cleanup_tombstones(20_000), 5_000);
+        assert_eq!(store.stats(), StoreStats { live_keys: 5_000, tombstones: 0 });
+    }
+
+    #[test]
+    fn reads_proceed_while_a_large_batch_is_applied() {
+        let store = std::sync::Arc::new(Store::new());
+        store.apply(vec![update("fixed", 1, "v")]);
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let records: Vec<Record> =
+                    (0..200_000).map(|i| update(&format!("k{i}"), 2, "value")).collect();
+                store.apply(records);
+            })
+        };
+        let mut reads = 0u64;
+        while !writer.is_finished() {
+            assert_eq!(store.get("fixed"), string("v"));
+            reads += 1;
+        }
+        writer.join().unwrap();
+        assert_eq!(store.stats().live_keys, 200_001);
+        assert!(reads > 0);
+    }
+}
