@@ -20,6 +20,12 @@ pub const EIF_NAME: &str = "server_enclave_image.eif";
 pub const MANIFEST_FORMAT: u32 = 1;
 /// Unit file suffixes taken from `--systemd-dir`.
 const UNIT_SUFFIXES: [&str; 6] = [".service", ".socket", ".timer", ".target", ".path", ".slice"];
+/// Non-unit files of `--systemd-dir` the parent needs: (name, role, mode, install path). The paths
+/// are the ones the units refer to (EnvironmentFile=, ExecStart=).
+const SYSTEMD_EXTRAS: [(&str, &str, u32, &str); 2] = [
+    ("enclave.env", "enclave-env", 0o644, "/etc/nitro-enclave/enclave.env"),
+    ("nitro-enclave-run", "enclave-supervisor", 0o755, "/opt/privacysandbox/nitro-enclave-run"),
+];
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -51,8 +57,8 @@ pub struct Manifest {
     pub git_commit: String,
     pub versions: BTreeMap<String, String>,
     pub enclave_image: String,
-    #[serde(rename = "Measurements")]
-    pub measurements: Measurements,
+    /// PCR0/1/2 (and PCR8) of the enclave image; terraform's kv-service module reads `pcrs`.
+    pub pcrs: Measurements,
     pub files: Vec<FileEntry>,
     /// Artifacts the AMI build downloads and checks against the pinned SHA-256.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -71,6 +77,7 @@ pub struct BundleSpec {
     pub out: PathBuf,
     pub eif: PathBuf,
     pub proxy: PathBuf,
+    pub proxy_config: Option<PathBuf>,
     pub systemd_dir: PathBuf,
     pub envoy_config: PathBuf,
     pub descriptor_set: PathBuf,
@@ -148,7 +155,8 @@ fn plan(spec: &BundleSpec) -> Result<Vec<Planned>> {
             name: "otel_collector_config.yaml".into(),
             role: "collector-config",
             mode: 0o644,
-            install_to: format!("{opt}/otel_collector_config.yaml"),
+            // The collector's drop-in (systemd/) and the launcher's template path (terraform/).
+            install_to: "/opt/aws/aws-otel-collector/etc/otel_collector_config.yaml".into(),
         },
     ];
     let init_name = file_name(&spec.instance_init, "--instance-init")?;
@@ -159,6 +167,16 @@ fn plan(spec: &BundleSpec) -> Result<Vec<Planned>> {
         role: "instance-init",
         mode: 0o755,
     });
+    if let Some(cfg) = &spec.proxy_config {
+        need_file("--proxy-config", cfg)?;
+        p.push(Planned {
+            from: cfg.clone(),
+            name: "vsockproxy.toml".into(),
+            role: "vsockproxy-config",
+            mode: 0o644,
+            install_to: "/etc/vsockproxy/vsockproxy.toml".into(),
+        });
+    }
     if let CollectorPackage::File(pkg) = &spec.collector {
         need_file("--collector-package", pkg)?;
         let name = file_name(pkg, "--collector-package")?;
@@ -170,29 +188,7 @@ fn plan(spec: &BundleSpec) -> Result<Vec<Planned>> {
             mode: 0o644,
         });
     }
-    let units = fs::read_dir(&spec.systemd_dir)
-        .with_context(|| format!("--systemd-dir {} (has systemd/ landed?)", spec.systemd_dir.display()))?;
-    let mut unit_names = Vec::new();
-    for entry in units {
-        let entry = entry.with_context(|| format!("--systemd-dir {}", spec.systemd_dir.display()))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
-        if entry.path().is_file() && UNIT_SUFFIXES.iter().any(|s| name.ends_with(s)) {
-            unit_names.push(name);
-        }
-    }
-    unit_names.sort();
-    if !unit_names.iter().any(|n| n == "vsockproxy.service") {
-        bail!("--systemd-dir {}: no vsockproxy.service in it", spec.systemd_dir.display());
-    }
-    for name in unit_names {
-        p.push(Planned {
-            from: spec.systemd_dir.join(&name),
-            install_to: format!("/etc/systemd/system/{name}"),
-            name,
-            role: "systemd-unit",
-            mode: 0o644,
-        });
-    }
+    p.extend(plan_systemd(&spec.systemd_dir)?);
     let mut seen = BTreeMap::new();
     for item in &p {
         if let Some(prev) = seen.insert(item.name.clone(), item.role) {
@@ -203,6 +199,57 @@ fn plan(spec: &BundleSpec) -> Result<Vec<Planned>> {
         bail!("an input is named {MANIFEST}, which the bundle reserves");
     }
     Ok(p)
+}
+
+fn sorted_names(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let ctx = || format!("--systemd-dir {} (has systemd/ landed?)", dir.display());
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).with_context(ctx)? {
+        let entry = entry.with_context(ctx)?;
+        if let Some(name) = entry.file_name().to_str() {
+            names.push((name.to_string(), entry.path()));
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Units, unit drop-in directories (`NAME.d/*.conf`) and the known extra files; anything else
+/// in the directory (READMEs, tests) is not part of the AMI.
+fn plan_systemd(dir: &Path) -> Result<Vec<Planned>> {
+    let mut out = Vec::new();
+    for (name, path) in sorted_names(dir)? {
+        let is_unit_name = |n: &str| UNIT_SUFFIXES.iter().any(|s| n.ends_with(s));
+        if path.is_file() && is_unit_name(&name) {
+            out.push(Planned {
+                from: path,
+                install_to: format!("/etc/systemd/system/{name}"),
+                name,
+                role: "systemd-unit",
+                mode: 0o644,
+            });
+        } else if path.is_dir() && name.strip_suffix(".d").is_some_and(is_unit_name) {
+            for (conf, conf_path) in sorted_names(&path)? {
+                if conf_path.is_file() && conf.ends_with(".conf") {
+                    out.push(Planned {
+                        from: conf_path,
+                        install_to: format!("/etc/systemd/system/{name}/{conf}"),
+                        name: format!("{name}/{conf}"),
+                        role: "systemd-dropin",
+                        mode: 0o644,
+                    });
+                }
+            }
+        } else if let Some((_, role, mode, to)) = SYSTEMD_EXTRAS.iter().find(|e| e.0 == name)
+            && path.is_file()
+        {
+            out.push(Planned { from: path, install_to: (*to).into(), name, role, mode: *mode });
+        }
+    }
+    if !out.iter().any(|p| p.name == "vsockproxy.service") {
+        bail!("--systemd-dir {}: no vsockproxy.service in it", dir.display());
+    }
+    Ok(out)
 }
 
 /// Copies `from` to `to` and returns (size, sha256 hex) of the bytes written.
@@ -279,7 +326,11 @@ pub fn bundle(spec: &BundleSpec) -> Result<Manifest> {
     fs::create_dir_all(&partial).with_context(|| format!("--out: creating {}", partial.display()))?;
     let mut files = Vec::new();
     for item in &planned {
-        let (size, sha256) = copy_hashing(&item.from, &partial.join(&item.name), item.mode)?;
+        let to = partial.join(&item.name);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let (size, sha256) = copy_hashing(&item.from, &to, item.mode)?;
         files.push(FileEntry {
             path: item.name.clone(),
             role: item.role.into(),
@@ -304,7 +355,7 @@ pub fn bundle(spec: &BundleSpec) -> Result<Manifest> {
         git_commit: spec.git_commit.clone(),
         versions,
         enclave_image: EIF_NAME.into(),
-        measurements: described.measurements,
+        pcrs: described.measurements,
         files,
         fetch,
     };
@@ -347,8 +398,8 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     }
     let mut listed = std::collections::BTreeSet::new();
     for f in &manifest.files {
-        if f.path.contains('/') || f.path == ".." || f.path == "." || f.path == MANIFEST {
-            push(&f.path, "manifest lists a path outside the bundle's top level".into());
+        if !is_bundle_path(&f.path) || f.path == MANIFEST {
+            push(&f.path, "manifest lists a path outside the bundle".into());
             continue;
         }
         listed.insert(f.path.clone());
@@ -384,8 +435,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             Err(e) => push(&f.path, format!("cannot read: {e}")),
         }
     }
-    for entry in fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
+    for name in list_files(dir, "")? {
         if name != MANIFEST && !listed.contains(&name) {
             push(&name, "not listed in the manifest".into());
         }
@@ -393,13 +443,13 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     if listed.contains(&manifest.enclave_image) {
         match eif::describe(&dir.join(&manifest.enclave_image), true) {
             Ok(d) => {
-                if d.measurements.as_map() != manifest.measurements.as_map() {
+                if d.measurements.as_map() != manifest.pcrs.as_map() {
                     push(
                         &manifest.enclave_image,
                         format!(
                             "PCRs differ: image has {:?}, manifest says {:?}",
                             d.measurements.as_map(),
-                            manifest.measurements.as_map()
+                            manifest.pcrs.as_map()
                         ),
                     );
                 }
@@ -415,6 +465,26 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         files_checked: manifest.files.len(),
         problems,
     })
+}
+
+/// Relative, `/`-separated, no empty, `.` or `..` parts.
+fn is_bundle_path(p: &str) -> bool {
+    !p.is_empty() && !p.starts_with('/') && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// Every non-directory below `dir`, as bundle paths.
+fn list_files(dir: &Path, prefix: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
+        let entry = entry?;
+        let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+        if entry.file_type()?.is_dir() {
+            out.extend(list_files(&entry.path(), &format!("{name}/"))?);
+        } else {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
 
 /// `git rev-parse HEAD` in `dir`, or "unknown" outside a checkout.

@@ -110,7 +110,11 @@ struct BundleArgs {
     /// The vsockproxy binary (becomes proxy).
     #[arg(long)]
     proxy: PathBuf,
-    /// Directory with vsockproxy.service and the other units.
+    /// The vsockproxy configuration (becomes /etc/vsockproxy/vsockproxy.toml).
+    #[arg(long)]
+    proxy_config: Option<PathBuf>,
+    /// Directory with vsockproxy.service, the other units and drop-ins, enclave.env and
+    /// nitro-enclave-run.
     #[arg(long, default_value = "systemd")]
     systemd_dir: PathBuf,
     #[arg(long, default_value = "envoy/envoy.yaml")]
@@ -201,6 +205,7 @@ fn run(cli: Cli) -> Result<bool> {
                 out: a.out,
                 eif: a.eif,
                 proxy: a.proxy,
+                proxy_config: a.proxy_config,
                 systemd_dir: a.systemd_dir,
                 envoy_config: a.envoy_config,
                 descriptor_set: a.descriptor_set,
@@ -214,7 +219,7 @@ fn run(cli: Cli) -> Result<bool> {
                 print_json(&m)?;
             } else {
                 println!("wrote {} ({} files + {})", spec.out.display(), m.files.len(), bundle::MANIFEST);
-                print_json(&serde_json::json!({ "Measurements": m.measurements }))?;
+                print_json(&serde_json::json!({ "Measurements": m.pcrs }))?;
             }
         }
         Top::Verify { dir } => {

@@ -173,6 +173,10 @@ fn bundle_fixture() -> BundleFixture {
     w("systemd/vsockproxy.service", b"[Service]\nExecStart=/opt/privacysandbox/proxy\n");
     w("systemd/enclave.service", b"[Service]\nExecStart=/usr/bin/nitro-cli run-enclave\n");
     w("systemd/README.md", b"not a unit\n");
+    w("systemd/aws-otel-collector.service.d/10-nitro-kv.conf", b"[Service]\nExecStart=\n");
+    w("systemd/enclave.env", b"ENCLAVE_CID=16\n");
+    w("systemd/nitro-enclave-run", b"#!/usr/bin/env bash\n");
+    w("proxy/vsockproxy.toml", b"[ingress]\n");
     w("envoy/envoy.yaml", b"static_resources: {}\n");
     w("desc/query_api_descriptor_set.pb", &bytes(21, 5_000));
     w("collector/otel_collector_config.yaml", b"receivers: {}\n");
@@ -192,6 +196,8 @@ impl BundleFixture {
             .arg(p("server.eif"))
             .arg("--proxy")
             .arg(p("bin/vsockproxy"))
+            .arg("--proxy-config")
+            .arg(p("proxy/vsockproxy.toml"))
             .arg("--systemd-dir")
             .arg(p("systemd"))
             .arg("--envoy-config")
@@ -224,20 +230,26 @@ fn bundle_lays_out_the_ami_files_and_verify_accepts_it() {
         names,
         [
             "aws-otel-collector.rpm",
+            "aws-otel-collector.service.d",
+            "enclave.env",
             "enclave.service",
             "envoy.yaml",
             "instance-init.sh",
             "manifest.json",
+            "nitro-enclave-run",
             "otel_collector_config.yaml",
             "proxy",
             "query_api_descriptor_set.pb",
             "server_enclave_image.eif",
-            "vsockproxy.service"
+            "vsockproxy.service",
+            "vsockproxy.toml"
         ]
     );
+    assert!(out.join("aws-otel-collector.service.d/10-nitro-kv.conf").is_file());
     let mode = |n: &str| fs::metadata(out.join(n)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode("proxy"), 0o755);
     assert_eq!(mode("instance-init.sh"), 0o755);
+    assert_eq!(mode("nitro-enclave-run"), 0o755);
     assert_eq!(mode("envoy.yaml"), 0o644);
     assert_eq!(read(&out.join("proxy")), read(&f.i.path("bin/vsockproxy")));
 
@@ -247,9 +259,9 @@ fn bundle_lays_out_the_ami_files_and_verify_accepts_it() {
     assert_eq!(m["versions"]["eif-format"], "4");
     let described = ok(packager().args(["eif", "describe"]).arg(f.i.path("server.eif")).output().unwrap());
     let d: serde_json::Value = serde_json::from_slice(&described.stdout).unwrap();
-    assert_eq!(m["Measurements"], d["Measurements"]);
+    assert_eq!(m["pcrs"], d["Measurements"]);
     let files = m["files"].as_array().unwrap();
-    assert_eq!(files.len(), 9);
+    assert_eq!(files.len(), 13);
     let entry = |p: &str| files.iter().find(|e| e["path"] == p).unwrap().clone();
     let proxy = entry("proxy");
     use sha2::Digest;
@@ -261,11 +273,21 @@ fn bundle_lays_out_the_ami_files_and_verify_accepts_it() {
     assert_eq!(entry("envoy.yaml")["install_to"], "/etc/envoy/envoy.yaml");
     assert_eq!(entry("vsockproxy.service")["install_to"], "/etc/systemd/system/vsockproxy.service");
     assert_eq!(entry("server_enclave_image.eif")["role"], "enclave-image");
+    assert_eq!(entry("enclave.env")["install_to"], "/etc/nitro-enclave/enclave.env");
+    assert_eq!(entry("vsockproxy.toml")["install_to"], "/etc/vsockproxy/vsockproxy.toml");
+    assert_eq!(
+        entry("aws-otel-collector.service.d/10-nitro-kv.conf")["install_to"],
+        "/etc/systemd/system/aws-otel-collector.service.d/10-nitro-kv.conf"
+    );
+    assert_eq!(
+        entry("otel_collector_config.yaml")["install_to"],
+        "/opt/aws/aws-otel-collector/etc/otel_collector_config.yaml"
+    );
 
     let o = ok(packager().args(["--json", "verify"]).arg(&out).output().unwrap());
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["ok"], true);
-    assert_eq!(r["files_checked"], 9);
+    assert_eq!(r["files_checked"], 13);
 
     // Same inputs, same manifest (the bundle is reproducible too).
     let out2 = f.i.path("dist/aws2");
@@ -323,6 +345,7 @@ fn verify_names_changed_missing_and_extra_files() {
 
     fs::remove_file(out.join("proxy")).unwrap();
     fs::write(out.join("stray.txt"), b"x").unwrap();
+    fs::write(out.join("aws-otel-collector.service.d/99-stray.conf"), b"x").unwrap();
     fs::set_permissions(out.join("vsockproxy.service"), fs::Permissions::from_mode(0o666)).unwrap();
     let o = packager().args(["--json", "verify"]).arg(&out).output().unwrap();
     assert!(!o.status.success());
@@ -335,6 +358,11 @@ fn verify_names_changed_missing_and_extra_files() {
         .collect();
     assert!(problems.contains(&"proxy: missing".to_string()), "{problems:?}");
     assert!(problems.contains(&"stray.txt: not listed in the manifest".to_string()), "{problems:?}");
+    assert!(
+        problems
+            .contains(&"aws-otel-collector.service.d/99-stray.conf: not listed in the manifest".to_string()),
+        "{problems:?}"
+    );
     assert!(
         problems.contains(&"vsockproxy.service: mode is 0666, manifest says 0644".to_string()),
         "{problems:?}"
