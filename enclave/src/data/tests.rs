@@ -1,0 +1,374 @@
+//! Tests of whole files: both formats, round trips, and corrupt input with the exact error.
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn update(key: &str, t: i64, v: Value) -> Record {
+    Record { key: key.into(), logical_commit_time: t, mutation: Mutation::Update(v) }
+}
+
+fn delete(key: &str, t: i64) -> Record {
+    Record { key: key.into(), logical_commit_time: t, mutation: Mutation::Delete }
+}
+
+fn sample() -> Vec<Record> {
+    vec![
+        update("k1", 10, Value::String("hello, \"world\"\nnext line".into())),
+        update("k2", -5, Value::StringSet(vec!["a".into(), "b c".into(), "ü".into()])),
+        update("k3", i64::MAX, Value::StringSet(vec![])),
+        delete("k4", 7),
+        update("k5", 0, Value::String(String::new())),
+    ]
+}
+
+fn avro_of(records: &[Record]) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_avro(records, &mut out).unwrap();
+    out
+}
+
+fn csv_of(records: &[Record]) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_csv(records, &mut out).unwrap();
+    out
+}
+
+fn err(name: &str, bytes: &[u8]) -> String {
+    parse_file(name, bytes).unwrap_err().to_string()
+}
+
+#[test]
+fn avro_round_trip() {
+    let bytes = avro_of(&sample());
+    assert!(bytes.starts_with(b"Obj\x01"));
+    assert_eq!(detect_format(&bytes), Format::Avro);
+    assert_eq!(parse_file("DELTA_0000000000000001", &bytes).unwrap(), sample());
+}
+
+#[test]
+fn avro_of_many_records_spans_blocks() {
+    let records: Vec<Record> =
+        (0..5000).map(|i| update(&format!("key{i}"), i, Value::String("v".repeat(40)))).collect();
+    let bytes = avro_of(&records);
+    assert!(bytes.len() > 3 * avro::WRITE_BLOCK_BYTES);
+    assert_eq!(parse_file("f", &bytes).unwrap(), records);
+    // Same records, same file: the sync marker is derived from the content.
+    assert_eq!(avro_of(&records), bytes);
+}
+
+#[test]
+fn empty_files_of_both_formats_have_no_records() {
+    assert_eq!(parse_file("f", &avro_of(&[])).unwrap(), vec![]);
+    assert_eq!(parse_file("f", &csv_of(&[])).unwrap(), vec![]);
+}
+
+#[test]
+fn csv_round_trip_and_header_order() {
+    let bytes = csv_of(&sample());
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    assert!(text.starts_with("key,mutation_type,logical_commit_time,value,value_type\n"), "{text}");
+    assert!(text.contains("k2,UPDATE,-5,a|b c|ü,string_set\n"), "{text}");
+    assert!(text.contains("k4,DELETE,7,,string\n"), "{text}");
+    assert_eq!(parse_file("f.csv", &bytes).unwrap(), sample());
+}
+
+#[test]
+fn csv_reads_the_reference_column_order_case_and_number_sets() {
+    let text = "\u{feff}key,logical_commit_time,mutation_type,value,value_type\n\
+                a,1,Update,x,STRING\n\
+                b,2,delete,,\n\
+                c,3,UPDATE,1|+2| 4294967295,uint32_set\n\
+                d,4,update,18446744073709551615,uint64_set\n\
+                e, 5 ,update,,string_set\n";
+    assert_eq!(
+        parse_file("f.csv", text.as_bytes()).unwrap(),
+        vec![
+            update("a", 1, Value::String("x".into())),
+            delete("b", 2),
+            update("c", 3, Value::StringSet(vec!["1".into(), "2".into(), "4294967295".into()])),
+            update("d", 4, Value::StringSet(vec!["18446744073709551615".into()])),
+            update("e", 5, Value::StringSet(vec![])),
+        ]
+    );
+}
+
+#[test]
+fn csv_errors_name_file_record_line_and_reason() {
+    const H: &str = "key,mutation_type,logical_commit_time,value,value_type\n";
+    let cases: &[(&str, &str)] = &[
+        ("", "f.csv: line 1: empty file: no header row"),
+        (
+            "key,mutation_type,value,value_type\n",
+            "f.csv: line 1: header: missing column(s) logical_commit_time \
+             (expected key,mutation_type,logical_commit_time,value,value_type)",
+        ),
+        (
+            "key,mutation_type,logical_commit_time,value,value_type,extra\n",
+            "f.csv: line 1: header: unexpected column \"extra\" \
+             (expected key,mutation_type,logical_commit_time,value,value_type)",
+        ),
+        (
+            "key,key,mutation_type,logical_commit_time,value,value_type\n",
+            "f.csv: line 1: header: column \"key\" appears twice",
+        ),
+        ("a,UPDATE,1,v\n", "f.csv: record 1 (line 2): missing column(s): 4 fields, the header has 5"),
+        ("a,UPDATE,1,v,string,x\n", "f.csv: record 1 (line 2): extra column(s): 6 fields, the header has 5"),
+        (
+            "a,UPDATE,1,v,string\nb,UPDATE,soon,v,string\n",
+            "f.csv: record 2 (line 3): logical_commit_time \"soon\" is not a 64-bit integer",
+        ),
+        (
+            "a,UPDATE,99999999999999999999,v,string\n",
+            "f.csv: record 1 (line 2): logical_commit_time \"99999999999999999999\" is not a 64-bit integer",
+        ),
+        (
+            "a,UPSERT,1,v,string\n",
+            "f.csv: record 1 (line 2): unknown mutation_type \"UPSERT\" (expected UPDATE or DELETE)",
+        ),
+        (
+            "a,UPDATE,1,v,json\n",
+            "f.csv: record 1 (line 2): unknown value_type \"json\" (expected string or string_set; \
+             uint32_set and uint64_set are read as string sets)",
+        ),
+        ("\"\",UPDATE,1,v,string\n", "f.csv: record 1 (line 2): empty key"),
+        (
+            "a,UPDATE,1,4294967296,uint32_set\n",
+            "f.csv: record 1 (line 2): value: set member \"4294967296\" is not a uint32",
+        ),
+        (
+            "a,UPDATE,1,v,string\n\"multi\nline\",UPDATE,1,v,strin\n",
+            "f.csv: record 2 (line 3): unknown value_type \"strin\" (expected string or string_set; \
+             uint32_set and uint64_set are read as string sets)",
+        ),
+    ];
+    for (body, want) in cases {
+        let text =
+            if body.is_empty() || body.starts_with("key,") { body.to_string() } else { format!("{H}{body}") };
+        assert_eq!(&err("f.csv", text.as_bytes()), want, "input {text:?}");
+    }
+    // Invalid UTF-8 in a field.
+    let mut bad = format!("{H}ok,UPDATE,1,v,string\n").into_bytes();
+    bad.extend_from_slice(b"k\xff,UPDATE,1,v,string\n");
+    assert!(
+        err("f.csv", &bad).starts_with("f.csv: record 2 (line 3): key: invalid UTF-8"),
+        "{}",
+        err("f.csv", &bad)
+    );
+}
+
+#[test]
+fn csv_writer_refuses_members_it_cannot_represent() {
+    for members in [vec!["a|b".to_string()], vec![String::new()]] {
+        let mut out = Vec::new();
+        let e = write_csv(&[update("k", 1, Value::StringSet(members))], &mut out).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("key \"k\""), "{e}");
+    }
+}
+
+/// Avro file made by hand: header with the given metadata, then raw blocks.
+fn container(meta: &[(&[u8], &[u8])], sync: &[u8; 16], blocks: &[(i64, Vec<u8>)]) -> Vec<u8> {
+    let mut b = b"Obj\x01".to_vec();
+    avro::put_long(&mut b, meta.len() as i64);
+    for (k, v) in meta {
+        avro::put_bytes(&mut b, k);
+        avro::put_bytes(&mut b, v);
+    }
+    avro::put_long(&mut b, 0);
+    b.extend_from_slice(sync);
+    for (count, data) in blocks {
+        avro::put_long(&mut b, *count);
+        avro::put_bytes(&mut b, data);
+        b.extend_from_slice(sync);
+    }
+    b
+}
+
+const SCHEMA: (&[u8], &[u8]) = (b"avro.schema", b"\"bytes\"");
+
+fn datum(r: &Record) -> Vec<u8> {
+    let mut out = Vec::new();
+    avro::put_bytes(&mut out, flatbuf::Encoder::new().encode(r));
+    out
+}
+
+#[test]
+fn avro_reads_deflate_blocks_and_extra_metadata() {
+    let records = sample();
+    let data: Vec<u8> = records.iter().flat_map(datum).collect();
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut z, &data).unwrap();
+    let compressed = z.finish().unwrap();
+    let file = container(
+        &[SCHEMA, (b"avro.codec", b"deflate"), (b"kv_file_metadata", b"\x01\x02")],
+        &[7; 16],
+        &[(records.len() as i64, compressed)],
+    );
+    assert_eq!(parse_file("f", &file).unwrap(), records);
+}
+
+#[test]
+fn avro_corruptions_give_the_expected_errors() {
+    let r1 = update("a", 1, Value::String("x".into()));
+    let good = datum(&r1);
+    let sync = [9u8; 16];
+    let two_blocks = container(&[SCHEMA], &sync, &[(1, good.clone()), (1, good.clone())]);
+    assert_eq!(parse_file("f", &two_blocks).unwrap(), vec![r1.clone(), r1.clone()]);
+
+    let mut bad_sync = two_blocks.clone();
+    let n = bad_sync.len();
+    bad_sync[n - 1] ^= 1;
+    let mut bad_fb = good.clone();
+    let l = bad_fb.len();
+    bad_fb[l - 8] = 0xff; // inside the FlatBuffers bytes: breaks an offset or the UTF-8
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"Obj\x01".to_vec(), "f: Avro header: metadata: truncated varint at offset 4"),
+        (b"Obj\x01\x00".to_vec(), "f: Avro header: metadata has no avro.schema"),
+        (
+            container(&[(b"avro.schema", b"\"string\"")], &sync, &[]),
+            "f: Avro header: avro.schema is \"\\\"string\\\"\"; kv-server data files use the schema \"bytes\" \
+             (one FlatBuffers record per datum)",
+        ),
+        (
+            container(&[SCHEMA, (b"avro.codec", b"snappy")], &sync, &[]),
+            "f: Avro header: unsupported Avro codec \"snappy\" (kv-server reads null and deflate)",
+        ),
+        (
+            container(&[SCHEMA], &sync, &[])[..30].to_vec(),
+            "f: Avro header: sync marker: needs 16 bytes at offset 26, only 4 remain",
+        ),
+        (
+            two_blocks[..two_blocks.len() - 3].to_vec(),
+            "f: record 2: Avro block 2: sync marker: needs 16 bytes at offset 260, only 13 remain",
+        ),
+        (
+            bad_sync,
+            "f: record 2: Avro block 2: sync marker does not match the header's (corrupt or truncated file)",
+        ),
+        (
+            container(&[SCHEMA], &sync, &[(2, good.clone())]),
+            "f: record 2: Avro datum: truncated varint at offset 98",
+        ),
+        (
+            container(&[SCHEMA], &sync, &[(-1, good.clone())]),
+            "f: record 1: Avro block 1: object count -1 does not fit a block of 98 bytes",
+        ),
+        (
+            container(&[SCHEMA], &sync, &[(0, good.clone())]),
+            "f: record 1: Avro block 1: 98 bytes left after its 0 objects",
+        ),
+        (container(&[SCHEMA], &sync, &[(1, bad_fb)]), "f: record 1: FlatBuffers record: "),
+        (container(&[SCHEMA], &sync, &[(1, vec![0x02, 0x00])]), "f: record 1: FlatBuffers record: "),
+    ];
+    let mut wrong = Vec::new();
+    for (bytes, want) in cases {
+        let got = err("f", &bytes);
+        let prefix = want.split(" ... ").next().unwrap();
+        if !got.starts_with(prefix) {
+            wrong.push(format!("got  {got:?}\nwant {want:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn avro_huge_lengths_are_refused_before_allocating() {
+    let sync = [1u8; 16];
+    let mut file = container(&[SCHEMA], &sync, &[]);
+    avro::put_long(&mut file, i64::MAX); // object count
+    avro::put_long(&mut file, i64::MAX / 2); // block size
+    assert_eq!(
+        err("f", &file),
+        format!(
+            "f: record 1: Avro block 1: block length {} at offset {} is negative or exceeds the 0 remaining bytes",
+            i64::MAX / 2,
+            file.len() - 9
+        )
+    );
+    let mut meta = b"Obj\x01".to_vec();
+    avro::put_long(&mut meta, i64::MAX);
+    assert!(
+        err("f", &meta).contains("claims 9223372036854775807 entries, more than fit"),
+        "{}",
+        err("f", &meta)
+    );
+}
+
+#[test]
+fn avro_rejects_records_kv_server_cannot_load() {
+    // A DataRecord whose union holds a ShardMappingRecord, built with the flatbuffers builder.
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let start = fbb.start_table();
+    fbb.push_slot::<i32>(4, 1, 0);
+    let shard = fbb.end_table(start);
+    let start = fbb.start_table();
+    fbb.push_slot_always(6, shard);
+    fbb.push_slot::<u8>(4, 3, 0);
+    let root = fbb.end_table(start);
+    fbb.finish_minimal(root);
+    let mut d = Vec::new();
+    avro::put_bytes(&mut d, fbb.finished_data());
+    let file = container(&[SCHEMA], &[0; 16], &[(1, d)]);
+    assert_eq!(
+        err("f", &file),
+        "f: record 1: FlatBuffers record: record is a ShardMappingRecord; kv-server loads only KeyValueMutationRecords"
+    );
+}
+
+#[test]
+fn data_error_display_forms() {
+    let e = DataError { file: "x".into(), record: Some(3), line: Some(4), reason: "bad".into() };
+    assert_eq!(e.to_string(), "x: record 3 (line 4): bad");
+    assert_eq!(DataError::record("x", 3, "bad").to_string(), "x: record 3: bad");
+    assert_eq!(DataError::header("x", "bad").to_string(), "x: bad");
+}
+
+fn arb_record() -> impl Strategy<Value = Record> {
+    let key = "[a-zA-Z0-9_./:-]{1,24}";
+    let member = "[^|\u{0}]{1,12}";
+    let value = prop_oneof![
+        ".{0,40}".prop_map(Value::String),
+        prop::collection::vec(member, 0..5).prop_map(Value::StringSet),
+    ];
+    let mutation = prop_oneof![value.prop_map(Mutation::Update), Just(Mutation::Delete)];
+    (key, any::<i64>(), mutation).prop_map(|(key, logical_commit_time, mutation)| Record {
+        key,
+        logical_commit_time,
+        mutation,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = parse_file("f", &bytes);
+        let mut avro_prefixed = b"Obj\x01".to_vec();
+        avro_prefixed.extend_from_slice(&bytes);
+        let _ = parse_file("f", &avro_prefixed);
+    }
+
+    #[test]
+    fn mutated_valid_files_never_panic(
+        records in prop::collection::vec(arb_record(), 1..8),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        for mut bytes in [avro_of(&records), csv_of(&records)] {
+            for (i, v) in &flips {
+                let i = i.index(bytes.len());
+                bytes[i] = *v;
+            }
+            let _ = parse_file("f", &bytes);
+            let _ = parse_file("f", &bytes[..cut.index(bytes.len())]);
+        }
+    }
+
+    #[test]
+    fn write_then_parse_round_trips(records in prop::collection::vec(arb_record(), 0..20)) {
+        prop_assert_eq!(parse_file("f", &avro_of(&records)).unwrap(), records.clone());
+        prop_assert_eq!(parse_file("f", &csv_of(&records)).unwrap(), records);
+    }
+}
