@@ -1,0 +1,349 @@
+//! The real `kv-server` binary on loopback TCP and Unix sockets, queried with the generated tonic
+//! clients: GetValues, health across the initial load, a corrupt delta while serving, attestation
+//! without NSM, reflection, and configuration errors.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kv_server::proto::enclave::v1::GetAttestationDocumentRequest;
+use kv_server::proto::enclave::v1::attestation_client::AttestationClient;
+use kv_server::proto::grpc::health::v1::HealthCheckRequest;
+use kv_server::proto::grpc::health::v1::health_check_response::ServingStatus;
+use kv_server::proto::grpc::health::v1::health_client::HealthClient;
+use kv_server::proto::kv_server::v1::key_value_service_client::KeyValueServiceClient;
+use kv_server::proto::kv_server::v1::v1_single_lookup_result::SingleLookupResult;
+use kv_server::proto::kv_server::v1::{GetValuesRequest, GetValuesResponse, V1SingleLookupResult};
+use prost_types::value::Kind;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running kv-server; killed on drop. Its stderr (the logs) is collected.
+struct Server {
+    child: Child,
+    endpoint: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kv-server");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        let endpoint = first
+            .trim()
+            .strip_prefix("kv-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}; logs: {:?}", logs.lock().unwrap()))
+            .to_string();
+        Server { child, endpoint, logs }
+    }
+
+    fn tcp(args: &[&str]) -> Server {
+        let mut all = vec!["--listen", "tcp://127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Server::start(&all)
+    }
+
+    async fn channel(&self) -> Channel {
+        if let Some(path) = self.endpoint.strip_prefix("unix://") {
+            let path = path.to_string();
+            return Endpoint::from_static("http://kv-server.invalid")
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    }
+                }))
+                .await
+                .expect("connect over the Unix socket");
+        }
+        let address = self.endpoint.replace("tcp://", "http://");
+        Endpoint::from_shared(address).unwrap().connect().await.expect("connect over TCP")
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn string(s: &str) -> Option<SingleLookupResult> {
+    Some(SingleLookupResult::Value(prost_types::Value { kind: Some(Kind::StringValue(s.into())) }))
+}
+
+fn result(
+    map: &std::collections::HashMap<String, V1SingleLookupResult>,
+    key: &str,
+) -> Option<SingleLookupResult> {
+    map.get(key).and_then(|r| r.single_lookup_result.clone())
+}
+
+fn is_not_found(r: Option<SingleLookupResult>) -> bool {
+    matches!(r, Some(SingleLookupResult::Status(s)) if s.code == 5)
+}
+
+async fn get(client: &mut KeyValueServiceClient<Channel>, keys: &str) -> GetValuesResponse {
+    client
+        .get_values(GetValuesRequest { keys: vec![keys.into()], ..Default::default() })
+        .await
+        .expect("GetValues")
+        .into_inner()
+}
+
+async fn check(client: &mut HealthClient<Channel>, service: &str) -> ServingStatus {
+    client.check(HealthCheckRequest { service: service.into() }).await.expect("Check").into_inner().status()
+}
+
+/// Writes a data file under a hidden name and renames it, as an operator should.
+fn put_file(dir: &Path, name: &str, content: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(tmp, dir.join(name)).unwrap();
+}
+
+const HEADER: &str = "key,mutation_type,logical_commit_time,value,value_type\n";
+
+#[tokio::test]
+async fn get_values_on_sample_data_splits_keys_and_reports_missing_ones() {
+    let server = Server::tcp(&["--sample-data", "--max-keys-per-request", "5"]);
+    let mut client = KeyValueServiceClient::new(server.channel().await);
+    let response = client
+        .get_values(GetValuesRequest {
+            keys: vec!["hello,example-key".into(), "missing".into()],
+            render_urls: vec!["example-set".into()],
+            interest_group_names: vec!["interest-group-1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(result(&response.keys, "hello"), string("world"));
+    assert_eq!(result(&response.keys, "example-key"), string("example-value"));
+    assert!(is_not_found(result(&response.keys, "missing")), "{:?}", response.keys);
+    let Some(SingleLookupResult::Value(prost_types::Value { kind: Some(Kind::ListValue(list)) })) =
+        result(&response.render_urls, "example-set")
+    else {
+        panic!("a set is a list: {:?}", response.render_urls);
+    };
+    let members: Vec<_> = list.values.iter().map(|v| v.kind.clone()).collect();
+    assert_eq!(members, ["alpha", "beta", "gamma"].map(|m| Some(Kind::StringValue(m.into()))));
+    assert!(matches!(
+        result(&response.per_interest_group_data, "interest-group-1"),
+        Some(SingleLookupResult::Value(prost_types::Value { kind: Some(Kind::StructValue(_)) }))
+    ));
+
+    let err = client
+        .get_values(GetValuesRequest { keys: vec!["a,b,c,d,e,f".into()], ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("6 keys"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn serves_on_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = format!("unix://{}", dir.path().join("kv.sock").display());
+    let server = Server::start(&["--sample-data", "--listen", &socket]);
+    assert_eq!(server.endpoint, socket);
+    let mut client = KeyValueServiceClient::new(server.channel().await);
+    assert_eq!(result(&get(&mut client, "hello").await.keys, "hello"), string("world"));
+}
+
+#[tokio::test]
+async fn health_turns_serving_for_the_load_balancer_after_the_initial_load() {
+    let dir = tempfile::tempdir().unwrap();
+    put_file(dir.path(), "SNAPSHOT_0000000000000010", &format!("{HEADER}k1,UPDATE,10,v1,string\n"));
+    put_file(dir.path(), "DELTA_0000000000000011", &format!("{HEADER}k2,UPDATE,11,v2,string\n"));
+    let data_dir = dir.path().to_str().unwrap();
+    let server = Server::tcp(&["--data-dir", data_dir, "--test-initial-load-delay-ms", "1500"]);
+    let channel = server.channel().await;
+    let mut health = HealthClient::new(channel.clone());
+    let mut kv = KeyValueServiceClient::new(channel);
+
+    let mut watch = health
+        .watch(HealthCheckRequest { service: "loadbalancer-healthcheck".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(check(&mut health, "autoscaler-healthcheck").await, ServingStatus::Serving);
+    assert_eq!(check(&mut health, "loadbalancer-healthcheck").await, ServingStatus::NotServing);
+    assert_eq!(check(&mut health, "").await, ServingStatus::NotServing);
+    assert!(is_not_found(result(&get(&mut kv, "k1").await.keys, "k1")), "nothing loaded yet");
+    let err = health.check(HealthCheckRequest { service: "no-such-service".into() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    let first = watch.next().await.unwrap().unwrap().status();
+    assert_eq!(first, ServingStatus::NotServing);
+    let next = tokio::time::timeout(DEADLINE, watch.next()).await.expect("SERVING within the deadline");
+    assert_eq!(next.unwrap().unwrap().status(), ServingStatus::Serving);
+    assert_eq!(check(&mut health, "").await, ServingStatus::Serving);
+    let response = get(&mut kv, "k1,k2").await;
+    assert_eq!(result(&response.keys, "k1"), string("v1"));
+    assert_eq!(result(&response.keys, "k2"), string("v2"), "the delta after the snapshot is loaded too");
+    assert!(server.logs().contains("initial data load finished"), "{}", server.logs());
+}
+
+#[tokio::test]
+async fn a_corrupt_delta_is_rejected_whole_while_older_data_stays_served() {
+    let dir = tempfile::tempdir().unwrap();
+    put_file(
+        dir.path(),
+        "SNAPSHOT_0000000000000001",
+        &format!("{HEADER}stay,UPDATE,1,original,string\ngone,UPDATE,1,x,string\n"),
+    );
+    let server = Server::tcp(&["--data-dir", dir.path().to_str().unwrap(), "--poll-interval-ms", "100"]);
+    let channel = server.channel().await;
+    let mut health = HealthClient::new(channel.clone());
+    let mut kv = KeyValueServiceClient::new(channel);
+    let started = Instant::now();
+    while check(&mut health, "loadbalancer-healthcheck").await != ServingStatus::Serving {
+        assert!(started.elapsed() < DEADLINE, "initial load did not finish: {}", server.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Record 1 is valid, record 2 is not: none of the file may be applied.
+    put_file(
+        dir.path(),
+        "DELTA_0000000000000002",
+        &format!("{HEADER}stay,UPDATE,2,overwritten,string\nbad,UPDATE,not-a-time,v,string\n"),
+    );
+    put_file(
+        dir.path(),
+        "DELTA_0000000000000003",
+        &format!("{HEADER}gone,DELETE,3,,string\nnew,UPDATE,3,fresh,string\n"),
+    );
+    let started = Instant::now();
+    loop {
+        let response = get(&mut kv, "new").await;
+        if result(&response.keys, "new") == string("fresh") {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "the good delta was not loaded: {}", server.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = get(&mut kv, "stay,gone,bad").await;
+    assert_eq!(result(&response.keys, "stay"), string("original"), "nothing of the corrupt delta applied");
+    assert!(is_not_found(result(&response.keys, "bad")));
+    assert!(is_not_found(result(&response.keys, "gone")), "the later delta's delete applied");
+    let logs = server.logs();
+    let rejection = logs
+        .lines()
+        .find(|l| l.contains("data file rejected"))
+        .unwrap_or_else(|| panic!("no rejection logged: {logs}"));
+    assert!(rejection.contains("DELTA_0000000000000002"), "{rejection}");
+    assert!(rejection.contains("record 2"), "{rejection}");
+    assert!(rejection.contains("files_rejected_total=1"), "{rejection}");
+    assert_eq!(check(&mut health, "loadbalancer-healthcheck").await, ServingStatus::Serving);
+}
+
+#[tokio::test]
+async fn attestation_without_nsm_fails_with_failed_precondition() {
+    if Path::new("/dev/nsm").exists() {
+        return; // a real enclave: the document would be real
+    }
+    let server = Server::tcp(&["--sample-data"]);
+    let mut client = AttestationClient::new(server.channel().await);
+    let err = client
+        .get_attestation_document(GetAttestationDocumentRequest {
+            nonce: b"nonce".to_vec(),
+            public_key: Vec::new(),
+            user_data: b"data".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("/dev/nsm"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn reflection_lists_every_service() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+    let server = Server::tcp(&["--sample-data"]);
+    let mut client = ServerReflectionClient::new(server.channel().await);
+    let ask = |message: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(message),
+    };
+    let mut responses = client
+        .server_reflection_info(futures::stream::iter(vec![
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol("kv_server.v1.KeyValueService".into())),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let list: ServerReflectionResponse = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = list.message_response else {
+        panic!("list services answer expected");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in ["kv_server.v1.KeyValueService", "grpc.health.v1.Health", "enclave.v1.Attestation"] {
+        assert!(names.iter().any(|n| n == service), "{service} missing from {names:?}");
+    }
+    let file = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = file.message_response else {
+        panic!("file descriptor answer expected");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+#[test]
+fn descriptor_set_subcommand_writes_the_built_in_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("query_api_descriptor_set.pb");
+    let status = Command::new(BIN).args(["descriptor-set", "--out"]).arg(&out).status().unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(bytes, kv_server::DESCRIPTOR_SET);
+    let set = <prost_types::FileDescriptorSet as prost::Message>::decode(bytes.as_slice()).unwrap();
+    let files: Vec<&str> = set.file.iter().filter_map(|f| f.name.as_deref()).collect();
+    for needed in ["google/api/annotations.proto", "google/api/http.proto", "kv_server/v1/get_values.proto"] {
+        assert!(files.contains(&needed), "{needed} missing from {files:?}");
+    }
+}
+
+#[test]
+fn bad_configuration_exits_non_zero_before_serving() {
+    for (args, needle) in [
+        (&["--sample-data", "--max-keys-per-request", "0"][..], "--max-keys-per-request"),
+        (&["--sample-data", "--listen", "tcp://127.0.0.1:notaport"][..], "notaport"),
+        (&["--data-dir", "/nonexistent/kv-server-test"][..], "/nonexistent/kv-server-test"),
+    ] {
+        let output = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(output.stdout.is_empty(), "nothing served: {args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
