@@ -576,6 +576,16 @@ mod tests {
         assert!(["nxdomain", "no_records", "timeout", "failed"].contains(&err.kind()), "{err}");
     }
 
+    /// `vsockproxy check CONFIG` validates without a runtime: building the resolver sends nothing
+    /// and needs no reactor.
+    #[test]
+    fn builds_outside_a_runtime() {
+        let config = DnsConfig { servers: vec!["127.0.0.1:53".parse().unwrap()], ..DnsConfig::default() };
+        let resolver = Resolver::new(&config).unwrap();
+        assert_eq!(resolver.cache_stats(), (0, 0));
+        Resolver::new(&DnsConfig::default()).unwrap();
+    }
+
     #[test]
     fn config_errors_name_the_field() {
         let err = |config: DnsConfig| Resolver::new(&config).map(|_| ()).unwrap_err().to_string();

@@ -1002,6 +1002,26 @@ mod tests {
             prop_assert!(validate_name(&once).is_ok());
         }
 
+        /// Host rules and broad blocks never open a special address, in any IPv6 carrier form.
+        #[test]
+        fn special_addresses_need_a_narrow_rule(addr in any_ip(), port in 1u16..) {
+            let p = policy(vec![
+                rule(("host", "*.example.com"), &["*"]),
+                rule(("cidr", "0.0.0.0/0"), &["*"]),
+                rule(("cidr", "::/0"), &["*"]),
+            ]);
+            let verdict = p.check_ip(Some("a.example.com"), addr, port);
+            if special_range(canonical_ip(addr)).is_some() {
+                prop_assert_eq!(kind(verdict), "special_address");
+            } else {
+                prop_assert_eq!(kind(verdict), "allowed");
+            }
+            if let IpAddr::V4(v4) = addr {
+                let mapped = IpAddr::V6(v4.to_ipv6_mapped());
+                prop_assert_eq!(p.check_ip(None, mapped, port).is_ok(), p.check_ip(None, addr, port).is_ok());
+            }
+        }
+
         /// Every inet_aton spelling of an IPv4 address is judged exactly as the address itself.
         #[test]
         fn ipv4_spellings_agree(v in any::<u32>(), port in 1u16..) {
