@@ -24,6 +24,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
+use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
@@ -189,7 +190,10 @@ impl Resolver {
         // Our own cache sits in front and owns TTL handling; hickory's would hide expiries.
         opts.cache_size = 0;
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        opts.timeout = timeout;
+        // Two attempts fit in one lookup's budget, so a lost UDP packet is retried in time; the
+        // outer timeout in `query` is the hard bound either way.
+        opts.attempts = 2;
+        opts.timeout = (timeout / 2).max(Duration::from_millis(1));
         opts.use_hosts_file = ResolveHosts::Always;
         let hickory = TokioResolver::builder_with_config(resolver_config, TokioRuntimeProvider::default())
             .with_options(opts)
@@ -302,14 +306,10 @@ impl Resolver {
             }
             Ok(Err(e)) if e.is_nx_domain() => (Err(DnsError::NxDomain { name }), inner.negative_ttl),
             Ok(Err(e)) if e.is_no_records_found() => (Err(DnsError::NoRecords { name }), inner.negative_ttl),
-            Ok(Err(e)) => {
-                let reason = e.to_string();
-                if reason.contains("timed out") {
-                    (Err(DnsError::Timeout { name, after: started.elapsed() }), Duration::ZERO)
-                } else {
-                    (Err(DnsError::Failed { name, reason }), Duration::ZERO)
-                }
+            Ok(Err(NetError::Timeout)) => {
+                (Err(DnsError::Timeout { name, after: started.elapsed() }), Duration::ZERO)
             }
+            Ok(Err(e)) => (Err(DnsError::Failed { name, reason: e.to_string() }), Duration::ZERO),
         };
         match &result {
             Ok(addrs) => {
@@ -370,7 +370,8 @@ mod tests {
 
     /// A real UDP DNS server on 127.0.0.1 for tests: answers A queries for names in `a_records`
     /// with the given TTL, NXDOMAIN for others (NOERROR with no answer for AAAA of known names),
-    /// and counts the queries it receives. With `silent`, it never answers.
+    /// and counts the queries it receives. With `silent`, it never answers; it ignores the first
+    /// `drop_first` queries (lost packets).
     struct TestDnsServer {
         addr: SocketAddr,
         queries: Arc<AtomicU32>,
@@ -378,6 +379,15 @@ mod tests {
 
     impl TestDnsServer {
         async fn start(a_records: Vec<(&'static str, Ipv4Addr)>, ttl: u32, silent: bool) -> TestDnsServer {
+            Self::start_with(a_records, ttl, silent, 0).await
+        }
+
+        async fn start_with(
+            a_records: Vec<(&'static str, Ipv4Addr)>,
+            ttl: u32,
+            silent: bool,
+            drop_first: u32,
+        ) -> TestDnsServer {
             let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let addr = socket.local_addr().unwrap();
             let queries = Arc::new(AtomicU32::new(0));
@@ -386,8 +396,8 @@ mod tests {
                 let mut buf = [0u8; 1500];
                 loop {
                     let Ok((n, peer)) = socket.recv_from(&mut buf).await else { return };
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    if silent {
+                    let seen = counter.fetch_add(1, Ordering::SeqCst);
+                    if silent || seen < drop_first {
                         continue;
                     }
                     if let Some(reply) = answer(&buf[..n], &a_records, ttl) {
@@ -562,6 +572,24 @@ mod tests {
         // Failures other than "no such name" are not cached: the next lookup asks again.
         resolver.lookup("silent.example.test").await.unwrap_err();
         assert_eq!(resolver.cache_stats(), (0, 2));
+    }
+
+    #[tokio::test]
+    async fn a_lost_packet_is_retried_within_the_timeout() {
+        let server = TestDnsServer::start_with(
+            vec![("lossy.example.test", Ipv4Addr::new(192, 0, 2, 11))],
+            60,
+            false,
+            2,
+        )
+        .await;
+        // The first two queries (the first A and AAAA) are lost; the answer must still come, from a
+        // retransmission, within the budget.
+        let config = DnsConfig { timeout_ms: 2000, ..config_for(&server) };
+        let resolver = Resolver::new(&config).unwrap();
+        let addrs = resolver.lookup("lossy.example.test").await.unwrap();
+        assert_eq!(&addrs[..], &[IpAddr::from([192, 0, 2, 11])]);
+        assert!(server.queries() >= 3, "queries: {}", server.queries());
     }
 
     #[tokio::test]
