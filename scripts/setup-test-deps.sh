@@ -40,6 +40,9 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   printf '%s' "$want" >"$stamp"
 fi
 
+# A real Linux kernel and its modules for packaging's EIF test (.tools/kernel, about 100 MB once).
+"$REPO_ROOT/packaging/scripts/fetch-test-kernel.sh"
+
 for tool in socat curl shellcheck envoy moto_server; do
   command -v "$tool" >/dev/null || { log "missing after set-up: $tool"; exit 1; }
 done

@@ -55,10 +55,14 @@ impl Measurements {
 }
 
 /// Feeds section data in file order; knows which register each section belongs to.
+///
+/// PCR0 and PCR1 hash the same prefix (kernel, cmdline, first ramdisk), so there is one running
+/// hasher for it, cloned into PCR1's when the second ramdisk starts: those bytes are hashed once.
 #[derive(Clone, Default)]
 pub struct PcrHasher {
     image: Sha384,
-    bootstrap: Sha384,
+    /// PCR1's state, frozen when the second ramdisk starts.
+    bootstrap: Option<Sha384>,
     app: Sha384,
     cert: Option<[u8; PCR_LEN]>,
     ramdisks_seen: usize,
@@ -82,19 +86,24 @@ impl PcrHasher {
     /// Call once before feeding each ramdisk's bytes with `update(Measured::Ramdisk, ..)`.
     pub fn start_ramdisk(&mut self) {
         self.ramdisks_seen += 1;
+        if self.ramdisks_seen == 2 {
+            self.bootstrap = Some(self.image.clone());
+        }
     }
 
     pub fn update(&mut self, what: Measured, data: &[u8]) {
         match what {
             Measured::Boot => {
                 self.image.update(data);
-                self.bootstrap.update(data);
+                if let Some(b) = &mut self.bootstrap {
+                    // kernel/cmdline after a second ramdisk: not nitro-cli's order, but measured
+                    // the way nitro-cli's reader would (into PCR0 and PCR1).
+                    b.update(data);
+                }
             }
             Measured::Ramdisk => {
                 self.image.update(data);
-                if self.ramdisks_seen <= 1 {
-                    self.bootstrap.update(data);
-                } else {
+                if self.ramdisks_seen > 1 {
                     self.app.update(data);
                 }
             }
@@ -109,10 +118,11 @@ impl PcrHasher {
 
     pub fn finish(self) -> Measurements {
         let reg = |h: Sha384| hex::encode(extend_from_zero(&h.finalize()));
+        let bootstrap = self.bootstrap.unwrap_or_else(|| self.image.clone());
         Measurements {
             hash_algorithm: HASH_ALGORITHM.to_string(),
             pcr0: reg(self.image),
-            pcr1: reg(self.bootstrap),
+            pcr1: reg(bootstrap),
             pcr2: reg(self.app),
             pcr8: self.cert.map(|c| hex::encode(extend_from_zero(&c))),
         }
