@@ -1,4 +1,22 @@
-//! vsockproxy: the parent-instance vsock proxy daemon.
+//! `vsockproxy`: the parent-instance proxy between a Nitro Enclave and the world.
+//!
+//! - [`config`]: the TOML file and CLI overrides, validated before anything binds;
+//! - [`server`]: listeners (ingress, fixed mappings, SOCKS5), one task per connection, reload
+//!   and drain; [`forward`]: the byte pump (splice or copy) with half-close and idle timeout;
+//! - [`policy`]: the default-deny egress allowlist; [`dns`]: the shared caching resolver;
+//! - [`limits`]: connection caps; [`metrics`] and [`admin`]: `/healthz`, `/readyz`, `/metrics`;
+//! - [`notify`]: systemd readiness and watchdog; [`app`]: the daemon's life cycle; [`cli`].
+#![deny(unsafe_code)]
 
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
 pub mod dns;
+pub mod forward;
+pub mod limits;
+pub mod metrics;
+pub mod notify;
 pub mod policy;
+pub mod server;
+mod sys;

@@ -163,6 +163,30 @@ impl Stream {
         }
     }
 
+    /// Reads what is available without waiting (`WouldBlock` when nothing is), clearing the
+    /// read readiness in that case; pairs with [`readable`](Self::readable). vsock: `Unsupported`.
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_read(buf),
+            Stream::Unix(s) => s.try_read(buf),
+            Stream::Vsock(_) => {
+                Err(io::Error::new(io::ErrorKind::Unsupported, "vsock streams have no try_read"))
+            }
+        }
+    }
+
+    /// Writes what fits without waiting (`WouldBlock` when nothing does), clearing the write
+    /// readiness in that case; pairs with [`writable`](Self::writable). vsock: `Unsupported`.
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write(buf),
+            Stream::Unix(s) => s.try_write(buf),
+            Stream::Vsock(_) => {
+                Err(io::Error::new(io::ErrorKind::Unsupported, "vsock streams have no try_write"))
+            }
+        }
+    }
+
     /// Whether [`readable`](Self::readable)/[`try_io`](Self::try_io) track readiness precisely,
     /// which zero-copy forwarding needs.
     pub fn supports_readiness(&self) -> bool {

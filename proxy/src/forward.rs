@@ -1,0 +1,359 @@
+//! Moving bytes both ways between an accepted stream and its upstream.
+//!
+//! Each direction runs on its own until its source reaches end of stream, then half-closes its
+//! destination (`shutdown(SHUT_WR)`), so a client that shuts its write side still reads the
+//! reply. The connection ends when both directions have ended, on the first error (the other
+//! side of a TCP peer then sees a reset, not a clean end), or after `idle` without a byte.
+//!
+//! Three engines, same behaviour:
+//! - `splice`: `splice(2)` socket -> pipe -> socket, no copy through user space;
+//! - `copy`: non-blocking read/write through one buffer per direction;
+//! - both wait on tokio readiness and allocate their pipe or buffer only when the first byte
+//!   arrives, so idle connections cost two sockets and a task.
+//! - vsock streams have no readiness API in tokio-vsock: those connections use a buffered
+//!   poll-based copy (tokio's `copy_bidirectional_with_sizes`).
+//!
+//! Per-direction buffering is bounded by `buffer_size`: a slow reader stops the reads on the
+//! other side (backpressure) instead of growing memory.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use transport::Stream;
+
+use crate::config::ForwardMode;
+use crate::sys;
+
+/// Which end of a proxied connection an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The peer that connected to our listener.
+    Client,
+    /// The destination we dialed.
+    Upstream,
+}
+
+impl Side {
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("{} side: {source}", side.label())]
+    Io { side: Side, source: io::Error },
+    #[error("idle for {0:?}, closed")]
+    Idle(Duration),
+    #[error("proxy: {0}")]
+    Local(io::Error),
+}
+
+/// Byte counters of one connection; the listener totals are updated as bytes move.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub client_to_upstream: AtomicU64,
+    pub upstream_to_client: AtomicU64,
+}
+
+impl Counters {
+    fn sum(&self) -> u64 {
+        self.client_to_upstream.load(Ordering::Relaxed) + self.upstream_to_client.load(Ordering::Relaxed)
+    }
+}
+
+/// Where the bytes of one direction are counted: the connection's and the listener's counter.
+#[derive(Clone, Copy)]
+pub struct Tally<'a> {
+    pub conn: &'a AtomicU64,
+    pub total: &'a AtomicU64,
+}
+
+impl Tally<'_> {
+    fn add(&self, n: usize) {
+        self.conn.fetch_add(n as u64, Ordering::Relaxed);
+        self.total.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub mode: ForwardMode,
+    pub buffer_size: usize,
+    /// `None`: no idle timeout.
+    pub idle: Option<Duration>,
+}
+
+/// Forwards until both directions ended, an error or the idle timeout.
+pub async fn forward(
+    client: Stream,
+    upstream: Stream,
+    opts: Options,
+    counters: &Counters,
+    c2u_total: &AtomicU64,
+    u2c_total: &AtomicU64,
+) -> Result<(), ForwardError> {
+    let c2u = Tally { conn: &counters.client_to_upstream, total: c2u_total };
+    let u2c = Tally { conn: &counters.upstream_to_client, total: u2c_total };
+    let idle = async {
+        match opts.idle {
+            Some(d) => idle_watch(d, counters).await,
+            None => std::future::pending().await,
+        }
+    };
+    let readiness = client.supports_readiness() && upstream.supports_readiness();
+    let result = if readiness {
+        let both = async {
+            tokio::try_join!(
+                pump(&client, &upstream, Side::Client, Side::Upstream, opts, c2u),
+                pump(&upstream, &client, Side::Upstream, Side::Client, opts, u2c),
+            )
+            .map(|_| ())
+        };
+        tokio::select! {
+            r = both => r,
+            e = idle => Err(e),
+        }
+    } else {
+        let (mut client, mut upstream) = (client, upstream);
+        let result = {
+            let mut a = CountingIo { io: &mut client, side: Side::Client, tally: c2u, last_error: None };
+            let mut b = CountingIo { io: &mut upstream, side: Side::Upstream, tally: u2c, last_error: None };
+            let both = async {
+                tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, opts.buffer_size, opts.buffer_size)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| classify(e, a.last_error.or(b.last_error)))
+            };
+            tokio::select! {
+                r = both => r,
+                e = idle => Err(e),
+            }
+        };
+        return finish(result, &client, &upstream);
+    };
+    finish(result, &client, &upstream)
+}
+
+/// On an error, make sure the other end learns that the stream was cut (TCP reset) rather
+/// than seeing a clean end that looks like a complete transfer.
+fn finish(result: Result<(), ForwardError>, client: &Stream, upstream: &Stream) -> Result<(), ForwardError> {
+    match &result {
+        Err(ForwardError::Io { side: Side::Upstream, .. }) => sys::set_linger_zero(client.as_raw_fd()),
+        Err(ForwardError::Io { side: Side::Client, .. }) => sys::set_linger_zero(upstream.as_raw_fd()),
+        _ => {}
+    }
+    result
+}
+
+async fn idle_watch(idle: Duration, counters: &Counters) -> ForwardError {
+    // Checked once per period: a connection is closed after between one and two periods
+    // without traffic. Cheaper than re-arming a timer on every read.
+    let mut last = counters.sum();
+    loop {
+        tokio::time::sleep(idle).await;
+        let now = counters.sum();
+        if now == last {
+            return ForwardError::Idle(idle);
+        }
+        last = now;
+    }
+}
+
+/// One direction over readiness: read (or splice) from `src` and write all of it to `dst`
+/// before reading again.
+async fn pump(
+    src: &Stream,
+    dst: &Stream,
+    src_side: Side,
+    dst_side: Side,
+    opts: Options,
+    tally: Tally<'_>,
+) -> Result<(), ForwardError> {
+    let rd = |source| ForwardError::Io { side: src_side, source };
+    let wr = |source| ForwardError::Io { side: dst_side, source };
+    match opts.mode {
+        ForwardMode::Copy => {
+            let mut buf: Vec<u8> = Vec::new();
+            loop {
+                src.readable().await.map_err(rd)?;
+                if buf.is_empty() {
+                    buf = vec![0; opts.buffer_size];
+                }
+                let n = match src.try_read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(rd(e)),
+                };
+                if n == 0 {
+                    let _ = dst.shutdown_write();
+                    return Ok(());
+                }
+                let mut off = 0;
+                while off < n {
+                    match dst.try_write(&buf[off..n]) {
+                        Ok(k) => off += k,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            dst.writable().await.map_err(wr)?
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(wr(e)),
+                    }
+                }
+                tally.add(n);
+            }
+        }
+        ForwardMode::Splice => {
+            let mut pipe: Option<sys::Pipe> = None;
+            loop {
+                src.readable().await.map_err(rd)?;
+                let p = match &pipe {
+                    Some(p) => p,
+                    None => pipe.insert(sys::Pipe::new(opts.buffer_size).map_err(ForwardError::Local)?),
+                };
+                let n = match src.try_io(Interest::READABLE, || {
+                    sys::splice(src.as_raw_fd(), p.write_fd(), opts.buffer_size)
+                }) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(rd(e)),
+                };
+                if n == 0 {
+                    let _ = dst.shutdown_write();
+                    return Ok(());
+                }
+                let mut left = n;
+                while left > 0 {
+                    match dst.try_io(Interest::WRITABLE, || sys::splice(p.read_fd(), dst.as_raw_fd(), left)) {
+                        Ok(k) => left -= k,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            dst.writable().await.map_err(wr)?
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(wr(e)),
+                    }
+                }
+                tally.add(n);
+            }
+        }
+    }
+}
+
+/// Wraps one stream for the poll-based engine: counts bytes read from it and remembers which
+/// side the last error came from.
+struct CountingIo<'a> {
+    io: &'a mut Stream,
+    side: Side,
+    tally: Tally<'a>,
+    last_error: Option<Side>,
+}
+
+impl CountingIo<'_> {
+    fn note<T>(&mut self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(_)) = &r {
+            self.last_error = Some(self.side);
+        }
+        r
+    }
+}
+
+fn classify(e: io::Error, side: Option<Side>) -> ForwardError {
+    ForwardError::Io { side: side.unwrap_or(Side::Upstream), source: e }
+}
+
+impl AsyncRead for CountingIo<'_> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut *this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &r {
+            this.tally.add(buf.filled().len() - before);
+        }
+        this.note(r)
+    }
+}
+
+impl AsyncWrite for CountingIo<'_> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut *this.io).poll_write(cx, buf);
+        this.note(r)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut *this.io).poll_flush(cx);
+        this.note(r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The peer may already be gone; a failed half-close must not fail the other direction.
+        let this = self.get_mut();
+        match Pin::new(&mut *this.io).poll_shutdown(cx) {
+            Poll::Ready(Err(_)) => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use transport::{Endpoint, Listener};
+
+    async fn pair() -> (Stream, Stream) {
+        let l = Listener::bind(&"tcp://127.0.0.1:0".parse::<Endpoint>().unwrap()).await.unwrap();
+        let ep = l.local_endpoint().unwrap();
+        let (a, b) = tokio::join!(Stream::connect(&ep), l.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn both_modes_forward_and_half_close() {
+        for mode in [ForwardMode::Splice, ForwardMode::Copy] {
+            let (mut client, proxy_client) = pair().await;
+            let (proxy_up, mut up) = pair().await;
+            let opts = Options { mode, buffer_size: 8192, idle: None };
+            let task = tokio::spawn(async move {
+                let c = Counters::default();
+                let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
+                forward(proxy_client, proxy_up, opts, &c, &t1, &t2).await.unwrap();
+                (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
+            });
+            let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+            client.write_all(&data).await.unwrap();
+            client.shutdown_write().unwrap();
+            let mut got = Vec::new();
+            up.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, data, "{mode}");
+            up.write_all(b"reply").await.unwrap();
+            up.shutdown_write().unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, b"reply");
+            assert_eq!(task.await.unwrap(), (100_000, 5));
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed() {
+        let (_client, proxy_client) = pair().await;
+        let (proxy_up, _up) = pair().await;
+        let opts =
+            Options { mode: ForwardMode::Copy, buffer_size: 8192, idle: Some(Duration::from_millis(50)) };
+        let (c, t1, t2) = (Counters::default(), AtomicU64::new(0), AtomicU64::new(0));
+        let r = forward(proxy_client, proxy_up, opts, &c, &t1, &t2).await;
+        assert!(matches!(r, Err(ForwardError::Idle(_))), "{r:?}");
+    }
+}

@@ -1,0 +1,596 @@
+//! The running daemon: listeners, one task per connection, reload and drain.
+//!
+//! Three kinds of listener share one accept loop:
+//! - ingress (`[[ingress]]`): accept, dial the configured upstream (the enclave), forward;
+//! - fixed mapping (`[[mapping]]`): the same, towards an operator-chosen `tcp://HOST:PORT`.
+//!   Mappings are not filtered by `[policy]`: the operator names the destination and the
+//!   enclave cannot choose another one. Their names go through the shared resolver;
+//! - SOCKS5 (`[socks5]`): the enclave names the destination; the policy checks the name, DNS
+//!   runs here on the parent, and the policy checks every resolved address again.
+//!
+//! Every failure ends only its own connection, is counted with a reason, and is logged on the
+//! connection's close line; SOCKS5 clients also get the matching reply code.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info, info_span, warn};
+use transport::socks5::{self, Address, Command, ReplyCode};
+use transport::{Endpoint, Host, Listener, PeerAddr, Stream};
+
+use crate::config::{Config, ForwardingConfig, RouteKind, TimeoutsConfig};
+use crate::dns::{DnsError, Resolver};
+use crate::forward::{self, Counters, ForwardError};
+use crate::limits::{Limit, Permit};
+use crate::metrics::{ListenerMetrics, Metrics};
+use crate::policy::{self, Policy};
+
+/// What a reload may change for connections accepted after it.
+pub struct Settings {
+    pub policy: Policy,
+    pub timeouts: TimeoutsConfig,
+    pub forwarding: ForwardingConfig,
+}
+
+impl Settings {
+    fn forward_options(&self) -> forward::Options {
+        forward::Options {
+            mode: self.forwarding.mode,
+            buffer_size: self.forwarding.buffer_size,
+            idle: (self.timeouts.idle_ms > 0).then(|| Duration::from_millis(self.timeouts.idle_ms)),
+        }
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.timeouts.connect_ms)
+    }
+}
+
+/// State every connection task can see.
+pub struct Shared {
+    pub metrics: Metrics,
+    pub resolver: Resolver,
+    pub global: Arc<Limit>,
+    pub draining: AtomicBool,
+    settings: RwLock<Arc<Settings>>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn settings(&self) -> Arc<Settings> {
+        match self.settings.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_settings(&self, s: Settings) {
+        let mut guard = match self.settings.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Arc::new(s);
+    }
+}
+
+pub enum Role {
+    Route { kind: RouteKind, upstream: RwLock<Endpoint> },
+    Socks5,
+}
+
+/// One bound listener.
+pub struct ListenerState {
+    pub name: String,
+    /// As configured (what a reload matches on).
+    pub listen: Endpoint,
+    /// As bound (the real port when 0 was configured).
+    pub bound: Endpoint,
+    pub role: Role,
+    pub metrics: Arc<ListenerMetrics>,
+}
+
+impl ListenerState {
+    pub fn upstream(&self) -> Option<Endpoint> {
+        match &self.role {
+            Role::Route { upstream, .. } => Some(match upstream.read() {
+                Ok(u) => u.clone(),
+                Err(p) => p.into_inner().clone(),
+            }),
+            Role::Socks5 => None,
+        }
+    }
+
+    pub fn is_ingress(&self) -> bool {
+        matches!(self.role, Role::Route { kind: RouteKind::Ingress, .. })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Bind(#[from] transport::BindError),
+    #[error("listener {name}: {source}")]
+    Local { name: String, source: io::Error },
+    #[error("[dns]: {0}")]
+    Dns(DnsError),
+}
+
+/// The daemon after binding: listeners are open, accept loops not yet started.
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+    pub listeners: Vec<Arc<ListenerState>>,
+    pending: Vec<Listener>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Binds every listener of `config`; nothing is accepted until [`start`](Self::start).
+    pub async fn bind(config: Config) -> Result<Proxy, StartError> {
+        let resolver = Resolver::new(&config.dns).map_err(StartError::Dns)?;
+        let shared = Arc::new(Shared {
+            metrics: Metrics::default(),
+            resolver,
+            global: Limit::new(config.limits.max_connections),
+            draining: AtomicBool::new(false),
+            settings: RwLock::new(Arc::new(Settings {
+                policy: config.policy,
+                timeouts: config.timeouts.clone(),
+                forwarding: config.forwarding.clone(),
+            })),
+            next_id: AtomicU64::new(1),
+        });
+        let mut specs: Vec<(String, Endpoint, Role, usize, &'static str)> = config
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    r.listen.clone(),
+                    Role::Route { kind: r.kind, upstream: RwLock::new(r.upstream.clone()) },
+                    r.max_connections,
+                    r.kind.label(),
+                )
+            })
+            .collect();
+        if let Some(s) = &config.socks5 {
+            specs.push((s.name.clone(), s.listen.clone(), Role::Socks5, s.max_connections, "socks5"));
+        }
+        let mut listeners = Vec::new();
+        let mut pending = Vec::new();
+        for (name, listen, role, max, kind) in specs {
+            let listener = Listener::bind(&listen).await?;
+            let bound = listener
+                .local_endpoint()
+                .map_err(|source| StartError::Local { name: name.clone(), source })?;
+            let metrics = Arc::new(ListenerMetrics::new(kind, name.clone(), Limit::new(max)));
+            shared.metrics.register(metrics.clone());
+            info!(listener = %name, kind, listen = %bound, "listening");
+            listeners.push(Arc::new(ListenerState { name, listen, bound, role, metrics }));
+            pending.push(listener);
+        }
+        let (stop, _) = watch::channel(false);
+        Ok(Proxy { shared, listeners, pending, stop, tasks: Vec::new() })
+    }
+
+    /// Starts the accept loops.
+    pub fn start(&mut self) {
+        for (listener, state) in self.pending.drain(..).zip(self.listeners.iter()) {
+            let task = accept_loop(listener, state.clone(), self.shared.clone(), self.stop.subscribe());
+            self.tasks.push(tokio::spawn(task));
+        }
+    }
+
+    /// Applies a new, already validated configuration to what is running. Returns what could
+    /// not be applied without a restart (listeners added or removed, DNS settings).
+    pub fn reload(&self, config: Config) -> Vec<String> {
+        let mut notes = Vec::new();
+        let mut matched = vec![false; config.routes.len()];
+        let mut socks_matched = false;
+        for l in &self.listeners {
+            match &l.role {
+                Role::Route { kind, upstream } => {
+                    let found = config
+                        .routes
+                        .iter()
+                        .enumerate()
+                        .find(|(_, r)| r.kind == *kind && r.listen == l.listen);
+                    match found {
+                        Some((i, r)) => {
+                            matched[i] = true;
+                            l.metrics.limit.set_max(r.max_connections);
+                            let mut guard = match upstream.write() {
+                                Ok(g) => g,
+                                Err(p) => p.into_inner(),
+                            };
+                            if *guard != r.upstream {
+                                info!(listener = %l.name, from = %*guard, to = %r.upstream, "upstream changed");
+                                *guard = r.upstream.clone();
+                            }
+                        }
+                        None => notes.push(format!(
+                            "{} {} is no longer configured; it keeps serving until a restart",
+                            kind.label(),
+                            l.listen
+                        )),
+                    }
+                }
+                Role::Socks5 => match &config.socks5 {
+                    Some(s) if s.listen == l.listen => {
+                        socks_matched = true;
+                        l.metrics.limit.set_max(s.max_connections);
+                    }
+                    _ => notes.push(format!(
+                        "socks5 {} is no longer configured; it keeps serving until a restart",
+                        l.listen
+                    )),
+                },
+            }
+        }
+        for (r, m) in config.routes.iter().zip(&matched) {
+            if !m {
+                notes.push(format!("new {} listener {} needs a restart", r.kind.label(), r.listen));
+            }
+        }
+        if let (Some(s), false) = (&config.socks5, socks_matched) {
+            notes.push(format!("new socks5 listener {} needs a restart", s.listen));
+        }
+        self.shared.global.set_max(config.limits.max_connections);
+        self.shared.set_settings(Settings {
+            policy: config.policy,
+            timeouts: config.timeouts,
+            forwarding: config.forwarding,
+        });
+        notes
+    }
+
+    /// Stops accepting (listeners close), then waits up to `deadline` for in-flight
+    /// connections to finish. Returns how many were still open at the deadline.
+    pub async fn drain(mut self, deadline: Duration) -> usize {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        let until = Instant::now() + deadline;
+        loop {
+            let active = self.shared.global.active();
+            if active == 0 || Instant::now() >= until {
+                return active;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    state: Arc<ListenerState>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors or a connection reset before accept: the listener
+                // stays; back off briefly so a full fd table does not spin.
+                warn!(listener = %state.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        state.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        let permit = match Permit::acquire(&shared.global, &state.metrics.limit) {
+            Ok(p) => p,
+            Err(refusal) => {
+                state.metrics.refused(refusal.label());
+                warn!(listener = %state.name, peer = %peer, reason = refusal.label(), "connection refused: limit reached");
+                drop(stream);
+                continue;
+            }
+        };
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let span = info_span!("conn", id, listener = %state.name);
+        let (state, shared) = (state.clone(), shared.clone());
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                match &state.role {
+                    Role::Route { .. } => serve_route(stream, peer, &state, &shared).await,
+                    Role::Socks5 => serve_socks5(stream, peer, &state, &shared).await,
+                }
+            }
+            .instrument(span),
+        );
+    }
+    debug!(listener = %state.name, "accept loop stopped");
+}
+
+/// Why a connection ended before any byte was forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("resolve {name}: {source}")]
+    Dns { name: String, source: DnsError },
+    #[error("resolve {name}: timed out after {after:?}")]
+    DnsTimeout { name: String, after: Duration },
+    /// `dest` is the policy's own one-line explanation.
+    #[error("{dest}")]
+    Denied { dest: String, kind: &'static str },
+    #[error("connect to {dest}: timed out after {after:?}")]
+    Timeout { dest: String, after: Duration },
+    #[error("connect to {dest}: {source}")]
+    Io { dest: String, source: io::Error },
+    #[error("{0}")]
+    Transport(transport::ConnectError),
+}
+
+impl DialError {
+    /// The refusal reason in metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DialError::Dns { .. } | DialError::DnsTimeout { .. } => "dns",
+            DialError::Denied { .. } => "policy",
+            DialError::Timeout { .. } => "connect_timeout",
+            DialError::Io { source, .. } if source.kind() == io::ErrorKind::ConnectionRefused => {
+                "connect_refused"
+            }
+            DialError::Transport(e) if e.io_kind() == Some(io::ErrorKind::ConnectionRefused) => {
+                "connect_refused"
+            }
+            DialError::Transport(e) if e.io_kind() == Some(io::ErrorKind::TimedOut) => "connect_timeout",
+            _ => "connect_error",
+        }
+    }
+
+    /// The SOCKS5 reply for this failure (RFC 1928 section 6).
+    pub fn reply(&self) -> ReplyCode {
+        match self {
+            DialError::Dns { .. } | DialError::DnsTimeout { .. } => ReplyCode::HostUnreachable,
+            DialError::Denied { .. } => ReplyCode::NotAllowed,
+            DialError::Timeout { .. } => ReplyCode::TtlExpired,
+            DialError::Io { source, .. } => match source.kind() {
+                io::ErrorKind::ConnectionRefused => ReplyCode::ConnectionRefused,
+                io::ErrorKind::NetworkUnreachable => ReplyCode::NetworkUnreachable,
+                io::ErrorKind::HostUnreachable => ReplyCode::HostUnreachable,
+                io::ErrorKind::TimedOut => ReplyCode::TtlExpired,
+                _ => ReplyCode::GeneralFailure,
+            },
+            DialError::Transport(_) => ReplyCode::GeneralFailure,
+        }
+    }
+}
+
+/// Resolves `name` through the shared resolver, timing it.
+async fn resolve(shared: &Shared, name: &str, budget: Duration) -> Result<Arc<[IpAddr]>, DialError> {
+    let t = Instant::now();
+    let r = tokio::time::timeout(budget, shared.resolver.lookup(name)).await;
+    shared.metrics.dns_seconds.observe(t.elapsed());
+    match r {
+        Ok(Ok(ips)) => Ok(ips),
+        Ok(Err(source)) => Err(DialError::Dns { name: name.to_string(), source }),
+        Err(_) => Err(DialError::DnsTimeout { name: name.to_string(), after: budget }),
+    }
+}
+
+/// Tries each address in turn, each with its own timeout; the last failure is returned.
+async fn connect_any(
+    shared: &Shared,
+    addrs: &[SocketAddr],
+    budget: Duration,
+) -> Result<TcpStream, DialError> {
+    let mut last = None;
+    for addr in addrs {
+        let t = Instant::now();
+        match tokio::time::timeout(budget, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                shared.metrics.tcp_seconds.observe(t.elapsed());
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Ok(Err(source)) => {
+                debug!(dest = %addr, error = %source, "connect failed, trying the next address");
+                last = Some(DialError::Io { dest: addr.to_string(), source });
+            }
+            Err(_) => last = Some(DialError::Timeout { dest: addr.to_string(), after: budget }),
+        }
+    }
+    Err(last.unwrap_or_else(|| DialError::Io {
+        dest: "(no address)".into(),
+        source: io::Error::new(io::ErrorKind::NotFound, "no address to connect to"),
+    }))
+}
+
+/// Dials a fixed upstream (ingress, mapping, readiness probe).
+pub async fn dial_fixed(shared: &Shared, endpoint: &Endpoint, budget: Duration) -> Result<Stream, DialError> {
+    match endpoint {
+        Endpoint::Tcp { host: Host::Name(name), port } => {
+            let ips = resolve(shared, name, budget).await?;
+            let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, *port)).collect();
+            Ok(Stream::Tcp(connect_any(shared, &addrs, budget).await?))
+        }
+        Endpoint::Tcp { host: Host::Ip(ip), port } => {
+            Ok(Stream::Tcp(connect_any(shared, &[SocketAddr::new(*ip, *port)], budget).await?))
+        }
+        other => {
+            let t = Instant::now();
+            match tokio::time::timeout(budget, Stream::connect(other)).await {
+                Ok(Ok(s)) => {
+                    shared.metrics.tcp_seconds.observe(t.elapsed());
+                    Ok(s)
+                }
+                Ok(Err(e)) => Err(DialError::Transport(e)),
+                Err(_) => Err(DialError::Timeout { dest: other.to_string(), after: budget }),
+            }
+        }
+    }
+}
+
+async fn serve_route(client: Stream, peer: PeerAddr, state: &ListenerState, shared: &Shared) {
+    let started = Instant::now();
+    let settings = shared.settings();
+    let Some(upstream) = state.upstream() else { return };
+    info!(%peer, dest = %upstream, "open");
+    match dial_fixed(shared, &upstream, settings.connect_timeout()).await {
+        Ok(up) => pipe(client, up, &peer, &upstream.to_string(), started, state, &settings).await,
+        Err(e) => {
+            state.metrics.refused(e.reason());
+            warn!(%peer, dest = %upstream, reason = e.reason(), error = %e,
+                duration_ms = started.elapsed().as_millis() as u64, "close");
+        }
+    }
+}
+
+async fn pipe(
+    client: Stream,
+    upstream: Stream,
+    peer: &PeerAddr,
+    dest: &str,
+    started: Instant,
+    state: &ListenerState,
+    settings: &Settings,
+) {
+    let counters = Counters::default();
+    let result = forward::forward(
+        client,
+        upstream,
+        settings.forward_options(),
+        &counters,
+        &state.metrics.client_to_upstream,
+        &state.metrics.upstream_to_client,
+    )
+    .await;
+    let up = counters.client_to_upstream.load(Ordering::Relaxed);
+    let down = counters.upstream_to_client.load(Ordering::Relaxed);
+    let duration_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(()) => info!(%peer, dest, bytes_up = up, bytes_down = down, duration_ms, "close"),
+        Err(ForwardError::Idle(_)) => {
+            info!(%peer, dest, bytes_up = up, bytes_down = down, duration_ms, "close: idle timeout")
+        }
+        Err(e) => {
+            info!(%peer, dest, bytes_up = up, bytes_down = down, duration_ms, error = %e, "close")
+        }
+    }
+}
+
+/// A SOCKS5 "domain" that is an IP literal in any spelling (`127.1`, `0x7f000001`,
+/// `[::ffff:127.0.0.1]`) is that address: it skips DNS (the policy already checked it as one).
+fn literal_ip(name: &str) -> Option<IpAddr> {
+    match policy::parse_ip_literal(&policy::normalise_name(name)) {
+        Some(Ok(ip)) => Some(ip),
+        _ => None,
+    }
+}
+
+/// Policy check, resolution and connect for one SOCKS5 request.
+async fn egress_connect(
+    shared: &Shared,
+    settings: &Settings,
+    dest: &Address,
+) -> Result<TcpStream, DialError> {
+    let budget = settings.connect_timeout();
+    let (name, port, ips): (Option<&str>, u16, Arc<[IpAddr]>) = match dest {
+        Address::Ip(sa) => (None, sa.port(), Arc::from([sa.ip()])),
+        Address::Domain(name, port) => {
+            // Before DNS: a refused name is never resolved. IP literals are checked as addresses.
+            if let Err(d) = settings.policy.check_name(name, *port) {
+                shared.metrics.denied(d.kind());
+                return Err(DialError::Denied { dest: d.to_string(), kind: d.kind() });
+            }
+            match literal_ip(name) {
+                Some(ip) => (None, *port, Arc::from([ip])),
+                None => (Some(name.as_str()), *port, resolve(shared, name, budget).await?),
+            }
+        }
+    };
+    let mut allowed = Vec::with_capacity(ips.len());
+    let mut first_denial = None;
+    for ip in ips.iter() {
+        match settings.policy.check_ip(name, *ip, port) {
+            Ok(()) => allowed.push(SocketAddr::new(*ip, port)),
+            Err(d) => {
+                shared.metrics.denied(d.kind());
+                debug!(name, %ip, port, kind = d.kind(), "address refused by policy");
+                first_denial.get_or_insert(d);
+            }
+        }
+    }
+    if allowed.is_empty() {
+        return Err(match first_denial {
+            Some(d) => DialError::Denied { dest: d.to_string(), kind: d.kind() },
+            None => DialError::Denied { dest: format!("{}:{port}", name.unwrap_or("?")), kind: "no_address" },
+        });
+    }
+    connect_any(shared, &allowed, budget).await
+}
+
+async fn serve_socks5(mut client: Stream, peer: PeerAddr, state: &ListenerState, shared: &Shared) {
+    let started = Instant::now();
+    let settings = shared.settings();
+    let handshake = Duration::from_millis(settings.timeouts.handshake_ms);
+    let request = match tokio::time::timeout(handshake, socks5::server_handshake(&mut client)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            state.metrics.refused("handshake");
+            info!(%peer, error = %e, "close: bad SOCKS5 handshake");
+            return;
+        }
+        Err(_) => {
+            state.metrics.refused("handshake_timeout");
+            info!(%peer, after_ms = handshake.as_millis() as u64, "close: SOCKS5 handshake timed out");
+            return;
+        }
+    };
+    let dest = match &request.dest {
+        Address::Ip(sa) => sa.to_string(),
+        Address::Domain(name, port) => format!("{name}:{port}"),
+    };
+    if !matches!(request.command, Command::Connect) {
+        state.metrics.refused("command");
+        let _ = socks5::send_reply(&mut client, ReplyCode::CommandNotSupported, None).await;
+        info!(%peer, dest, command = ?request.command, "close: command not supported");
+        return;
+    }
+    info!(%peer, dest, "open");
+    match egress_connect(shared, &settings, &request.dest).await {
+        Ok(up) => {
+            let bound = up.local_addr().ok();
+            if let Err(e) = socks5::send_reply(&mut client, ReplyCode::Succeeded, bound).await {
+                info!(%peer, dest, error = %e, "close: client gone before the reply");
+                return;
+            }
+            pipe(client, Stream::Tcp(up), &peer, &dest, started, state, &settings).await;
+        }
+        Err(e) => {
+            state.metrics.refused(e.reason());
+            let _ = socks5::send_reply(&mut client, e.reply(), None).await;
+            warn!(%peer, dest, reason = e.reason(), reply = ?e.reply(), error = %e,
+                duration_ms = started.elapsed().as_millis() as u64, "close");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_spellings_are_addresses() {
+        assert_eq!(literal_ip("[::ffff:127.0.0.1]"), "::ffff:127.0.0.1".parse().ok());
+        assert_eq!(literal_ip("10.0.0.1"), "10.0.0.1".parse().ok());
+        assert_eq!(literal_ip("127.1"), "127.0.0.1".parse().ok());
+        assert_eq!(literal_ip("0x7f000001"), "127.0.0.1".parse().ok());
+        assert_eq!(literal_ip("kms.us-east-1.amazonaws.com"), None);
+    }
+}

@@ -1,0 +1,123 @@
+//! `vsockproxy check` and `run` with good and bad configuration files.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{BIN, check};
+
+#[test]
+fn the_reference_example_config_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vsockproxy.toml");
+    let (ok, out) = check(&example);
+    assert!(ok, "{out}");
+    assert!(out.contains("ok"), "{out}");
+}
+
+#[test]
+fn bad_configs_name_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "typo.toml",
+            "[socks5]\nlisten = \"tcp://127.0.0.1:0\"\nlisen = \"x\"\n",
+            &[":3:", "socks5.lisen", "unknown field"],
+        ),
+        (
+            "cid.toml",
+            "[[ingress]]\nlisten = \"tcp://127.0.0.1:50051\"\nupstream = \"vsock://enclave:50051\"\n",
+            &[":3:", "ingress.upstream", "no host names"],
+        ),
+        ("scheme.toml", "[socks5]\nlisten = \"127.0.0.1:8888\"\n", &[":2:", "socks5.listen", "SCHEME://"]),
+        (
+            "policy.toml",
+            "[socks5]\nlisten = \"tcp://127.0.0.1:0\"\n[[policy.allow]]\nhost = \"*.amazonaws.com\"\nports = [\"443\"]\n[[policy.allow]]\ncidr = \"10.0.0.0/33\"\nports = [\"443\"]\n",
+            &["policy.allow[1].cidr"],
+        ),
+        (
+            "dup.toml",
+            "[socks5]\nlisten = \"tcp://127.0.0.1:7000\"\n[[mapping]]\nlisten = \"tcp://127.0.0.1:7000\"\nupstream = \"tcp://kms.us-east-1.amazonaws.com:443\"\n",
+            &["mapping[0].listen", "socks5.listen"],
+        ),
+        (
+            "admin.toml",
+            "[admin]\nlisten = \"tcp://0.0.0.0:9901\"\n[socks5]\nlisten = \"tcp://127.0.0.1:0\"\n",
+            &["admin.listen", "loopback"],
+        ),
+        (
+            "mode.toml",
+            "[socks5]\nlisten = \"tcp://127.0.0.1:0\"\n[forwarding]\nmode = \"fast\"\n",
+            &[":4:", "forwarding.mode"],
+        ),
+        (
+            "limit.toml",
+            "[socks5]\nlisten = \"tcp://127.0.0.1:0\"\n[limits]\nmax_connections = 0\n",
+            &["limits.max_connections"],
+        ),
+        (
+            "dns.toml",
+            "[socks5]\nlisten = \"tcp://127.0.0.1:0\"\n[dns]\nmin_ttl_secs = 600\nmax_ttl_secs = 60\n",
+            &["dns.min_ttl_secs"],
+        ),
+        ("empty.toml", "", &["nothing to listen on"]),
+        ("syntax.toml", "[socks5\nlisten = 1\n", &[":1:"]),
+    ];
+    for (name, text, wants) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let (ok, out) = check(&path);
+        assert!(!ok, "{name} accepted: {out}");
+        assert!(out.contains(&path.display().to_string()), "{name}: file not named: {out}");
+        for want in *wants {
+            assert!(out.contains(want), "{name}: expected {want:?} in: {out}");
+        }
+        // `run` refuses it the same way, before opening any socket, with exit code 2.
+        let run = Command::new(BIN).args(["run", "--config"]).arg(&path).output().unwrap();
+        assert_eq!(run.status.code(), Some(2), "{name}");
+        assert!(String::from_utf8_lossy(&run.stderr).contains(wants[0]), "{name}");
+    }
+    let missing = dir.path().join("missing.toml");
+    let (ok, out) = check(&missing);
+    assert!(!ok && out.contains("missing.toml") && out.contains("cannot read"), "{out}");
+}
+
+#[test]
+fn a_bad_config_opens_no_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("in.sock");
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[ingress]]\nlisten = \"unix://{}\"\nupstream = \"vsock://16:1\"\n[timeouts]\nidle = 3\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let run = Command::new(BIN).args(["run", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert!(!sock.exists(), "a listener was bound before the config was validated");
+}
+
+#[test]
+fn cli_flags_are_validated_and_named() {
+    let out = Command::new(BIN).args(["run", "--ingress-upstream", "vsock://enclave:5"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ingress-upstream") && err.contains("no host names"), "{err}");
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let out = Command::new(BIN).args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--ingress-listen",
+        "--ingress-upstream",
+        "--socks5-listen",
+        "--admin-listen",
+        "--forwarding",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}

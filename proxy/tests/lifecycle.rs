@@ -1,0 +1,125 @@
+//! systemd readiness, SIGTERM drain, SIGHUP reload, and the admin endpoint.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Daemon, echo_roundtrip, echo_server, http_get};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn mapping(upstream: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"tcp://127.0.0.1:0\"\n[timeouts]\ndrain_ms = 10000\n{extra}\n[[mapping]]\nname = \"m\"\nlisten = \"tcp://127.0.0.1:0\"\nupstream = \"tcp://{upstream}\"\n"
+    )
+}
+
+async fn ping(s: &mut TcpStream, what: &[u8]) {
+    s.write_all(what).await.unwrap();
+    let mut back = vec![0u8; what.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back)).await.unwrap().unwrap();
+    assert_eq!(back, what);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_connections() {
+    let echo = echo_server().await;
+    let mut d = Daemon::start(&mapping(echo, ""));
+    assert!(d.notes().iter().any(|n| n == "READY=1"));
+    let addr = d.tcp("m");
+    let mut live = TcpStream::connect(addr).await.unwrap();
+    ping(&mut live, b"before").await;
+    d.signal("TERM");
+    d.wait_notify("STOPPING=1", Duration::from_secs(5));
+    // No new connections once stopping...
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpStream::connect(addr).await {
+            Err(_) => break,
+            Ok(_) => assert!(Instant::now() < until, "listener still open after SIGTERM"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...but the one in flight still works, and the process waits for it.
+    ping(&mut live, b"during the drain").await;
+    assert!(d.wait_exit(Duration::from_millis(300)).is_none(), "exited with a connection in flight");
+    live.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    live.read_to_end(&mut rest).await.unwrap();
+    let status = d.wait_exit(Duration::from_secs(5)).expect("exits once drained");
+    assert!(status.success(), "{status}");
+    assert!(d.wait_log(&[("message", "drained")], Duration::from_secs(1)).is_some());
+}
+
+#[tokio::test]
+async fn sighup_reloads_destination_and_limits_keeping_live_connections() {
+    let old = echo_server().await;
+    let new = echo_server().await;
+    let mut d = Daemon::start(&mapping(old, ""));
+    let addr = d.tcp("m");
+    let mut live = TcpStream::connect(addr).await.unwrap();
+    ping(&mut live, b"old upstream").await;
+
+    std::fs::write(&d.config, mapping(new, "[limits]\nmax_connections = 50")).unwrap();
+    d.signal("HUP");
+    assert!(
+        d.wait_log(&[("message", "upstream changed")], Duration::from_secs(5)).is_some(),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.wait_log(&[("message", "configuration reloaded")], Duration::from_secs(5)).is_some());
+    ping(&mut live, b"still alive after reload").await;
+    assert_eq!(d.metric("vsockproxy_connections_limit{listener=\"*\",kind=\"global\"}"), Some(50.0));
+    // New connections go to the new upstream.
+    let s = TcpStream::connect(addr).await.unwrap();
+    drop(s);
+    assert_eq!(echo_roundtrip(addr, 3, 10_000).await, 10_000);
+    let line = d.wait_log(&[("message", "open"), ("dest", &new.to_string())], Duration::from_secs(5));
+    assert!(line.is_some(), "{}", d.log_text());
+
+    // A bad new config is rejected and the running one stays.
+    std::fs::write(&d.config, "[[mapping]]\nname = \"m\"\nlisten = \"tcp://127.0.0.1:0\"\nupstrem = \"x\"\n")
+        .unwrap();
+    d.signal("HUP");
+    let rejected = d.wait_log(&[("message", "reload rejected")], Duration::from_secs(5)).expect("rejected");
+    assert!(rejected["error"].as_str().unwrap().contains("upstrem"), "{rejected}");
+    ping(&mut live, b"alive after a bad reload").await;
+    assert_eq!(echo_roundtrip(addr, 4, 10_000).await, 10_000);
+    assert_eq!(d.metric("vsockproxy_config_reloads_total{result=\"failed\"}"), Some(1.0));
+    assert!(d.child.try_wait().unwrap().is_none());
+}
+
+#[tokio::test]
+async fn admin_health_readiness_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let enclave = dir.path().join("enclave.sock");
+    let d = Daemon::start_in(
+        dir,
+        &format!(
+            "[admin]\nlisten = \"tcp://127.0.0.1:0\"\n[[ingress]]\nname = \"in\"\nlisten = \"tcp://127.0.0.1:0\"\nupstream = \"unix://{}\"\n",
+            enclave.display()
+        ),
+    );
+    let admin = d.admin();
+    assert_eq!(http_get(admin, "/healthz"), (200, "ok\n".into()));
+    let (code, body) = http_get(admin, "/readyz");
+    assert_eq!(code, 503, "enclave not listening yet: {body}");
+    assert!(body.contains("not accepting"), "{body}");
+    let l = std::os::unix::net::UnixListener::bind(&enclave).unwrap();
+    let (code, body) = http_get(admin, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    drop(l);
+    let (code, body) = http_get(admin, "/metrics");
+    assert_eq!(code, 200);
+    for series in [
+        "vsockproxy_connections_active{listener=\"in\",kind=\"ingress\"} 0",
+        "vsockproxy_connections_accepted_total{listener=\"in\",kind=\"ingress\"} 0",
+        "vsockproxy_bytes_total{listener=\"in\",kind=\"ingress\",direction=\"client_to_upstream\"} 0",
+        "vsockproxy_connect_seconds_bucket{phase=\"tcp\",le=\"+Inf\"}",
+        "vsockproxy_connect_seconds_count{phase=\"dns\"} 0",
+        "vsockproxy_dns_cache_total{result=\"hit\"}",
+    ] {
+        assert!(body.contains(series), "missing {series}:\n{body}");
+    }
+    assert_eq!(http_get(admin, "/nope").0, 404);
+}

@@ -1,0 +1,192 @@
+//! The SOCKS5 egress listener end to end: curl as a real client, the policy against bypass
+//! spellings, and the reply code for each failure.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, echo_server, http_server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use transport::socks5::{self, Address, ReplyCode, Socks5Error};
+
+/// Asks the daemon's SOCKS5 listener for `dest`; Ok(stream) or the reply code.
+async fn socks_connect(proxy: SocketAddr, dest: Address) -> Result<TcpStream, ReplyCode> {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), socks5::client_connect(&mut s, &dest)).await {
+        Ok(Ok(())) => Ok(s),
+        Ok(Err(Socks5Error::ServerRefused { code, .. })) => Err(code),
+        Ok(Err(e)) => panic!("{dest}: unexpected SOCKS5 failure: {e}"),
+        Err(_) => panic!("{dest}: no SOCKS5 reply within 10 s"),
+    }
+}
+
+fn domain(name: &str, port: u16) -> Address {
+    Address::Domain(name.to_string(), port)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_through_socks5_to_a_local_http_server() {
+    let web = http_server("hello through socks\n").await;
+    let d = Daemon::start(&format!(
+        r#"
+[socks5]
+name = "s"
+listen = "tcp://127.0.0.1:0"
+[dns.static_hosts]
+"web.test" = ["127.0.0.1"]
+[[policy.allow]]
+host = "web.test"
+ports = ["{port}"]
+[[policy.allow]]
+ip = "127.0.0.1"
+ports = ["{port}"]
+"#,
+        port = web.port()
+    ));
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--socks5-hostname", &d.tcp("s").to_string()])
+        .arg(format!("http://web.test:{}/", web.port()))
+        .output()
+        .expect("curl installed (scripts/setup-test-deps.sh)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello through socks\n");
+
+    // A port the rules do not open: curl reports the refusal (reply 2, not allowed).
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--socks5-hostname", &d.tcp("s").to_string()])
+        .arg("http://web.test:1/")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    // curl prints the SOCKS5 reply code: 2 is "connection not allowed by ruleset".
+    assert!(err.contains("not allowed") || err.contains("(2)"), "{err}");
+}
+
+#[tokio::test]
+async fn policy_bypass_attempts_are_refused() {
+    let echo = echo_server().await;
+    let port = echo.port();
+    let d = Daemon::start(&format!(
+        r#"
+[admin]
+listen = "tcp://127.0.0.1:0"
+[socks5]
+name = "s"
+listen = "tcp://127.0.0.1:0"
+[dns.static_hosts]
+"allowed.com" = ["127.0.0.1"]
+"sneaky.allowed.com" = ["127.0.0.1"]
+"allowed.com.evil.net" = ["127.0.0.1"]
+"evilallowed.com" = ["127.0.0.1"]
+[[policy.allow]]
+host = "allowed.com"
+ports = ["{port}"]
+[[policy.allow]]
+host = "*.allowed.com"
+ports = ["{port}"]
+"#
+    ));
+    let proxy = d.tcp("s");
+    let v4 = |s: &str| Address::Ip(SocketAddr::new(s.parse().unwrap(), port));
+    let cases = [
+        domain("allowed.com.evil.net", port),
+        domain("evilallowed.com", port),
+        domain("127.1", port),
+        domain("0x7f000001", port),
+        domain("2130706433", port),
+        domain("[::ffff:127.0.0.1]", port),
+        domain("[::1]", port),
+        domain("169.254.169.254", port),
+        v4("127.0.0.1"),
+        v4("169.254.169.254"),
+        v4("::ffff:127.0.0.1"),
+        v4("::1"),
+        // Names a rule allows but that resolve to loopback.
+        domain("allowed.com", port),
+        domain("ALLOWED.COM.", port),
+        domain("sneaky.allowed.com", port),
+    ];
+    for dest in cases {
+        let shown = dest.to_string();
+        assert_eq!(socks_connect(proxy, dest).await.err(), Some(ReplyCode::NotAllowed), "{shown}");
+    }
+    let denials = d.metric("vsockproxy_policy_denials_total{kind=\"special_address\"}").unwrap_or(0.0);
+    assert!(denials >= 10.0, "special_address denials counted: {denials}");
+    assert!(d.metric("vsockproxy_policy_denials_total{kind=\"no_rule\"}").unwrap_or(0.0) >= 2.0);
+}
+
+#[tokio::test]
+async fn allowed_destinations_connect_and_failures_get_their_reply_code() {
+    let echo = echo_server().await;
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let d = Daemon::start(&format!(
+        r#"
+[admin]
+listen = "tcp://127.0.0.1:0"
+[socks5]
+name = "s"
+listen = "tcp://127.0.0.1:0"
+[dns.static_hosts]
+"echo.test" = ["127.0.0.1"]
+[[policy.allow]]
+host = "echo.test"
+ports = ["*"]
+[[policy.allow]]
+host = "*.invalid"
+ports = ["*"]
+[[policy.allow]]
+ip = "127.0.0.1"
+ports = ["{echo}", "{dead}"]
+"#,
+        echo = echo.port(),
+        dead = dead.port()
+    ));
+    let proxy = d.tcp("s");
+    // Allowed by name (uppercase, trailing dot: same name), resolved here, echoed back.
+    for name in ["echo.test", "ECHO.TEST."] {
+        let mut s = socks_connect(proxy, domain(name, echo.port())).await.expect(name);
+        s.write_all(b"ping").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"ping");
+    }
+    // An explicitly allowed IP.
+    assert!(socks_connect(proxy, Address::Ip(echo)).await.is_ok());
+    // Connection refused.
+    assert_eq!(socks_connect(proxy, Address::Ip(dead)).await.err(), Some(ReplyCode::ConnectionRefused));
+    assert_eq!(
+        socks_connect(proxy, domain("echo.test", dead.port())).await.err(),
+        Some(ReplyCode::ConnectionRefused)
+    );
+    // A name that does not resolve: host unreachable, quickly.
+    let t = Instant::now();
+    assert_eq!(
+        socks_connect(proxy, domain("nothing-here.invalid", 443)).await.err(),
+        Some(ReplyCode::HostUnreachable)
+    );
+    assert!(t.elapsed() < Duration::from_secs(6), "DNS failure took {:?}", t.elapsed());
+    // Unsupported command (BIND).
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).await.unwrap();
+    s.write_all(&[5, 2, 0, 1, 127, 0, 0, 1, 0, 80]).await.unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[1], ReplyCode::CommandNotSupported as u8);
+    // The daemon still serves after all of that.
+    assert!(socks_connect(proxy, domain("echo.test", echo.port())).await.is_ok());
+    let refused = |reason: &str| {
+        d.metric(&format!(
+            "vsockproxy_connections_refused_total{{listener=\"s\",kind=\"socks5\",reason=\"{reason}\"}}"
+        ))
+    };
+    assert_eq!(refused("connect_refused"), Some(2.0));
+    assert_eq!(refused("dns"), Some(1.0));
+    assert_eq!(refused("command"), Some(1.0));
+    assert!(d.metric("vsockproxy_connect_seconds_count{phase=\"dns\"}").unwrap() >= 3.0);
+}
