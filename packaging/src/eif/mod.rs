@@ -9,5 +9,5 @@ pub mod writer;
 
 pub use format::SectionKind;
 pub use pcr::Measurements;
-pub use reader::{Description, ReadError, describe};
+pub use reader::{Description, ReadError, describe, describe_reader};
 pub use writer::{EifWriter, WriteError};

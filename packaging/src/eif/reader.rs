@@ -118,10 +118,20 @@ pub struct Description {
 /// Reads `path` and returns its description; with `require_crc` a CRC mismatch is an error,
 /// otherwise it is reported in `crc_ok`.
 pub fn describe(path: &Path, require_crc: bool) -> Result<Description, ReadError> {
+    let file = File::open(path).map_err(|source| ReadError::Open { path: path.into(), source })?;
+    let file_size = file.metadata().map_err(|source| ReadError::Open { path: path.into(), source })?.len();
+    describe_reader(BufReader::with_capacity(CHUNK, file), path, file_size, require_crc)
+}
+
+/// [`describe`] over any byte stream of `file_size` bytes; `path` only names it in errors.
+/// (The fuzz target and the mutation tests feed it from memory.)
+pub fn describe_reader<R: Read>(
+    mut input: R,
+    path: &Path,
+    file_size: u64,
+    require_crc: bool,
+) -> Result<Description, ReadError> {
     let p = || path.to_path_buf();
-    let file = File::open(path).map_err(|source| ReadError::Open { path: p(), source })?;
-    let file_size = file.metadata().map_err(|source| ReadError::Open { path: p(), source })?.len();
-    let mut input = BufReader::with_capacity(CHUNK, file);
     let mut hbuf = [0u8; format::HEADER_SIZE];
     let got =
         read_full(&mut input, &mut hbuf).map_err(|source| ReadError::Io { path: p(), offset: 0, source })?;
