@@ -5,6 +5,8 @@
 //! - [`build`]: `eif build`, the native (docker-free) path and the nitro-cli path;
 //! - [`bundle`]: the `dist/aws` layout, its manifest and `verify`.
 
+#![forbid(unsafe_code)]
+
 pub mod build;
 pub mod bundle;
 pub mod cpio;

@@ -1,5 +1,7 @@
 //! kv-packager: build and describe enclave images, lay out and verify the AMI bundle.
 
+#![forbid(unsafe_code)]
+
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use packaging::build::{self, Arch, NativeArgs};

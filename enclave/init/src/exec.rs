@@ -141,10 +141,7 @@ fn run_app(state: &State) -> Result<i32, InitError> {
         .ok_or_else(|| InitError::NoProgram { program: program.clone() })?;
     let mut cmd = Command::new(&resolved);
     cmd.arg0(program).args(&state.cmd[1..]).env_clear().envs(state.env.iter().map(|(k, v)| (k, v)));
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(sys::setsid);
-    }
+    sys::in_new_session(&mut cmd);
     let child =
         cmd.spawn().map_err(|source| InitError::Step { step: format!("spawn {resolved}"), source })?;
     let app = child.id() as libc::pid_t;

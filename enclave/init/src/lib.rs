@@ -5,6 +5,9 @@
 //! - [`plan`]: the boot sequence as a list of steps built by a pure function (unit-tested);
 //! - [`exec`] and [`sys`]: performing the steps with system calls (never run in tests).
 
+// System calls need unsafe; it is allowed in `sys` alone.
+#![deny(unsafe_code)]
+
 pub mod config;
 pub mod exec;
 pub mod plan;

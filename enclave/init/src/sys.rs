@@ -2,6 +2,7 @@
 //!
 //! None of these run in tests (vsock safety rule: no vsock connection from tests); the plan
 //! and parsing around them are tested instead.
+#![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::io;
@@ -163,10 +164,14 @@ pub fn exit_code(status: libc::c_int) -> i32 {
     if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) }
 }
 
-/// New session for the application (it gets its own process group, as with AWS's init).
-pub fn setsid() -> io::Result<()> {
-    // SAFETY: setsid has no memory-safety preconditions.
-    check(unsafe { libc::setsid() })
+/// Makes `cmd` start in a new session (its own process group, as with AWS's init).
+pub fn in_new_session(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec; setsid is async-signal-safe and
+    // touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| check(libc::setsid()));
+    }
 }
 
 pub fn power_off() -> io::Error {
