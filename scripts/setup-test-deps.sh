@@ -10,6 +10,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 ENVOY_VERSION=1.40.0
 MOTO_VERSION=5.2.5
+CHECKOV_VERSION=3.3.30
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -40,10 +41,22 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   printf '%s' "$want" >"$stamp"
 fi
 
+# checkov (terraform/tests/run.sh) gets a venv of its own: it pins boto3/botocore far below the
+# versions moto[server] brings, and the AWS API emulator must keep its newer service models.
+checkov_venv="$TOOLS_DIR/checkov-venv"
+if [[ "$(cat "$checkov_venv/.installed" 2>/dev/null)" != "checkov==$CHECKOV_VERSION" ]]; then
+  log "installing checkov==$CHECKOV_VERSION into $checkov_venv (about a minute)"
+  python3 -m venv "$checkov_venv"
+  "$checkov_venv/bin/pip" install -q --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+  printf '%s' "checkov==$CHECKOV_VERSION" >"$checkov_venv/.installed"
+fi
+mkdir -p "$TOOLS_DIR/bin"
+ln -sfn "$checkov_venv/bin/checkov" "$TOOLS_DIR/bin/checkov"
+
 # A real Linux kernel and its modules for packaging's EIF test (.tools/kernel, about 100 MB once).
 "$REPO_ROOT/packaging/scripts/fetch-test-kernel.sh"
 
-for tool in socat curl shellcheck envoy moto_server; do
+for tool in socat curl shellcheck envoy moto_server checkov; do
   command -v "$tool" >/dev/null || { log "missing after set-up: $tool"; exit 1; }
 done
 log "ok: $(envoy --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1 || true)"

@@ -19,6 +19,9 @@ step "shellcheck"
 mapfile -t shells < <(git ls-files '*.sh' '.ci/run' 'scripts/*')
 shellcheck -x "${shells[@]}"
 
+step "terraform: fmt, the instance-init launcher, checkov, plan tests"
+terraform/tests/run.sh
+
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

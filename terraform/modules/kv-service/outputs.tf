@@ -1,0 +1,94 @@
+output "autoscaling_group_name" {
+  description = "Name of the autoscaling group (also the prefix of every resource name)."
+  value       = aws_autoscaling_group.this.name
+}
+
+output "autoscaling_group_arn" {
+  description = "ARN of the autoscaling group."
+  value       = aws_autoscaling_group.this.arn
+}
+
+output "lifecycle_hook_name" {
+  description = "Name of the launch lifecycle hook the launcher completes."
+  value       = local.lifecycle_hook_name
+}
+
+output "launch_template_id" {
+  description = "ID of the launch template."
+  value       = aws_launch_template.this.id
+}
+
+output "launch_template_latest_version" {
+  description = "Latest version of the launch template (a change starts an instance refresh)."
+  value       = aws_launch_template.this.latest_version
+}
+
+output "ami_id" {
+  description = "AMI the launch template uses (ami_id, or the value of ami_ssm_parameter)."
+  value       = local.ami_id
+}
+
+output "instance_init_script" {
+  description = "The rendered instance-init launcher (the launch template's user data, before base64)."
+  value       = local.instance_init
+}
+
+output "instance_role_arn" {
+  description = "ARN of the instance role."
+  value       = aws_iam_role.instance.arn
+}
+
+output "instance_role_name" {
+  description = "Name of the instance role (attach further policies here, e.g. for Session Manager)."
+  value       = aws_iam_role.instance.name
+}
+
+output "instance_security_group_id" {
+  description = "Security group of the instances."
+  value       = aws_security_group.instance.id
+}
+
+output "load_balancer_security_group_id" {
+  description = "Security group of the load balancer; null without one."
+  value       = one(aws_security_group.lb[*].id)
+}
+
+output "load_balancer_arn" {
+  description = "ARN of the load balancer; null without one."
+  value       = one(aws_lb.this[*].arn)
+}
+
+output "load_balancer_dns_name" {
+  description = "DNS name of the load balancer (point the service's DNS record here); null without one."
+  value       = one(aws_lb.this[*].dns_name)
+}
+
+output "load_balancer_zone_id" {
+  description = "Route 53 zone id of the load balancer, for an alias record; null without one."
+  value       = one(aws_lb.this[*].zone_id)
+}
+
+output "target_group_arns" {
+  description = "Target groups by kind (http1, http2, grpc); empty without a load balancer."
+  value       = { for k, tg in aws_lb_target_group.this : k => tg.arn }
+}
+
+output "kms_key_arn" {
+  description = "ARN of the enclave-bound KMS key; null unless create_kms_key."
+  value       = one(aws_kms_key.enclave[*].arn)
+}
+
+output "kms_key_pcrs" {
+  description = "The PCR values the KMS key policy requires (empty unless create_kms_key)."
+  value       = var.create_kms_key ? local.pcrs : {}
+}
+
+output "ssm_parameter_names" {
+  description = "Names of the server's SSM parameters, by setting name."
+  value       = { for k, p in aws_ssm_parameter.server : k => p.name }
+}
+
+output "log_group_name" {
+  description = "CloudWatch log group the instance role may write to (the collector config's log_group_name)."
+  value       = local.log_group_name
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Test stand-in for the commands the instance-init launcher calls that cannot run here (systemd of
+# an EC2 parent, nitro-cli, the aws CLI, IMDS behind curl, docker, logger). run.sh links it under
+# each command's name; it records every call in $STANDIN_DIR/calls and acts just enough for the
+# launcher to go on. Knobs (environment):
+#   STANDIN_DIR              state directory (required)
+#   STANDIN_ENVOY_READY      1 (default): envoy admin /ready answers; 0: never
+#   STANDIN_READYZ_AFTER     the proxy's /readyz answers from this call on (default 2); 0: never
+#   STANDIN_AWS_FAIL         1: every aws call fails
+set -euo pipefail
+
+: "${STANDIN_DIR:?STANDIN_DIR must be set}"
+name="$(basename "$0")"
+calls="$STANDIN_DIR/calls"
+mkdir -p "$STANDIN_DIR/active"
+
+record() { printf '%s\n' "$*" >>"$calls"; }
+
+case "$name" in
+  systemctl)
+    record "systemctl $*"
+    verb=${1:-}
+    shift || true
+    case "$verb" in
+      start | restart)
+        for u in "$@"; do : >"$STANDIN_DIR/active/$u"; done
+        ;;
+      stop)
+        for u in "$@"; do rm -f "$STANDIN_DIR/active/$u"; done
+        ;;
+      is-active)
+        [[ ${1:-} == --quiet ]] && shift
+        [[ -e $STANDIN_DIR/active/${1:-none} ]]
+        ;;
+      status)
+        for u in "$@"; do
+          [[ $u == --* ]] && continue
+          if [[ -e $STANDIN_DIR/active/$u ]]; then echo "$u: active (stand-in)"; else echo "$u: inactive (stand-in)"; fi
+        done
+        ;;
+      *) ;;
+    esac
+    ;;
+  curl)
+    url=''
+    for a in "$@"; do [[ $a == http://* || $a == https://* ]] && url=$a; done
+    # Headers are not recorded: they carry the IMDSv2 token.
+    record "curl $url"
+    case "$url" in
+      http://169.254.169.254/latest/api/token) printf 'standin-imds-token-SECRET-5f2c' ;;
+      http://169.254.169.254/latest/meta-data/instance-id) printf 'i-0123456789abcdef0' ;;
+      http://169.254.169.254/latest/meta-data/placement/region) printf 'eu-west-1' ;;
+      http://127.0.0.1:*/ready)
+        [[ ${STANDIN_ENVOY_READY:-1} == 1 ]] || exit 7
+        ;;
+      http://127.0.0.1:*/readyz)
+        after=${STANDIN_READYZ_AFTER:-2}
+        n=$(($(cat "$STANDIN_DIR/readyz_count" 2>/dev/null || echo 0) + 1))
+        echo "$n" >"$STANDIN_DIR/readyz_count"
+        ((after > 0 && n >= after)) || exit 22
+        ;;
+      *) exit 7 ;;
+    esac
+    ;;
+  aws)
+    record "aws $*"
+    [[ ${STANDIN_AWS_FAIL:-0} != 1 ]] || exit 255
+    ;;
+  nitro-cli)
+    record "nitro-cli $*"
+    [[ ${1:-} == describe-enclaves ]] && echo '[]'
+    ;;
+  logger)
+    # logger -t TAG -- MESSAGE
+    tag=''
+    while (($#)); do
+      case "$1" in
+        -t) tag=$2; shift 2 ;;
+        --) shift; break ;;
+        *) break ;;
+      esac
+    done
+    printf '%s: %s\n' "$tag" "$*" >>"$STANDIN_DIR/journal"
+    ;;
+  docker)
+    record "docker $*"
+    ;;
+  *)
+    echo "standin: unknown command name $name" >&2
+    exit 127
+    ;;
+esac
