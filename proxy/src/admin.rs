@@ -101,7 +101,7 @@ async fn readiness(shared: &Shared, listeners: &[Arc<ListenerState>]) -> (bool, 
     }
     for l in listeners.iter().filter(|l| l.is_ingress()) {
         let Some(up) = l.upstream() else { continue };
-        match dial_fixed(shared, &up, PROBE_TIMEOUT).await {
+        match dial_fixed(shared, &up, None, PROBE_TIMEOUT).await {
             Ok(_) => body.push_str(&format!("ingress {} upstream {up} accepting\n", l.name)),
             Err(e) => {
                 ready = false;

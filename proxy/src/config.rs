@@ -511,6 +511,22 @@ fn validate(source: String, file: FileConfig) -> Result<Config, ConfigError> {
         }
         None => Policy::deny_all(),
     };
+    // A mapping's destination passes the same policy as a SOCKS5 request (as in AWS
+    // vsock-proxy, whose allowlist also covers its one remote): a mapping the policy would
+    // refuse is a configuration error, not a silent failure at connect time.
+    for (i, r) in routes.iter().filter(|r| r.kind == RouteKind::Mapping).enumerate() {
+        let verdict = match &r.upstream {
+            Endpoint::Tcp { host: Host::Name(n), port } => policy.check_name(n, *port),
+            Endpoint::Tcp { host: Host::Ip(ip), port } => policy.check_ip(None, *ip, *port),
+            _ => Ok(()),
+        };
+        if let Err(d) = verdict {
+            return Err(invalid(
+                format!("mapping[{i}].upstream"),
+                format!("{} is not allowed by [policy]: {d}; add a [[policy.allow]] rule for it", r.upstream),
+            ));
+        }
+    }
     let dns = dns.unwrap_or_default();
     // Validates the [dns] table (TTL bounds, static hosts, servers); sends no query.
     if let Err(e) = Resolver::new(&dns) {

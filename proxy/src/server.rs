@@ -3,8 +3,8 @@
 //! Three kinds of listener share one accept loop:
 //! - ingress (`[[ingress]]`): accept, dial the configured upstream (the enclave), forward;
 //! - fixed mapping (`[[mapping]]`): the same, towards an operator-chosen `tcp://HOST:PORT`.
-//!   Mappings are not filtered by `[policy]`: the operator names the destination and the
-//!   enclave cannot choose another one. Their names go through the shared resolver;
+//!   The destination must pass `[policy]` (checked when the config is loaded), and every
+//!   address its name resolves to is checked again at connect time, as for SOCKS5;
 //! - SOCKS5 (`[socks5]`): the enclave names the destination; the policy checks the name, DNS
 //!   runs here on the parent, and the policy checks every resolved address again.
 //!
@@ -411,16 +411,52 @@ async fn connect_any(
     }))
 }
 
-/// Dials a fixed upstream (ingress, mapping, readiness probe).
-pub async fn dial_fixed(shared: &Shared, endpoint: &Endpoint, budget: Duration) -> Result<Stream, DialError> {
+/// Keeps the addresses the policy allows (`None`: no policy applies, all pass).
+fn allowed_addrs(
+    shared: &Shared,
+    policy: Option<&Policy>,
+    name: Option<&str>,
+    ips: &[IpAddr],
+    port: u16,
+) -> Result<Vec<SocketAddr>, DialError> {
+    let mut allowed = Vec::with_capacity(ips.len());
+    let mut first_denial = None;
+    for ip in ips {
+        match policy.map_or(Ok(()), |p| p.check_ip(name, *ip, port)) {
+            Ok(()) => allowed.push(SocketAddr::new(*ip, port)),
+            Err(d) => {
+                shared.metrics.denied(d.kind());
+                debug!(name, %ip, port, kind = d.kind(), "address refused by policy");
+                first_denial.get_or_insert(d);
+            }
+        }
+    }
+    if allowed.is_empty() {
+        return Err(match first_denial {
+            Some(d) => DialError::Denied { dest: d.to_string(), kind: d.kind() },
+            None => DialError::Denied { dest: format!("{}:{port}", name.unwrap_or("?")), kind: "no_address" },
+        });
+    }
+    Ok(allowed)
+}
+
+/// Dials a fixed upstream (ingress, mapping, readiness probe). With a policy (mappings), every
+/// address is checked before it is dialed.
+pub async fn dial_fixed(
+    shared: &Shared,
+    endpoint: &Endpoint,
+    policy: Option<&Policy>,
+    budget: Duration,
+) -> Result<Stream, DialError> {
     match endpoint {
         Endpoint::Tcp { host: Host::Name(name), port } => {
             let ips = resolve(shared, name, budget).await?;
-            let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, *port)).collect();
+            let addrs = allowed_addrs(shared, policy, Some(name), &ips, *port)?;
             Ok(Stream::Tcp(connect_any(shared, &addrs, budget).await?))
         }
         Endpoint::Tcp { host: Host::Ip(ip), port } => {
-            Ok(Stream::Tcp(connect_any(shared, &[SocketAddr::new(*ip, *port)], budget).await?))
+            let addrs = allowed_addrs(shared, policy, None, &[*ip], *port)?;
+            Ok(Stream::Tcp(connect_any(shared, &addrs, budget).await?))
         }
         other => {
             let t = Instant::now();
@@ -441,7 +477,9 @@ async fn serve_route(client: Stream, peer: PeerAddr, state: &ListenerState, shar
     let settings = shared.settings();
     let Some(upstream) = state.upstream() else { return };
     info!(%peer, dest = %upstream, "open");
-    match dial_fixed(shared, &upstream, settings.connect_timeout()).await {
+    // Ingress dials the enclave (operator-chosen, not egress); mappings are egress.
+    let policy = (!state.is_ingress()).then_some(&settings.policy);
+    match dial_fixed(shared, &upstream, policy, settings.connect_timeout()).await {
         Ok(up) => pipe(client, up, &peer, &upstream.to_string(), started, state, &settings).await,
         Err(e) => {
             state.metrics.refused(e.reason());
@@ -514,24 +552,7 @@ async fn egress_connect(
             }
         }
     };
-    let mut allowed = Vec::with_capacity(ips.len());
-    let mut first_denial = None;
-    for ip in ips.iter() {
-        match settings.policy.check_ip(name, *ip, port) {
-            Ok(()) => allowed.push(SocketAddr::new(*ip, port)),
-            Err(d) => {
-                shared.metrics.denied(d.kind());
-                debug!(name, %ip, port, kind = d.kind(), "address refused by policy");
-                first_denial.get_or_insert(d);
-            }
-        }
-    }
-    if allowed.is_empty() {
-        return Err(match first_denial {
-            Some(d) => DialError::Denied { dest: d.to_string(), kind: d.kind() },
-            None => DialError::Denied { dest: format!("{}:{port}", name.unwrap_or("?")), kind: "no_address" },
-        });
-    }
+    let allowed = allowed_addrs(shared, Some(&settings.policy), name, &ips, port)?;
     connect_any(shared, &allowed, budget).await
 }
 
@@ -584,6 +605,31 @@ async fn serve_socks5(mut client: Stream, peer: PeerAddr, state: &ListenerState,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_map_to_socks5_reply_codes_and_reasons() {
+        let io = |kind: io::ErrorKind| DialError::Io { dest: "192.0.2.1:443".into(), source: kind.into() };
+        let cases = [
+            (
+                DialError::Timeout { dest: "x".into(), after: Duration::from_secs(5) },
+                ReplyCode::TtlExpired,
+                "connect_timeout",
+            ),
+            (io(io::ErrorKind::ConnectionRefused), ReplyCode::ConnectionRefused, "connect_refused"),
+            (io(io::ErrorKind::NetworkUnreachable), ReplyCode::NetworkUnreachable, "connect_error"),
+            (io(io::ErrorKind::HostUnreachable), ReplyCode::HostUnreachable, "connect_error"),
+            (io(io::ErrorKind::PermissionDenied), ReplyCode::GeneralFailure, "connect_error"),
+            (
+                DialError::DnsTimeout { name: "a.b".into(), after: Duration::from_secs(1) },
+                ReplyCode::HostUnreachable,
+                "dns",
+            ),
+            (DialError::Denied { dest: "x".into(), kind: "no_rule" }, ReplyCode::NotAllowed, "policy"),
+        ];
+        for (err, reply, reason) in cases {
+            assert_eq!((err.reply(), err.reason()), (reply, reason), "{err}");
+        }
+    }
 
     #[test]
     fn literal_spellings_are_addresses() {

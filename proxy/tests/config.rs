@@ -61,6 +61,11 @@ fn bad_configs_name_file_key_and_reason() {
             &["dns.min_ttl_secs"],
         ),
         ("empty.toml", "", &["nothing to listen on"]),
+        (
+            "unlisted.toml",
+            "[[mapping]]\nlisten = \"tcp://127.0.0.1:0\"\nupstream = \"tcp://kms.us-east-1.amazonaws.com:443\"\n",
+            &["mapping[0].upstream", "not allowed by [policy]"],
+        ),
         ("syntax.toml", "[socks5\nlisten = 1\n", &[":1:"]),
     ];
     for (name, text, wants) in cases {

@@ -17,7 +17,7 @@ async fn closed_port() -> std::net::SocketAddr {
 async fn upstream_refuses() {
     let dead = closed_port().await;
     let d = Daemon::start(&format!(
-        "[admin]\nlisten = \"tcp://127.0.0.1:0\"\n[[mapping]]\nname = \"m\"\nlisten = \"tcp://127.0.0.1:0\"\nupstream = \"tcp://{dead}\"\n"
+        "[admin]\nlisten = \"tcp://127.0.0.1:0\"\n[[mapping]]\nname = \"m\"\nlisten = \"tcp://127.0.0.1:0\"\nupstream = \"tcp://{dead}\"\n[[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"*\"]\n"
     ));
     let t = Instant::now();
     let mut c = TcpStream::connect(d.tcp("m")).await.unwrap();
@@ -76,7 +76,7 @@ async fn upstream_reset_mid_stream_is_passed_on() {
 async fn limits_refuse_at_once_and_count() {
     let echo = echo_server().await;
     let d = Daemon::start(&format!(
-        "[admin]\nlisten = \"tcp://127.0.0.1:0\"\n[limits]\nmax_connections = 100\n[[mapping]]\nname = \"m\"\nlisten = \"tcp://127.0.0.1:0\"\nupstream = \"tcp://{echo}\"\nmax_connections = 2\n"
+        "[admin]\nlisten = \"tcp://127.0.0.1:0\"\n[limits]\nmax_connections = 100\n[[mapping]]\nname = \"m\"\nlisten = \"tcp://127.0.0.1:0\"\nupstream = \"tcp://{echo}\"\nmax_connections = 2\n[[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"*\"]\n"
     ));
     let addr = d.tcp("m");
     let mut held = Vec::new();
@@ -112,7 +112,7 @@ async fn limits_refuse_at_once_and_count() {
 async fn idle_connections_time_out() {
     let echo = echo_server().await;
     let d = Daemon::start(&format!(
-        "[timeouts]\nidle_ms = 300\n[[mapping]]\nname = \"m\"\nlisten = \"tcp://127.0.0.1:0\"\nupstream = \"tcp://{echo}\"\n"
+        "[timeouts]\nidle_ms = 300\n[[mapping]]\nname = \"m\"\nlisten = \"tcp://127.0.0.1:0\"\nupstream = \"tcp://{echo}\"\n[[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"*\"]\n"
     ));
     let mut c = TcpStream::connect(d.tcp("m")).await.unwrap();
     let t = Instant::now();
@@ -122,4 +122,22 @@ async fn idle_connections_time_out() {
     assert_eq!(n.unwrap_or(0), 0);
     assert!(t.elapsed() >= Duration::from_millis(300));
     assert!(d.wait_log(&[("message", "idle")], Duration::from_secs(2)).is_some());
+}
+
+/// A mapping's name that resolves to a special address (loopback here) is refused at connect
+/// time unless a rule names that address, like a SOCKS5 destination.
+#[tokio::test]
+async fn mapping_name_resolving_to_loopback_is_refused() {
+    let echo = echo_server().await;
+    let d = Daemon::start(&format!(
+        "[admin]\nlisten = \"tcp://127.0.0.1:0\"\n[[mapping]]\nname = \"m\"\nlisten = \"tcp://127.0.0.1:0\"\nupstream = \"tcp://kms.test:{port}\"\n[dns.static_hosts]\n\"kms.test\" = [\"127.0.0.1\"]\n[[policy.allow]]\nhost = \"kms.test\"\nports = [\"*\"]\n",
+        port = echo.port()
+    ));
+    let mut c = TcpStream::connect(d.tcp("m")).await.unwrap();
+    let _ = c.write_all(b"x").await;
+    let mut b = [0u8; 1];
+    assert_eq!(c.read(&mut b).await.unwrap_or(0), 0, "not forwarded");
+    let series = "vsockproxy_connections_refused_total{listener=\"m\",kind=\"mapping\",reason=\"policy\"}";
+    assert_eq!(d.metric(series), Some(1.0));
+    assert_eq!(d.metric("vsockproxy_policy_denials_total{kind=\"special_address\"}"), Some(1.0));
 }

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 fn mapping(upstream: std::net::SocketAddr, extra: &str) -> String {
     format!(
-        "[admin]\nlisten = \"tcp://127.0.0.1:0\"\n[timeouts]\ndrain_ms = 10000\n{extra}\n[[mapping]]\nname = \"m\"\nlisten = \"tcp://127.0.0.1:0\"\nupstream = \"tcp://{upstream}\"\n"
+        "[admin]\nlisten = \"tcp://127.0.0.1:0\"\n[timeouts]\ndrain_ms = 10000\n{extra}\n[[mapping]]\nname = \"m\"\nlisten = \"tcp://127.0.0.1:0\"\nupstream = \"tcp://{upstream}\"\n[[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"*\"]\n"
     )
 }
 

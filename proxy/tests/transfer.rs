@@ -27,7 +27,12 @@ upstream = "tcp://{echo}"
 
 [forwarding]
 mode = "{mode}"
-"#
+
+[[policy.allow]]
+ip = "127.0.0.1"
+ports = ["{port}"]
+"#,
+        port = echo.port()
     )
 }
 
