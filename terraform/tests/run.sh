@@ -132,7 +132,7 @@ base='"service": "kv-server", "environment": "demo", "asg_name": "kv-server-demo
   "enclave_env_file": "/etc/nitro-enclave/enclave.env",
   "envoy_unit": "envoy.service", "collector_unit": "aws-otel-collector.service",
   "allocator_unit": "nitro-enclaves-allocator.service", "vsockproxy_unit": "vsockproxy.service",
-  "enclave_unit": "nitro-enclave.service", "envoy_admin_port": 9902, "proxy_admin_port": 9901,
+  "enclave_unit": "nitro-enclave.service", "envoy_admin_port": 9902, "envoy_port": 51052, "proxy_admin_port": 9901,
   "envoy_ready_timeout_seconds": 2, "readiness_grace_seconds": 3, "unit_start_timeout_seconds": 10,
   "poll_interval_seconds": 1, "enclave_cid": 16'
 cat >"$render_dir/sets.json" <<EOF
@@ -185,7 +185,8 @@ if expect "starts with a bash shebang" eq "$(head -1 "$s")" '#!/bin/bash' &&
     in_order "$s" 'unit start "$ENVOY_UNIT"' 'wait_for_url envoy' 'unit restart "$COLLECTOR_UNIT"' \
     'write_if_changed "$ROOT$ALLOCATOR_CONFIG"' 'unit restart "$ALLOCATOR_UNIT"' \
     'unit start "$VSOCKPROXY_UNIT"' 'unit restart "$ENCLAVE_UNIT"' \
-    'wait_for_url vsockproxy-readyz "$PROXY_READYZ_URL" "$READINESS_GRACE"' 'complete_hook CONTINUE' &&
+    'wait_for_url vsockproxy-readyz "$PROXY_READYZ_URL" "$READINESS_GRACE"' 'wait_for_serving "$KV_HEALTH_URL"' \
+    'complete_hook CONTINUE' &&
   expect "the readiness wait is bounded by the grace period" has "$s" 'while ((SECONDS - start < limit)); do' &&
   expect "every systemctl call is bounded" has "$s" 'timeout "$UNIT_START_TIMEOUT" systemctl "$verb" "$name"'; then
   ok
@@ -250,6 +251,7 @@ if expect "exit 0 (stderr: $(tail -3 "$st/stderr" | tr '\n' ' '))" eq "$(rc_of "
     'systemctl start vsockproxy.service' \
     'systemctl restart nitro-enclave.service' \
     'curl http://127.0.0.1:9901/readyz' \
+    'curl http://127.0.0.1:51052/healthcheck' \
     'aws autoscaling complete-lifecycle-action --region eu-west-1 --auto-scaling-group-name kv-server-demo --lifecycle-hook-name kv-server-demo-launch --instance-id i-0123456789abcdef0 --lifecycle-action-result CONTINUE' &&
   expect "no ABANDON" lacks "$st/calls" 'ABANDON' &&
   expect "allocator.yaml" eq "$(grep -v '^#' "$root/etc/nitro_enclaves/allocator.yaml")" $'---\nmemory_mib: 4096\ncpu_count: 2' &&
@@ -308,12 +310,28 @@ launch "$work/production.sh" "$root" "$st" STANDIN_READYZ_AFTER=0
 took=$((SECONDS - start))
 if expect "non-zero exit" not_eq "$(rc_of "$st")" 0 &&
   expect "bounded: took ${took}s for a 3 s grace" at_most "$took" 20 &&
-  expect "clear message" has "$st/stderr" 'FAILED: not ready within the grace period of 3 s (http://127.0.0.1:9901/readyz)' &&
+  expect "clear message" has "$st/stderr" 'FAILED: not ready within the grace period of 3 s' &&
+  expect "names what did not answer" has "$st/stderr" 'vsockproxy-readyz not ready within 3 s (http://127.0.0.1:9901/readyz)' &&
   expect "readiness polled more than once" at_least "$(grep -c -F 'curl http://127.0.0.1:9901/readyz' "$st/calls")" 2 &&
   expect "diagnostics gathered" has "$st/calls" 'nitro-cli describe-enclaves' &&
   expect "ABANDON sent" has "$st/calls" '--lifecycle-hook-name kv-server-demo-launch --instance-id i-0123456789abcdef0 --lifecycle-action-result ABANDON' &&
   expect "no CONTINUE" lacks "$st/calls" 'CONTINUE' &&
   expect "failure in the journal" has "$st/journal" 'instance-init failed (exit 1) at step 7'; then
+  ok
+fi
+
+check "the KV server never gets SERVING (data never loads): fails within the grace period, ABANDON"
+root="$work/root-notserving"
+st="$work/state-notserving"
+make_root "$root"
+launch "$work/production.sh" "$root" "$st" STANDIN_SERVING_AFTER=0
+if expect "non-zero exit" not_eq "$(rc_of "$st")" 0 &&
+  expect "proxy was ready" has "$st/journal" 'vsockproxy-readyz ready after' &&
+  expect "health polled more than once" at_least "$(grep -c -F 'curl http://127.0.0.1:51052/healthcheck' "$st/calls")" 2 &&
+  expect "names what did not answer" has "$st/stderr" 'KV server not SERVING within' &&
+  expect "clear message" has "$st/stderr" 'FAILED: not ready within the grace period of 3 s' &&
+  expect "ABANDON sent" has "$st/calls" '--lifecycle-action-result ABANDON' &&
+  expect "no CONTINUE" lacks "$st/calls" 'CONTINUE'; then
   ok
 fi
 

@@ -32,8 +32,7 @@ module "kv" {
   bundle_manifest_path = var.bundle_manifest_path
 
   server_parameters = {
-    "mode"                           = "DSP"
-    "metrics-export-interval-millis" = "30000"
+    "backup-poll-frequency-secs" = "300"
   }
 
   tags = {

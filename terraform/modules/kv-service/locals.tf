@@ -39,7 +39,12 @@ locals {
     } : k => lower(v) if v != null
   }
 
-  ssm_parameters = merge({ "data-bucket-id" = var.data_bucket_name }, var.server_parameters)
+  # The names the KV server reads (enclave/src/ssm.rs); server_parameters may add or override.
+  ssm_parameters = merge(
+    { "data-bucket-id" = var.data_bucket_name },
+    var.data_bucket_prefix == "" ? {} : { "data-prefix" = var.data_bucket_prefix },
+    var.server_parameters,
+  )
 
   # The launcher: user data of the launch template. Every value here is validated in variables.tf.
   instance_init = templatefile("${path.module}/templates/instance_init.tftpl", {
@@ -59,6 +64,7 @@ locals {
     vsockproxy_unit             = var.systemd_units.vsockproxy
     enclave_unit                = var.systemd_units.enclave
     envoy_admin_port            = var.envoy_admin_port
+    envoy_port                  = local.envoy_port
     envoy_ready_timeout_seconds = var.envoy_ready_timeout_seconds
     proxy_admin_port            = var.proxy_admin_port
     readiness_grace_seconds     = var.readiness_grace_seconds

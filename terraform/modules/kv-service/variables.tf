@@ -342,7 +342,7 @@ variable "envoy_ready_timeout_seconds" {
 }
 
 variable "readiness_grace_seconds" {
-  description = "How long the launcher waits for the proxy's /readyz (enclave up, data loaded, KV server SERVING) before it abandons the launch."
+  description = "How long the launcher waits for the proxy's /readyz (enclave up) and then the KV server's health through envoy (SERVING: data loaded) before it abandons the launch."
   type        = number
   default     = 600
 
@@ -353,9 +353,9 @@ variable "readiness_grace_seconds" {
 }
 
 variable "unit_start_timeout_seconds" {
-  description = "Upper bound for each systemctl start/restart/stop the launcher runs."
+  description = "Upper bound for each systemctl start/restart/stop the launcher runs; above the units' own TimeoutStartSec (nitro-enclave.service allows 300 s for a large image to boot)."
   type        = number
-  default     = 120
+  default     = 330
 
   validation {
     condition     = var.unit_start_timeout_seconds >= 5 && var.unit_start_timeout_seconds <= 900 && floor(var.unit_start_timeout_seconds) == var.unit_start_timeout_seconds
@@ -387,7 +387,7 @@ variable "data_bucket_prefix" {
 }
 
 variable "server_parameters" {
-  description = "Settings of the KV server, written as SSM String parameters named <service>-<environment>-<name> (the server reads them at start). data-bucket-id is added from data_bucket_name unless given here."
+  description = "Settings of the KV server, written as SSM String parameters named <service>-<environment>-<name> (the server reads them at start, e.g. backup-poll-frequency-secs, region). data-bucket-id and data-prefix are added from data_bucket_name/data_bucket_prefix unless given here."
   type        = map(string)
   default     = {}
 

@@ -6,6 +6,8 @@
 #   STANDIN_DIR              state directory (required)
 #   STANDIN_ENVOY_READY      1 (default): envoy admin /ready answers; 0: never
 #   STANDIN_READYZ_AFTER     the proxy's /readyz answers from this call on (default 2); 0: never
+#   STANDIN_SERVING_AFTER    envoy's /healthcheck says SERVING from this call on (default 2; before
+#                            it: NOT_SERVING, as while the server loads its data); 0: never
 #   STANDIN_AWS_FAIL         1: every aws call fails
 set -euo pipefail
 
@@ -58,6 +60,16 @@ case "$name" in
         n=$(($(cat "$STANDIN_DIR/readyz_count" 2>/dev/null || echo 0) + 1))
         echo "$n" >"$STANDIN_DIR/readyz_count"
         ((after > 0 && n >= after)) || exit 22
+        ;;
+      http://127.0.0.1:*/healthcheck)
+        after=${STANDIN_SERVING_AFTER:-2}
+        n=$(($(cat "$STANDIN_DIR/healthcheck_count" 2>/dev/null || echo 0) + 1))
+        echo "$n" >"$STANDIN_DIR/healthcheck_count"
+        if ((after > 0 && n >= after)); then
+          printf '{"status":"SERVING"}'
+        else
+          printf '{"status":"NOT_SERVING"}'
+        fi
         ;;
       *) exit 7 ;;
     esac

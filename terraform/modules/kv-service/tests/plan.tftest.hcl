@@ -42,7 +42,7 @@ variables {
   amp_workspace_id         = "ws-00000000-0000-0000-0000-000000000000"
   https_egress_cidr_blocks = ["10.0.0.0/16"]
   server_parameters = {
-    "mode" = "DSP"
+    "backup-poll-frequency-secs" = "300"
   }
 }
 
@@ -160,7 +160,9 @@ run "iam_least_privilege" {
     error_message = "AMP remote write limited to the workspace"
   }
   assert {
-    condition     = toset(keys(aws_ssm_parameter.server)) == toset(["data-bucket-id", "mode"]) && aws_ssm_parameter.server["mode"].name == "kv-server-demo-mode"
+    condition = (toset(keys(aws_ssm_parameter.server)) == toset(["data-bucket-id", "data-prefix", "backup-poll-frequency-secs"])
+      && aws_ssm_parameter.server["backup-poll-frequency-secs"].name == "kv-server-demo-backup-poll-frequency-secs"
+    && aws_ssm_parameter.server["data-prefix"].value == "kv/")
     error_message = "SSM parameters named <service>-<env>-<name> expected"
   }
   assert {
