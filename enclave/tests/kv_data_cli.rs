@@ -140,3 +140,27 @@ fn generate_is_deterministic_and_valid() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("--key-len 2 cannot hold 1000 unique keys"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn dump_into_a_pipe_closed_early_is_not_an_error() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("SNAPSHOT_0000000000000001");
+    let out = kv_data(&["generate", "--records", "20000", "--out", path(&file)]);
+    assert!(out.status.success(), "generate: {}", text(&out.stderr));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kv-data"))
+        .args(["dump", path(&file)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the header line's worth (the output is about 2.6 MB, far more than a pipe holds),
+    // then close the pipe as `head -1` would.
+    let mut first = [0u8; 64];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"key,mutation_type,"));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "dump into a closed pipe: {:?} {}", out.status, text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+}

@@ -174,9 +174,11 @@ fn dump(file: &Path) -> Result<(), String> {
     let records = read(file)?;
     let stdout = io::stdout();
     let mut w = BufWriter::with_capacity(1 << 20, stdout.lock());
-    data::write_csv(&records, &mut w)
-        .and_then(|()| w.flush())
-        .map_err(|e| format!("{}: dump: {e}", file.display()))
+    match data::write_csv(&records, &mut w).and_then(|()| w.flush()) {
+        // `kv-data dump FILE | head` closes the pipe early: not an error.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.map_err(|e| format!("{}: dump: {e}", file.display())),
+    }
 }
 
 /// splitmix64: a small, fast, well-mixed generator; deterministic for a seed.
@@ -207,10 +209,9 @@ fn generate(
 ) -> Result<(), String> {
     // Keys of 16+ bytes: the hex of a bijective mix of the index (unique, unordered), padded.
     // Shorter keys: the zero-padded decimal index, which must fit.
-    if key_len == 0
-        || (key_len < 16
-            && u32::try_from(key_len).ok().and_then(|l| 10u64.checked_pow(l)).is_some_and(|cap| n > cap))
-    {
+    // key_len < 16, so 10^key_len fits in u64.
+    let short_key_capacity = (key_len < 16).then(|| 10u64.pow(key_len as u32));
+    if key_len == 0 || short_key_capacity.is_some_and(|cap| n > cap) {
         return Err(format!("--key-len {key_len} cannot hold {n} unique keys"));
     }
     let n_usize = usize::try_from(n).map_err(|_| format!("--records {n} is too large"))?;

@@ -19,7 +19,7 @@ const SYNC_LEN: usize = 16;
 /// blocks cost nothing here and cut per-block overhead.
 pub(super) const WRITE_BLOCK_BYTES: usize = 64 * 1024;
 /// Largest block that a deflate block may expand to: bounds memory on a "zip bomb".
-const MAX_INFLATED_BLOCK: u64 = 256 * 1024 * 1024;
+const MAX_INFLATED_BLOCK: u64 = 64 * 1024 * 1024;
 
 #[derive(Clone, Copy)]
 enum Codec {
@@ -170,7 +170,7 @@ pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> 
                 &inflated[..]
             }
         };
-        // Each datum takes at least one byte, which bounds the reservation by the input.
+        // Each datum takes at least one byte.
         let count = match usize::try_from(count) {
             Ok(n) if n <= data.len() => n,
             _ => {
@@ -180,7 +180,10 @@ pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> 
                 )));
             }
         };
-        records.reserve(count);
+        // A valid record takes far more than 64 bytes: reserving by the block's bytes rather than
+        // by its claimed count keeps a lying count from reserving memory (deflate: 1 KiB of
+        // input may claim a million objects).
+        records.reserve(count.min(data.len() / 64 + 1));
         let mut d = Cursor { buf: data, pos: 0 };
         for _ in 0..count {
             let n = records.len() as u64 + 1;

@@ -148,7 +148,7 @@ fn parse_value(raw: &[u8], value_type: &str) -> Result<Value, String> {
 
 pub(super) fn write(records: &[Record], out: &mut impl Write) -> io::Result<()> {
     let mut w = csv::WriterBuilder::new().from_writer(out);
-    w.write_record(COLUMNS)?;
+    w.write_record(COLUMNS).map_err(io_error)?;
     let mut joined = String::new();
     let mut time = String::new();
     for r in records {
@@ -185,7 +185,16 @@ pub(super) fn write(records: &[Record], out: &mut impl Write) -> io::Result<()> 
         row[COMMIT_TIME] = &time;
         row[VALUE] = value;
         row[VALUE_TYPE] = value_type;
-        w.write_record(row)?;
+        w.write_record(row).map_err(io_error)?;
     }
     w.flush()
+}
+
+/// Keeps the kind of an I/O error (a closed pipe stays `BrokenPipe`) instead of the csv crate's
+/// conversion, which makes every error `Other`.
+fn io_error(e: csv::Error) -> io::Error {
+    match e.into_kind() {
+        csv::ErrorKind::Io(e) => e,
+        kind => io::Error::other(format!("CSV: {kind:?}")),
+    }
 }

@@ -285,11 +285,21 @@ impl<'a> Buf<'a> {
             VALUE_STRING_SET => {
                 let (len, start) = self.vector(field("StringSet")?, 4)?;
                 let mut members = Vec::with_capacity(len);
+                // Offsets may alias one string many times over: copying the members out of the
+                // buffer must not turn a small row into gigabytes, so their total is bounded by
+                // the row's size (set members are distinct, so real writers never share them).
+                let mut budget = self.0.len();
                 for i in 0..len {
                     let s = self
                         .uoffset(start + 4 * i)
                         .and_then(|p| self.string(p))
                         .map_err(|e| format!("set member {}: {e}", i + 1))?;
+                    budget = budget.checked_sub(s.len()).ok_or_else(|| {
+                        format!(
+                            "set members total more bytes than the record holds (aliased strings, at member {})",
+                            i + 1
+                        )
+                    })?;
                     members.push(s.to_owned());
                 }
                 Ok(Value::StringSet(members))
@@ -360,6 +370,32 @@ mod tests {
                 let _ = decode(&b);
             }
         }
+    }
+
+    #[test]
+    fn aliased_set_members_cannot_amplify_a_record() {
+        let mut enc = Encoder::new();
+        let big = "x".repeat(1000);
+        let bytes = enc.encode(&update("k", 1, Value::StringSet(vec![big, "y".into()]))).to_vec();
+        assert!(decode(&bytes).is_ok());
+        // Point the second member's offset at the first member's string: the decoded total
+        // (2000 bytes) now exceeds the buffer (about 1100 bytes).
+        let b = Buf(&bytes);
+        let root = b.table(b.uoffset(0).unwrap()).unwrap();
+        let kv = b.table_field(&root, DATA_RECORD_RECORD).unwrap().unwrap();
+        let set = b.table_field(&kv, KV_VALUE).unwrap().unwrap();
+        let vec_pos = b.uoffset(b.field(&set, SINGLE_VALUE, 4).unwrap().unwrap()).unwrap();
+        let first = b.uoffset(vec_pos + 4).unwrap();
+        let second_slot = vec_pos + 8;
+        let mut aliased = bytes.clone();
+        if first > second_slot {
+            let rel = u32::try_from(first - second_slot).unwrap();
+            aliased[second_slot..second_slot + 4].copy_from_slice(&rel.to_le_bytes());
+        } else {
+            panic!("the builder put the first member before the vector; adjust the test");
+        }
+        let err = decode(&aliased).unwrap_err();
+        assert!(err.contains("aliased strings, at member 2"), "{err}");
     }
 
     #[test]

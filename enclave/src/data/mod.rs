@@ -13,6 +13,8 @@
 mod avro;
 mod csv;
 mod flatbuf;
+#[cfg(test)]
+mod flatc_tests;
 mod name;
 #[cfg(test)]
 mod tests;
@@ -101,6 +103,16 @@ pub fn parse_file(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> {
         Format::Avro => avro::parse(name, bytes),
         Format::Csv => csv::parse(name, bytes),
     }
+}
+
+/// Parses `bytes` as an Avro container of FlatBuffers records, whatever they start with.
+pub fn parse_avro(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> {
+    avro::parse(name, bytes)
+}
+
+/// Parses `bytes` as CSV, whatever they start with.
+pub fn parse_csv(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> {
+    csv::parse(name, bytes)
 }
 
 /// Writes `records` as an Avro Object Container (codec null) of FlatBuffers `DataRecord` rows.

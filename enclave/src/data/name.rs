@@ -87,6 +87,8 @@ impl Ord for DataFileName {
             .cmp(&other.logical_time)
             .then(self.kind.cmp(&other.kind))
             .then_with(|| self.prefix.cmp(&other.prefix))
+            // Equal for names that parse alike; keeps Ord consistent with Eq for hand-built values.
+            .then_with(|| self.base.cmp(&other.base))
     }
 }
 
@@ -99,6 +101,30 @@ impl PartialOrd for DataFileName {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    const MAX_TIME: u64 = 9_999_999_999_999_999;
+
+    fn kind() -> impl Strategy<Value = FileKind> {
+        prop_oneof![Just(FileKind::Snapshot), Just(FileKind::Delta)]
+    }
+
+    proptest! {
+        #[test]
+        fn names_round_trip_and_sort_by_time_then_kind(
+            ta in 0..=MAX_TIME, tb in 0..=MAX_TIME, ka in kind(), kb in kind(), prefix in "([a-z0-9]{1,8}/){0,3}",
+        ) {
+            let prefix = prefix.trim_end_matches('/');
+            let a = DataFileName::new(ka, ta, prefix).unwrap();
+            let b = DataFileName::new(kb, tb, prefix).unwrap();
+            prop_assert_eq!(DataFileName::parse(&a.to_string()), Some(a.clone()));
+            prop_assert_eq!(a.cmp(&b), (ta, ka).cmp(&(tb, kb)));
+            if ka == kb {
+                // Same kind: the order is the lexicographic order of the names.
+                prop_assert_eq!(a.cmp(&b), a.base.cmp(&b.base));
+            }
+        }
+    }
 
     #[test]
     fn parses_bare_and_prefixed_names() {
