@@ -272,9 +272,19 @@ pub fn http_request(
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
+    // The body is written while the response is read: a server may answer early (413 for a body
+    // over the limit) and close; a write error then is expected and the response still counts.
+    let mut writer = s.try_clone()?;
+    let body = body.to_vec();
+    let write = std::thread::spawn(move || writer.write_all(&body));
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let read = s.read_to_end(&mut raw);
+    let _ = write.join();
+    if let Err(e) = read
+        && raw.is_empty()
+    {
+        return Err(e);
+    }
     parse_http_response(&raw).ok_or_else(|| {
         std::io::Error::other(format!("unparsable HTTP response: {:?}", String::from_utf8_lossy(&raw)))
     })
@@ -345,7 +355,9 @@ impl Envoy {
             .arg(&admin_path)
             .arg("--base-id")
             .arg(base_id().to_string())
-            .args(["--log-level", "warn", "--concurrency", "1", "--disable-hot-restart"]);
+            .args(["--log-level", "warn", "--concurrency", "1", "--disable-hot-restart"])
+            // Access log lines reach the log file within 200 ms (tests read them).
+            .args(["--file-flush-interval-msec", "200"]);
         let mut proc = Proc::spawn("envoy", cmd, &dir.join("envoy.log"));
         let admin = wait_until(Duration::from_secs(30), || {
             proc.assert_running();
@@ -380,4 +392,122 @@ fn listener_port(v: &serde_json::Value) -> Option<u16> {
 /// one (with --disable-hot-restart none is used, but envoy still validates the id).
 fn base_id() -> u32 {
     std::process::id() % 100_000 + 1
+}
+
+/// The stack of the parent instance on loopback: kv-server on a Unix socket (standing in for
+/// the enclave's vsock port), vsockproxy with an ingress from 127.0.0.1 to that socket, and
+/// envoy in front with the repository's envoy.yaml and the generated descriptor set.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub kv: Proc,
+    pub kv_socket: PathBuf,
+    kv_args: Vec<String>,
+    kv_starts: u32,
+    pub proxy: Proc,
+    pub ingress: SocketAddr,
+    pub proxy_admin: SocketAddr,
+    pub envoy: Envoy,
+}
+
+impl Stack {
+    /// Starts everything; `kv_args` are kv-server's data arguments (e.g. `["--sample-data"]`).
+    /// Returns once envoy's listener is bound and the proxy is ready (not necessarily SERVING).
+    pub fn start(kv_args: &[&str]) -> Stack {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kv_socket = dir.path().join("kv.sock");
+        let kv_args: Vec<String> = kv_args.iter().map(|s| s.to_string()).collect();
+        let kv = start_kv_server(dir.path(), &kv_socket, &kv_args, 0);
+
+        let descriptor = dir.path().join("query_api_descriptor_set.pb");
+        let status = Command::new(workspace_bin("kv-server"))
+            .args(["descriptor-set", "--out"])
+            .arg(&descriptor)
+            .status()
+            .expect("run kv-server descriptor-set");
+        assert!(status.success(), "kv-server descriptor-set: {status}");
+
+        let (proxy, ingress, proxy_admin) = start_vsockproxy(dir.path(), &kv_socket);
+        let envoy = Envoy::start(dir.path(), ingress.port(), &descriptor);
+        Stack { dir, kv, kv_socket, kv_args, kv_starts: 1, proxy, ingress, proxy_admin, envoy }
+    }
+
+    /// Stops kv-server (SIGTERM, as systemd would), then starts a new one on the same socket.
+    /// Envoy and the proxy keep running.
+    pub fn restart_kv_server(&mut self) {
+        self.stop_kv_server();
+        self.start_kv_server_again();
+    }
+
+    pub fn stop_kv_server(&mut self) {
+        self.kv.signal("TERM");
+        if self.kv.wait_timeout(Duration::from_secs(15)).is_none() {
+            panic!("kv-server did not stop on SIGTERM; log:\n{}", self.kv.logs());
+        }
+    }
+
+    pub fn start_kv_server_again(&mut self) {
+        self.kv = start_kv_server(self.dir.path(), &self.kv_socket, &self.kv_args, self.kv_starts);
+        self.kv_starts += 1;
+    }
+
+    /// GET on envoy's listener.
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http_get(self.envoy.listen, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// Waits until `GET /healthcheck` through envoy says SERVING.
+    pub fn wait_serving(&self, timeout: Duration) {
+        let ok = wait_until(timeout, || {
+            let r = http_get(self.envoy.listen, "/healthcheck").ok()?;
+            (r.status == 200 && r.body.contains("\"SERVING\"")).then_some(())
+        });
+        if ok.is_none() {
+            panic!(
+                "never SERVING through envoy\nkv-server:\n{}\nvsockproxy:\n{}\nenvoy:\n{}",
+                self.kv.logs(),
+                self.proxy.logs(),
+                self.envoy.proc.logs()
+            );
+        }
+    }
+}
+
+fn start_kv_server(dir: &Path, socket: &Path, args: &[String], generation: u32) -> Proc {
+    let mut cmd = Command::new(workspace_bin("kv-server"));
+    cmd.arg("--listen").arg(format!("unix://{}", socket.display())).args(args);
+    let log = dir.join(format!("kv-server-{generation}.log"));
+    let mut kv = Proc::spawn("kv-server", cmd, &log);
+    let up = wait_until(Duration::from_secs(30), || {
+        kv.assert_running();
+        kv.logs().contains("kv-server listening on").then_some(())
+    });
+    assert!(up.is_some(), "kv-server never listened; log:\n{}", kv.logs());
+    kv
+}
+
+/// Starts the real vsockproxy with one ingress, 127.0.0.1:free port -> `upstream` (the
+/// kv-server socket), and its admin listener on loopback; waits for `/healthz` (`/readyz`
+/// also looks at the upstream, which may still be loading).
+fn start_vsockproxy(dir: &Path, upstream: &Path) -> (Proc, SocketAddr, SocketAddr) {
+    let ingress = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = dir.join("vsockproxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[ingress]]\nlisten = \"tcp://{ingress}\"\nupstream = \"unix://{}\"\n\n[admin]\nlisten = \"tcp://{admin}\"\n",
+            upstream.display()
+        ),
+    )
+    .expect("write vsockproxy.toml");
+    let mut cmd = Command::new(workspace_bin("vsockproxy"));
+    cmd.arg("run").arg("--config").arg(&config).env("RUST_LOG", "info");
+    let mut proc = Proc::spawn("vsockproxy", cmd, &dir.join("vsockproxy.log"));
+    let ready = wait_until(Duration::from_secs(30), || {
+        proc.assert_running();
+        let r = http_get(admin, "/healthz").ok()?;
+        (r.status == 200).then_some(())
+    });
+    assert!(ready.is_some(), "vsockproxy never ready; log:\n{}", proc.logs());
+    (proc, ingress, admin)
 }
