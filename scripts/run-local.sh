@@ -134,6 +134,7 @@ if ((with_envoy)); then
 fi
 
 # --- build and tools ---------------------------------------------------------------------
+command -v curl >/dev/null 2>&1 || { log "curl is needed (readiness checks, the example query): install it"; exit 1; }
 bin="$CARGO_TARGET_DIR/debug"
 if ((build)); then
   log "building kv-server and vsockproxy (cargo build, target dir $CARGO_TARGET_DIR)"
@@ -145,8 +146,8 @@ done
 envoy_cmd=""
 if ((with_envoy)); then
   if ! command -v envoy >/dev/null 2>&1; then
-    log "envoy is not installed: installing it project-local with scripts/setup-test-deps.sh"
-    scripts/setup-test-deps.sh
+    log "envoy is not installed: installing it project-local (scripts/setup-test-deps.sh --envoy-only)"
+    scripts/setup-test-deps.sh --envoy-only
   fi
   envoy_cmd=$(command -v envoy)
 fi

