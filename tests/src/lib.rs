@@ -278,7 +278,7 @@ pub fn http_request(
     let body = body.to_vec();
     let write = std::thread::spawn(move || writer.write_all(&body));
     let mut raw = Vec::new();
-    let read = s.read_to_end(&mut raw);
+    let read = read_response(&mut s, &mut raw);
     let _ = write.join();
     if let Err(e) = read
         && raw.is_empty()
@@ -293,6 +293,32 @@ pub fn http_request(
 /// `http_request` GET shorthand.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
     http_request(addr, "GET", path, &[], &[])
+}
+
+/// Reads until the response is complete: to the end of a `Content-Length` body if there is
+/// one (envoy delays closing after some local replies, so waiting for EOF would cost a second
+/// per request), else to EOF.
+fn read_response(s: &mut TcpStream, raw: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut buf = [0u8; 16384];
+    loop {
+        if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+            let len = head
+                .split("\r\n")
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if let Some(len) = len
+                && raw.len() >= split + 4 + len
+            {
+                return Ok(());
+            }
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
 }
 
 fn parse_http_response(raw: &[u8]) -> Option<HttpResponse> {
