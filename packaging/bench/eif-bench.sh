@@ -25,10 +25,11 @@ head -c $((12 << 20)) /dev/urandom >"$work/bzImage"
 head -c 900000 /dev/urandom >"$work/init"
 rootfs_mib=$(du -sm --apparent-size "$work/rootfs" | cut -f1)
 
-# Prints "seconds max_rss_kib" for the command.
+# Prints "seconds max_rss_kib cpu_seconds" for the command. CPU seconds (user + sys) are shown
+# too because on a shared, loaded machine wall time is mostly waiting for a core.
 measure() {
-  /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null
-  cat "$work/time"
+  /usr/bin/time -f '%e %M %U %S' -o "$work/time" "$@" >/dev/null
+  awk '{ printf "%s %s %.2f\n", $1, $2, $3 + $4 }' "$work/time"
 }
 
 best() { sort -n | head -1; }
@@ -53,9 +54,19 @@ eif_mib=$(($(stat -c %s "$work/out.eif") >> 20))
 bt=$(printf '%s\n' "${b[@]}" | best) pt=$(printf '%s\n' "${p[@]}" | best)
 dt=$(printf '%s\n' "${d[@]}" | best) st=$(printf '%s\n' "${s[@]}" | best)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-printf 'rootfs %s MiB, EIF %s MiB, best of %s runs\n' "$rootfs_mib" "$eif_mib" "$runs"
-printf '%-28s %8s %12s %8s\n' step seconds max_rss_KiB vs_peer
-printf '%-28s %8s %12s %8s\n' "eif build" "${bt% *}" "${bt#* }" "$(ratio "${bt% *}" "${pt% *}")"
-printf '%-28s %8s %12s %8s\n' "peer: tar + sha384sum" "${pt% *}" "${pt#* }" "1.00"
-printf '%-28s %8s %12s %8s\n' "eif describe" "${dt% *}" "${dt#* }" "$(ratio "${dt% *}" "${st% *}")"
-printf '%-28s %8s %12s %8s\n' "peer: sha384sum of the EIF" "${st% *}" "${st#* }" "1.00"
+row() { # name "wall rss cpu" [peer "wall rss cpu"]
+  read -r w m c <<<"$2"
+  local rw=1.00 rc=1.00
+  if [[ -n "${3:-}" ]]; then
+    read -r pw _ pc <<<"$3"
+    rw=$(ratio "$w" "$pw") rc=$(ratio "$c" "$pc")
+  fi
+  printf '%-28s %8s %8s %12s %8s %8s\n' "$1" "$w" "$c" "$m" "$rw" "$rc"
+}
+printf 'rootfs %s MiB, EIF %s MiB, best of %s runs, load average %s\n' "$rootfs_mib" "$eif_mib" "$runs" \
+  "$(cut -d' ' -f1 /proc/loadavg)"
+printf '%-28s %8s %8s %12s %8s %8s\n' step wall_s cpu_s max_rss_KiB wall/peer cpu/peer
+row "eif build" "$bt" "$pt"
+row "peer: tar + sha384sum" "$pt"
+row "eif describe" "$dt" "$st"
+row "peer: sha384sum of the EIF" "$st"
