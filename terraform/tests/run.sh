@@ -123,7 +123,8 @@ locals {
   sets = jsondecode(file("${path.module}/sets.json"))
 }
 EOF
-# The module's defaults, with short waits so the failure cases finish in seconds.
+# The module's defaults with short waits: a grace period of 20 s for the runs that succeed (they
+# need about 2 s, more on a loaded machine) and of 3 s for the ones that must fail fast.
 base='"service": "kv-server", "environment": "demo", "asg_name": "kv-server-demo",
   "lifecycle_hook_name": "kv-server-demo-launch", "amp_workspace_id": "ws-0123abcd-test",
   "bundle_dir": "/opt/privacysandbox", "eif_path": "/opt/privacysandbox/server_enclave_image.eif",
@@ -133,22 +134,23 @@ base='"service": "kv-server", "environment": "demo", "asg_name": "kv-server-demo
   "envoy_unit": "envoy.service", "collector_unit": "aws-otel-collector.service",
   "allocator_unit": "nitro-enclaves-allocator.service", "vsockproxy_unit": "vsockproxy.service",
   "enclave_unit": "nitro-enclave.service", "envoy_admin_port": 9902, "envoy_port": 51052, "proxy_admin_port": 9901,
-  "envoy_ready_timeout_seconds": 2, "readiness_grace_seconds": 3, "unit_start_timeout_seconds": 10,
+  "envoy_ready_timeout_seconds": 2, "unit_start_timeout_seconds": 10,
   "poll_interval_seconds": 1, "enclave_cid": 16'
 cat >"$render_dir/sets.json" <<EOF
 {
-  "debug": { $base, "enclave_cpu_count": 2, "enclave_memory_mib": 4096, "enclave_debug_mode": true },
-  "production": { $base, "enclave_cpu_count": 4, "enclave_memory_mib": 10240, "enclave_debug_mode": false }
+  "debug": { $base, "readiness_grace_seconds": 20, "enclave_cpu_count": 2, "enclave_memory_mib": 4096, "enclave_debug_mode": true },
+  "production": { $base, "readiness_grace_seconds": 20, "enclave_cpu_count": 4, "enclave_memory_mib": 10240, "enclave_debug_mode": false },
+  "failfast": { $base, "readiness_grace_seconds": 3, "enclave_cpu_count": 4, "enclave_memory_mib": 10240, "enclave_debug_mode": false }
 }
 EOF
 
-check "render the launcher through terraform console (debug on and off)"
+check "render the launcher through terraform console (debug on and off, a short grace period)"
 render_ok=true
 if ! (cd "$render_dir" && terraform init -backend=false -input=false >"$work/init.out" 2>&1); then
   fail "terraform init -backend=false: $(tail -5 "$work/init.out")"
   render_ok=false
 else
-  for set in debug production; do
+  for set in debug production failfast; do
     if printf 'base64encode(templatefile("%s", local.sets["%s"]))\n' "$template" "$set" |
       (cd "$render_dir" && terraform console) >"$work/$set.b64" 2>"$work/$set.err" &&
       tr -d '"\n' <"$work/$set.b64" | base64 -d >"$work/$set.sh" 2>/dev/null && [[ -s $work/$set.sh ]]; then
@@ -167,7 +169,7 @@ fi
 }
 
 check "the rendered launchers pass shellcheck"
-if shellcheck -s bash "$work/debug.sh" "$work/production.sh" >"$work/shellcheck.out" 2>&1; then ok; else
+if shellcheck -s bash "$work/debug.sh" "$work/production.sh" "$work/failfast.sh" >"$work/shellcheck.out" 2>&1; then ok; else
   fail "$(cat "$work/shellcheck.out")"
 fi
 
@@ -265,9 +267,38 @@ if expect "exit 0 (stderr: $(tail -3 "$st/stderr" | tr '\n' ' '))" eq "$(rc_of "
   expect "unfilled copy kept" cmp -s "$work/collector-config.in" "$collector.in" &&
   expect "steps in the journal" in_order "$st/journal" 'instance-init: step 1: install configs' 'instance-init: step 2: start envoy' \
     'instance-init: step 8: complete the launch lifecycle hook' 'instance-init: done' &&
-  expect "steps on the console" has "$root/dev/console" 'instance-init: step 7: wait up to 3 s for readiness' &&
+  expect "steps on the console" has "$root/dev/console" 'instance-init: step 7: wait up to 20 s for readiness' &&
   expect "the IMDSv2 token is in no log" \
     bash -c '! grep -q -r "standin-imds-token" "$@"' _ "$st/journal" "$st/stderr" "$st/stdout" "$root/dev/console"; then
+  ok
+fi
+
+# supervise ROOT STATE: runs the enclave unit's supervisor (systemd/nitro-enclave-run, what
+# nitro-enclave.service runs) with the environment file the launcher wrote, against the nitro-cli
+# stand-in, for a few seconds, then stops it as systemd would (SIGTERM). Only the EIF path gets
+# the root prefix, because the supervisor checks that the file is readable.
+supervise() {
+  local root=$1 state=$2
+  mkdir -p "$state"
+  (
+    set -a
+    # shellcheck source=/dev/null
+    source "$root/etc/nitro-enclave/enclave.env"
+    set +a
+    ENCLAVE_EIF_PATH="$root$ENCLAVE_EIF_PATH" ENCLAVE_POLL_SECONDS=1 NITRO_CLI="$bin/nitro-cli" \
+      STANDIN_DIR="$state" PATH="$bin:$PATH" \
+      timeout -s TERM 3 bash "$REPO_ROOT/systemd/nitro-enclave-run" >"$state/stdout" 2>"$state/stderr"
+  ) || true
+  [[ -f $state/calls ]] || : >"$state/calls"
+}
+
+check "the enclave supervisor (systemd/nitro-enclave-run) runs nitro-cli with the launcher's settings"
+sup="$work/supervisor-debug"
+supervise "$root" "$sup"
+if expect "run-enclave with every flag and --debug-mode ($(tail -2 "$sup/stderr" | tr '\n' ' '))" has "$sup/calls" \
+  "nitro-cli run-enclave --eif-path $root/opt/privacysandbox/server_enclave_image.eif --enclave-cid 16 --cpu-count 2 --memory 4096 --enclave-name kv-server --debug-mode" &&
+  expect "kept watching it" at_least "$(grep -c -F 'nitro-cli describe-enclaves' "$sup/calls")" 2 &&
+  expect "terminated it on stop" has "$sup/calls" 'nitro-cli terminate-enclave --enclave-name kv-server'; then
   ok
 fi
 
@@ -297,7 +328,10 @@ launch "$work/production.sh" "$root" "$st"
 if expect "exit 0 ($(tail -3 "$st/stderr" | tr '\n' ' '))" eq "$(rc_of "$st")" 0 &&
   expect "allocator.yaml" eq "$(grep -v '^#' "$root/etc/nitro_enclaves/allocator.yaml")" $'---\nmemory_mib: 10240\ncpu_count: 4' &&
   expect "enclave.env without debug mode" eq "$(grep -v '^#' "$root/etc/nitro-enclave/enclave.env")" \
-    $'ENCLAVE_EIF_PATH=/opt/privacysandbox/server_enclave_image.eif\nENCLAVE_CID=16\nENCLAVE_CPU_COUNT=4\nENCLAVE_MEMORY_MIB=10240\nENCLAVE_NAME=kv-server\nENCLAVE_DEBUG_MODE=false'; then
+    $'ENCLAVE_EIF_PATH=/opt/privacysandbox/server_enclave_image.eif\nENCLAVE_CID=16\nENCLAVE_CPU_COUNT=4\nENCLAVE_MEMORY_MIB=10240\nENCLAVE_NAME=kv-server\nENCLAVE_DEBUG_MODE=false' &&
+  supervise "$root" "$work/supervisor-prod" &&
+  expect "the supervisor runs it without --debug-mode" eq "$(grep -F 'nitro-cli run-enclave' "$work/supervisor-prod/calls")" \
+    "nitro-cli run-enclave --eif-path $root/opt/privacysandbox/server_enclave_image.eif --enclave-cid 16 --cpu-count 4 --memory 10240 --enclave-name kv-server"; then
   ok
 fi
 
@@ -306,7 +340,7 @@ root="$work/root-notready"
 st="$work/state-notready"
 make_root "$root"
 start=$SECONDS
-launch "$work/production.sh" "$root" "$st" STANDIN_READYZ_AFTER=0
+launch "$work/failfast.sh" "$root" "$st" STANDIN_READYZ_AFTER=0
 took=$((SECONDS - start))
 if expect "non-zero exit" not_eq "$(rc_of "$st")" 0 &&
   expect "bounded: took ${took}s for a 3 s grace" at_most "$took" 20 &&
@@ -324,7 +358,7 @@ check "the KV server never gets SERVING (data never loads): fails within the gra
 root="$work/root-notserving"
 st="$work/state-notserving"
 make_root "$root"
-launch "$work/production.sh" "$root" "$st" STANDIN_SERVING_AFTER=0
+launch "$work/failfast.sh" "$root" "$st" STANDIN_SERVING_AFTER=0
 if expect "non-zero exit" not_eq "$(rc_of "$st")" 0 &&
   expect "proxy was ready" has "$st/journal" 'vsockproxy-readyz ready after' &&
   expect "health polled more than once" at_least "$(grep -c -F 'curl http://127.0.0.1:51052/healthcheck' "$st/calls")" 2 &&

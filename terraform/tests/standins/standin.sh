@@ -79,8 +79,31 @@ case "$name" in
     [[ ${STANDIN_AWS_FAIL:-0} != 1 ]] || exit 255
     ;;
   nitro-cli)
+    # One enclave at most, kept in $STANDIN_DIR/enclave (its name) between calls.
     record "nitro-cli $*"
-    [[ ${1:-} == describe-enclaves ]] && echo '[]'
+    case "${1:-}" in
+      run-enclave)
+        name=enclave
+        while (($#)); do
+          [[ $1 == --enclave-name ]] && name=$2
+          shift
+        done
+        echo "$name" >"$STANDIN_DIR/enclave"
+        echo '{"EnclaveName": "'"$name"'", "State": "RUNNING"}'
+        ;;
+      describe-enclaves)
+        if [[ -f $STANDIN_DIR/enclave ]]; then
+          printf '[\n  {\n    "EnclaveName": "%s",\n    "EnclaveCID": 16,\n    "State": "RUNNING"\n  }\n]\n' \
+            "$(cat "$STANDIN_DIR/enclave")"
+        else
+          echo '[]'
+        fi
+        ;;
+      terminate-enclave)
+        rm -f "$STANDIN_DIR/enclave"
+        ;;
+      *) ;;
+    esac
     ;;
   logger)
     # logger -t TAG -- MESSAGE
