@@ -88,9 +88,14 @@ fn healthcheck_is_not_serving_during_the_initial_load_and_serving_after() {
     assert_eq!(r.json()["status"], "NOT_SERVING", "{}", r.body);
     let r = stack.get("/healthcheck?service=autoscaler-healthcheck");
     assert_eq!(r.json()["status"], "SERVING", "{}", r.body);
+    // The load balancer's check only sees status codes: envoy's own /healthz says 503.
+    assert_eq!(stack.get("/healthz").status, 503);
     stack.wait_serving(READY);
     let r = stack.get("/healthcheck?service=loadbalancer-healthcheck");
     assert_eq!(r.json()["status"], "SERVING", "{}", r.body);
+    // envoy's active health check runs every 2 s: /healthz follows within a few seconds.
+    let ok = wait_until(Duration::from_secs(10), || (stack.get("/healthz").status == 200).then_some(()));
+    assert!(ok.is_some(), "/healthz never 200 after the load; envoy log:\n{}", stack.envoy.proc.logs());
 }
 
 #[test]
