@@ -164,3 +164,20 @@ fn dump_into_a_pipe_closed_early_is_not_an_error() {
     assert!(out.status.success(), "dump into a closed pipe: {:?} {}", out.status, text(&out.stderr));
     assert_eq!(text(&out.stderr), "");
 }
+
+#[test]
+fn convert_of_a_bad_file_fails_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("input.csv");
+    std::fs::write(&csv, format!("{CSV}\"\",UPDATE,1,v,string\n")).unwrap();
+    let out_path = dir.path().join("DELTA_0000000000000001");
+    let out = kv_data(&["convert", "--in", path(&csv), "--out", path(&out_path)]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(&format!("{}: record 4 (line 5): empty key", csv.display())),
+        "{}",
+        text(&out.stderr)
+    );
+    // Only the input is there: no output, no temporary file.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}

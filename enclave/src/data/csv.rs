@@ -30,7 +30,19 @@ pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> 
     let mut records = Vec::with_capacity(bytes.len() / 128);
     loop {
         let number = records.len() as u64 + 1;
-        let line = |row: &csv::ByteRecord| row.position().map(|p| p.line());
+        // The csv crate's line numbers skip line breaks inside quoted fields, and its byte offset
+        // of a record may point at the previous record's line end (CRLF, blank lines): count the
+        // line breaks up to the record's first byte instead (only on the error path).
+        let line_at = |pos: Option<&csv::Position>| {
+            pos.map(|p| {
+                let mut start = usize::try_from(p.byte()).unwrap_or(usize::MAX).min(bytes.len());
+                while matches!(bytes.get(start), Some(b'\r' | b'\n')) {
+                    start += 1;
+                }
+                bytes[..start].iter().filter(|&&b| b == b'\n').count() as u64 + 1
+            })
+        };
+        let line = |row: &csv::ByteRecord| line_at(row.position());
         let at_row = |row: &csv::ByteRecord, reason: String| DataError {
             file: name.to_owned(),
             record: Some(number),
@@ -41,7 +53,7 @@ pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> 
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => {
-                let line = e.position().map(|p| p.line());
+                let line = line_at(e.position());
                 return Err(DataError { line, ..DataError::record(name, number, format!("CSV: {e}")) });
             }
         }

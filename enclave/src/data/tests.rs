@@ -94,6 +94,25 @@ fn csv_reads_the_reference_column_order_case_and_number_sets() {
 }
 
 #[test]
+fn csv_with_crlf_line_ends_and_quoted_line_breaks() {
+    let text = "key,mutation_type,logical_commit_time,value,value_type\r\n\
+                a,UPDATE,1,\"two\r\nlines\",string\r\n\
+                b,UPDATE,2,x|y,string_set\r\n";
+    assert_eq!(
+        parse_file("f.csv", text.as_bytes()).unwrap(),
+        vec![
+            update("a", 1, Value::String("two\r\nlines".into())),
+            update("b", 2, Value::StringSet(vec!["x".into(), "y".into()])),
+        ]
+    );
+    let e = parse_file("f.csv", format!("{text}c,UPDATE,x,v,string\r\n").as_bytes()).unwrap_err();
+    assert_eq!(e.to_string(), "f.csv: record 3 (line 5): logical_commit_time \"x\" is not a 64-bit integer");
+    // Blank lines are skipped, and counted.
+    let e = parse_file("f.csv", format!("{text}\r\n\nc,UPDATE,x,v,string\n").as_bytes()).unwrap_err();
+    assert_eq!(e.to_string(), "f.csv: record 3 (line 7): logical_commit_time \"x\" is not a 64-bit integer");
+}
+
+#[test]
 fn csv_errors_name_file_record_line_and_reason() {
     const H: &str = "key,mutation_type,logical_commit_time,value,value_type\n";
     let cases: &[(&str, &str)] = &[
