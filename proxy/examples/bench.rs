@@ -117,14 +117,17 @@ fn start_socat(dir: &Path, name: &str, server: SocketAddr, unix_hop: bool) -> Pe
     let children = if unix_hop {
         let sock = dir.join(format!("{name}.sock"));
         vec![
-            socat(&[format!("UNIX-LISTEN:{},fork", sock.display()), format!("TCP:{server}")]),
+            socat(&[format!("UNIX-LISTEN:{},fork,backlog=1024", sock.display()), format!("TCP:{server}")]),
             socat(&[
-                format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"),
+                format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=1024"),
                 format!("UNIX-CONNECT:{}", sock.display()),
             ]),
         ]
     } else {
-        vec![socat(&[format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"), format!("TCP:{server}")])]
+        vec![socat(&[
+            format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=1024"),
+            format!("TCP:{server}"),
+        ])]
     };
     wait_port(entry);
     Peer { entry, children }
@@ -194,27 +197,38 @@ async fn latency(entry: SocketAddr, concurrency: usize) -> (f64, f64) {
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         tasks.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(entry).await.unwrap();
-            s.set_nodelay(true).unwrap();
             let msg = [0xa5u8; 1024];
             let mut back = [0u8; 1024];
             let mut samples = Vec::new();
+            let Ok(mut s) = TcpStream::connect(entry).await else { return (samples, 1) };
+            s.set_nodelay(true).unwrap();
             for _ in 0..10 {
-                s.write_all(&msg).await.unwrap();
-                s.read_exact(&mut back).await.unwrap();
+                if s.write_all(&msg).await.is_err() || s.read_exact(&mut back).await.is_err() {
+                    return (samples, 1);
+                }
             }
             while Instant::now() < until {
                 let t = Instant::now();
-                s.write_all(&msg).await.unwrap();
-                s.read_exact(&mut back).await.unwrap();
+                if s.write_all(&msg).await.is_err() || s.read_exact(&mut back).await.is_err() {
+                    return (samples, 1);
+                }
                 samples.push(t.elapsed().as_nanos() as u64);
             }
-            samples
+            (samples, 0)
         }));
     }
     let mut all = Vec::new();
+    let mut failed = 0;
     for t in tasks {
-        all.extend(t.await.unwrap());
+        let (samples, f) = t.await.unwrap();
+        all.extend(samples);
+        failed += f;
+    }
+    if failed > 0 {
+        eprintln!("latency c={concurrency} via {entry}: {failed} connection(s) failed");
+    }
+    if all.is_empty() {
+        return (f64::NAN, f64::NAN);
     }
     all.sort_unstable();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0;
@@ -294,6 +308,10 @@ fn raise_nofile(want: u64) -> u64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let nofile = raise_nofile(65_536);
+    if std::env::args().any(|a| a == "--echo-server") {
+        println!("{}", server(true).await);
+        std::future::pending::<()>().await;
+    }
     let dir = tempfile::tempdir().unwrap();
     let sink = server(false).await;
     let echo = server(true).await;
@@ -375,9 +393,24 @@ async fn main() {
         );
     }
     // socat forks a process per connection: 10,000 idle connections would be 10,000
-    // processes, so only vsockproxy is measured here.
-    let peer = start_vsockproxy(&d, "vp-idle", echo, false, "splice");
-    match idle_rss(&peer, IDLE_CONNS).await {
+    // processes, so only vsockproxy is measured here. The echo server runs in a child process
+    // so that no process needs more than two descriptors per connection; the count is capped
+    // by RLIMIT_NOFILE (the proxy holds both legs of every connection).
+    let mut echo_child = Command::new(std::env::current_exe().unwrap())
+        .arg("--echo-server")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(echo_child.stdout.take().unwrap()), &mut line)
+        .unwrap();
+    let remote_echo: SocketAddr = line.trim().parse().unwrap();
+    let n = IDLE_CONNS.min((nofile as usize).saturating_sub(200) / 2);
+    let peer = start_vsockproxy(&d, "vp-idle", remote_echo, false, "splice");
+    let measured = idle_rss(&peer, n).await;
+    let _ = echo_child.kill();
+    let _ = echo_child.wait();
+    match measured {
         Some((n, before, after)) => println!(
             "\nvsockproxy RSS with {n} idle connections (TCP->TCP): {:.1} MiB (idle process: {:.1} MiB)",
             after as f64 / 1024.0,

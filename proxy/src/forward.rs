@@ -10,8 +10,9 @@
 //! - `copy`: non-blocking read/write through one buffer per direction;
 //! - both wait on tokio readiness and allocate their pipe or buffer only when the first byte
 //!   arrives, so idle connections cost two sockets and a task.
-//! - vsock streams have no readiness API in tokio-vsock: those connections use a buffered
-//!   poll-based copy (tokio's `copy_bidirectional_with_sizes`).
+//! - vsock streams have no readiness API in tokio-vsock: those connections use a poll-based
+//!   copy through `AsyncRead`/`AsyncWrite`, which waits for readability with a zero-length
+//!   read before allocating its buffer, so idle vsock connections are as cheap.
 //!
 //! Per-direction buffering is bounded by `buffer_size`: a slow reader stops the reads on the
 //! other side (backpressure) instead of growing memory.
@@ -20,7 +21,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -125,14 +126,13 @@ pub async fn forward(
     } else {
         let (mut client, mut upstream) = (client, upstream);
         let result = {
-            let mut a = CountingIo { io: &mut client, side: Side::Client, tally: c2u, last_error: None };
-            let mut b = CountingIo { io: &mut upstream, side: Side::Upstream, tally: u2c, last_error: None };
-            let both = async {
-                tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, opts.buffer_size, opts.buffer_size)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| classify(e, a.last_error.or(b.last_error)))
-            };
+            let mut c2u_dir = PollDir::new(Side::Client, Side::Upstream, c2u, opts.buffer_size);
+            let mut u2c_dir = PollDir::new(Side::Upstream, Side::Client, u2c, opts.buffer_size);
+            let both = std::future::poll_fn(|cx| {
+                let a = c2u_dir.poll(cx, &mut client, &mut upstream)?;
+                let b = u2c_dir.poll(cx, &mut upstream, &mut client)?;
+                if a.is_ready() && b.is_ready() { Poll::Ready(Ok(())) } else { Poll::Pending }
+            });
             tokio::select! {
                 r = both => r,
                 e = idle => Err(e),
@@ -249,61 +249,93 @@ async fn pump(
     }
 }
 
-/// Wraps one stream for the poll-based engine: counts bytes read from it and remembers which
-/// side the last error came from.
-struct CountingIo<'a> {
-    io: &'a mut Stream,
-    side: Side,
+/// One direction of the poll-based engine (streams without a readiness API).
+struct PollDir<'a> {
+    src_side: Side,
+    dst_side: Side,
     tally: Tally<'a>,
-    last_error: Option<Side>,
+    size: usize,
+    /// Allocated when the source first turns readable.
+    buf: Vec<u8>,
+    pos: usize,
+    cap: usize,
+    eof: bool,
+    done: bool,
 }
 
-impl CountingIo<'_> {
-    fn note<T>(&mut self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        if let Poll::Ready(Err(_)) = &r {
-            self.last_error = Some(self.side);
+impl<'a> PollDir<'a> {
+    fn new(src_side: Side, dst_side: Side, tally: Tally<'a>, size: usize) -> PollDir<'a> {
+        PollDir { src_side, dst_side, tally, size, buf: Vec::new(), pos: 0, cap: 0, eof: false, done: false }
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut Stream,
+        dst: &mut Stream,
+    ) -> Poll<Result<(), ForwardError>> {
+        let (src_side, dst_side) = (self.src_side, self.dst_side);
+        let rd = move |source| ForwardError::Io { side: src_side, source };
+        let wr = move |source| ForwardError::Io { side: dst_side, source };
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if self.pos == self.cap && !self.eof {
+                if self.buf.is_empty() {
+                    // A zero-length read completes once the source is readable (or closed)
+                    // without consuming anything: only then is the buffer worth allocating.
+                    let mut probe = ReadBuf::new(&mut []);
+                    ready!(Pin::new(&mut *src).poll_read(cx, &mut probe)).map_err(rd)?;
+                    self.buf = vec![0; self.size];
+                }
+                let mut rb = ReadBuf::new(&mut self.buf);
+                ready!(Pin::new(&mut *src).poll_read(cx, &mut rb)).map_err(rd)?;
+                let n = rb.filled().len();
+                if n == 0 {
+                    self.eof = true;
+                } else {
+                    (self.pos, self.cap) = (0, n);
+                }
+            }
+            while self.pos < self.cap {
+                let n =
+                    ready!(Pin::new(&mut *dst).poll_write(cx, &self.buf[self.pos..self.cap])).map_err(wr)?;
+                if n == 0 {
+                    return Poll::Ready(Err(wr(io::ErrorKind::WriteZero.into())));
+                }
+                self.pos += n;
+                self.tally.add(n);
+            }
+            if self.eof {
+                // Half-close; the peer may already be gone, which must not fail the other way.
+                let _ = ready!(Pin::new(&mut *dst).poll_shutdown(cx));
+                self.done = true;
+            }
         }
-        r
     }
 }
 
-fn classify(e: io::Error, side: Option<Side>) -> ForwardError {
-    ForwardError::Io { side: side.unwrap_or(Side::Upstream), source: e }
-}
-
-impl AsyncRead for CountingIo<'_> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut *this.io).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &r {
-            this.tally.add(buf.filled().len() - before);
-        }
-        this.note(r)
-    }
-}
-
-impl AsyncWrite for CountingIo<'_> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut *this.io).poll_write(cx, buf);
-        this.note(r)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut *this.io).poll_flush(cx);
-        this.note(r)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The peer may already be gone; a failed half-close must not fail the other direction.
-        let this = self.get_mut();
-        match Pin::new(&mut *this.io).poll_shutdown(cx) {
-            Poll::Ready(Err(_)) => Poll::Ready(Ok(())),
-            other => other,
-        }
-    }
+/// Test hook: forces the poll-based engine on streams that do support readiness.
+#[cfg(test)]
+pub(crate) async fn forward_polled(
+    client: Stream,
+    upstream: Stream,
+    opts: Options,
+    counters: &Counters,
+) -> Result<(), ForwardError> {
+    let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
+    let c2u = Tally { conn: &counters.client_to_upstream, total: &t1 };
+    let u2c = Tally { conn: &counters.upstream_to_client, total: &t2 };
+    let (mut client, mut upstream) = (client, upstream);
+    let mut a = PollDir::new(Side::Client, Side::Upstream, c2u, opts.buffer_size);
+    let mut b = PollDir::new(Side::Upstream, Side::Client, u2c, opts.buffer_size);
+    std::future::poll_fn(|cx| {
+        let x = a.poll(cx, &mut client, &mut upstream)?;
+        let y = b.poll(cx, &mut upstream, &mut client)?;
+        if x.is_ready() && y.is_ready() { Poll::Ready(Ok(())) } else { Poll::Pending }
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -344,6 +376,35 @@ mod tests {
             assert_eq!(back, b"reply");
             assert_eq!(task.await.unwrap(), (100_000, 5));
         }
+    }
+
+    #[tokio::test]
+    async fn poll_engine_forwards_and_half_closes() {
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_up, mut up) = pair().await;
+        let opts = Options { mode: ForwardMode::Copy, buffer_size: 4096, idle: None };
+        let task = tokio::spawn(async move {
+            let c = Counters::default();
+            forward_polled(proxy_client, proxy_up, opts, &c).await.unwrap();
+            (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
+        });
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let d2 = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&d2).await.unwrap();
+            client.shutdown_write().unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        up.read_to_end(&mut got).await.unwrap();
+        assert!(got == data);
+        let mut client = writer.await.unwrap();
+        up.write_all(b"done").await.unwrap();
+        drop(up);
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"done");
+        assert_eq!(task.await.unwrap(), (300_000, 4));
     }
 
     #[tokio::test]
