@@ -26,13 +26,21 @@ if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.
   "${sudo[@]}" apt-get update -qq
 fi
 # The generic flavour only (not -rt-amd64 or -cloud-amd64).
-pkg=$(apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+[a-z0-9]+-amd64-unsigned$' | awk '{ print $1 }' | sort -V | tail -1)
-[[ -n "$pkg" ]] || { log "no linux-image-6.12.*-amd64-unsigned package in apt's lists"; exit 1; }
-log "downloading $pkg (about 100 MB) into $dest"
+newest() {
+  apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+[a-z0-9]+-amd64-unsigned$' | awk '{ print $1 }' | sort -V | tail -1
+}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 chmod 755 "$tmp" # apt's download user writes there
-(cd "$tmp" && apt-get download -qq "$pkg")
+pkg=$(newest)
+if [[ -z "$pkg" ]] || ! (cd "$tmp" && apt-get download -qq "$pkg"); then
+  # Stale package lists (the suite moved to a newer kernel): refresh once and retry.
+  "${sudo[@]}" apt-get update -qq
+  pkg=$(newest)
+  [[ -n "$pkg" ]] || { log "no linux-image-6.12.*-amd64-unsigned package in apt's lists"; exit 1; }
+  (cd "$tmp" && apt-get download -qq "$pkg")
+fi
+log "downloaded $pkg, unpacking the kernel and five modules into $dest"
 dpkg-deb -x "$tmp"/*.deb "$tmp/root"
 rm -rf "$dest"
 mkdir -p "$dest/modules"
