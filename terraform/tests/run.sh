@@ -252,6 +252,7 @@ if expect "exit 0 (stderr: $(tail -3 "$st/stderr" | tr '\n' ' '))" eq "$(rc_of "
     'systemctl restart nitro-enclaves-allocator.service' \
     'systemctl start vsockproxy.service' \
     'systemctl restart nitro-enclave.service' \
+    'aws autoscaling record-lifecycle-action-heartbeat --region eu-west-1 --auto-scaling-group-name kv-server-demo --lifecycle-hook-name kv-server-demo-launch --instance-id i-0123456789abcdef0' \
     'curl http://127.0.0.1:9901/readyz' \
     'curl http://127.0.0.1:51052/healthcheck' \
     'aws autoscaling complete-lifecycle-action --region eu-west-1 --auto-scaling-group-name kv-server-demo --lifecycle-hook-name kv-server-demo-launch --instance-id i-0123456789abcdef0 --lifecycle-action-result CONTINUE' &&
@@ -404,6 +405,7 @@ make_root "$root"
 launch "$work/production.sh" "$root" "$st" STANDIN_AWS_FAIL=1
 if expect "exit 0: the instance is ready, the hook times out to its default" eq "$(rc_of "$st")" 0 &&
   expect "five attempts" eq "$(grep -c -F 'complete-lifecycle-action' "$st/calls")" 5 &&
+  expect "a failed heartbeat is not fatal" has "$st/journal" 'heartbeat failed (not fatal)' &&
   expect "said so" has "$st/journal" 'no answer delivered'; then
   ok
 fi

@@ -56,7 +56,8 @@ resource "aws_autoscaling_group" "this" {
       error_message = "Need min_size <= desired_capacity <= max_size."
     }
     precondition {
-      # The launcher's worst case: envoy wait + readiness grace + unit starts; the hook must outlive it.
+      # The launcher sends a heartbeat (which restarts the timeout) just before its readiness wait;
+      # before it, the envoy wait and the unit starts. Both stretches must fit.
       condition     = var.lifecycle_hook_timeout_seconds >= var.envoy_ready_timeout_seconds + var.readiness_grace_seconds + 60
       error_message = "lifecycle_hook_timeout_seconds must be at least envoy_ready_timeout_seconds + readiness_grace_seconds + 60, or healthy instances are abandoned."
     }
