@@ -704,6 +704,23 @@ mod tests {
         assert_eq!(&data, b"hello");
     }
 
+    /// Optimistic clients send greeting, request and data in one write; the handshake must leave
+    /// the data in the stream.
+    #[tokio::test]
+    async fn pipelined_data_is_not_consumed_by_the_handshake() {
+        let (mut client, mut server) = tokio::io::duplex(256);
+        let mut bytes = vec![5, 1, 0, 5, 1, 0, 3, 7];
+        bytes.extend_from_slice(b"a.b.com");
+        bytes.extend_from_slice(&[0, 80]);
+        bytes.extend_from_slice(b"GET / HTTP/1.0\r\n\r\n");
+        client.write_all(&bytes).await.unwrap();
+        let request = server_handshake(&mut server).await.unwrap();
+        assert_eq!(request.dest, Address::Domain("a.b.com".into(), 80));
+        let mut rest = [0u8; 18];
+        server.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"GET / HTTP/1.0\r\n\r\n");
+    }
+
     #[tokio::test]
     async fn client_reports_server_refusal() {
         let (mut client, mut server) = tokio::io::duplex(64);
