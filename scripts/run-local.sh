@@ -28,7 +28,7 @@ with_envoy=1
 once=0
 build=1
 
-usage() { sed -n '12,18s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '/^# Usage:/,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//p;}' "$0"; }
 port_arg() { # FLAG VALUE
   if ! [[ ${2:-} =~ ^[0-9]+$ ]] || ((10#$2 < 1 || 10#$2 > 65535)); then
     echo "run-local: $1 needs a port number (1-65535), got '${2:-}'" >&2
