@@ -53,6 +53,8 @@ pub struct NativeSpec {
     pub source_date_epoch: u64,
     pub name: String,
     pub version: String,
+    /// (certificate PEM, private key PEM) for a signed image (PCR8).
+    pub signing: Option<(Vec<u8>, String)>,
 }
 
 /// Command-line inputs before `--blobs` defaults are applied.
@@ -67,6 +69,8 @@ pub struct NativeArgs {
     pub rootfs: Option<PathBuf>,
     pub cmd: Option<String>,
     pub env: Vec<String>,
+    pub signing_certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
 }
 
 fn existing_file(flag: &str, path: &Path) -> Result<PathBuf> {
@@ -127,6 +131,17 @@ pub fn resolve(
     }
     let cmd = parse_cmd(args.cmd.as_deref().context("--cmd \"...\" is required")?)?;
     let env = args.env.iter().map(|e| parse_env(e)).collect::<Result<_>>()?;
+    let signing = match (&args.signing_certificate, &args.private_key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => {
+            let cert = fs::read(c).with_context(|| format!("--signing-certificate {}", c.display()))?;
+            crate::eif::signature::pem_to_der(&cert)
+                .map_err(|e| anyhow::anyhow!("--signing-certificate {}: {e}", c.display()))?;
+            let key = fs::read_to_string(k).with_context(|| format!("--private-key {}", k.display()))?;
+            Some((cert, key))
+        }
+        _ => bail!("--signing-certificate and --private-key go together"),
+    };
     Ok(NativeSpec {
         kernel,
         kernel_config,
@@ -141,6 +156,7 @@ pub fn resolve(
         source_date_epoch,
         name,
         version,
+        signing,
     })
 }
 
@@ -271,6 +287,13 @@ pub fn build_native(spec: &NativeSpec, out: &Path, progress: Progress) -> Result
                 archive.write_to(&mut bar.wrap_write(sink))
             })?;
             bar.finish_and_clear();
+        }
+        if let Some((cert, key)) = &spec.signing {
+            let section = crate::eif::signature::sign_pcr0(cert, key, &w.pcr0_so_far())
+                .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+            let der = crate::eif::signature::pem_to_der(cert).map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+            w.set_certificate_der(&der);
+            w.section_bytes(SectionKind::Signature, &section)?;
         }
         let (buf, m) = w.finish()?;
         let f = buf.into_inner().map_err(|e| e.into_error())?;

@@ -85,6 +85,12 @@ struct BuildArgs {
     /// Environment for the application, KEY=VALUE (repeatable).
     #[arg(long)]
     env: Vec<String>,
+    /// Sign the image (PCR8): PEM certificate of the P-384 key below (as nitro-cli's flag).
+    #[arg(long, requires = "private_key")]
+    signing_certificate: Option<PathBuf>,
+    /// PEM P-384 private key (SEC1 or PKCS#8) that signs PCR0.
+    #[arg(long, requires = "signing_certificate")]
+    private_key: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "x86_64")]
     arch: Arch,
     /// Timestamp for every file and the image's build time (reproducible builds).
@@ -172,6 +178,8 @@ fn run(cli: Cli) -> Result<bool> {
                     rootfs: a.rootfs,
                     cmd: a.cmd,
                     env: a.env,
+                    signing_certificate: a.signing_certificate,
+                    private_key: a.private_key,
                 };
                 let spec = build::resolve(native, a.arch, a.source_date_epoch, a.name, a.image_version)?;
                 build::build_native(&spec, &a.out, progress)?

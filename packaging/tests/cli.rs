@@ -400,3 +400,58 @@ fn bundle_names_missing_inputs() {
         .unwrap());
     assert!(e.contains("https"), "{e}");
 }
+
+#[test]
+fn signed_build_has_pcr8_of_the_certificate_and_unchanged_pcr0() {
+    use sha2::Digest;
+    let i = inputs(0o644);
+    // A real self-signed P-384 certificate made with openssl (as an operator would).
+    let (key, cert) = (i.path("key.pem"), i.path("cert.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1", "-nodes"])
+        .args(["-subj", "/CN=kv-test", "-days", "30", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is on the machine");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let unsigned = build_eif(&i, &i.path("u.eif"));
+    let o = ok(packager()
+        .args(["--json", "eif", "build", "--blobs"])
+        .arg(i.path("blobs"))
+        .args(["--cmdline", "console=ttyS0", "--rootfs"])
+        .arg(i.path("rootfs"))
+        .args(["--cmd", r#"["/bin/kv-server","--port","50051"]"#, "--env", "A=1", "--module"])
+        .arg(i.path("modules/vsock.ko"))
+        .arg("--signing-certificate")
+        .arg(&cert)
+        .arg("--private-key")
+        .arg(&key)
+        .arg("--out")
+        .arg(i.path("s.eif"))
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap());
+    let signed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for pcr in ["PCR0", "PCR1", "PCR2"] {
+        assert_eq!(signed["Measurements"][pcr], unsigned["Measurements"][pcr], "{pcr}");
+    }
+    let der = packaging::eif::signature::pem_to_der(&read(&cert)).unwrap();
+    let mut outer = sha2::Sha384::new();
+    outer.update([0u8; 48]);
+    outer.update(sha2::Sha384::digest(&der));
+    assert_eq!(signed["Measurements"]["PCR8"], hex::encode(outer.finalize()));
+    let d = ok(packager().args(["eif", "describe"]).arg(i.path("s.eif")).output().unwrap());
+    let d: serde_json::Value = serde_json::from_slice(&d.stdout).unwrap();
+    assert_eq!(d["IsSigned"], true);
+    assert_eq!(d["Measurements"], signed["Measurements"]);
+    let e = err(packager()
+        .args(["eif", "build", "--signing-certificate"])
+        .arg(&cert)
+        .arg("--out")
+        .arg(i.path("x.eif"))
+        .output()
+        .unwrap());
+    assert!(e.contains("--private-key"), "{e}");
+}

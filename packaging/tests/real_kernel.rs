@@ -56,6 +56,8 @@ fn eif_from_a_debian_kernel_and_its_modules() {
         rootfs: Some(rootfs),
         cmd: Some("/bin/kv-server".into()),
         env: vec![],
+        signing_certificate: None,
+        private_key: None,
     };
     let spec = build::resolve(args, Arch::X86_64, 1_700_000_000, "kv-server".into(), "test".into()).unwrap();
     let out = work.path().join("real.eif");

@@ -1,8 +1,8 @@
 // Cross-check: the AWS crate reads our EIF (CRC, PCRs) and, rebuilt from the same sections with
-// its EifBuilder, writes the same bytes. Usage: eif-crosscheck OUR.eif SCRATCH_DIR
+// its EifBuilder, writes the same bytes. Usage: eif-crosscheck OUR.eif SCRATCH_DIR [SIGNED.eif]
 use aws_nitro_enclaves_image_format::defs::EifIdentityInfo;
 use aws_nitro_enclaves_image_format::utils::eif_reader::EifReader;
-use aws_nitro_enclaves_image_format::utils::EifBuilder;
+use aws_nitro_enclaves_image_format::utils::{EifBuilder, PcrSignatureChecker};
 use sha2::{Digest, Sha384};
 use std::fs;
 use std::path::Path;
@@ -50,4 +50,17 @@ fn main() {
     drop(f);
     println!("crate_builder={}", serde_json::to_string(&bm).unwrap());
     println!("identical_bytes={}", fs::read(&out).unwrap() == d);
+    // A signed EIF (third argument): the crate checks the COSE signature against the
+    // certificate's key and that its payload is this image's PCR0, as `describe-eif` does.
+    if let Some(signed) = args.get(3) {
+        let mut r = EifReader::from_eif(signed.clone()).expect("crate reads our signed EIF");
+        let m = r.get_measurements().expect("measurements");
+        println!("signed_crc_ok={}", r.check_crc());
+        println!("signed_measurements={}", serde_json::to_string(&m).unwrap());
+        let info = r.get_certificate_info(m).expect("certificate info");
+        println!("signed_issuer={:?}", info.issuer_name);
+        println!("signature_check={}", r.sign_check == Some(true));
+        let mut checker = PcrSignatureChecker::from_eif(signed).expect("signature section");
+        println!("certificate_verify={:?}", checker.verify());
+    }
 }

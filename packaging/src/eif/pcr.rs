@@ -176,6 +176,11 @@ impl PcrHasher {
         }
     }
 
+    /// PCR0 over what has been fed so far (what a signature over the image covers).
+    pub fn pcr0_now(&self) -> [u8; PCR_LEN] {
+        extend_from_zero(&self.image.clone().finalize())
+    }
+
     /// Records the signing certificate (DER) for PCR8.
     pub fn set_certificate_der(&mut self, der: &[u8]) {
         self.cert = Some(Sha384::digest(der).into());

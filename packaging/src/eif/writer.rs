@@ -126,6 +126,16 @@ impl<W: Write + Seek> EifWriter<W> {
         })
     }
 
+    /// PCR0 of the sections written so far (signed images sign it before the signature section).
+    pub fn pcr0_so_far(&self) -> [u8; 48] {
+        self.pcrs.pcr0_now()
+    }
+
+    /// Measures the signing certificate (DER) into PCR8.
+    pub fn set_certificate_der(&mut self, der: &[u8]) {
+        self.pcrs.set_certificate_der(der);
+    }
+
     /// Writes the final header and returns the output and the image's measurements.
     pub fn finish(mut self) -> Result<(W, Measurements), WriteError> {
         let mut crc = crc32fast::Hasher::new();

@@ -62,6 +62,8 @@ pub fn spec(i: &Inputs, epoch: u64) -> NativeSpec {
         rootfs: Some(i.path("rootfs")),
         cmd: Some("/bin/kv-server --port 50051".into()),
         env: vec!["RUST_LOG=info".into(), "KV_MODE=enclave".into()],
+        signing_certificate: None,
+        private_key: None,
     };
     build::resolve(args, Arch::X86_64, epoch, "kv-server".into(), "1.2.3".into()).unwrap()
 }
