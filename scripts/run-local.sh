@@ -209,6 +209,7 @@ if ((with_envoy)); then
 The stack is up. Try:
   curl '$url'
   curl 'http://127.0.0.1:$envoy_port/healthcheck'
+  curl -i 'http://127.0.0.1:$envoy_port/healthz'   # envoy's own check for the load balancer
   grpcurl -plaintext -d '{"keys":["hello"]}' 127.0.0.1:$envoy_port kv_server.v1.KeyValueService/GetValues
   curl -s http://127.0.0.1:$proxy_admin_port/metrics        # vsockproxy
   curl -s http://127.0.0.1:$envoy_admin_port/stats | grep kv_ # envoy
