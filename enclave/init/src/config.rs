@@ -11,6 +11,9 @@ pub struct Options {
     pub parent_cid: u32,
     /// Print the boot plan and exit without touching the system.
     pub dry_run: bool,
+    /// Send the boot heartbeat. Off (`--no-heartbeat`) only for booting the image in a plain
+    /// VM (no parent listening, no vsock device); nitro-cli fails a boot without it.
+    pub heartbeat: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +53,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
 {
-    let mut opts = Options { parent_cid: wire::DEFAULT_PARENT_CID, dry_run: false };
+    let mut opts = Options { parent_cid: wire::DEFAULT_PARENT_CID, dry_run: false, heartbeat: true };
     if let Some(v) = env_cid {
         opts.parent_cid = parse_cid("ENCLAVE_INIT_PARENT_CID", v)?;
     }
@@ -62,6 +65,7 @@ where
                 opts.parent_cid = parse_cid("--parent-cid", v.as_ref())?;
             }
             "--dry-run" => opts.dry_run = true,
+            "--no-heartbeat" => opts.heartbeat = false,
             // The kernel passes unrecognised command-line words to init; ignore them.
             _ => {}
         }
@@ -128,12 +132,16 @@ mod tests {
     #[test]
     fn options_default_env_and_argv() {
         let none: [&str; 0] = [];
-        assert_eq!(parse_options(none, None).unwrap(), Options { parent_cid: 3, dry_run: false });
+        assert_eq!(
+            parse_options(none, None).unwrap(),
+            Options { parent_cid: 3, dry_run: false, heartbeat: true }
+        );
         assert_eq!(
             parse_options(["--dry-run"], Some("7")).unwrap(),
-            Options { parent_cid: 7, dry_run: true }
+            Options { parent_cid: 7, dry_run: true, heartbeat: true }
         );
         assert_eq!(parse_options(["--parent-cid", "9", "quiet"], Some("7")).unwrap().parent_cid, 9);
+        assert!(!parse_options(["--no-heartbeat"], None).unwrap().heartbeat);
         assert!(parse_options(["--parent-cid"], None).is_err());
         assert!(parse_options(["--parent-cid", "x"], None).is_err());
         assert!(parse_options(["--parent-cid", "1"], None).is_err());

@@ -75,7 +75,8 @@ const fn fs(source: &'static str, target: &'static str, fstype: &'static str) ->
     MountSpec { source, target, fstype, nosuid: true, nodev: true, noexec: true, data: None, mkdir: false }
 }
 
-pub fn boot_plan(parent_cid: u32, found: &RamdiskContents) -> Vec<Step> {
+/// `heartbeat_to`: the parent's CID, or `None` to skip the heartbeat (plain-VM tests only).
+pub fn boot_plan(heartbeat_to: Option<u32>, found: &RamdiskContents) -> Vec<Step> {
     let mut steps = vec![Step::MountDevtmpfs { target: "/dev" }, Step::OpenConsole { path: "/dev/console" }];
     if found.nsm_ko {
         steps.push(Step::LoadModule { path: "/nsm.ko".into() });
@@ -83,7 +84,9 @@ pub fn boot_plan(parent_cid: u32, found: &RamdiskContents) -> Vec<Step> {
     let mut modules: Vec<&String> = found.modules.iter().filter(|m| m.ends_with(".ko")).collect();
     modules.sort();
     steps.extend(modules.into_iter().map(|m| Step::LoadModule { path: format!("/modules/{m}") }));
-    steps.push(Step::Heartbeat { cid: parent_cid, port: wire::HEARTBEAT_PORT, byte: wire::HEARTBEAT_BYTE });
+    if let Some(cid) = heartbeat_to {
+        steps.push(Step::Heartbeat { cid, port: wire::HEARTBEAT_PORT, byte: wire::HEARTBEAT_BYTE });
+    }
     steps.push(Step::ReadConfig { env: "/env", cmd: "/cmd" });
     steps.push(Step::SwitchRoot { new_root: "/rootfs" });
     steps.push(Step::MountDevtmpfs { target: "/dev" });
@@ -126,7 +129,7 @@ mod tests {
                 "02-vmw_vsock_virtio_transport.ko".into(),
             ],
         };
-        let s = boot_plan(3, &found);
+        let s = boot_plan(Some(3), &found);
         assert_eq!(s[0], Step::MountDevtmpfs { target: "/dev" });
         assert_eq!(s[1], Step::OpenConsole { path: "/dev/console" });
         let loads: Vec<_> = s
@@ -162,8 +165,16 @@ mod tests {
     }
 
     #[test]
+    fn no_heartbeat_only_drops_that_step() {
+        let with = boot_plan(Some(3), &RamdiskContents::default());
+        let without = boot_plan(None, &RamdiskContents::default());
+        let filtered: Vec<_> = with.into_iter().filter(|s| !matches!(s, Step::Heartbeat { .. })).collect();
+        assert_eq!(filtered, without);
+    }
+
+    #[test]
     fn without_modules_and_with_another_parent() {
-        let s = boot_plan(17, &RamdiskContents::default());
+        let s = boot_plan(Some(17), &RamdiskContents::default());
         assert!(!s.iter().any(|x| matches!(x, Step::LoadModule { .. })));
         assert!(s.contains(&Step::Heartbeat { cid: 17, port: 9000, byte: 0xB7 }));
         for target in ["/proc", "/sys", "/tmp", "/run"] {

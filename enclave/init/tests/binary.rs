@@ -36,3 +36,11 @@ fn bad_options_and_non_pid1_are_refused() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("refusing to run as PID"));
     assert!(o.stdout.is_empty());
 }
+
+#[test]
+fn no_heartbeat_drops_only_the_heartbeat_step() {
+    let o = init().args(["--dry-run", "--no-heartbeat"]).output().unwrap();
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(!out.contains("Heartbeat"), "{out}");
+    assert!(out.contains("SwitchRoot") && out.ends_with("PowerOff\n"), "{out}");
+}
