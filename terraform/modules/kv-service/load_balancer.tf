@@ -2,21 +2,29 @@
 # speaks HTTP/1.1, h2c and gRPC on port 51052.
 #   443  -> HTTP/1.1 target group (browsers and JSON clients; the ALB still offers h2 to them)
 #   8443 -> HTTP/2 target group, and the gRPC target group for content-type application/grpc*
+# Health checks: GET /healthz (envoy; 503 while the data loads) and grpc.health.v1.Health/Check.
 
 locals {
   lb_count = var.create_load_balancer ? 1 : 0
 
   target_groups = var.create_load_balancer ? {
+    # envoy answers GET /healthz itself: 200 only while kv-server reports
+    # loadbalancer-healthcheck SERVING, 503 during the initial data load (docs/runtime.md). The
+    # transcoded /healthcheck would answer 200 in both states, with the status in the body.
     http1 = {
       protocol_version = "HTTP1"
-      health_path      = "/healthcheck"
+      health_path      = "/healthz"
       health_matcher   = "200"
     }
     http2 = {
       protocol_version = "HTTP2"
-      health_path      = "/healthcheck"
+      health_path      = "/healthz"
       health_matcher   = "200"
     }
+    # The standard gRPC health method. It returns gRPC status 0 with NOT_SERVING in the body
+    # while the server loads, so this group cannot see loading; the instance is only registered
+    # once the launcher saw SERVING, and the HTTP groups above do see it (the autoscaling group's
+    # ELB health check counts an instance unhealthy in any group).
     grpc = {
       protocol_version = "GRPC"
       health_path      = "/grpc.health.v1.Health/Check"

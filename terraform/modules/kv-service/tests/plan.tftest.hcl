@@ -102,8 +102,8 @@ run "load_balancer_and_security_groups" {
     error_message = "HTTP1, HTTP2 and GRPC target groups on port 51052 expected"
   }
   assert {
-    condition     = aws_lb_target_group.this["grpc"].health_check[0].path == "/grpc.health.v1.Health/Check" && aws_lb_target_group.this["http1"].health_check[0].path == "/healthcheck"
-    error_message = "health checks on the gRPC health method and /healthcheck expected"
+    condition     = aws_lb_target_group.this["grpc"].health_check[0].path == "/grpc.health.v1.Health/Check" && aws_lb_target_group.this["http1"].health_check[0].path == "/healthz" && aws_lb_target_group.this["http2"].health_check[0].path == "/healthz"
+    error_message = "health checks on the gRPC health method and envoy's /healthz (503 while loading) expected"
   }
   assert {
     condition     = aws_lb_listener.https[0].port == 443 && aws_lb_listener.h2[0].port == 8443 && aws_lb_listener.https[0].protocol == "HTTPS"
