@@ -73,6 +73,9 @@ pub struct ServeArgs {
     /// `loadbalancer-healthcheck` NOT_SERVING.
     #[arg(long, value_name = "MS", hide = true)]
     pub test_initial_load_delay_ms: Option<u64>,
+    /// S3 data source, egress proxy and SSM parameters (see `crate::s3`).
+    #[command(flatten)]
+    pub aws: crate::s3::AwsArgs,
 }
 
 /// The configuration file. Every key is optional; unknown keys are an error.
@@ -87,12 +90,15 @@ pub struct FileConfig {
     pub max_request_bytes: Option<usize>,
     pub tombstone_retention: Option<i64>,
     pub log_format: Option<String>,
+    /// `[aws]`: S3 data source, egress proxy, SSM parameters.
+    pub aws: Option<crate::s3::AwsFileConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataSourceConfig {
     LocalDir(PathBuf),
     Sample,
+    S3(crate::s3::S3Config),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +172,14 @@ impl ServeArgs {
 
         let sample = self.sample_data || file.sample_data.unwrap_or(false);
         let data_dir = self.data_dir.clone().or(file.data_dir);
+        let poll_set = self.poll_interval_ms.is_some() || file.poll_interval_ms.is_some();
+        let s3 = crate::s3::resolve(&self.aws, file.aws, self.config.as_deref(), poll_set)?;
+        if s3.is_some() && (sample || data_dir.is_some()) {
+            return Err(invalid(
+                "S3 data source (--s3-bucket/--ssm-prefix)".into(),
+                "cannot be combined with --sample-data or a data directory".into(),
+            ));
+        }
         let source = match (sample, data_dir) {
             (true, Some(dir)) => {
                 return Err(invalid(
@@ -182,13 +196,17 @@ impl ServeArgs {
                     Err(e) => return Err(invalid(setting, format!("{}: {e}", dir.display()))),
                 }
             }
-            (false, None) => {
-                return Err(invalid(
-                    "data source".into(),
-                    "none given: use --data-dir DIR (or `data_dir` in the config file) or --sample-data"
-                        .into(),
-                ));
-            }
+            (false, None) => match s3 {
+                Some(s3) => DataSourceConfig::S3(s3),
+                None => {
+                    return Err(invalid(
+                        "data source".into(),
+                        "none given: use --data-dir DIR (or `data_dir` in the config file), --s3-bucket, \
+                         --ssm-prefix or --sample-data"
+                            .into(),
+                    ));
+                }
+            },
         };
 
         let poll_ms = self.poll_interval_ms.or(file.poll_interval_ms).unwrap_or(DEFAULT_POLL_INTERVAL_MS);

@@ -5,6 +5,9 @@
 //! | [`config`] | flags and the TOML file, checked before anything starts |
 //! | [`data`] | data file names and formats (CSV, Avro of FlatBuffers records) |
 //! | [`source`] | where data files come from ([`source::Source`]; [`source::LocalDir`]) |
+//! | [`s3`] | [`s3::S3Source`]: a bucket + prefix through the parent's SOCKS5 egress |
+//! | [`egress`] | the AWS SDK's HTTP client: SOCKS5 over any endpoint, then TLS |
+//! | [`ssm`] | settings from SSM parameters `<prefix>-<name>` |
 //! | [`loader`] | which files to load, in which order; rejection of bad files |
 //! | [`store`] | the in-memory map: newest commit time wins, tombstones |
 //! | [`query`] | `kv_server.v1.KeyValueService/GetValues` |
@@ -16,12 +19,15 @@
 pub mod attestation;
 pub mod config;
 pub mod data;
+pub mod egress;
 pub mod health;
 pub mod loader;
 pub mod query;
+pub mod s3;
 pub mod sample;
 pub mod server;
 pub mod source;
+pub mod ssm;
 pub mod store;
 
 /// Code generated from `proto/` at the repository root (see `build.rs`).

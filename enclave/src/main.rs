@@ -98,6 +98,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             );
             Some(tokio::spawn(loader.run(stopped())))
         }
+        DataSourceConfig::S3(s3) => {
+            // Reads the SSM parameters (if asked) before serving: a missing one ends the process.
+            let setup = kv_server::s3::setup(&s3, config.poll_interval).await?;
+            let loader = Loader::new(
+                setup.source,
+                store.clone(),
+                health.clone(),
+                Arc::new(LoaderMetrics::default()),
+                LoaderConfig {
+                    poll_interval: setup.poll_interval,
+                    tombstone_retention: config.tombstone_retention,
+                    initial_load_delay: config.initial_load_delay,
+                },
+            );
+            Some(tokio::spawn(loader.run(stopped())))
+        }
     };
 
     let app = App { store, health, limits: config.limits };

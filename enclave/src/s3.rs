@@ -1,0 +1,531 @@
+//! Data files from an S3 bucket (+ prefix), reached through the parent's SOCKS5 egress
+//! ([`crate::egress`]); settings from flags, the `[aws]` table of the config file and, optionally,
+//! SSM parameters ([`crate::ssm`]).
+//!
+//! Precedence for every setting: flag, then config file, then SSM parameter, then default.
+//! Credentials and (unless given) the region come from the SDK's normal provider chain:
+//! environment, profile files, then the instance metadata service (IMDS), which is also reached
+//! through the egress proxy (its policy must allow `169.254.169.254:80`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use clap::Args;
+use serde::Deserialize;
+use transport::Endpoint;
+
+use crate::config::ConfigError;
+use crate::data::DataFileName;
+use crate::egress::{self, EgressHttpClient};
+use crate::source::{Source, SourceError};
+use crate::ssm::{self, SsmSettings};
+
+/// S3 and SSM flags (part of `kv-server`'s command line).
+#[derive(Debug, Args, Default, Clone)]
+pub struct AwsArgs {
+    /// Load data files from this S3 bucket (through --egress-socks5).
+    #[arg(long, value_name = "BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Key prefix of the data files in the bucket (`a/b` lists `a/b/...`) [default: none].
+    #[arg(long, value_name = "PREFIX")]
+    pub s3_prefix: Option<String>,
+    /// The parent's SOCKS5 egress proxy that every AWS connection goes through:
+    /// vsock://3:8888 in the enclave, tcp://127.0.0.1:PORT or unix:///path locally.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub egress_socks5: Option<String>,
+    /// AWS region [default: the SDK's chain: AWS_REGION, profile, IMDS].
+    #[arg(long, value_name = "REGION")]
+    pub aws_region: Option<String>,
+    /// Endpoint URL for S3 and SSM instead of the regional AWS endpoints (an emulator).
+    #[arg(long, value_name = "URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// Path-style S3 requests (`URL/bucket/key`), as emulators need.
+    #[arg(long)]
+    pub s3_force_path_style: bool,
+    /// Read settings at start from SSM parameters named `PREFIX-NAME` (e.g. `kv-server-prod`:
+    /// `kv-server-prod-data-bucket-id`); see docs/kv-server-s3.md for the names.
+    #[arg(long, value_name = "PREFIX")]
+    pub ssm_prefix: Option<String>,
+}
+
+/// The `[aws]` table of the config file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsFileConfig {
+    pub s3_bucket: Option<String>,
+    pub s3_prefix: Option<String>,
+    pub egress_socks5: Option<String>,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub s3_force_path_style: Option<bool>,
+    pub ssm_prefix: Option<String>,
+}
+
+/// The checked S3 settings, before SSM parameters are applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    pub egress: Endpoint,
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    pub ssm_prefix: Option<String>,
+    /// Whether the poll interval was given by flag or file (then SSM does not override it).
+    pub poll_interval_set: bool,
+}
+
+/// Merges the flags over the file's `[aws]` table and checks them. `Ok(None)`: no S3 source was
+/// asked for (neither a bucket nor an SSM prefix).
+pub fn resolve(
+    args: &AwsArgs,
+    file: Option<AwsFileConfig>,
+    config_path: Option<&Path>,
+    poll_interval_set: bool,
+) -> Result<Option<S3Config>, ConfigError> {
+    let file = file.unwrap_or_default();
+    let origin = |flag: &str, key: &str, from_flag: bool| match (config_path, from_flag) {
+        (Some(path), false) => format!("{} key `aws.{key}`", path.display()),
+        _ => format!("--{flag}"),
+    };
+    let invalid = |setting: String, reason: String| ConfigError::Invalid { setting, reason };
+
+    let bucket = args.s3_bucket.clone().or(file.s3_bucket);
+    let ssm_prefix = args.ssm_prefix.clone().or(file.ssm_prefix);
+    if bucket.is_none() && ssm_prefix.is_none() {
+        let stray = [
+            ("s3-prefix", args.s3_prefix.is_some() || file.s3_prefix.is_some()),
+            ("aws-endpoint-url", args.aws_endpoint_url.is_some() || file.endpoint_url.is_some()),
+            ("s3-force-path-style", args.s3_force_path_style || file.s3_force_path_style.is_some()),
+        ];
+        if let Some((flag, _)) = stray.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                format!("--{flag}"),
+                "only applies to an S3 data source: add --s3-bucket or --ssm-prefix".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if let Some(b) = &bucket {
+        check_bucket(b)
+            .map_err(|reason| invalid(origin("s3-bucket", "s3_bucket", args.s3_bucket.is_some()), reason))?;
+    }
+    if let Some(p) = &ssm_prefix {
+        ssm::check_prefix(p).map_err(|reason| {
+            invalid(origin("ssm-prefix", "ssm_prefix", args.ssm_prefix.is_some()), reason)
+        })?;
+    }
+    let prefix = args.s3_prefix.clone().or(file.s3_prefix);
+    if let Some(p) = &prefix {
+        check_prefix(p)
+            .map_err(|reason| invalid(origin("s3-prefix", "s3_prefix", args.s3_prefix.is_some()), reason))?;
+    }
+    let egress_setting = origin("egress-socks5", "egress_socks5", args.egress_socks5.is_some());
+    let egress_text = args.egress_socks5.clone().or(file.egress_socks5).ok_or_else(|| {
+        invalid(
+            "--egress-socks5".into(),
+            "required for an S3 data source (the enclave reaches AWS only through the parent's \
+             SOCKS5 proxy): e.g. vsock://3:8888"
+                .into(),
+        )
+    })?;
+    let egress: Endpoint = egress_text
+        .parse()
+        .map_err(|e: transport::EndpointError| invalid(egress_setting.clone(), e.to_string()))?;
+    if matches!(&egress, Endpoint::Vsock { cid: transport::VsockCid::Any, .. }) {
+        return Err(invalid(
+            egress_setting,
+            format!("{egress}: `any` is for listening; name the parent's CID (3)"),
+        ));
+    }
+    let region = args.aws_region.clone().or(file.region);
+    if let Some(r) = &region {
+        check_region(r)
+            .map_err(|reason| invalid(origin("aws-region", "region", args.aws_region.is_some()), reason))?;
+    }
+    let endpoint_url = args.aws_endpoint_url.clone().or(file.endpoint_url);
+    if let Some(url) = &endpoint_url {
+        let setting = origin("aws-endpoint-url", "endpoint_url", args.aws_endpoint_url.is_some());
+        let uri: http::Uri = url.parse().map_err(|e| invalid(setting.clone(), format!("{url:?}: {e}")))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(invalid(setting, format!("{url:?} is not an http:// or https:// URL with a host")));
+        }
+    }
+    Ok(Some(S3Config {
+        egress,
+        bucket,
+        prefix,
+        region,
+        endpoint_url,
+        force_path_style: args.s3_force_path_style || file.s3_force_path_style.unwrap_or(false),
+        ssm_prefix,
+        poll_interval_set,
+    }))
+}
+
+/// S3 bucket naming rules (the general-purpose bucket subset): 3-63 characters of `a-z 0-9 . -`,
+/// starting and ending with a letter or digit.
+pub fn check_bucket(name: &str) -> Result<(), String> {
+    let ok_chars =
+        name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let ends_ok = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !(3..=63).contains(&name.len())
+        || !ok_chars
+        || !ends_ok(name.as_bytes().first())
+        || !ends_ok(name.as_bytes().last())
+    {
+        return Err(format!(
+            "{name:?} is not an S3 bucket name (3-63 characters of a-z, 0-9, '.', '-', starting and ending with a letter or digit)"
+        ));
+    }
+    Ok(())
+}
+
+/// A key prefix: no empty segments, no `.`/`..`, at most 512 bytes.
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    let trimmed = prefix.trim_matches('/');
+    if trimmed.len() > 512
+        || (!trimmed.is_empty() && trimmed.split('/').any(|s| s.is_empty() || s == "." || s == ".."))
+    {
+        return Err(format!(
+            "{prefix:?} is not a key prefix (segments separated by single '/', no '.' or '..')"
+        ));
+    }
+    Ok(())
+}
+
+/// A region name such as `us-east-1`: lowercase letters, digits and `-`.
+pub fn check_region(region: &str) -> Result<(), String> {
+    let ok = !region.is_empty()
+        && region.len() <= 64
+        && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok { Ok(()) } else { Err(format!("{region:?} is not an AWS region name (e.g. us-east-1)")) }
+}
+
+/// Why the S3 source could not be set up (before serving: the process exits non-zero).
+#[derive(Debug, thiserror::Error)]
+pub enum S3SetupError {
+    #[error(
+        "no AWS region: give --aws-region (or `aws.region`), set AWS_REGION, or let IMDS answer through the egress proxy"
+    )]
+    NoRegion,
+    #[error(transparent)]
+    Ssm(#[from] ssm::SsmError),
+    #[error("no data bucket: give --s3-bucket or the SSM parameter {0}")]
+    NoBucket(String),
+}
+
+/// Everything the server needs from the S3 configuration once SSM has been read.
+pub struct S3Setup {
+    pub source: S3Source,
+    /// From flag or file, else from SSM, else `default_poll_interval`.
+    pub poll_interval: Duration,
+}
+
+/// The SDK configuration shared by S3, SSM and the credential providers: every connection
+/// through `egress`.
+pub async fn sdk_config(config: &S3Config) -> Result<aws_config::SdkConfig, S3SetupError> {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(egress::DEFAULT_CONNECT_TIMEOUT)
+        .read_timeout(Duration::from_secs(30))
+        .operation_attempt_timeout(Duration::from_secs(120))
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(EgressHttpClient::shared(config.egress.clone()))
+        .timeout_config(timeouts);
+    if let Some(region) = &config.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(url) = &config.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        return Err(S3SetupError::NoRegion);
+    }
+    Ok(sdk)
+}
+
+/// Reads SSM (if asked), applies the settings by precedence and builds the source.
+pub async fn setup(config: &S3Config, default_poll_interval: Duration) -> Result<S3Setup, S3SetupError> {
+    let sdk = sdk_config(config).await?;
+    let from_ssm = match &config.ssm_prefix {
+        Some(prefix) => {
+            let client = aws_sdk_ssm::Client::new(&sdk);
+            let settings = ssm::read(&client, prefix, config.bucket.is_none()).await?;
+            tracing::info!(prefix = %prefix, parameters = settings.found.len(), "read settings from SSM");
+            settings
+        }
+        None => SsmSettings::default(),
+    };
+    let bucket = match (&config.bucket, from_ssm.bucket) {
+        (Some(b), _) => b.clone(),
+        (None, Some(b)) => b,
+        (None, None) => {
+            let name = config.ssm_prefix.as_deref().map(|p| ssm::parameter_name(p, ssm::DATA_BUCKET_ID));
+            return Err(S3SetupError::NoBucket(name.unwrap_or_else(|| ssm::DATA_BUCKET_ID.to_string())));
+        }
+    };
+    let prefix = config.prefix.clone().or(from_ssm.prefix).unwrap_or_default();
+    let mut s3 = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(config.force_path_style);
+    // The bucket's region from SSM, unless the region was given explicitly.
+    if let (None, Some(region)) = (&config.region, from_ssm.region) {
+        s3 = s3.region(aws_config::Region::new(region));
+    }
+    let client = aws_sdk_s3::Client::from_conf(s3.build());
+    let poll_interval = match from_ssm.poll_interval {
+        Some(from_ssm) if !config.poll_interval_set => from_ssm,
+        _ => default_poll_interval,
+    };
+    let source = S3Source::new(client, bucket, &prefix);
+    tracing::info!(
+        bucket = %source.bucket,
+        prefix = %source.key_prefix,
+        region = %client_region(&source.client),
+        poll_interval_ms = poll_interval.as_millis() as u64,
+        egress = %config.egress,
+        "S3 data source"
+    );
+    Ok(S3Setup { source, poll_interval })
+}
+
+fn client_region(client: &aws_sdk_s3::Client) -> String {
+    client.config().region().map(|r| r.to_string()).unwrap_or_default()
+}
+
+/// A bucket and key prefix holding data files.
+#[derive(Debug, Clone)]
+pub struct S3Source {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    /// Empty, or the prefix with one trailing `/`.
+    key_prefix: String,
+}
+
+/// One failed S3 call; says which call, which object and which side failed.
+#[derive(Debug, thiserror::Error)]
+#[error("S3 {operation} s3://{bucket}/{key}: {detail}")]
+pub struct S3Error {
+    pub operation: &'static str,
+    pub bucket: String,
+    pub key: String,
+    pub detail: String,
+}
+
+impl S3Source {
+    pub fn new(client: aws_sdk_s3::Client, bucket: String, prefix: &str) -> S3Source {
+        let trimmed = prefix.trim_matches('/');
+        let key_prefix = if trimmed.is_empty() { String::new() } else { format!("{trimmed}/") };
+        S3Source { client, bucket, key_prefix }
+    }
+
+    fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        err: &SdkError<E, HttpResponse>,
+    ) -> S3Error {
+        S3Error { operation, bucket: self.bucket.clone(), key: key.to_string(), detail: describe(err) }
+    }
+}
+
+/// Which side failed: S3's answer (HTTP status, error code, message), or the way there (the
+/// egress proxy's refusal with its SOCKS5 reply code, a connect failure, a timeout).
+pub fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    err: &SdkError<E, HttpResponse>,
+) -> String {
+    match err {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            format!(
+                "the service answered HTTP {status}, error code {}: {}",
+                err.code().unwrap_or("(none)"),
+                err.message().unwrap_or("(no message)")
+            )
+        }
+        SdkError::DispatchFailure(_) => format!("the request did not reach the service: {}", chain(err)),
+        SdkError::TimeoutError(_) => format!("timed out: {}", chain(err)),
+        _ => chain(err),
+    }
+}
+
+/// The error's message and those of its sources, joined with `: `; a source whose message the
+/// text already contains is left out (many errors repeat their source's message).
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut current = err.source();
+    while let Some(e) = current {
+        let message = e.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        current = e.source();
+    }
+    text
+}
+
+impl Source for S3Source {
+    fn location(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.key_prefix)
+    }
+
+    async fn list(&self) -> Result<Vec<String>, SourceError> {
+        let mut names = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.key_prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| SourceError::List {
+                location: self.location(),
+                source: Box::new(self.error("ListObjectsV2", &self.key_prefix, &e)),
+            })?;
+            for object in page.contents() {
+                let Some(name) = object.key().and_then(|k| k.strip_prefix(self.key_prefix.as_str())) else {
+                    continue;
+                };
+                // Only data file names: the bucket may hold anything else besides.
+                if DataFileName::parse(name).is_some() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    async fn fetch(&self, name: &str) -> Result<Vec<u8>, SourceError> {
+        let key = format!("{}{name}", self.key_prefix);
+        let fetch_err = |source: crate::source::BoxError| SourceError::Fetch {
+            location: self.location(),
+            file: name.to_string(),
+            source,
+        };
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| fetch_err(Box::new(self.error("GetObject", &key, &e))))?;
+        let body = object.body.collect().await.map_err(|e| {
+            fetch_err(Box::new(S3Error {
+                operation: "GetObject",
+                bucket: self.bucket.clone(),
+                key: key.clone(),
+                detail: format!("reading the body failed: {}", chain(&e)),
+            }))
+        })?;
+        Ok(body.into_bytes().to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> AwsArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            aws: AwsArgs,
+        }
+        let mut argv = vec!["t"];
+        argv.extend_from_slice(list);
+        T::try_parse_from(argv).expect("flags parse").aws
+    }
+
+    #[test]
+    fn resolve_checks_values_and_names_the_flag() {
+        assert_eq!(resolve(&args(&[]), None, None, false).unwrap(), None);
+        let ok = resolve(
+            &args(&[
+                "--s3-bucket",
+                "kv-data",
+                "--egress-socks5",
+                "tcp://127.0.0.1:1080",
+                "--s3-prefix",
+                "a/b",
+            ]),
+            None,
+            None,
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(ok.bucket.as_deref(), Some("kv-data"));
+        assert_eq!(ok.prefix.as_deref(), Some("a/b"));
+        for (flags, needle) in [
+            (&["--s3-bucket", "kv-data"][..], "--egress-socks5"),
+            (&["--s3-bucket", "Bad_Bucket", "--egress-socks5", "tcp://127.0.0.1:1"][..], "--s3-bucket"),
+            (&["--s3-bucket", "kv-data", "--egress-socks5", "tcp://nowhere"][..], "--egress-socks5"),
+            (&["--s3-bucket", "kv-data", "--egress-socks5", "vsock://any:8888"][..], "--egress-socks5"),
+            (
+                &["--s3-bucket", "kv-data", "--egress-socks5", "tcp://127.0.0.1:1", "--aws-region", "US"][..],
+                "--aws-region",
+            ),
+            (
+                &["--s3-bucket", "kv-data", "--egress-socks5", "tcp://127.0.0.1:1", "--s3-prefix", "a//b"][..],
+                "--s3-prefix",
+            ),
+            (
+                &[
+                    "--s3-bucket",
+                    "kv-data",
+                    "--egress-socks5",
+                    "tcp://127.0.0.1:1",
+                    "--aws-endpoint-url",
+                    "ftp://x",
+                ][..],
+                "--aws-endpoint-url",
+            ),
+            (&["--ssm-prefix", "bad prefix", "--egress-socks5", "tcp://127.0.0.1:1"][..], "--ssm-prefix"),
+            (&["--s3-prefix", "a"][..], "--s3-prefix"),
+        ] {
+            let err = resolve(&args(flags), None, None, false).unwrap_err().to_string();
+            assert!(err.contains(needle), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let file = AwsFileConfig {
+            s3_bucket: Some("from-file".into()),
+            egress_socks5: Some("tcp://127.0.0.1:1080".into()),
+            region: Some("eu-west-1".into()),
+            ..Default::default()
+        };
+        let path = Path::new("/etc/kv.toml");
+        let config = resolve(&args(&[]), Some(file.clone()), Some(path), true).unwrap().unwrap();
+        assert_eq!(config.bucket.as_deref(), Some("from-file"));
+        assert_eq!(config.region.as_deref(), Some("eu-west-1"));
+        assert!(config.poll_interval_set);
+        let config = resolve(&args(&["--s3-bucket", "from-flag"]), Some(file.clone()), Some(path), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(config.bucket.as_deref(), Some("from-flag"));
+        let bad = AwsFileConfig { region: Some("Nope".into()), ..file };
+        let err = resolve(&args(&[]), Some(bad), Some(path), false).unwrap_err().to_string();
+        assert!(err.contains("/etc/kv.toml key `aws.region`"), "{err}");
+    }
+
+    #[test]
+    fn bucket_names() {
+        for good in ["abc", "kv-server-prod-data", "a.b.c", "0123456789"] {
+            assert!(check_bucket(good).is_ok(), "{good}");
+        }
+        for bad in ["ab", "-abc", "abc-", "ABC", "a_b_c", &"a".repeat(64)] {
+            assert!(check_bucket(bad).is_err(), "{bad}");
+        }
+    }
+}

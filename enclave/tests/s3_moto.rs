@@ -1,0 +1,460 @@
+//! The S3 data source end to end with real components: `moto_server` (the AWS API emulator) on
+//! loopback, the real `vsockproxy` with a SOCKS5 listener and a policy that allows only the
+//! emulator, and the real `kv-server` reaching the emulator only through that proxy
+//! (`--egress-socks5`). Static test credentials, region us-east-1; never a real AWS endpoint.
+//!
+//! The emulator is filled with plain unsigned HTTP requests (moto checks no signatures; the
+//! Authorization header only tells it which service is meant).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kv_server::proto::grpc::health::v1::HealthCheckRequest;
+use kv_server::proto::grpc::health::v1::health_check_response::ServingStatus;
+use kv_server::proto::grpc::health::v1::health_client::HealthClient;
+use kv_server::proto::kv_server::v1::GetValuesRequest;
+use kv_server::proto::kv_server::v1::key_value_service_client::KeyValueServiceClient;
+use kv_server::proto::kv_server::v1::v1_single_lookup_result::SingleLookupResult;
+use prost_types::value::Kind;
+use tonic::transport::Channel;
+
+const KV_SERVER: &str = env!("CARGO_BIN_EXE_kv-server");
+const DEADLINE: Duration = Duration::from_secs(30);
+/// moto_server takes over 10 s to start on a busy 2-core machine.
+const STARTUP: Duration = Duration::from_secs(90);
+const HEADER: &str = "key,mutation_type,logical_commit_time,value,value_type\n";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("enclave/ has a parent").to_path_buf()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed on drop, its stderr collected.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, mut command: Command) -> Proc {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name} ({command:?}): {e}"));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc { name, child, logs }
+    }
+
+    fn logs(&self) -> String {
+        format!("--- {} stderr ---\n{}", self.name, self.logs.lock().unwrap().join("\n"))
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits until `port` on loopback accepts connections (or the process dies).
+    fn wait_for_port(&mut self, port: u16) {
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(self.is_running(), "{} exited: {}", self.name, self.logs());
+            assert!(started.elapsed() < STARTUP, "{} did not listen on {port}: {}", self.name, self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `moto_server` from the project's venv (scripts/setup-test-deps.sh installs it).
+struct Moto {
+    proc: Proc,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let bin = repo_root().join(".tools/venv/bin/moto_server");
+        assert!(bin.exists(), "{} is missing: run scripts/setup-test-deps.sh", bin.display());
+        let port = free_port();
+        let mut command = Command::new(bin);
+        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let mut proc = Proc::spawn("moto_server", command);
+        proc.wait_for_port(port);
+        Moto { proc, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// One unsigned HTTP/1.1 request; returns the status and body.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        service: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto_server");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/{service}/aws4_request, \
+             SignedHeaders=host, Signature=00\r\n",
+            self.port,
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let text = String::from_utf8_lossy(&response).to_string();
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, text)
+    }
+
+    fn create_bucket(&self, bucket: &str) {
+        let (status, text) = self.request("PUT", &format!("/{bucket}"), "s3", &[], b"");
+        assert_eq!(status, 200, "create bucket {bucket}: {text}");
+    }
+
+    fn put_object(&self, bucket: &str, key: &str, body: &str) {
+        let (status, text) = self.request("PUT", &format!("/{bucket}/{key}"), "s3", &[], body.as_bytes());
+        assert_eq!(status, 200, "put s3://{bucket}/{key}: {text}");
+    }
+
+    fn put_parameter(&self, name: &str, value: &str) {
+        let body = format!(r#"{{"Name":"{name}","Value":"{value}","Type":"String","Overwrite":true}}"#);
+        let (status, text) = self.request(
+            "POST",
+            "/",
+            "ssm",
+            &[("X-Amz-Target", "AmazonSSM.PutParameter"), ("Content-Type", "application/x-amz-json-1.1")],
+            body.as_bytes(),
+        );
+        assert_eq!(status, 200, "put SSM parameter {name}: {text}");
+    }
+}
+
+/// The real vsockproxy next to the kv-server binary. scripts/test.sh builds every workspace binary
+/// before the tests; it is not built from here, because `cargo test` holds the target directory's
+/// lock while tests run (a nested build would wait forever).
+fn vsockproxy_bin() -> PathBuf {
+    let bin = Path::new(KV_SERVER).with_file_name("vsockproxy");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p vsockproxy` (scripts/test.sh builds every binary)",
+        bin.display()
+    );
+    bin
+}
+
+/// vsockproxy with only a SOCKS5 listener on loopback TCP and the given `[[policy.allow]]` rules.
+struct Proxy {
+    proc: Proc,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    fn start(allow_rules: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("vsockproxy.toml");
+        std::fs::write(&config, format!("[socks5]\nlisten = \"tcp://127.0.0.1:{port}\"\n\n{allow_rules}"))
+            .unwrap();
+        let mut command = Command::new(vsockproxy_bin());
+        command.arg("run").arg("--config").arg(&config).env("RUST_LOG", "info");
+        let mut proc = Proc::spawn("vsockproxy", command);
+        proc.wait_for_port(port);
+        Proxy { proc, port, _dir: dir }
+    }
+
+    /// Allows only 127.0.0.1:`port` (the emulator).
+    fn allowing_only(port: u16) -> Proxy {
+        Proxy::start(&format!("[[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"{port}\"]\n"))
+    }
+
+    fn endpoint(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+}
+
+/// kv-server with static test credentials and no way to AWS but the given proxy.
+struct KvServer {
+    proc: Proc,
+    endpoint: String,
+}
+
+fn kv_command(args: &[&str]) -> Command {
+    let mut command = Command::new(KV_SERVER);
+    command
+        .arg("--listen")
+        .arg("tcp://127.0.0.1:0")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/nonexistent/kv-s3-test/config")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/kv-s3-test/credentials")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_PROFILE");
+    command
+}
+
+impl KvServer {
+    fn start(args: &[&str]) -> KvServer {
+        let mut proc = Proc::spawn("kv-server", kv_command(args));
+        let mut first = String::new();
+        BufReader::new(proc.child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        let endpoint = first
+            .trim()
+            .strip_prefix("kv-server listening on tcp://")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}: {}", proc.logs()))
+            .to_string();
+        KvServer { proc, endpoint: format!("http://{endpoint}") }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint.clone()).unwrap().connect().await.expect("connect to kv-server")
+    }
+
+    async fn wait_loaded(&self, health: &mut HealthClient<Channel>) {
+        let started = Instant::now();
+        while status(health, "loadbalancer-healthcheck").await != ServingStatus::Serving {
+            assert!(started.elapsed() < DEADLINE, "initial load did not finish: {}", self.proc.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_for_value(&self, kv: &mut KeyValueServiceClient<Channel>, key: &str, want: &str) {
+        let started = Instant::now();
+        loop {
+            if value(kv, key).await.as_deref() == Some(want) {
+                return;
+            }
+            assert!(started.elapsed() < DEADLINE, "{key} never became {want:?}: {}", self.proc.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn status(health: &mut HealthClient<Channel>, service: &str) -> ServingStatus {
+    health.check(HealthCheckRequest { service: service.into() }).await.expect("Check").into_inner().status()
+}
+
+/// The string value served for `key`, `None` for NOT_FOUND.
+async fn value(kv: &mut KeyValueServiceClient<Channel>, key: &str) -> Option<String> {
+    let response = kv
+        .get_values(GetValuesRequest { keys: vec![key.into()], ..Default::default() })
+        .await
+        .expect("GetValues")
+        .into_inner();
+    match response.keys.get(key).and_then(|r| r.single_lookup_result.clone()) {
+        Some(SingleLookupResult::Value(prost_types::Value { kind: Some(Kind::StringValue(s)) })) => Some(s),
+        Some(SingleLookupResult::Status(s)) if s.code == 5 => None,
+        other => panic!("unexpected result for {key}: {other:?}"),
+    }
+}
+
+fn csv(rows: &[(&str, i64, &str)]) -> String {
+    let mut out = HEADER.to_string();
+    for (key, time, value) in rows {
+        out.push_str(&format!("{key},UPDATE,{time},{value},string\n"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn s3_data_through_vsockproxy_is_served_and_new_deltas_are_picked_up() {
+    let mut moto = Moto::start();
+    moto.create_bucket("kv-data");
+    moto.put_object("kv-data", "kv/SNAPSHOT_0000000000000001", &csv(&[("a", 1, "one"), ("b", 1, "old")]));
+    moto.put_object("kv-data", "kv/DELTA_0000000000000002", &csv(&[("b", 2, "two")]));
+    // Not data files, or outside the prefix: ignored.
+    moto.put_object("kv-data", "kv/README", "not data");
+    moto.put_object("kv-data", "other/SNAPSHOT_0000000000000009", &csv(&[("a", 9, "wrong prefix")]));
+    let mut proxy = Proxy::allowing_only(moto.port);
+    let server = KvServer::start(&[
+        "--s3-bucket",
+        "kv-data",
+        "--s3-prefix",
+        "kv",
+        "--egress-socks5",
+        &proxy.endpoint(),
+        "--aws-endpoint-url",
+        &moto.url(),
+        "--s3-force-path-style",
+        "--poll-interval-ms",
+        "200",
+    ]);
+    let channel = server.channel().await;
+    let mut health = HealthClient::new(channel.clone());
+    let mut kv = KeyValueServiceClient::new(channel);
+    server.wait_loaded(&mut health).await;
+    assert_eq!(value(&mut kv, "a").await.as_deref(), Some("one"), "{}", server.proc.logs());
+    assert_eq!(value(&mut kv, "b").await.as_deref(), Some("two"));
+
+    // A delta uploaded while serving is found by the next poll.
+    moto.put_object("kv-data", "kv/DELTA_0000000000000003", &csv(&[("c", 3, "three"), ("a", 3, "uno")]));
+    server.wait_for_value(&mut kv, "c", "three").await;
+    assert_eq!(value(&mut kv, "a").await.as_deref(), Some("uno"));
+    let logs = server.proc.logs();
+    assert!(logs.contains("s3://kv-data/kv/"), "{logs}");
+    assert!(!logs.contains("SNAPSHOT_0000000000000009"), "a file outside the prefix was loaded: {logs}");
+    assert!(proxy.proc.is_running() && moto.proc.is_running());
+}
+
+#[tokio::test]
+async fn a_policy_without_the_emulator_is_refused_and_the_server_keeps_running() {
+    let moto = Moto::start();
+    moto.create_bucket("kv-data");
+    moto.put_object("kv-data", "SNAPSHOT_0000000000000001", &csv(&[("a", 1, "one")]));
+    // Loopback, but another port: the emulator is not allowed.
+    let other = if moto.port == 65535 { moto.port - 1 } else { moto.port + 1 };
+    let proxy = Proxy::allowing_only(other);
+    let server = KvServer::start(&[
+        "--s3-bucket",
+        "kv-data",
+        "--egress-socks5",
+        &proxy.endpoint(),
+        "--aws-endpoint-url",
+        &moto.url(),
+        "--s3-force-path-style",
+        "--poll-interval-ms",
+        "200",
+    ]);
+    let mut server = server;
+    let started = Instant::now();
+    let refusal = loop {
+        let logs = server.proc.logs();
+        if let Some(line) = logs.lines().find(|l| l.contains("initial data load failed")) {
+            break line.to_string();
+        }
+        assert!(started.elapsed() < DEADLINE, "no load failure logged: {logs}\n{}", proxy.proc.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refusal.contains("not allowed"), "{refusal}");
+    assert!(refusal.contains("(0x02)"), "the SOCKS5 reply code is named: {refusal}");
+    assert!(refusal.contains(&proxy.endpoint()), "the proxy is named: {refusal}");
+    assert!(refusal.contains("s3://kv-data/"), "the bucket is named: {refusal}");
+    assert!(refusal.contains("ListObjectsV2"), "the failed call is named: {refusal}");
+
+    let channel = server.channel().await;
+    let mut health = HealthClient::new(channel);
+    assert_eq!(status(&mut health, "autoscaler-healthcheck").await, ServingStatus::Serving);
+    assert_eq!(status(&mut health, "loadbalancer-healthcheck").await, ServingStatus::NotServing);
+    assert!(server.proc.is_running(), "kv-server must keep running: {}", server.proc.logs());
+}
+
+#[tokio::test]
+async fn settings_come_from_ssm_parameters_through_the_proxy() {
+    let moto = Moto::start();
+    moto.create_bucket("ssm-bucket");
+    moto.put_object("ssm-bucket", "from-ssm/SNAPSHOT_0000000000000001", &csv(&[("k", 1, "via-ssm")]));
+    moto.put_parameter("kv-server-test-data-bucket-id", "ssm-bucket");
+    moto.put_parameter("kv-server-test-data-prefix", "from-ssm");
+    moto.put_parameter("kv-server-test-backup-poll-frequency-secs", "2");
+    let proxy = Proxy::allowing_only(moto.port);
+    let server = KvServer::start(&[
+        "--ssm-prefix",
+        "kv-server-test",
+        "--egress-socks5",
+        &proxy.endpoint(),
+        "--aws-endpoint-url",
+        &moto.url(),
+        "--s3-force-path-style",
+    ]);
+    let channel = server.channel().await;
+    let mut health = HealthClient::new(channel.clone());
+    let mut kv = KeyValueServiceClient::new(channel);
+    server.wait_loaded(&mut health).await;
+    assert_eq!(value(&mut kv, "k").await.as_deref(), Some("via-ssm"));
+    let logs = server.proc.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("S3 data source"))
+        .unwrap_or_else(|| panic!("no data source line: {logs}"));
+    assert!(line.contains("poll_interval_ms=2000"), "{line}");
+    assert!(line.contains("bucket=ssm-bucket"), "{line}");
+    // A flag wins over the parameter.
+    drop(server);
+    let server = KvServer::start(&[
+        "--ssm-prefix",
+        "kv-server-test",
+        "--egress-socks5",
+        &proxy.endpoint(),
+        "--aws-endpoint-url",
+        &moto.url(),
+        "--s3-force-path-style",
+        "--poll-interval-ms",
+        "300",
+    ]);
+    let mut health = HealthClient::new(server.channel().await);
+    server.wait_loaded(&mut health).await;
+    let logs = server.proc.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("S3 data source") && l.contains("poll_interval_ms=300")),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_ssm_parameter_ends_the_process_before_serving() {
+    let moto = Moto::start();
+    moto.put_parameter("kv-server-partial-data-prefix", "x");
+    let proxy = Proxy::allowing_only(moto.port);
+    let mut proc = Proc::spawn(
+        "kv-server",
+        kv_command(&[
+            "--ssm-prefix",
+            "kv-server-partial",
+            "--egress-socks5",
+            &proxy.endpoint(),
+            "--aws-endpoint-url",
+            &moto.url(),
+        ]),
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < DEADLINE, "kv-server did not exit: {}", proc.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    // Give the stderr reader a moment to collect the last lines.
+    std::thread::sleep(Duration::from_millis(100));
+    let logs = proc.logs();
+    assert!(logs.contains("SSM parameter kv-server-partial-data-bucket-id does not exist"), "{logs}");
+}
