@@ -116,8 +116,17 @@ fn start_socat(dir: &Path, name: &str, server: SocketAddr, unix_hop: bool) -> Pe
     let entry = SocketAddr::from(([127, 0, 0, 1], port));
     let children = if unix_hop {
         let sock = dir.join(format!("{name}.sock"));
+        // socat does not replace a stale socket file left by the previous run of this shape.
+        let _ = std::fs::remove_file(&sock);
+        let back =
+            socat(&[format!("UNIX-LISTEN:{},fork,backlog=1024", sock.display()), format!("TCP:{server}")]);
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < until, "socat does not listen on {}", sock.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
         vec![
-            socat(&[format!("UNIX-LISTEN:{},fork,backlog=1024", sock.display()), format!("TCP:{server}")]),
+            back,
             socat(&[
                 format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=1024"),
                 format!("UNIX-CONNECT:{}", sock.display()),

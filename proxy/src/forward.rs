@@ -168,6 +168,16 @@ async fn idle_watch(idle: Duration, counters: &Counters) -> ForwardError {
     }
 }
 
+/// After `readable()`: whether data (or the end) is really waiting. A spurious readiness is
+/// cleared (so the next `readable()` waits) and reported as `false`.
+fn confirm_readable(src: &Stream) -> io::Result<bool> {
+    match src.try_io(Interest::READABLE, || sys::peek(src.as_raw_fd())) {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// One direction over readiness: read (or splice) from `src` and write all of it to `dst`
 /// before reading again.
 async fn pump(
@@ -186,6 +196,9 @@ async fn pump(
             loop {
                 src.readable().await.map_err(rd)?;
                 if buf.is_empty() {
+                    if !confirm_readable(src).map_err(rd)? {
+                        continue;
+                    }
                     buf = vec![0; opts.buffer_size];
                 }
                 let n = match src.try_read(&mut buf) {
@@ -218,7 +231,12 @@ async fn pump(
                 src.readable().await.map_err(rd)?;
                 let p = match &pipe {
                     Some(p) => p,
-                    None => pipe.insert(sys::Pipe::new(opts.buffer_size).map_err(ForwardError::Local)?),
+                    None => {
+                        if !confirm_readable(src).map_err(rd)? {
+                            continue;
+                        }
+                        pipe.insert(sys::Pipe::new(opts.buffer_size).map_err(ForwardError::Local)?)
+                    }
                 };
                 let n = match src.try_io(Interest::READABLE, || {
                     sys::splice(src.as_raw_fd(), p.write_fd(), opts.buffer_size)

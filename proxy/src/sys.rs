@@ -60,6 +60,16 @@ pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
+/// Succeeds when a byte or the end of the stream is waiting on the socket, without consuming
+/// it; `WouldBlock` when nothing is. Used to confirm readiness before allocating a buffer or a
+/// pipe: tokio may report a fresh socket readable before anything arrived.
+pub fn peek(fd: RawFd) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    // SAFETY: `byte` is a valid 1-byte buffer; MSG_PEEK leaves the data in the socket.
+    let n = unsafe { libc::recv(fd, byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// Makes the next close of this TCP socket send a reset instead of a FIN, so that a peer
 /// learns that the stream was cut rather than complete. Harmless on other socket types.
 pub fn set_linger_zero(fd: RawFd) {

@@ -123,3 +123,14 @@ async fn admin_health_readiness_and_metrics() {
     }
     assert_eq!(http_get(admin, "/nope").0, 404);
 }
+
+#[tokio::test]
+async fn watchdog_pings_when_the_unit_asks_for_them() {
+    let echo = echo_server().await;
+    let env = [("WATCHDOG_USEC", "200000")];
+    let mut d = Daemon::start_with_env(tempfile::tempdir().unwrap(), &mapping(echo, ""), &env);
+    d.wait_notify("WATCHDOG=1", Duration::from_secs(5));
+    d.collect_notes(Duration::from_millis(700));
+    let pings = d.notes().iter().filter(|n| n.as_str() == "WATCHDOG=1").count();
+    assert!(pings >= 3, "WATCHDOG=1 every 100 ms expected: {:?}", d.notes());
+}

@@ -33,6 +33,10 @@ impl Daemon {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Daemon {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    pub fn start_with_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Daemon {
         let path = dir.path().join("vsockproxy.toml");
         std::fs::write(&path, config.replace("{dir}", &dir.path().display().to_string())).unwrap();
         let notify_path = dir.path().join("notify.sock");
@@ -43,6 +47,7 @@ impl Daemon {
             .arg(&path)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -78,6 +83,17 @@ impl Daemon {
             }
         }
         panic!("no {what} from vsockproxy within {timeout:?}; log:\n{}", self.log_text());
+    }
+
+    /// Collects notify datagrams for `dur`.
+    pub fn collect_notes(&mut self, dur: Duration) {
+        let until = Instant::now() + dur;
+        while Instant::now() < until {
+            let mut buf = [0u8; 512];
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                self.notes.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
     }
 
     pub fn notes(&self) -> &[String] {
