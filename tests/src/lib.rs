@@ -397,6 +397,13 @@ impl Envoy {
             listener_port(&r.json()).map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
         })
         .unwrap_or_else(|| panic!("envoy listener never bound; log:\n{}", proc.logs()));
+        // The port is bound before envoy accepts on it: workers start once initialisation is
+        // done, which includes the first active health check of the cluster. /ready says LIVE then.
+        let live = wait_until(Duration::from_secs(30), || {
+            proc.assert_running();
+            (http_get(admin, "/ready").ok()?.status == 200).then_some(())
+        });
+        assert!(live.is_some(), "envoy never LIVE; log:\n{}", proc.logs());
         Envoy { proc, admin, listen, config }
     }
 }
