@@ -11,8 +11,8 @@
 //! - both wait on tokio readiness and allocate their pipe or buffer only when the first byte
 //!   arrives, so idle connections cost two sockets and a task.
 //! - vsock streams have no readiness API in tokio-vsock: those connections use a poll-based
-//!   copy through `AsyncRead`/`AsyncWrite`, which waits for readability with a zero-length
-//!   read before allocating its buffer, so idle vsock connections are as cheap.
+//!   copy through `AsyncRead`/`AsyncWrite`, whose first read takes one byte into the stack and
+//!   allocates the buffer only then, so idle vsock connections are as cheap.
 //!
 //! Per-direction buffering is bounded by `buffer_size`: a slow reader stops the reads on the
 //! other side (backpressure) instead of growing memory.
@@ -273,7 +273,7 @@ struct PollDir<'a> {
     dst_side: Side,
     tally: Tally<'a>,
     size: usize,
-    /// Allocated when the source first turns readable.
+    /// Allocated when the first byte arrives.
     buf: Vec<u8>,
     pos: usize,
     cap: usize,
@@ -300,16 +300,24 @@ impl<'a> PollDir<'a> {
                 return Poll::Ready(Ok(()));
             }
             if self.pos == self.cap && !self.eof {
-                if self.buf.is_empty() {
-                    // A zero-length read completes once the source is readable (or closed)
-                    // without consuming anything: only then is the buffer worth allocating.
-                    let mut probe = ReadBuf::new(&mut []);
-                    ready!(Pin::new(&mut *src).poll_read(cx, &mut probe)).map_err(rd)?;
-                    self.buf = vec![0; self.size];
-                }
-                let mut rb = ReadBuf::new(&mut self.buf);
-                ready!(Pin::new(&mut *src).poll_read(cx, &mut rb)).map_err(rd)?;
-                let n = rb.filled().len();
+                let n = if self.buf.is_empty() {
+                    // The first read takes one byte into the stack: it waits (and clears a
+                    // spurious readiness) like any read, and the buffer is allocated only once
+                    // a byte has arrived.
+                    let mut first = [0u8; 1];
+                    let mut rb = ReadBuf::new(&mut first);
+                    ready!(Pin::new(&mut *src).poll_read(cx, &mut rb)).map_err(rd)?;
+                    let n = rb.filled().len();
+                    if n == 1 {
+                        self.buf = vec![0; self.size];
+                        self.buf[0] = first[0];
+                    }
+                    n
+                } else {
+                    let mut rb = ReadBuf::new(&mut self.buf);
+                    ready!(Pin::new(&mut *src).poll_read(cx, &mut rb)).map_err(rd)?;
+                    rb.filled().len()
+                };
                 if n == 0 {
                     self.eof = true;
                 } else {
