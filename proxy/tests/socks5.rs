@@ -129,6 +129,9 @@ listen = "tcp://127.0.0.1:0"
 [socks5]
 name = "s"
 listen = "tcp://127.0.0.1:0"
+[dns]
+# Bounds the lookup of the .invalid name on machines whose resolver does not answer at all.
+timeout_ms = 1500
 [dns.static_hosts]
 "echo.test" = ["127.0.0.1"]
 [[policy.allow]]
