@@ -177,3 +177,35 @@ async fn socat_as_upstream_and_client() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).len(), payload.len());
     assert!(out.stdout == payload.as_bytes());
 }
+
+/// Ingress to a guest vsock port behind a VMM's Unix socket (Firecracker-style hybrid vsock):
+/// the daemon sends `CONNECT <port>\n`, waits for `OK <n>\n`, then forwards.
+#[tokio::test]
+async fn ingress_to_a_hybrid_vsock_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmm = dir.path().join("vmm.sock");
+    let listener = tokio::net::UnixListener::bind(&vmm).unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut s = tokio::io::BufReader::new(s);
+                let mut line = String::new();
+                tokio::io::AsyncBufReadExt::read_line(&mut s, &mut line).await.unwrap();
+                assert_eq!(line, "CONNECT 50051\n");
+                let mut s = s.into_inner();
+                s.write_all(b"OK 1073741824\n").await.unwrap();
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    let d = Daemon::start_in(
+        dir,
+        &format!(
+            "[[ingress]]\nname = \"in\"\nlisten = \"tcp://127.0.0.1:0\"\nupstream = \"vsock-hybrid://{}:50051\"\n",
+            vmm.display()
+        ),
+    );
+    assert_eq!(echo_roundtrip(d.tcp("in"), 77, 1 << 20).await, 1 << 20);
+}
