@@ -76,6 +76,9 @@ pub struct ServeArgs {
     /// S3 data source, egress proxy and SSM parameters (see `crate::s3`).
     #[command(flatten)]
     pub aws: crate::s3::AwsArgs,
+    /// OTLP export of metrics and spans (see `crate::telemetry`).
+    #[command(flatten)]
+    pub otlp: crate::telemetry::OtlpArgs,
 }
 
 /// The configuration file. Every key is optional; unknown keys are an error.

@@ -13,6 +13,7 @@
 //! | [`query`] | `kv_server.v1.KeyValueService/GetValues` |
 //! | [`health`] | `grpc.health.v1.Health` with the named load-balancer and autoscaler statuses |
 //! | [`attestation`] | `enclave.v1.Attestation`, documents from `/dev/nsm` only |
+//! | [`telemetry`] | OTLP metrics and spans to the collector on the parent (off unless configured) |
 //! | [`server`] | `run(listener, app, shutdown)`: every service on one listener |
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod server;
 pub mod source;
 pub mod ssm;
 pub mod store;
+pub mod telemetry;
 
 /// Code generated from `proto/` at the repository root (see `build.rs`).
 pub mod proto {

@@ -42,6 +42,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let otlp = match cli.serve.otlp.resolve() {
+        Ok(otlp) => otlp,
+        Err(e) => {
+            eprintln!("kv-server: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     init_tracing(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -50,7 +57,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, otlp)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "kv-server failed");
@@ -60,7 +67,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, otlp: Option<kv_server::telemetry::OtlpConfig>) -> anyhow::Result<()> {
     let listener = transport::Listener::bind(&config.listen).await?;
     let bound = listener.local_endpoint()?;
     tracing::info!(endpoint = %bound, "listening");
@@ -69,6 +76,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let store = Arc::new(Store::new());
     let health = Arc::new(Health::new());
+    let loader_metrics = Arc::new(LoaderMetrics::default());
+    if let Some(otlp) = otlp {
+        kv_server::telemetry::start(otlp, store.clone(), loader_metrics.clone());
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -89,7 +100,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 LocalDir::new(dir),
                 store.clone(),
                 health.clone(),
-                Arc::new(LoaderMetrics::default()),
+                loader_metrics.clone(),
                 LoaderConfig {
                     poll_interval: config.poll_interval,
                     tombstone_retention: config.tombstone_retention,
@@ -105,7 +116,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 setup.source,
                 store.clone(),
                 health.clone(),
-                Arc::new(LoaderMetrics::default()),
+                loader_metrics.clone(),
                 LoaderConfig {
                     poll_interval: setup.poll_interval,
                     tombstone_retention: config.tombstone_retention,

@@ -103,7 +103,10 @@ impl KeyValueService for QueryService {
         &self,
         request: Request<GetValuesRequest>,
     ) -> Result<Response<GetValuesResponse>, Status> {
-        self.answer(request.get_ref()).map(Response::new)
+        let started = crate::telemetry::request_started();
+        let result = self.answer(request.get_ref());
+        crate::telemetry::record_get_values(started, request.metadata(), &result, |s| s.code() as i32);
+        result.map(Response::new)
     }
 }
 
