@@ -10,6 +10,7 @@ use aws_sdk_ec2::types as ec2t;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A failed AWS call: which region, operation, resource, and the AWS error code.
@@ -149,8 +150,30 @@ pub async fn upload(
         plan::scan_blocks(&path, block_size as usize, |b| tx.blocking_send(b).is_ok())
     });
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    // Progress: workers count written blocks; a ticker logs the count every 5 s.
+    let written = Arc::new(AtomicU64::new(0));
+    let ticker = {
+        let (written, region, sid) = (written.clone(), region.to_string(), snapshot_id.clone());
+        let total = plan::block_count(image_len, block_size);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let n = written.load(Ordering::Relaxed);
+                tracing::info!(
+                    region,
+                    snapshot_id = sid,
+                    written = n,
+                    image_blocks = total,
+                    "upload progress"
+                );
+            }
+        })
+    };
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..workers {
+        let written = written.clone();
         let rx = rx.clone();
         let ebs = c.ebs.clone();
         let region = region.to_string();
@@ -165,18 +188,34 @@ pub async fn upload(
                     put_block(&ebs, &region, &sid, block.index, block.data.into(), &block.digest, retry)
                         .await?;
                 done.push((block.index, block.digest));
+                written.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<_, AwsError>((done, retries))
         });
     }
     let mut digests = Vec::new();
     let mut retries = 0;
+    let mut failed = None;
     while let Some(joined) = set.join_next().await {
-        let (d, r) = joined
-            .map_err(|e| Error::Local(format!("upload worker ended: {e}")))?
-            .inspect_err(|_| set.abort_all())?;
-        digests.extend(d);
-        retries += r;
+        match joined {
+            Ok(Ok((d, r))) => {
+                digests.extend(d);
+                retries += r;
+            }
+            Ok(Err(e)) => {
+                set.abort_all();
+                failed.get_or_insert(Error::Aws(e));
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => {
+                set.abort_all();
+                failed.get_or_insert(Error::Local(format!("upload worker ended: {e}")));
+            }
+        }
+    }
+    ticker.abort();
+    if let Some(e) = failed {
+        return Err(e);
     }
     let (scanned, kept) = reader
         .await

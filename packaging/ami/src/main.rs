@@ -53,7 +53,11 @@ enum Cmd {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        // Progress and retries (info/warn from kv_ami) by default; RUST_LOG overrides.
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kv_ami=info,warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match real_main() {
