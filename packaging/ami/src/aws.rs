@@ -512,6 +512,8 @@ pub async fn copy(
     source_image: &str,
     name: &str,
     content_key: &str,
+    encrypted: bool,
+    kms_key_id: Option<&str>,
 ) -> Result<String, Error> {
     let out = target
         .ec2
@@ -519,6 +521,8 @@ pub async fn copy(
         .source_region(source_region)
         .source_image_id(source_image)
         .name(name)
+        .set_encrypted(encrypted.then_some(true))
+        .set_kms_key_id(kms_key_id.map(str::to_string))
         .description(format!("kv-ami {content_key} (copy of {source_region}:{source_image})"))
         .send()
         .await

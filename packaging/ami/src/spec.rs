@@ -32,6 +32,12 @@ pub struct AmiSpec {
     pub tpm: bool,
     #[serde(default)]
     pub volume: Volume,
+    /// CopyImage with Encrypted=true (snapshots of the copies encrypted).
+    #[serde(default)]
+    pub encrypt_copies: bool,
+    /// Per target region KMS key for the encrypted copy (default: the region's aws/ebs key).
+    #[serde(default)]
+    pub kms_key_ids: BTreeMap<String, String>,
     /// Accounts given launch permission (and create-volume permission on the snapshots).
     #[serde(default)]
     pub share_with: Vec<String>,
@@ -153,6 +159,22 @@ impl AmiSpec {
                 return Err(format!("copy_to[{i}]: {r} is listed twice"));
             }
         }
+        for (r, key) in &self.kms_key_ids {
+            if !self.copy_to.contains(r) {
+                return Err(format!("kms_key_ids.{r}: {r} is not in copy_to"));
+            }
+            if !self.encrypt_copies {
+                return Err(format!("kms_key_ids.{r}: a KMS key needs encrypt_copies = true"));
+            }
+            let arn_ok =
+                key.strip_prefix("arn:aws:kms:").is_some_and(|rest| rest.starts_with(&format!("{r}:")));
+            let id_ok = key.len() == 36 && key.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+            if !(arn_ok || id_ok || key.starts_with("alias/")) {
+                return Err(format!(
+                    "kms_key_ids.{r}: {key:?} is not a key id, alias/NAME or a KMS ARN in region {r}"
+                ));
+            }
+        }
         if !["x86_64", "arm64"].contains(&self.architecture.as_str()) {
             return Err(format!("architecture: {:?} is not x86_64 or arm64", self.architecture));
         }
@@ -257,6 +279,11 @@ workers = 8
         assert_eq!(s.upload.workers, 8);
         assert_eq!(s.ami_name("0123456789abcdef"), "kv-server-0123456789ab");
         assert_eq!(s.all_regions(), vec!["us-east-1", "eu-west-1"]);
+        let kms = GOOD.replace(
+            "tpm = true",
+            "tpm = true\nencrypt_copies = true\nkms_key_ids = { \"eu-west-1\" = \"arn:aws:kms:eu-west-1:1:key/x\" }",
+        );
+        assert_eq!(AmiSpec::parse(&kms).unwrap().kms_key_ids.len(), 1);
     }
 
     #[test]
@@ -279,6 +306,21 @@ workers = 8
             ("ssm_parameter = \"/kv/ami\"", "ssm_parameter = \"kv\"", "ssm_parameter"),
             ("tpm = true", "tpm = true\nboot_mode = \"legacy-bios\"", "boot_mode"),
             ("service = \"kv\"", "\"kv-ami:content-key\" = \"x\"", "tags."),
+            (
+                "tpm = true",
+                "tpm = true\nkms_key_ids = { \"eu-west-1\" = \"alias/k\" }",
+                "kms_key_ids.eu-west-1",
+            ),
+            (
+                "tpm = true",
+                "tpm = true\nencrypt_copies = true\nkms_key_ids = { \"eu-west-1\" = \"arn:aws:kms:us-east-1:1:key/x\" }",
+                "kms_key_ids.eu-west-1",
+            ),
+            (
+                "tpm = true",
+                "tpm = true\nencrypt_copies = true\nkms_key_ids = { \"us-west-2\" = \"alias/k\" }",
+                "kms_key_ids.us-west-2",
+            ),
         ];
         for (from, to, key) in cases {
             let text = GOOD.replace(from, to);

@@ -13,6 +13,9 @@ region = "us-east-1"
 copy_to = ["eu-west-1"]
 share_with = ["111122223333"]
 ssm_parameter = "/kv/ami"
+encrypt_copies = true
+[kms_key_ids]
+"eu-west-1" = "alias/kv-ami"
 [upload]
 wait_interval_secs = 0
 "#;
@@ -56,6 +59,7 @@ fn dry_run_prints_the_calls_and_makes_none() {
     assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("us-east-1 ebs:PutSnapshotBlock x2 "), "{stdout}");
     assert!(stdout.contains("eu-west-1 ec2:CopyImage source=us-east-1"), "{stdout}");
+    assert!(stdout.contains("encrypted=true kms=alias/kv-ami"), "{stdout}");
     assert!(stdout.contains("eu-west-1 ssm:PutParameter /kv/ami"), "{stdout}");
     assert!(listener.accept().is_err(), "dry run connected to the endpoint");
 }
