@@ -83,6 +83,7 @@ async fn serve(source: Source, config: Config) -> ExitCode {
         Err(e) => warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
     }
     let admin_ep = config.admin.clone();
+    let otlp = config.otlp.clone();
     let config_name = config.source.clone();
     let mut proxy = match Proxy::bind(config).await {
         Ok(p) => p,
@@ -108,6 +109,10 @@ async fn serve(source: Source, config: Config) -> ExitCode {
         }
         let listeners = Arc::new(proxy.listeners.clone());
         tokio::spawn(admin::run(listener, proxy.shared.clone(), listeners, stop_rx));
+    }
+    if let Some(otlp) = otlp {
+        info!(endpoint = %otlp.endpoint, interval_ms = otlp.interval_ms, "OTLP metrics export on");
+        tokio::spawn(crate::otlp::run(otlp, proxy.shared.clone(), stop_admin.subscribe()));
     }
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),

@@ -43,6 +43,8 @@ pub struct FileConfig {
     pub forwarding: ForwardingConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// `[otlp]`: the /metrics series also pushed to a collector (see `crate::otlp`).
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -243,6 +245,7 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     pub forwarding: ForwardingConfig,
     pub log: LogConfig,
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -295,6 +298,7 @@ impl FileConfig {
             timeouts: TimeoutsConfig::default(),
             forwarding: ForwardingConfig::default(),
             log: LogConfig::default(),
+            otlp: None,
         }
     }
 
@@ -394,7 +398,8 @@ fn key_at(text: &str, line: usize) -> Option<String> {
 
 fn validate(source: String, file: FileConfig) -> Result<Config, ConfigError> {
     let invalid = |key: String, message: String| ConfigError::Invalid { path: source.clone(), key, message };
-    let FileConfig { admin, ingress, socks5, mapping, policy, dns, limits, timeouts, forwarding, log } = file;
+    let FileConfig { admin, ingress, socks5, mapping, policy, dns, limits, timeouts, forwarding, log, otlp } =
+        file;
 
     if limits.max_connections == 0 {
         return Err(invalid("limits.max_connections".into(), "must be at least 1".into()));
@@ -541,7 +546,7 @@ fn validate(source: String, file: FileConfig) -> Result<Config, ConfigError> {
         return Err(invalid(key, message));
     }
 
-    Ok(Config { source, admin, routes, socks5, policy, dns, limits, timeouts, forwarding, log })
+    Ok(Config { source, admin, routes, socks5, policy, dns, limits, timeouts, forwarding, log, otlp })
 }
 
 /// Two listen endpoints collide when they name the same socket (`tcp://0.0.0.0:P` also takes

@@ -17,6 +17,7 @@ pub mod forward;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
+pub mod otlp;
 pub mod policy;
 pub mod server;
 mod sys;

@@ -154,7 +154,8 @@ fn kv_server_exports_metrics_and_spans_and_survives_the_collector_going_away() {
 }
 
 /// Starts the real vsockproxy with the OTLP mapping of the reference deployment, on loopback:
-/// `listen` (standing in for vsock port 4317) -> the receiver, allowed by the egress policy.
+/// `listen` (standing in for vsock port 4317) -> the receiver, allowed by the egress policy; its
+/// own metrics go to the receiver over OTLP (`[otlp]`).
 fn start_vsockproxy_mapping(dir: &std::path::Path, collector: SocketAddr) -> (Proc, SocketAddr) {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -163,7 +164,8 @@ fn start_vsockproxy_mapping(dir: &std::path::Path, collector: SocketAddr) -> (Pr
         &config,
         format!(
             "[admin]\nlisten = \"tcp://{admin}\"\n\n[[mapping]]\nname = \"otel\"\nlisten = \"tcp://{listen}\"\n\
-             upstream = \"tcp://{collector}\"\n\n[[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"{}\"]\n",
+             upstream = \"tcp://{collector}\"\n\n[[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"{}\"]\n\n\
+             [otlp]\nendpoint = \"tcp://{collector}\"\ninterval_ms = 200\n",
             collector.port()
         ),
     )
@@ -273,6 +275,12 @@ fn envoy_span_and_kv_server_span_share_a_trace_through_the_proxy_mapping() {
             .filter(|n| *n >= 1.0)
     });
     assert!(counted.is_some(), "no kv-server request count through the mapping");
+    // vsockproxy's /metrics series arrive over OTLP: the mapping accepted kv-server's connection.
+    let proxied = wait_until(Duration::from_secs(30), || {
+        latest_value(&receiver.metrics(), "vsockproxy_connections_accepted_total", &[("listener", "otel")])
+            .filter(|n| *n >= 1.0)
+    });
+    assert!(proxied.is_some(), "no vsockproxy metrics over OTLP; vsockproxy log:\n{}", proxy.logs());
     kv.assert_running();
     proxy.assert_running();
     envoy.assert_running();
