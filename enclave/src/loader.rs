@@ -1,7 +1,8 @@
 //! Loading data files from a [`Source`] into the [`Store`].
 //!
 //! Order, per prefix (each prefix is an independent stream of files):
-//! 1. at start, the newest `SNAPSHOT_` and then every newer `DELTA_`, oldest first;
+//! 1. at start, the newest `SNAPSHOT_` that loads (a rejected one falls back to the one before
+//!    it) and then every newer `DELTA_`, oldest first;
 //! 2. afterwards, at every poll, each file newer than the newest one seen, oldest first (a later
 //!    snapshot is merged like a delta: newest commit time wins either way).
 //!
@@ -13,7 +14,7 @@
 //! directory, a bind mount and S3, costs one directory listing per interval, and needs no inotify
 //! (which does not see changes made on the other side of a shared mount).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -75,6 +76,9 @@ pub struct Loader<S: Source> {
     config: LoaderConfig,
     /// Per prefix, the newest file handled (applied or rejected).
     newest: BTreeMap<String, DataFileName>,
+    /// Every file handled and what happened to it: nothing is loaded twice, a rejected file is
+    /// never retried.
+    handled: HashMap<DataFileName, FileOutcome>,
 }
 
 /// What happened to one file.
@@ -92,7 +96,7 @@ impl<S: Source> Loader<S> {
         metrics: Arc<LoaderMetrics>,
         config: LoaderConfig,
     ) -> Self {
-        Loader { source, store, health, metrics, config, newest: BTreeMap::new() }
+        Loader { source, store, health, metrics, config, newest: BTreeMap::new(), handled: HashMap::new() }
     }
 
     /// Loads at start, marks the data loaded, then follows new files until `shutdown` resolves.
@@ -130,18 +134,37 @@ impl<S: Source> Loader<S> {
         }
     }
 
-    /// The newest snapshot of every prefix, then the newer deltas. A rejected file does not stop
-    /// the load; a source error does (and is retried from scratch, nothing is applied twice
-    /// because a file that was applied is remembered).
+    /// Per prefix: the newest snapshot that loads (a rejected snapshot falls back to the one
+    /// before it), then every newer delta. A rejected delta does not stop the load; a source error
+    /// does, and the retry skips every file already handled.
     pub async fn initial_load(&mut self) -> Result<(), SourceError> {
         let started = Instant::now();
-        let plan = initial_plan(&self.source.list().await?);
-        tracing::info!(location = %self.source.location(), files = plan.len(), "initial data load");
-        for name in plan {
-            if self.newest.get(&name.prefix).is_some_and(|n| *n >= name) {
-                continue;
+        let listed = self.source.list().await?;
+        let mut by_prefix: BTreeMap<String, Vec<DataFileName>> = BTreeMap::new();
+        for name in listed.iter().filter_map(|n| DataFileName::parse(n)) {
+            by_prefix.entry(name.prefix.clone()).or_default().push(name);
+        }
+        tracing::info!(location = %self.source.location(), prefixes = by_prefix.len(), "initial data load");
+        for mut files in by_prefix.into_values() {
+            files.sort();
+            let mut base: Option<DataFileName> = None;
+            for snapshot in files.iter().rev().filter(|f| f.kind == FileKind::Snapshot) {
+                let outcome = match self.handled.get(snapshot) {
+                    Some(outcome) => *outcome,
+                    None => self.load_file(snapshot.clone()).await?,
+                };
+                if outcome == FileOutcome::Loaded {
+                    base = Some(snapshot.clone());
+                    break;
+                }
+                tracing::warn!(file = %snapshot, "snapshot rejected; falling back to the one before it, if any");
             }
-            self.load_file(name).await?;
+            for delta in files.into_iter().filter(|f| f.kind == FileKind::Delta) {
+                let covered = base.as_ref().is_some_and(|b| *b >= delta);
+                if !covered && !self.handled.contains_key(&delta) {
+                    self.load_file(delta).await?;
+                }
+            }
         }
         let stats = self.store.stats();
         tracing::info!(
@@ -159,7 +182,7 @@ impl<S: Source> Loader<S> {
             self.source.list().await?.iter().filter_map(|n| DataFileName::parse(n)).collect();
         names.sort();
         for name in names {
-            if self.newest.get(&name.prefix).is_some_and(|n| *n >= name) {
+            if self.newest.get(&name.prefix).is_some_and(|n| *n >= name) || self.handled.contains_key(&name) {
                 continue;
             }
             self.load_file(name).await?;
@@ -186,7 +209,10 @@ impl<S: Source> Loader<S> {
         .await
         .map_err(|e| LoadError::Task { file: full.clone(), reason: e.to_string() })
         .and_then(|r| r.map_err(LoadError::from));
-        self.newest.insert(name.prefix.clone(), name);
+        let newest = self.newest.entry(name.prefix.clone()).or_insert_with(|| name.clone());
+        if *newest < name {
+            *newest = name.clone();
+        }
         let outcome = match result {
             Ok((count, stats)) => {
                 self.metrics.files_loaded.fetch_add(1, Ordering::Relaxed);
@@ -216,6 +242,7 @@ impl<S: Source> Loader<S> {
                 FileOutcome::Rejected
             }
         };
+        self.handled.insert(name, outcome);
         Ok(outcome)
     }
 
@@ -235,57 +262,122 @@ fn full_name(name: &DataFileName) -> String {
     if name.prefix.is_empty() { name.base.clone() } else { format!("{}/{}", name.prefix, name.base) }
 }
 
-/// Per prefix: the newest snapshot and every newer delta, oldest first; without a snapshot, all
-/// deltas. Non-data names are dropped.
-pub fn initial_plan(names: &[String]) -> Vec<DataFileName> {
-    let mut by_prefix: BTreeMap<String, Vec<DataFileName>> = BTreeMap::new();
-    for name in names.iter().filter_map(|n| DataFileName::parse(n)) {
-        by_prefix.entry(name.prefix.clone()).or_default().push(name);
-    }
-    let mut plan = Vec::new();
-    for (_, mut files) in by_prefix {
-        files.sort();
-        let start = files.iter().rposition(|f| f.kind == FileKind::Snapshot).unwrap_or(0);
-        plan.extend(files.drain(start..));
-    }
-    plan
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
-    fn names(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    /// An in-memory source that records which files were fetched.
+    #[derive(Default)]
+    struct MemorySource {
+        files: Mutex<BTreeMap<String, Vec<u8>>>,
+        fetched: Mutex<Vec<String>>,
     }
 
-    fn plan_of(list: &[&str]) -> Vec<String> {
-        initial_plan(&names(list)).iter().map(full_name).collect()
+    impl Source for Arc<MemorySource> {
+        fn location(&self) -> String {
+            "memory".into()
+        }
+
+        async fn list(&self) -> Result<Vec<String>, SourceError> {
+            Ok(self.files.lock().unwrap().keys().cloned().collect())
+        }
+
+        async fn fetch(&self, name: &str) -> Result<Vec<u8>, SourceError> {
+            self.fetched.lock().unwrap().push(name.to_string());
+            Ok(self.files.lock().unwrap()[name].clone())
+        }
     }
 
-    #[test]
-    fn initial_plan_starts_at_the_newest_snapshot_per_prefix() {
-        let plan = plan_of(&[
-            "DELTA_0000000000000001",
-            "SNAPSHOT_0000000000000002",
-            "DELTA_0000000000000003",
-            "SNAPSHOT_0000000000000004",
-            "DELTA_0000000000000006",
-            "DELTA_0000000000000005",
-            "README.txt",
-            "p/DELTA_0000000000000001",
-            "p/DELTA_0000000000000007",
-        ]);
+    const HEADER: &str = "key,mutation_type,logical_commit_time,value,value_type\n";
+
+    fn put(source: &MemorySource, name: &str, rows: &str) {
+        source.files.lock().unwrap().insert(name.to_string(), format!("{HEADER}{rows}").into_bytes());
+    }
+
+    fn loader(source: Arc<MemorySource>) -> (Loader<Arc<MemorySource>>, Arc<Store>, Arc<LoaderMetrics>) {
+        let store = Arc::new(Store::new());
+        let metrics = Arc::new(LoaderMetrics::default());
+        let config = LoaderConfig {
+            poll_interval: Duration::from_millis(10),
+            tombstone_retention: 100,
+            initial_load_delay: Duration::ZERO,
+        };
+        (Loader::new(source, store.clone(), Arc::new(Health::new()), metrics.clone(), config), store, metrics)
+    }
+
+    fn value(store: &Store, key: &str) -> Option<String> {
+        match store.get(key) {
+            Some(crate::store::StoredValue::String(s)) => Some(s.into()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn starts_at_the_newest_snapshot_and_replays_newer_deltas_in_order() {
+        let source = Arc::new(MemorySource::default());
+        put(&source, "DELTA_0000000000000001", "old,UPDATE,1,x,string\n");
+        put(&source, "SNAPSHOT_0000000000000002", "a,UPDATE,2,snap,string\n");
+        put(&source, "DELTA_0000000000000004", "a,UPDATE,4,four,string\n");
+        put(&source, "DELTA_0000000000000003", "a,UPDATE,3,three,string\nb,UPDATE,3,b,string\n");
+        put(&source, "p/DELTA_0000000000000001", "p,UPDATE,1,p,string\n");
+        put(&source, "README", "not a data file");
+        let (mut loader, store, _) = loader(source.clone());
+        loader.initial_load().await.unwrap();
         assert_eq!(
-            plan,
-            vec![
-                "SNAPSHOT_0000000000000004",
-                "DELTA_0000000000000005",
-                "DELTA_0000000000000006",
-                "p/DELTA_0000000000000001",
-                "p/DELTA_0000000000000007",
+            *source.fetched.lock().unwrap(),
+            [
+                "SNAPSHOT_0000000000000002",
+                "DELTA_0000000000000003",
+                "DELTA_0000000000000004",
+                "p/DELTA_0000000000000001"
             ]
         );
-        assert!(plan_of(&["notes", "DELTA_12"]).is_empty());
+        assert_eq!(value(&store, "a").as_deref(), Some("four"));
+        assert_eq!(value(&store, "old"), None, "a delta older than the snapshot is not loaded");
+        assert_eq!(value(&store, "p").as_deref(), Some("p"), "prefixes are independent streams");
+
+        put(&source, "DELTA_0000000000000005", "b,DELETE,5,,string\n");
+        put(&source, "DELTA_0000000000000002", "late,UPDATE,2,x,string\n");
+        source.fetched.lock().unwrap().clear();
+        loader.poll_once().await.unwrap();
+        assert_eq!(*source.fetched.lock().unwrap(), ["DELTA_0000000000000005"], "only newer files");
+        assert_eq!(value(&store, "b"), None);
+    }
+
+    #[tokio::test]
+    async fn a_rejected_snapshot_falls_back_and_rejected_files_are_never_retried() {
+        let source = Arc::new(MemorySource::default());
+        put(&source, "SNAPSHOT_0000000000000001", "a,UPDATE,1,one,string\n");
+        put(&source, "DELTA_0000000000000002", "a,UPDATE,2,two,string\n");
+        put(&source, "SNAPSHOT_0000000000000003", "a,UPDATE,3,three,string\nbroken row\n");
+        put(&source, "DELTA_0000000000000004", "b,UPDATE,4,four,string\n");
+        let (mut loader, store, metrics) = loader(source.clone());
+        loader.initial_load().await.unwrap();
+        assert_eq!(value(&store, "a").as_deref(), Some("two"), "older snapshot + its deltas");
+        assert_eq!(value(&store, "b").as_deref(), Some("four"));
+        assert_eq!(metrics.files_rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.files_loaded.load(Ordering::Relaxed), 3);
+
+        put(&source, "DELTA_0000000000000005", "c,UPDATE,5,x,string\nc,UPDATE,oops,y,string\n");
+        loader.poll_once().await.unwrap();
+        loader.poll_once().await.unwrap();
+        assert_eq!(value(&store, "c"), None, "nothing of a rejected file is applied");
+        assert_eq!(metrics.files_rejected.load(Ordering::Relaxed), 2, "each rejected file counted once");
+        let fetched = source.fetched.lock().unwrap().clone();
+        assert_eq!(fetched.iter().filter(|f| f.ends_with("SNAPSHOT_0000000000000003")).count(), 1);
+    }
+
+    #[tokio::test]
+    async fn tombstones_are_cleaned_after_files_by_the_retention() {
+        let source = Arc::new(MemorySource::default());
+        put(&source, "SNAPSHOT_0000000000000001", "a,DELETE,10,,string\nb,UPDATE,10,b,string\n");
+        put(&source, "DELTA_0000000000000002", "c,UPDATE,200,c,string\n");
+        let (mut loader, store, metrics) = loader(source.clone());
+        loader.initial_load().await.unwrap();
+        // Newest commit time 200, retention 100: the tombstone at 10 is gone, the floor is 100.
+        assert_eq!(metrics.tombstones_removed.load(Ordering::Relaxed), 1);
+        assert_eq!(store.stats().tombstones, 0);
+        assert_eq!(store.cleanup_floor(), 100);
     }
 }
