@@ -1,0 +1,171 @@
+//! The cost of OTLP telemetry on GetValues throughput (prints figures; asserts nothing about speed).
+//!
+//! The release kv-server on its sample data, once without and once with `--otlp-endpoint` (an
+//! in-process OTLP receiver that accepts everything, export every second), alternated
+//! `KV_BENCH_ROUNDS` times; each run is `KV_BENCH_SECONDS` of GetValues (3 keys, one missing) at
+//! concurrency 32 over loopback gRPC. Prints requests per second of each run and the ratio
+//! on/off of the medians, with the spans and metric exports the receiver got.
+//!
+//! Run: `cargo bench -p kv-server --bench telemetry`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kv_server::proto::kv_server::v1::GetValuesRequest;
+use kv_server::proto::kv_server::v1::key_value_service_client::KeyValueServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tonic::{Request, Response, Status};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
+const CONCURRENCY: usize = 32;
+
+#[derive(Clone, Default)]
+struct Counting {
+    spans: Arc<AtomicU64>,
+    metric_exports: Arc<AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for Counting {
+    async fn export(
+        &self,
+        _request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.metric_exports.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Counting {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let n: usize =
+            request.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        self.spans.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+struct Server(Child, String);
+
+impl Server {
+    fn start(otlp: Option<&str>) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--sample-data", "--listen", "tcp://127.0.0.1:0"]);
+        if let Some(endpoint) = otlp {
+            cmd.args(["--otlp-endpoint", endpoint, "--otlp-interval-ms", "1000"]);
+        }
+        let mut child = cmd
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kv-server");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("read");
+        let endpoint = first.trim().strip_prefix("kv-server listening on tcp://").expect("endpoint line");
+        Server(child, format!("http://{endpoint}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn requests_per_second(server: &Server, duration: Duration) -> f64 {
+    let channel = tonic::transport::Endpoint::from_shared(server.1.clone())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let mut client = KeyValueServiceClient::new(channel.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let request = GetValuesRequest {
+                        keys: vec!["hello,example-key,missing".into()],
+                        ..Default::default()
+                    };
+                    client.get_values(request).await.expect("GetValues");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("task");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("KV_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let rounds: usize = std::env::var("KV_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let receiver = Counting::default();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let collector = listener.local_addr().expect("addr");
+    let services = receiver.clone();
+    rt.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(MetricsServiceServer::new(services.clone()))
+            .add_service(TraceServiceServer::new(services))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .expect("receiver");
+    });
+    let otlp = format!("tcp://{collector}");
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        for telemetry in [false, true] {
+            let server = Server::start(telemetry.then_some(otlp.as_str()));
+            let rps = rt.block_on(requests_per_second(&server, Duration::from_secs(seconds)));
+            println!(
+                "round {round} telemetry {:3}: {rps:9.0} GetValues/s",
+                if telemetry { "on" } else { "off" }
+            );
+            if telemetry { on.push(rps) } else { off.push(rps) }
+        }
+    }
+    // Let the last interval's export land before reading the receiver's counts.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (off, on) = (median(off), median(on));
+    println!(
+        "median: off {off:.0}/s, on {on:.0}/s, on/off = {:.3} ({:+.1} %); receiver got {} spans in {} metric exports",
+        on / off,
+        (on / off - 1.0) * 100.0,
+        receiver.spans.load(Ordering::Relaxed),
+        receiver.metric_exports.load(Ordering::Relaxed)
+    );
+}
