@@ -2,6 +2,8 @@
 //! clients: GetValues, health across the initial load, a corrupt delta while serving, attestation
 //! without NSM, reflection, and configuration errors.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -39,14 +41,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start kv-server");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let logs = common::capture_stderr(&mut child);
         let mut first = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
         let endpoint = first

@@ -6,6 +6,8 @@
 //! The emulator is filled with plain unsigned HTTP requests (moto checks no signatures; the
 //! Authorization header only tells it which service is meant).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -50,14 +52,7 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("start {name} ({command:?}): {e}"));
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let logs = common::capture_stderr(&mut child);
         Proc { name, child, logs }
     }
 
