@@ -1,22 +1,45 @@
 #!/usr/bin/env bash
-# Installs a kv-packager bundle on the image being built (Packer's builder instance, Amazon Linux
-# 2023, run as root): checks every file's size and SHA-256 against manifest.json before anything
-# is installed, installs each file to its `install_to` with its mode, installs the Nitro Enclaves
-# CLI and docker, and enables the units. Any mismatch stops the build (non-zero exit).
+# Installs a kv-packager bundle on the image being built (Amazon Linux 2023, run as root): the
+# install step of both builder-instance bakes, Packer's (kv-ami.pkr.hcl) and `kv-ami bake`'s
+# (its user data embeds this file verbatim). Checks every file's size and SHA-256 against
+# manifest.json before anything is installed, installs docker, the Nitro Enclaves CLI and the
+# collector package, installs each file to its `install_to` with its mode, pre-pulls the pinned
+# envoy image and enables the units. Any mismatch stops the build (non-zero exit).
+#
 # Usage: install-bundle.sh BUNDLE_DIR
+# Environment (all optional):
+#   KV_CONTENT_KEY    expected SHA-256 of manifest.json (kv-ami's content key)
+#   KV_ENVOY_IMAGE    image to pre-pull, pinned by digest (NAME@sha256:...)
+#   KV_INSTALL_ROOT   install under this directory instead of / and skip the host steps
+#                     (dnf, systemctl, docker): for checking a bundle on a machine that is not
+#                     the builder
 set -euo pipefail
 
 bundle=${1:?usage: install-bundle.sh BUNDLE_DIR}
 manifest="$bundle/manifest.json"
+root=${KV_INSTALL_ROOT:-}
 log() { printf '[install-bundle] %s\n' "$*" >&2; }
+host() { # run a host step, or say it is skipped under KV_INSTALL_ROOT
+  if [[ -n $root ]]; then log "skipped (KV_INSTALL_ROOT): $*"; else "$@"; fi
+}
 
 [[ -f $manifest ]] || { log "$manifest: missing"; exit 1; }
-command -v jq >/dev/null || dnf install -y -q jq
+if [[ -n ${KV_CONTENT_KEY:-} ]]; then
+  actual=$(sha256sum "$manifest" | cut -d' ' -f1)
+  if [[ $actual != "$KV_CONTENT_KEY" ]]; then
+    log "manifest.json: sha256 $actual, expected content key $KV_CONTENT_KEY; nothing installed"
+    exit 1
+  fi
+fi
+command -v jq >/dev/null || host dnf install -y -q jq
 
 # 1. Check everything first: nothing is installed from a bundle with one bad file.
 bad=0
 while IFS=$'\t' read -r path size sha mode dest; do
   file="$bundle/$path"
+  if [[ $path == /* || /$path/ == */../* ]]; then
+    log "$path: not a relative path inside the bundle"; bad=1; continue
+  fi
   if [[ ! -f $file ]]; then
     log "$path: listed in manifest.json but missing"; bad=1; continue
   fi
@@ -29,28 +52,37 @@ while IFS=$'\t' read -r path size sha mode dest; do
     log "$path: sha256 $actual_sha, manifest says $sha"; bad=1
   fi
   [[ $mode =~ ^0[0-7]{3}$ ]] || { log "$path: bad mode $mode"; bad=1; }
-  [[ $dest == /* ]] || { log "$path: install_to $dest is not absolute"; bad=1; }
+  [[ $dest == /* && /$dest/ != */../* ]] || { log "$path: install_to $dest is not an absolute path"; bad=1; }
 done < <(jq -r '.files[] | [.path, .size, .sha256, .mode, .install_to] | @tsv' "$manifest")
 ((bad == 0)) || { log "bundle check failed; nothing installed"; exit 1; }
 
 # 2. Host software the units need.
-dnf install -y -q aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel docker
+host dnf install -y -q aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel docker
 
 # 3. Install.
+owner=(-o root -g root)
+[[ -n $root ]] && owner=()
 units=()
 while IFS=$'\t' read -r path mode dest role; do
-  install -D -m "$mode" -o root -g root "$bundle/$path" "$dest"
+  install -D -m "$mode" "${owner[@]}" "$bundle/$path" "$root$dest"
   if [[ $role == systemd-unit && $dest == *.service ]]; then
     units+=("$(basename "$dest")")
   fi
   if [[ $role == collector-package ]]; then
-    dnf install -y -q "$dest"
+    host dnf install -y -q "$dest"
   fi
 done < <(jq -r '.files[] | [.path, .mode, .install_to, .role] | @tsv' "$manifest")
 
-systemctl daemon-reload
-systemctl enable nitro-enclaves-allocator.service docker.service
-if ((${#units[@]})); then
-  systemctl enable "${units[@]}"
+# 4. The envoy image, so the first boot does not depend on a registry.
+if [[ -n ${KV_ENVOY_IMAGE:-} ]]; then
+  [[ $KV_ENVOY_IMAGE =~ @sha256:[0-9a-f]{64}$ ]] || { log "KV_ENVOY_IMAGE $KV_ENVOY_IMAGE is not pinned by digest"; exit 1; }
+  host systemctl start docker.service
+  host docker pull --quiet "$KV_ENVOY_IMAGE"
 fi
-log "installed $(jq '.files | length' "$manifest") files, enabled: ${units[*]:-none}"
+
+host systemctl daemon-reload
+host systemctl enable nitro-enclaves-allocator.service docker.service
+if ((${#units[@]})); then
+  host systemctl enable "${units[@]}"
+fi
+log "installed $(jq '.files | length' "$manifest") files under ${root:-/}, enabled: ${units[*]:-none}"

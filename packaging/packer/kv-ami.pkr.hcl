@@ -22,6 +22,12 @@ variable "content_key" {
   default     = "unset"
 }
 
+variable "envoy_image" {
+  type        = string
+  description = "Envoy image pre-pulled on the builder, pinned by digest (NAME@sha256:...); empty: none"
+  default     = ""
+}
+
 variable "instance_type" {
   type        = string
   description = "Must support Nitro Enclaves (at least 4 vCPUs)"
@@ -112,8 +118,9 @@ build {
   }
 
   provisioner "shell" {
-    script          = "${path.root}/install-bundle.sh"
-    execute_command = "chmod +x {{ .Path }}; sudo {{ .Vars }} {{ .Path }} /tmp/bundle"
+    script           = "${path.root}/install-bundle.sh"
+    environment_vars = ["KV_ENVOY_IMAGE=${var.envoy_image}"]
+    execute_command  = "chmod +x {{ .Path }}; sudo {{ .Vars }} {{ .Path }} /tmp/bundle"
   }
 
   post-processor "manifest" {

@@ -126,8 +126,11 @@ async fn main() {
     let small = dir.path().join("small.raw");
     make_image(&small, up_mib * MIB, 512);
     let m = moto();
-    let target =
-        Target { endpoint_url: Some(m.1.clone()), static_credentials: Some(("t".into(), "t".into())) };
+    let target = Target {
+        endpoint_url: Some(m.1.clone()),
+        static_credentials: Some(("t".into(), "t".into())),
+        ..Default::default()
+    };
     let c = Clients::new("us-east-1", &target).await;
     println!("== kv-ami raw upload to moto_server: {up_mib} MiB image, 10% non-zero 512-byte blocks");
     for workers in [1, 8, 64] {

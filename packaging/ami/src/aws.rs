@@ -30,9 +30,29 @@ pub enum Error {
     Aws(#[from] AwsError),
     #[error("{0}")]
     Local(String),
+    /// The run failed (or, with `original` None, finished) and some of its cleanup failed too:
+    /// both are reported, the original error first.
+    #[error("{}cleanup failed, left behind: {}", original.as_ref().map(|e| format!("{e}; ")).unwrap_or_else(|| "finished, but ".into()), left_behind.join("; "))]
+    Cleanup { original: Option<Box<Error>>, left_behind: Vec<String> },
 }
 
-fn aws_err<E, R>(region: &str, operation: &'static str, resource: &str, e: &SdkError<E, R>) -> AwsError
+impl Error {
+    /// The AWS error code, when the error came from AWS.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Aws(e) => Some(&e.code),
+            Error::Cleanup { original: Some(e), .. } => e.code(),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn aws_err<E, R>(
+    region: &str,
+    operation: &'static str,
+    resource: &str,
+    e: &SdkError<E, R>,
+) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: Debug,
@@ -49,13 +69,28 @@ where
     }
 }
 
+/// Makes the clients of a region (tests: clients of aws-smithy-mocks).
+pub type ClientFactory = Arc<dyn Fn(&str) -> Clients + Send + Sync>;
+
 /// Where and how to reach AWS.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Target {
     /// Custom endpoint (tests: moto_server on loopback).
     pub endpoint_url: Option<String>,
     /// Static credentials instead of the standard chain (tests only).
     pub static_credentials: Option<(String, String)>,
+    /// Clients made elsewhere instead of from the chain (tests only).
+    pub factory: Option<ClientFactory>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("endpoint_url", &self.endpoint_url)
+            .field("static_credentials", &self.static_credentials.as_ref().map(|(id, _)| id))
+            .field("factory", &self.factory.is_some())
+            .finish()
+    }
 }
 
 #[derive(Clone)]
@@ -64,10 +99,25 @@ pub struct Clients {
     pub ec2: aws_sdk_ec2::Client,
     pub ebs: aws_sdk_ebs::Client,
     pub ssm: aws_sdk_ssm::Client,
+    pub s3: aws_sdk_s3::Client,
 }
 
 impl Clients {
+    /// From clients built elsewhere (tests: aws-smithy-mocks).
+    pub fn from_parts(
+        region: &str,
+        ec2: aws_sdk_ec2::Client,
+        ebs: aws_sdk_ebs::Client,
+        ssm: aws_sdk_ssm::Client,
+        s3: aws_sdk_s3::Client,
+    ) -> Clients {
+        Clients { region: region.to_string(), ec2, ebs, ssm, s3 }
+    }
+
     pub async fn new(region: &str, target: &Target) -> Clients {
+        if let Some(f) = &target.factory {
+            return f(region);
+        }
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(10))
             .operation_attempt_timeout(Duration::from_secs(60))
@@ -88,11 +138,15 @@ impl Clients {
         let ebs_conf = aws_sdk_ebs::config::Builder::from(&conf)
             .retry_config(aws_sdk_ebs::config::retry::RetryConfig::disabled())
             .build();
+        // Emulators serve S3 on one host: path-style addressing there.
+        let s3_conf =
+            aws_sdk_s3::config::Builder::from(&conf).force_path_style(target.endpoint_url.is_some()).build();
         Clients {
             region: region.to_string(),
             ec2: aws_sdk_ec2::Client::new(&conf),
             ebs: aws_sdk_ebs::Client::from_conf(ebs_conf),
             ssm: aws_sdk_ssm::Client::new(&conf),
+            s3: aws_sdk_s3::Client::from_conf(s3_conf),
         }
     }
 }
@@ -103,11 +157,50 @@ pub struct Upload {
     pub snapshot_id: String,
     pub block_size: u64,
     pub blocks_scanned: u64,
+    /// Non-zero blocks in the snapshot (put by this run or, when resumed, by the earlier one).
     pub blocks_written: u64,
+    /// Blocks this run put.
+    pub blocks_put: u64,
     pub checksum: String,
     pub retries: u64,
     pub seconds: f64,
 }
+
+/// Told what the upload does, so that a state file and a cleanup stack can follow it.
+pub trait UploadObserver: Send + Sync {
+    /// StartSnapshot answered (not called when an earlier snapshot is resumed).
+    fn started(&self, snapshot_id: &str, block_size: u64, volume_gib: u64);
+    /// These blocks are in the snapshot (batched, about once a second).
+    fn blocks_done(&self, indexes: &[u64]);
+}
+
+/// Continue a snapshot that an earlier, interrupted run started.
+#[derive(Debug, Clone)]
+pub struct ResumeUpload {
+    pub snapshot_id: String,
+    pub block_size: u64,
+    /// Blocks already put: not sent again (their digests still go into the LINEAR checksum).
+    pub done: std::collections::HashSet<u64>,
+}
+
+pub struct UploadOptions {
+    pub workers: usize,
+    pub retry: RetryPolicy,
+    pub resume: Option<ResumeUpload>,
+    pub observer: Option<Arc<dyn UploadObserver>>,
+    /// A live progress line on stderr (when it is a terminal) instead of the 5-second log line.
+    pub progress_bar: bool,
+}
+
+impl UploadOptions {
+    pub fn new(workers: usize, retry: RetryPolicy) -> UploadOptions {
+        UploadOptions { workers, retry, resume: None, observer: None, progress_bar: false }
+    }
+}
+
+/// StartSnapshot's timeout: an unfinished snapshot goes to `error` after this (and a resumed
+/// upload must finish before it).
+pub const SNAPSHOT_TIMEOUT_MINUTES: u32 = 60;
 
 /// Raw image -> completed EBS snapshot with the EBS direct APIs.
 pub async fn upload(
@@ -118,56 +211,125 @@ pub async fn upload(
     workers: usize,
     retry: RetryPolicy,
 ) -> Result<Upload, Error> {
+    upload_with(c, image, image_len, content_key, UploadOptions::new(workers, retry)).await
+}
+
+pub async fn upload_with(
+    c: &Clients,
+    image: &Path,
+    image_len: u64,
+    content_key: &str,
+    opts: UploadOptions,
+) -> Result<Upload, Error> {
     let t0 = Instant::now();
     let region = c.region.as_str();
     let gib = plan::volume_size_gib(image_len);
-    let started = c
-        .ebs
-        .start_snapshot()
-        .volume_size(gib as i64)
-        .timeout(60)
-        .description(format!("kv-ami raw import {content_key}"))
-        .tags(aws_sdk_ebs::types::Tag::builder().key(CONTENT_KEY_TAG).value(content_key).build())
-        .send()
-        .await
-        .map_err(|e| aws_err(region, "ebs:StartSnapshot", &image.display().to_string(), &e))?;
-    let snapshot_id = started.snapshot_id().unwrap_or_default().to_string();
-    let block_size = match started.block_size() {
-        Some(b) if b > 0 && b <= (16 << 20) => b as u64,
-        other => {
-            return Err(Error::Local(format!(
-                "{region}: ebs:StartSnapshot on {snapshot_id}: unusable BlockSize {other:?}"
-            )));
+    let workers = opts.workers.max(1);
+    let (snapshot_id, block_size, done) = match opts.resume {
+        Some(r) => (r.snapshot_id, r.block_size, r.done),
+        None => {
+            let started = c
+                .ebs
+                .start_snapshot()
+                .volume_size(gib as i64)
+                .timeout(SNAPSHOT_TIMEOUT_MINUTES as i32)
+                .description(format!("kv-ami raw import {content_key}"))
+                .tags(aws_sdk_ebs::types::Tag::builder().key(CONTENT_KEY_TAG).value(content_key).build())
+                .send()
+                .await
+                .map_err(|e| aws_err(region, "ebs:StartSnapshot", &image.display().to_string(), &e))?;
+            let snapshot_id = started.snapshot_id().unwrap_or_default().to_string();
+            let block_size = started.block_size().unwrap_or(0);
+            if let Some(o) = &opts.observer {
+                o.started(&snapshot_id, block_size.max(0) as u64, gib);
+            }
+            (snapshot_id, block_size.max(0) as u64, Default::default())
         }
     };
-    if plan::block_count(image_len, block_size) > i32::MAX as u64 {
+    if block_size == 0 || block_size > (16 << 20) {
+        return Err(Error::Local(format!(
+            "{region}: ebs:StartSnapshot on {snapshot_id}: unusable BlockSize {block_size}"
+        )));
+    }
+    let total_blocks = plan::block_count(image_len, block_size);
+    if total_blocks > i32::MAX as u64 {
         return Err(Error::Local(format!("{}: too many blocks of {block_size} bytes", image.display())));
     }
+    // The bar needs the number of blocks to put: a local count first (zero test + hash, GiB/s).
+    let to_put = if opts.progress_bar {
+        let path = image.to_path_buf();
+        let bs = block_size as usize;
+        let (_, kept) = tokio::task::spawn_blocking(move || plan::scan_blocks(&path, bs, |_| true))
+            .await
+            .map_err(|e| Error::Local(format!("image count ended: {e}")))?
+            .map_err(|e| Error::Local(format!("{}: read failed: {e}", image.display())))?;
+        Some(kept.saturating_sub(done.len() as u64))
+    } else {
+        None
+    };
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Block>(workers * 2);
     let path: PathBuf = image.to_path_buf();
+    let skip = done;
     let reader = tokio::task::spawn_blocking(move || {
-        plan::scan_blocks(&path, block_size as usize, |b| tx.blocking_send(b).is_ok())
+        let mut skipped: Vec<(u64, [u8; 32])> = Vec::new();
+        let counts = plan::scan_blocks(&path, block_size as usize, |b| {
+            if skip.contains(&b.index) {
+                skipped.push((b.index, b.digest));
+                true
+            } else {
+                tx.blocking_send(b).is_ok()
+            }
+        });
+        counts.map(|c| (c, skipped))
     });
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    // Progress: workers count written blocks; a ticker logs the count every 5 s.
+    // Progress: workers count written blocks; the state recorder gets their indexes.
     let written = Arc::new(AtomicU64::new(0));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let recorder = {
+        let observer = opts.observer.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            let mut last = Instant::now();
+            while let Some(i) = done_rx.recv().await {
+                batch.push(i);
+                if last.elapsed() >= Duration::from_secs(1) {
+                    if let Some(o) = &observer {
+                        o.blocks_done(&batch);
+                    }
+                    batch.clear();
+                    last = Instant::now();
+                }
+            }
+            if let (Some(o), false) = (&observer, batch.is_empty()) {
+                o.blocks_done(&batch);
+            }
+        })
+    };
     let ticker = {
         let (written, region, sid) = (written.clone(), region.to_string(), snapshot_id.clone());
-        let total = plan::block_count(image_len, block_size);
+        let bar = opts.progress_bar;
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(5));
+            let start = Instant::now();
+            let mut every = tokio::time::interval(Duration::from_millis(if bar { 500 } else { 5000 }));
             every.tick().await;
             loop {
                 every.tick().await;
                 let n = written.load(Ordering::Relaxed);
-                tracing::info!(
-                    region,
-                    snapshot_id = sid,
-                    written = n,
-                    image_blocks = total,
-                    "upload progress"
-                );
+                match to_put {
+                    Some(total) if bar => {
+                        let line = crate::progress::line(n, total, n * block_size, start.elapsed());
+                        eprint!("\r{region} {sid}: {line}\x1b[K");
+                    }
+                    _ => tracing::info!(
+                        region,
+                        snapshot_id = sid,
+                        written = n,
+                        image_blocks = total_blocks,
+                        "upload progress"
+                    ),
+                }
             }
         })
     };
@@ -178,6 +340,8 @@ pub async fn upload(
         let ebs = c.ebs.clone();
         let region = region.to_string();
         let sid = snapshot_id.clone();
+        let done_tx = done_tx.clone();
+        let retry = opts.retry;
         set.spawn(async move {
             let mut done: Vec<(u64, [u8; 32])> = Vec::new();
             let mut retries = 0u64;
@@ -189,10 +353,12 @@ pub async fn upload(
                         .await?;
                 done.push((block.index, block.digest));
                 written.fetch_add(1, Ordering::Relaxed);
+                let _ = done_tx.send(block.index);
             }
             Ok::<_, AwsError>((done, retries))
         });
     }
+    drop(done_tx);
     let mut digests = Vec::new();
     let mut retries = 0;
     let mut failed = None;
@@ -214,16 +380,23 @@ pub async fn upload(
         }
     }
     ticker.abort();
+    if opts.progress_bar {
+        eprintln!();
+    }
+    // Every worker has ended, so the recorder sees its channel close and flushes the last batch.
+    let _ = recorder.await;
     if let Some(e) = failed {
         return Err(e);
     }
-    let (scanned, kept) = reader
+    let ((scanned, kept), skipped) = reader
         .await
         .map_err(|e| Error::Local(format!("image reader ended: {e}")))?
         .map_err(|e| Error::Local(format!("{}: read failed: {e}", image.display())))?;
+    let put = digests.len() as u64;
+    digests.extend(skipped);
     if kept != digests.len() as u64 {
         return Err(Error::Local(format!(
-            "{region}: {snapshot_id}: {kept} blocks read but {} written",
+            "{region}: {snapshot_id}: {kept} blocks read but {} in the snapshot",
             digests.len()
         )));
     }
@@ -243,6 +416,7 @@ pub async fn upload(
         block_size,
         blocks_scanned: scanned,
         blocks_written: kept,
+        blocks_put: put,
         checksum,
         retries,
         seconds: t0.elapsed().as_secs_f64(),
@@ -544,29 +718,56 @@ pub async fn tag(c: &Clients, resources: &[String], tags: &[(String, String)]) -
     Ok(())
 }
 
+/// Who gets launch permission.
+#[derive(Debug, Clone, Default)]
+pub struct Sharing<'a> {
+    pub accounts: &'a [String],
+    pub organizations: &'a [String],
+    pub ous: &'a [String],
+    pub public: bool,
+}
+
+impl<'a> Sharing<'a> {
+    pub fn of(spec: &'a AmiSpec) -> Sharing<'a> {
+        Sharing {
+            accounts: &spec.share_with,
+            organizations: &spec.share_with_organizations,
+            ous: &spec.share_with_ous,
+            public: spec.public,
+        }
+    }
+}
+
 /// Snapshots first (a launch permission without them gives volumes nobody can create), then the
-/// image.
-pub async fn share(
-    c: &Clients,
-    image_id: &str,
-    snapshots: &[String],
-    accounts: &[String],
-) -> Result<(), Error> {
-    if accounts.is_empty() {
+/// image. Create-volume permission exists for accounts only: organizations, OUs and `all` get the
+/// launch permission, which is enough to launch (EC2 reads the snapshots on their behalf); the
+/// snapshots of a public image stay private.
+pub async fn share(c: &Clients, image_id: &str, snapshots: &[String], to: &Sharing<'_>) -> Result<(), Error> {
+    if !to.accounts.is_empty() {
+        for s in snapshots {
+            c.ec2
+                .modify_snapshot_attribute()
+                .snapshot_id(s)
+                .attribute(ec2t::SnapshotAttributeName::CreateVolumePermission)
+                .operation_type(ec2t::OperationType::Add)
+                .set_user_ids(Some(to.accounts.to_vec()))
+                .send()
+                .await
+                .map_err(|e| aws_err(&c.region, "ec2:ModifySnapshotAttribute", s, &e))?;
+        }
+    }
+    let mut perms: Vec<ec2t::LaunchPermission> =
+        to.accounts.iter().map(|a| ec2t::LaunchPermission::builder().user_id(a).build()).collect();
+    perms.extend(
+        to.organizations.iter().map(|o| ec2t::LaunchPermission::builder().organization_arn(o).build()),
+    );
+    perms.extend(to.ous.iter().map(|o| ec2t::LaunchPermission::builder().organizational_unit_arn(o).build()));
+    if to.public {
+        perms.push(ec2t::LaunchPermission::builder().group(ec2t::PermissionGroup::All).build());
+    }
+    if perms.is_empty() {
         return Ok(());
     }
-    for s in snapshots {
-        c.ec2
-            .modify_snapshot_attribute()
-            .snapshot_id(s)
-            .attribute(ec2t::SnapshotAttributeName::CreateVolumePermission)
-            .operation_type(ec2t::OperationType::Add)
-            .set_user_ids(Some(accounts.to_vec()))
-            .send()
-            .await
-            .map_err(|e| aws_err(&c.region, "ec2:ModifySnapshotAttribute", s, &e))?;
-    }
-    let perms = accounts.iter().map(|a| ec2t::LaunchPermission::builder().user_id(a).build()).collect();
     c.ec2
         .modify_image_attribute()
         .image_id(image_id)
@@ -574,6 +775,183 @@ pub async fn share(
         .send()
         .await
         .map_err(|e| aws_err(&c.region, "ec2:ModifyImageAttribute", image_id, &e))?;
+    Ok(())
+}
+
+/// EnableImageDeprecation at `at` (seconds since the epoch).
+pub async fn deprecate(c: &Clients, image_id: &str, at: u64) -> Result<(), Error> {
+    c.ec2
+        .enable_image_deprecation()
+        .image_id(image_id)
+        .deprecate_at(aws_sdk_ec2::primitives::DateTime::from_secs(at as i64))
+        .send()
+        .await
+        .map_err(|e| aws_err(&c.region, "ec2:EnableImageDeprecation", image_id, &e))?;
+    Ok(())
+}
+
+pub async fn delete_snapshot(c: &Clients, snapshot_id: &str) -> Result<(), Error> {
+    c.ec2
+        .delete_snapshot()
+        .snapshot_id(snapshot_id)
+        .send()
+        .await
+        .map_err(|e| aws_err(&c.region, "ec2:DeleteSnapshot", snapshot_id, &e))?;
+    Ok(())
+}
+
+/// DeregisterImage, then DeleteSnapshot of the snapshots it referenced (those of a copy or of
+/// CreateImage are ours alone). Returns the snapshots deleted.
+pub async fn deregister_with_snapshots(c: &Clients, image_id: &str) -> Result<Vec<String>, Error> {
+    let snaps = image_snapshots(c, image_id).await?;
+    c.ec2
+        .deregister_image()
+        .image_id(image_id)
+        .send()
+        .await
+        .map_err(|e| aws_err(&c.region, "ec2:DeregisterImage", image_id, &e))?;
+    for s in &snaps {
+        delete_snapshot(c, s).await?;
+    }
+    Ok(snaps)
+}
+
+/// Current state of a snapshot; None when it does not exist (any more).
+pub async fn snapshot_state(c: &Clients, snapshot_id: &str) -> Result<Option<String>, Error> {
+    match c.ec2.describe_snapshots().snapshot_ids(snapshot_id).send().await {
+        Ok(out) => Ok(out.snapshots().first().and_then(|s| s.state()).map(|s| s.as_str().to_string())),
+        Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidSnapshot")) => Ok(None),
+        Err(e) => Err(aws_err(&c.region, "ec2:DescribeSnapshots", snapshot_id, &e).into()),
+    }
+}
+
+/// PutObject of a local file (SHA-256 checksum sent, so S3 verifies what it stored).
+pub async fn put_file(c: &Clients, bucket: &str, key: &str, file: &Path) -> Result<(), Error> {
+    let what = format!("s3://{bucket}/{key}");
+    let body = ByteStream::from_path(file)
+        .await
+        .map_err(|e| Error::Local(format!("{}: cannot read: {e}", file.display())))?;
+    let digest = {
+        let path = file.to_path_buf();
+        tokio::task::spawn_blocking(move || file_sha256(&path))
+            .await
+            .map_err(|e| Error::Local(format!("hashing ended: {e}")))?
+            .map_err(|e| Error::Local(format!("{}: cannot read: {e}", file.display())))?
+    };
+    c.s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body)
+        .checksum_sha256(plan::b64(&digest))
+        .send()
+        .await
+        .map_err(|e| aws_err(&c.region, "s3:PutObject", &what, &e))?;
+    Ok(())
+}
+
+/// ImportSnapshot of a RAW disk image in S3; returns the import task id.
+pub async fn import_snapshot(
+    c: &Clients,
+    bucket: &str,
+    key: &str,
+    role_name: Option<&str>,
+    content_key: &str,
+) -> Result<String, Error> {
+    let what = format!("s3://{bucket}/{key}");
+    let out = c
+        .ec2
+        .import_snapshot()
+        .description(format!("kv-ami import {content_key}"))
+        .disk_container(
+            ec2t::SnapshotDiskContainer::builder()
+                .format("RAW")
+                .description(format!("kv-ami {content_key}"))
+                .user_bucket(ec2t::UserBucket::builder().s3_bucket(bucket).s3_key(key).build())
+                .build(),
+        )
+        .set_role_name(role_name.map(str::to_string))
+        .tag_specifications(
+            ec2t::TagSpecification::builder()
+                .resource_type(ec2t::ResourceType::ImportSnapshotTask)
+                .tags(ec2t::Tag::builder().key(CONTENT_KEY_TAG).value(content_key).build())
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| aws_err(&c.region, "ec2:ImportSnapshot", &what, &e))?;
+    match out.import_task_id() {
+        Some(t) if !t.is_empty() => Ok(t.to_string()),
+        _ => Err(Error::Local(format!(
+            "{}: ec2:ImportSnapshot on {what}: no ImportTaskId in the answer",
+            c.region
+        ))),
+    }
+}
+
+/// Bounded wait for an import task; `deleted` (a failed import) ends it at once with the
+/// StatusMessage. Returns the snapshot id.
+pub async fn wait_import(c: &Clients, task: &str, attempts: u32, every: Duration) -> Result<String, Error> {
+    let region = c.region.as_str();
+    for _ in 0..attempts {
+        let out = c
+            .ec2
+            .describe_import_snapshot_tasks()
+            .import_task_ids(task)
+            .send()
+            .await
+            .map_err(|e| aws_err(region, "ec2:DescribeImportSnapshotTasks", task, &e))?;
+        let detail = out.import_snapshot_tasks().first().and_then(|t| t.snapshot_task_detail());
+        let step = plan::import_wait_step(
+            detail.and_then(|d| d.status()),
+            detail.and_then(|d| d.status_message()),
+            detail.and_then(|d| d.snapshot_id()),
+        );
+        match step {
+            Ok(Some(snapshot)) => return Ok(snapshot),
+            Ok(None) => tokio::time::sleep(every).await,
+            Err(m) => return Err(Error::Local(format!("{region}: {task}: {m}"))),
+        }
+    }
+    Err(Error::Local(format!("{region}: import task {task} not completed after {attempts} checks")))
+}
+
+pub fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(h.finalize().into())
+}
+
+/// DeleteObjects in batches of 1000 (the API's limit); per-key errors are reported too.
+pub async fn delete_objects(c: &Clients, bucket: &str, keys: &[String]) -> Result<(), Error> {
+    use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+    for chunk in keys.chunks(1000) {
+        let ids: Vec<ObjectIdentifier> =
+            chunk.iter().filter_map(|k| ObjectIdentifier::builder().key(k).build().ok()).collect();
+        let delete = Delete::builder()
+            .set_objects(Some(ids))
+            .quiet(true)
+            .build()
+            .map_err(|e| Error::Local(format!("s3:DeleteObjects request: {e}")))?;
+        let what = format!("s3://{bucket}/{}", chunk.first().map(String::as_str).unwrap_or(""));
+        let out =
+            c.s3.delete_objects()
+                .bucket(bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| aws_err(&c.region, "s3:DeleteObjects", &what, &e))?;
+        if let Some(err) = out.errors().first() {
+            return Err(Error::Local(format!(
+                "{}: s3:DeleteObjects on s3://{bucket}/{} failed: {}: {}",
+                c.region,
+                err.key().unwrap_or("?"),
+                err.code().unwrap_or("NoErrorCode"),
+                err.message().unwrap_or("")
+            )));
+        }
+    }
     Ok(())
 }
 

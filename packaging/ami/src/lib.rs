@@ -1,22 +1,40 @@
-//! kv-ami: bake the packaging bundle's disk image into AMIs without a builder instance.
+//! kv-ami: bake the packaging bundle into AMIs.
 //!
-//! raw image -> EBS snapshot (EBS direct APIs) -> RegisterImage -> copies in other regions ->
-//! launch permissions, tags, SSM parameters -> a Packer-shaped manifest. The content key (SHA-256
-//! of the bundle's `manifest.json`, which lists the PCRs and every artifact's digest) tags every
-//! image, so a re-run with the same bundle reuses the images instead of baking new ones.
+//! Two ways to the first image, one way on from there:
+//! - `import`: raw image -> EBS snapshot (EBS direct APIs, or S3 + ImportSnapshot) -> RegisterImage;
+//! - `bake`: bundle -> S3 -> builder instance (user data installs and signals) -> CreateImage;
+//! - then ([`publish`]) copies in other regions, launch permissions, deprecation, tags, SSM
+//!   parameters and a Packer-shaped manifest.
+//!
+//! The content key (SHA-256 of the bundle's `manifest.json`, which lists the PCRs and every
+//! artifact's digest) tags every image, so a re-run with the same bundle reuses the images; a
+//! state file (`--state`) lets a re-run resume an interrupted upload; every resource a run creates
+//! is on a cleanup stack ([`cleanup`]) that runs on every exit path.
 #![forbid(unsafe_code)]
 
 pub mod aws;
+pub mod bake;
+pub mod cleanup;
 pub mod detect;
 pub mod plan;
+pub mod progress;
+pub mod publish;
 pub mod spec;
+pub mod state;
+pub mod userdata;
 
+use aws::{Clients, Error};
+use cleanup::{Cleanup, Undo, When};
+use publish::{Ctx, Source};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use spec::{AmiSpec, CONTENT_KEY_TAG};
+use spec::{AmiSpec, CONTENT_KEY_TAG, OnFailure, Via};
+use state::{ResumeDecision, StateFile};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// The block size of real EBS snapshots; used for the dry-run's block counts (the upload uses the
 /// size StartSnapshot returns).
@@ -32,7 +50,7 @@ pub fn content_key(bundle_manifest: &Path) -> Result<String, String> {
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
-/// Inputs of one bake, all checked by [`Job::prepare`] before any AWS call.
+/// Inputs of one import, all checked by [`Job::prepare`] before any AWS call.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub spec: AmiSpec,
@@ -55,21 +73,17 @@ impl Job {
                 image.display()
             ));
         }
+        if spec.via == Via::S3Import && image_len > S3_PUT_MAX {
+            return Err(format!(
+                "{}: {image_len} bytes is more than one S3 PutObject takes (5 GiB); use via = \"ebs-direct\"",
+                image.display()
+            ));
+        }
         Ok(Job { spec, image: image.to_path_buf(), image_len, content_key, root_gib })
     }
 
     pub fn name(&self) -> String {
         self.spec.ami_name(&self.content_key)
-    }
-
-    fn tags(&self) -> Vec<(String, String)> {
-        let mut t: Vec<(String, String)> =
-            self.spec.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        t.push((CONTENT_KEY_TAG.into(), self.content_key.clone()));
-        if !self.spec.tags.contains_key("Name") {
-            t.push(("Name".into(), self.name()));
-        }
-        t
     }
 
     /// Every AWS call a run would make, in order, one line each (`--dry-run`). `nonzero_blocks`
@@ -79,74 +93,82 @@ impl Job {
         let src = &s.region;
         let key = &self.content_key;
         let name = self.name();
-        let mut v = vec![
-            format!(
-                "{src} ec2:DescribeImages owners=self filter tag:{CONTENT_KEY_TAG}={key} (reuse if found)"
-            ),
-            format!(
-                "{src} ebs:StartSnapshot volume_size={} GiB timeout=60 min tag {CONTENT_KEY_TAG}",
-                plan::volume_size_gib(self.image_len)
-            ),
-            format!(
-                "{src} ebs:PutSnapshotBlock x{nonzero_blocks} (non-zero blocks of {AWS_BLOCK_SIZE} bytes out of {}, \
-                 SHA-256 each, {} workers, up to {} attempts)",
-                plan::block_count(self.image_len, AWS_BLOCK_SIZE as u64),
-                s.upload.workers,
-                s.upload.max_attempts
-            ),
-            format!(
-                "{src} ebs:CompleteSnapshot changed_blocks_count={nonzero_blocks} checksum=SHA256 aggregation=LINEAR"
-            ),
-            format!(
-                "{src} ec2:DescribeSnapshots (until completed, at most {} checks)",
-                s.upload.wait_attempts
-            ),
-            format!(
-                "{src} ec2:RegisterImage name={name} arch={} boot_mode={} ena={} root={} gp3 {} GiB {} IOPS {} MiB/s \
-                 imds_support={} tpm_support={}",
-                s.architecture,
-                s.boot_mode,
-                s.ena,
-                s.root_device_name,
-                self.root_gib,
-                s.volume.iops,
-                s.volume.throughput,
-                if s.imds_v2 { "v2.0" } else { "-" },
-                if s.tpm { "v2.0" } else { "-" },
-            ),
-            format!("{src} ec2:CreateTags image {CONTENT_KEY_TAG}={key}"),
-            format!(
-                "{src} ec2:DescribeImages (until available, fail on failed, at most {} checks)",
-                s.upload.wait_attempts
-            ),
-        ];
-        for r in &s.copy_to {
-            v.push(format!(
-                "{r} ec2:DescribeImages owners=self filter tag:{CONTENT_KEY_TAG}={key} (reuse if found)"
-            ));
-            let enc = match (s.encrypt_copies, s.kms_key_ids.get(r)) {
-                (false, _) => String::new(),
-                (true, None) => " encrypted=true kms=aws/ebs".to_string(),
-                (true, Some(k)) => format!(" encrypted=true kms={k}"),
-            };
-            v.push(format!("{r} ec2:CopyImage source={src} name={name}{enc}"));
-            v.push(format!("{r} ec2:CreateTags image {CONTENT_KEY_TAG}={key}"));
-            v.push(format!("{r} ec2:DescribeImages (until available)"));
+        let mut v = vec![format!(
+            "{src} ec2:DescribeImages owners=self filter tag:{CONTENT_KEY_TAG}={key} (reuse if found)"
+        )];
+        match (&s.via, &s.s3_import) {
+            (Via::S3Import, Some(i)) => {
+                let obj = format!("s3://{}/{}", i.bucket, import_key(i, key));
+                v.push(format!("{src} s3:PutObject {obj} ({} bytes, SHA-256 checksum)", self.image_len));
+                v.push(format!(
+                    "{src} ec2:ImportSnapshot format=RAW {obj} role={}",
+                    i.role_name.as_deref().unwrap_or("vmimport")
+                ));
+                v.push(format!(
+                    "{src} ec2:DescribeImportSnapshotTasks (until completed, fail on deleted, at most {} checks every {} s)",
+                    i.wait_attempts, i.wait_interval_secs
+                ));
+                v.push(format!("{src} ec2:CreateTags snapshot {CONTENT_KEY_TAG}={key}"));
+            }
+            _ => {
+                v.push(format!(
+                    "{src} ebs:StartSnapshot volume_size={} GiB timeout={} min tag {CONTENT_KEY_TAG}",
+                    plan::volume_size_gib(self.image_len),
+                    aws::SNAPSHOT_TIMEOUT_MINUTES
+                ));
+                v.push(format!(
+                    "{src} ebs:PutSnapshotBlock x{nonzero_blocks} (non-zero blocks of {AWS_BLOCK_SIZE} bytes out of {}, \
+                     SHA-256 each, {} workers, up to {} attempts)",
+                    plan::block_count(self.image_len, AWS_BLOCK_SIZE as u64),
+                    s.upload.workers,
+                    s.upload.max_attempts
+                ));
+                v.push(format!(
+                    "{src} ebs:CompleteSnapshot changed_blocks_count={nonzero_blocks} checksum=SHA256 aggregation=LINEAR"
+                ));
+            }
         }
-        for r in s.all_regions() {
-            let keys: Vec<String> = self.tags().into_iter().map(|(k, _)| k).collect();
-            v.push(format!("{r} ec2:CreateTags image+snapshots {}", keys.join(",")));
-            if !s.share_with.is_empty() {
-                let a = s.share_with.join(",");
-                v.push(format!("{r} ec2:ModifySnapshotAttribute createVolumePermission add {a}"));
-                v.push(format!("{r} ec2:ModifyImageAttribute launchPermission add {a}"));
-            }
-            if let Some(p) = &s.ssm_parameter {
-                v.push(format!("{r} ssm:PutParameter {p} type=String data_type=aws:ec2:image"));
-            }
+        v.push(format!(
+            "{src} ec2:DescribeSnapshots (until completed, at most {} checks)",
+            s.upload.wait_attempts
+        ));
+        v.push(format!(
+            "{src} ec2:RegisterImage name={name} arch={} boot_mode={} ena={} root={} gp3 {} GiB {} IOPS {} MiB/s \
+             imds_support={} tpm_support={}",
+            s.architecture,
+            s.boot_mode,
+            s.ena,
+            s.root_device_name,
+            self.root_gib,
+            s.volume.iops,
+            s.volume.throughput,
+            if s.imds_v2 { "v2.0" } else { "-" },
+            if s.tpm { "v2.0" } else { "-" },
+        ));
+        v.push(format!("{src} ec2:CreateTags image {CONTENT_KEY_TAG}={key}"));
+        v.push(format!(
+            "{src} ec2:DescribeImages (until available, fail on failed, at most {} checks)",
+            s.upload.wait_attempts
+        ));
+        v.extend(publish::planned_lines(s, key));
+        v.extend(publish::planned_failure_lines(s, true));
+        if let (Via::S3Import, Some(i)) = (&s.via, &s.s3_import) {
+            v.push(format!("{src} ec2:CancelImportTask (on failure: an import still running)"));
+            v.push(format!(
+                "{src} s3:DeleteObjects s3://{}/{} (always, once the import has ended)",
+                i.bucket,
+                import_key(i, key)
+            ));
         }
         v
     }
+}
+
+/// PutObject's limit.
+pub const S3_PUT_MAX: u64 = 5 << 30;
+
+fn import_key(i: &spec::S3Import, content_key: &str) -> String {
+    format!("{}/{content_key}.raw", i.prefix)
 }
 
 /// Non-zero blocks of `block_size` in the image (local only; for `--dry-run` and the benchmark).
@@ -183,131 +205,313 @@ pub struct RegionResult {
     pub reused: bool,
 }
 
-/// Run the whole bake. `log` receives one line per step.
-pub async fn run(job: &Job, target: &aws::Target, mut log: impl FnMut(&str)) -> Result<Manifest, aws::Error> {
-    let t0 = Instant::now();
-    let s = &job.spec;
-    let mut timings = BTreeMap::new();
-    let key = &job.content_key;
-    let every = Duration::from_secs(s.upload.wait_interval_secs);
-    let src = aws::Clients::new(&s.region, target).await;
-    let mut custom = BTreeMap::new();
-    custom.insert("content_key".to_string(), key.clone());
+/// How a run talks to AWS and reports.
+pub struct RunOptions<'a> {
+    pub target: &'a aws::Target,
+    /// `--state`: resume from and record into this file.
+    pub state_path: Option<&'a Path>,
+    /// A live progress line for the raw upload (main sets it when stderr is a terminal).
+    pub progress_bar: bool,
+    /// One line per step.
+    pub log: &'a (dyn Fn(&str) + Sync),
+}
 
-    let (src_ami, src_snaps, reused) = match aws::find_by_content_key(&src, key).await? {
+/// Run `body` with a cleanup stack; `interrupt` (SIGINT/SIGTERM in main) ends the body early,
+/// and the stack runs in every case.
+pub(crate) async fn with_cleanup<T>(
+    cleanup: &Cleanup,
+    log: &(dyn Fn(&str) + Sync),
+    body: impl Future<Output = Result<T, Error>>,
+    interrupt: impl Future<Output = ()>,
+) -> Result<T, Error> {
+    let result = tokio::select! {
+        r = body => r,
+        _ = interrupt => Err(Error::Local("interrupted; cleaned up what this run had created".into())),
+    };
+    cleanup.finish(result, log).await
+}
+
+/// The whole import: raw image -> snapshot -> image -> copies, sharing, SSM -> manifest.
+pub async fn run(
+    job: &Job,
+    opts: &RunOptions<'_>,
+    interrupt: impl Future<Output = ()>,
+) -> Result<Manifest, Error> {
+    let s = &job.spec;
+    let state = match opts.state_path {
+        Some(p) => StateFile::open(p, &job.content_key, "import").map_err(Error::Local)?,
+        None => StateFile::none(&job.content_key, "import"),
+    };
+    if opts.state_path.is_some() && s.on_failure == OnFailure::Delete {
+        (opts.log)(
+            "state file: an interrupted upload is deleted on failure (on_failure = delete); set on_failure = \"keep\" to resume it",
+        );
+    }
+    let cleanup = Arc::new(Cleanup::new(
+        s.on_failure == OnFailure::Keep,
+        s.upload.wait_attempts,
+        std::time::Duration::from_secs(s.upload.wait_interval_secs),
+    ));
+    let ctx = Ctx {
+        spec: s,
+        content_key: &job.content_key,
+        target: opts.target,
+        cleanup: cleanup.clone(),
+        state: Arc::new(state),
+        log: opts.log,
+    };
+    with_cleanup(&cleanup, opts.log, import_body(job, &ctx, opts.progress_bar), interrupt).await
+}
+
+async fn import_body(job: &Job, ctx: &Ctx<'_>, progress_bar: bool) -> Result<Manifest, Error> {
+    let t0 = Instant::now();
+    let s = ctx.spec;
+    let key = ctx.content_key;
+    let log = ctx.log;
+    let mut timings = BTreeMap::new();
+    let every = ctx.every();
+    let src = Clients::new(&s.region, ctx.target).await;
+    let mut custom = BTreeMap::new();
+    custom.insert("content_key".to_string(), key.to_string());
+    custom.insert("via".to_string(), s.via.as_str().to_string());
+
+    let (ami, snaps, reused) = match aws::find_by_content_key(&src, key).await? {
         Some((ami, snaps)) => {
             log(&format!("{}: reusing {ami} (content key {key})", s.region));
+            aws::wait_image(&src, &ami, s.upload.wait_attempts, every).await?;
             (ami, snaps, true)
         }
         None => {
-            let retry = plan::RetryPolicy { max_attempts: s.upload.max_attempts, ..Default::default() };
-            let up = aws::upload(&src, &job.image, job.image_len, key, s.upload.workers, retry).await?;
-            log(&format!(
-                "{}: uploaded {} of {} blocks ({} bytes each) to {} in {:.2}s, {} retries",
-                s.region,
-                up.blocks_written,
-                up.blocks_scanned,
-                up.block_size,
-                up.snapshot_id,
-                up.seconds,
-                up.retries
-            ));
-            timings.insert("upload".to_string(), up.seconds);
-            custom.insert("snapshot_checksum_linear".to_string(), up.checksum.clone());
-            aws::wait_snapshot(&src, &up.snapshot_id, s.upload.wait_attempts, every).await?;
             let t = Instant::now();
-            let ami = aws::register(&src, s, &job.name(), &up.snapshot_id, job.root_gib, key).await?;
+            let (snapshot_id, snap_armed) = match s.via {
+                Via::EbsDirect => ebs_direct_snapshot(job, ctx, &src, progress_bar, &mut custom).await?,
+                Via::S3Import => s3_import_snapshot(job, ctx, &src).await?,
+            };
+            timings.insert("upload".to_string(), t.elapsed().as_secs_f64());
+            aws::wait_snapshot(&src, &snapshot_id, s.upload.wait_attempts, every).await?;
+            let t = Instant::now();
+            let ami = aws::register(&src, s, &job.name(), &snapshot_id, job.root_gib, key).await?;
+            let img_armed = ctx.cleanup.push(&src, Undo::DeregisterImage(ami.clone()), When::OnFailure);
+            ctx.record(|st| st.image_id = Some(ami.clone()));
             aws::wait_image(&src, &ami, s.upload.wait_attempts, every).await?;
+            ctx.cleanup.disarm(img_armed);
+            ctx.cleanup.disarm(snap_armed);
+            ctx.record(|st| st.image_available = true);
             timings.insert("register".to_string(), t.elapsed().as_secs_f64());
             log(&format!("{}: registered {ami}", s.region));
-            (ami, vec![up.snapshot_id], false)
+            (ami, vec![snapshot_id], false)
         }
     };
-    let mut regions = BTreeMap::new();
-    regions.insert(
-        s.region.clone(),
-        (src.clone(), RegionResult { ami_id: src_ami.clone(), snapshot_ids: src_snaps, reused }),
-    );
+    let regions =
+        publish::publish(ctx, Source { clients: src, ami, snapshots: snaps, reused }, &mut timings).await?;
+    let builder = match s.via {
+        Via::EbsDirect => "kv-ami.raw-import",
+        Via::S3Import => "kv-ami.s3-import",
+    };
+    Ok(publish::manifest(ctx, builder, regions, custom, timings, t0))
+}
 
-    // Copies in parallel, one task per region.
-    let t = Instant::now();
-    let copies = s.copy_to.iter().map(|r| {
-        let (src_ami, name) = (src_ami.clone(), job.name());
-        async move {
-            let c = aws::Clients::new(r, target).await;
-            let (ami, reused) = match aws::find_by_content_key(&c, key).await? {
-                Some((ami, _)) => (ami, true),
-                None => {
-                    let kms = s.kms_key_ids.get(r).map(String::as_str);
-                    (aws::copy(&c, &s.region, &src_ami, &name, key, s.encrypt_copies, kms).await?, false)
-                }
-            };
-            aws::wait_image(&c, &ami, s.upload.wait_attempts, every).await?;
-            let snaps = aws::image_snapshots(&c, &ami).await?;
-            Ok::<_, aws::Error>((r.clone(), c, RegionResult { ami_id: ami, snapshot_ids: snaps, reused }))
-        }
-    });
-    for (r, c, res) in futures::future::try_join_all(copies).await? {
-        log(&format!("{r}: {} {}", if res.reused { "reusing" } else { "copied to" }, res.ami_id));
-        regions.insert(r, (c, res));
-    }
-    if !s.copy_to.is_empty() {
-        timings.insert("copy".to_string(), t.elapsed().as_secs_f64());
+/// Follows the upload for the state file and the cleanup stack.
+struct Tracker {
+    clients: Clients,
+    cleanup: Arc<Cleanup>,
+    state: Arc<StateFile>,
+    image_len: u64,
+    armed: Mutex<Option<cleanup::Armed>>,
+    warn: Mutex<Vec<String>>,
+}
+
+impl aws::UploadObserver for Tracker {
+    fn started(&self, snapshot_id: &str, block_size: u64, volume_gib: u64) {
+        let a =
+            self.cleanup.push(&self.clients, Undo::DeleteSnapshot(snapshot_id.to_string()), When::OnFailure);
+        *self.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some(a);
+        let up = state::UploadState {
+            region: self.clients.region.clone(),
+            snapshot_id: snapshot_id.to_string(),
+            started_at: spec::now_unix(),
+            timeout_minutes: aws::SNAPSHOT_TIMEOUT_MINUTES,
+            block_size,
+            volume_gib,
+            image_len: self.image_len,
+            blocks_done: Vec::new(),
+        };
+        self.note(self.state.update(|st| st.upload = Some(up)));
     }
 
-    // Tags, sharing, SSM: per region, in parallel.
-    let t = Instant::now();
-    let tags = job.tags();
-    let finish = regions.values().map(|(c, res)| {
-        let tags = &tags;
-        async move {
-            let mut all = vec![res.ami_id.clone()];
-            all.extend(res.snapshot_ids.iter().cloned());
-            aws::tag(c, &all, tags).await?;
-            aws::share(c, &res.ami_id, &res.snapshot_ids, &s.share_with).await?;
-            if let Some(p) = &s.ssm_parameter {
-                aws::put_ssm(c, p, &res.ami_id).await?;
+    fn blocks_done(&self, indexes: &[u64]) {
+        self.note(self.state.update(|st| {
+            if let Some(u) = &mut st.upload {
+                u.blocks_done.extend_from_slice(indexes);
+                u.blocks_done.sort_unstable();
+                u.blocks_done.dedup();
             }
-            Ok::<_, aws::Error>(())
-        }
-    });
-    futures::future::try_join_all(finish).await?;
-    timings.insert("publish".to_string(), t.elapsed().as_secs_f64());
-    timings.insert("total".to_string(), t0.elapsed().as_secs_f64());
+        }));
+    }
+}
 
-    let regions: BTreeMap<String, RegionResult> = regions.into_iter().map(|(r, (_, res))| (r, res)).collect();
-    let artifact_id =
-        s.all_regions().iter().map(|r| format!("{r}:{}", regions[r].ami_id)).collect::<Vec<_>>().join(",");
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    // No UUID crate: the run id is derived from the content key and the time, unique enough to
-    // tell runs apart in the manifest.
-    let run_id = hex::encode(&Sha256::digest(format!("{key}{now}{:?}", t0))[..16]);
-    Ok(Manifest {
-        builds: vec![Build {
-            name: job.name(),
-            builder_type: "kv-ami.raw-import".into(),
-            build_time: now,
-            artifact_id,
-            packer_run_uuid: run_id.clone(),
-            custom_data: custom,
-            regions,
-            timings_seconds: timings,
-        }],
-        last_run_uuid: run_id,
-    })
+impl Tracker {
+    fn note(&self, r: Result<(), Error>) {
+        if let Err(e) = r {
+            self.warn.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+        }
+    }
+}
+
+/// EBS direct upload, resumed from the state file when it allows. Returns the completed
+/// snapshot and its cleanup entry.
+async fn ebs_direct_snapshot(
+    job: &Job,
+    ctx: &Ctx<'_>,
+    src: &Clients,
+    progress_bar: bool,
+    custom: &mut BTreeMap<String, String>,
+) -> Result<(String, cleanup::Armed), Error> {
+    let s = ctx.spec;
+    let log = ctx.log;
+    let st = ctx.state.get();
+    let mut resume = None;
+    if let Some(u) = st.upload.clone() {
+        let decision = match state::resume_decision(&u, &src.region, job.image_len, spec::now_unix()) {
+            ResumeDecision::Continue => match aws::snapshot_state(src, &u.snapshot_id).await? {
+                Some(state) if state != "error" => ResumeDecision::Continue,
+                Some(state) => {
+                    ResumeDecision::StartOver(format!("snapshot {} is in state {state}", u.snapshot_id))
+                }
+                None => ResumeDecision::StartOver(format!("snapshot {} no longer exists", u.snapshot_id)),
+            },
+            other => other,
+        };
+        match decision {
+            ResumeDecision::Continue if st.snapshot_completed.as_deref() == Some(u.snapshot_id.as_str()) => {
+                log(&format!(
+                    "{}: state file: snapshot {} is complete; registering it",
+                    src.region, u.snapshot_id
+                ));
+                let a = ctx.cleanup.push(src, Undo::DeleteSnapshot(u.snapshot_id.clone()), When::OnFailure);
+                return Ok((u.snapshot_id, a));
+            }
+            ResumeDecision::Continue => {
+                log(&format!(
+                    "{}: state file: resuming snapshot {}: {} blocks already put are skipped",
+                    src.region,
+                    u.snapshot_id,
+                    u.blocks_done.len()
+                ));
+                resume = Some(aws::ResumeUpload {
+                    snapshot_id: u.snapshot_id.clone(),
+                    block_size: u.block_size,
+                    done: u.blocks_done.iter().copied().collect(),
+                });
+            }
+            ResumeDecision::StartOver(why) => {
+                log(&format!("{}: state file: {why}: starting over with a new snapshot", src.region));
+                // Best effort: an expired snapshot goes to `error` by itself.
+                if let Err(e) = aws::delete_snapshot(src, &u.snapshot_id).await {
+                    log(&format!("{}: could not delete the old snapshot {}: {e}", src.region, u.snapshot_id));
+                }
+                ctx.record(|st| {
+                    st.upload = None;
+                    st.snapshot_completed = None;
+                });
+            }
+        }
+    }
+    let tracker = Arc::new(Tracker {
+        clients: src.clone(),
+        cleanup: ctx.cleanup.clone(),
+        state: ctx.state.clone(),
+        image_len: job.image_len,
+        armed: Mutex::new(None),
+        warn: Mutex::new(Vec::new()),
+    });
+    if let Some(r) = &resume {
+        let a = ctx.cleanup.push(src, Undo::DeleteSnapshot(r.snapshot_id.clone()), When::OnFailure);
+        *tracker.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some(a);
+    }
+    let opts = aws::UploadOptions {
+        workers: s.upload.workers,
+        retry: plan::RetryPolicy { max_attempts: s.upload.max_attempts, ..Default::default() },
+        resume,
+        observer: Some(tracker.clone()),
+        progress_bar,
+    };
+    let result = aws::upload_with(src, &job.image, job.image_len, &job.content_key, opts).await;
+    for w in tracker.warn.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        log(&format!("warning: {w}"));
+    }
+    let up = result?;
+    let armed = tracker
+        .armed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or_else(|| Error::Local("upload finished without a snapshot".into()))?;
+    log(&format!(
+        "{}: uploaded {} of {} blocks ({} bytes each; {} put by this run) to {} in {:.2}s, {} retries",
+        s.region,
+        up.blocks_written,
+        up.blocks_scanned,
+        up.block_size,
+        up.blocks_put,
+        up.snapshot_id,
+        up.seconds,
+        up.retries
+    ));
+    custom.insert("snapshot_checksum_linear".to_string(), up.checksum.clone());
+    ctx.record(|st| st.snapshot_completed = Some(up.snapshot_id.clone()));
+    Ok((up.snapshot_id, armed))
+}
+
+/// S3 + ImportSnapshot: PutObject, ImportSnapshot, bounded polling. A task recorded in the state
+/// file is polled again instead of importing twice.
+async fn s3_import_snapshot(
+    job: &Job,
+    ctx: &Ctx<'_>,
+    src: &Clients,
+) -> Result<(String, cleanup::Armed), Error> {
+    let s = ctx.spec;
+    let imp = s
+        .s3_import
+        .as_ref()
+        .ok_or_else(|| Error::Local("s3_import: via = \"s3-import\" needs an [s3_import] table".into()))?;
+    let key = import_key(imp, &job.content_key);
+    // Kept for a resume with on_failure = keep; deleted once the import has ended.
+    let object = ctx.cleanup.push(
+        src,
+        Undo::DeleteObjects { bucket: imp.bucket.clone(), keys: vec![key.clone()] },
+        When::OnFailure,
+    );
+    let task = match ctx.state.get().import_task_id {
+        Some(t) => {
+            (ctx.log)(&format!("{}: state file: polling import task {t} again", src.region));
+            t
+        }
+        None => {
+            aws::put_file(src, &imp.bucket, &key, &job.image).await?;
+            (ctx.log)(&format!("{}: put s3://{}/{key}", src.region, imp.bucket));
+            let t = aws::import_snapshot(src, &imp.bucket, &key, imp.role_name.as_deref(), &job.content_key)
+                .await?;
+            ctx.record(|st| st.import_task_id = Some(t.clone()));
+            t
+        }
+    };
+    let cancel = ctx.cleanup.push(src, Undo::CancelImportTask(task.clone()), When::OnFailure);
+    let every = std::time::Duration::from_secs(imp.wait_interval_secs);
+    let snapshot = aws::wait_import(src, &task, imp.wait_attempts, every).await?;
+    ctx.cleanup.disarm(cancel);
+    ctx.cleanup.promote(object);
+    let armed = ctx.cleanup.push(src, Undo::DeleteSnapshot(snapshot.clone()), When::OnFailure);
+    aws::tag(src, std::slice::from_ref(&snapshot), &[(CONTENT_KEY_TAG.to_string(), job.content_key.clone())])
+        .await?;
+    (ctx.log)(&format!("{}: import task {task} -> {snapshot}", src.region));
+    ctx.record(|st| st.snapshot_completed = Some(snapshot.clone()));
+    Ok((snapshot, armed))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn job(dir: &Path, spec: &str, image: &[u8]) -> Result<Job, String> {
-        let img = dir.join("disk.raw");
-        std::fs::write(&img, image).unwrap();
-        let m = dir.join("manifest.json");
-        std::fs::write(&m, br#"{"pcrs":{"PCR0":"00"},"files":[]}"#).unwrap();
-        Job::prepare(AmiSpec::parse(spec).map_err(|e| e.to_string())?, &img, &m)
-    }
 
     const SPEC: &str = "name = \"kv-{content_key}\"\nregion = \"us-east-1\"\ncopy_to = [\"eu-west-1\"]\n\
                         share_with = [\"111122223333\"]\nssm_parameter = \"/kv/ami\"\n";
@@ -341,17 +545,49 @@ mod tests {
                 "ec2:ModifySnapshotAttribute",
                 "ec2:ModifyImageAttribute",
                 "ssm:PutParameter",
+                "ec2:DeregisterImage",
+                "ec2:DeleteSnapshot",
+                "ec2:DeregisterImage",
+                "ec2:DeleteSnapshot",
             ]
         );
         assert!(calls[9].starts_with("eu-west-1 ec2:CopyImage source=us-east-1"));
         assert!(calls[2].contains("x1 "), "{}", calls[2]);
+        assert!(calls[20].starts_with("eu-west-1 ec2:DeregisterImage (on failure"), "{}", calls[20]);
     }
 
     #[test]
-    fn iam_policy_allows_every_planned_call() {
-        let policy: serde_json::Value = serde_json::from_str(include_str!("../iam-policy.json")).unwrap();
+    fn plan_of_the_s3_import_path_and_of_org_sharing_and_deprecation() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = job(dir.path(), &format!("{SPEC}{EXTRAS}"), &[1u8; 4096]).unwrap();
+        let calls = j.planned_calls(1).join("\n");
+        for want in [
+            "us-east-1 s3:PutObject s3://imports-bucket/kv-ami-import/",
+            "us-east-1 ec2:ImportSnapshot format=RAW",
+            "us-east-1 ec2:DescribeImportSnapshotTasks (until completed",
+            "eu-west-1 ec2:ModifyImageAttribute launchPermission add 111122223333,arn:aws:organizations::111122223333:organization/o-abcdefghij,group=all",
+            "eu-west-1 ec2:EnableImageDeprecation deprecate_at=",
+            "us-east-1 ec2:CancelImportTask (on failure",
+            "us-east-1 s3:DeleteObjects s3://imports-bucket/",
+        ] {
+            assert!(calls.contains(want), "{want} missing from\n{calls}");
+        }
+        assert!(!calls.contains("ebs:"), "{calls}");
+    }
+
+    /// API operation -> IAM action (they differ for S3's batch delete).
+    fn iam_action(op: &str) -> &str {
+        match op {
+            "s3:DeleteObjects" => "s3:DeleteObject",
+            other => other,
+        }
+    }
+
+    fn allowed_actions(policy: &str) -> Vec<String> {
+        let policy: serde_json::Value = serde_json::from_str(policy).unwrap();
         let mut allowed = Vec::new();
         for st in policy["Statement"].as_array().unwrap() {
+            assert_eq!(st["Effect"], "Allow");
             match &st["Action"] {
                 serde_json::Value::String(a) => allowed.push(a.clone()),
                 serde_json::Value::Array(v) => {
@@ -360,16 +596,89 @@ mod tests {
                 other => panic!("{other}"),
             }
         }
+        allowed
+    }
+
+    /// Every planned call is allowed, and (least privilege) every allowed action is planned;
+    /// KMS is used by EC2 for encrypted copies and iam:PassRole by RunInstances / ImportSnapshot.
+    fn check_policy(file: &str, policy: &str, plans: &[Vec<String>]) {
+        let allowed = allowed_actions(policy);
+        let ops: Vec<String> = plans
+            .iter()
+            .flatten()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(' ').nth(1).unwrap().to_string())
+            .collect();
+        for op in &ops {
+            assert!(allowed.iter().any(|a| a == iam_action(op)), "{op} is not in {file}");
+        }
+        for a in allowed.iter().filter(|a| !a.starts_with("kms:") && a.as_str() != "iam:PassRole") {
+            assert!(ops.iter().any(|op| iam_action(op) == a), "{file}: {a} is never called");
+        }
+    }
+
+    const EXTRAS: &str = "via = \"s3-import\"\nshare_with_organizations = [\"arn:aws:organizations::111122223333:organization/o-abcdefghij\"]\n\
+                          public = true\ndeprecate_at = \"DEPRECATE\"\n[s3_import]\nbucket = \"imports-bucket\"\n";
+
+    fn in_a_year() -> String {
+        let t = aws_sdk_ec2::primitives::DateTime::from_secs(spec::now_unix() as i64 + 365 * 86400);
+        t.fmt(aws_sdk_ec2::primitives::DateTimeFormat::DateTime).unwrap()
+    }
+
+    fn job(dir: &Path, spec: &str, image: &[u8]) -> Result<Job, String> {
+        let spec = spec.replace("DEPRECATE", &in_a_year());
+        let img = dir.join("disk.raw");
+        std::fs::write(&img, image).unwrap();
+        let m = dir.join("manifest.json");
+        std::fs::write(&m, br#"{"pcrs":{"PCR0":"00"},"files":[]}"#).unwrap();
+        Job::prepare(AmiSpec::parse(&spec).map_err(|e| e.to_string())?, &img, &m)
+    }
+
+    #[test]
+    fn iam_policies_allow_every_planned_call_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
-        let j = job(dir.path(), SPEC, &[1u8; 4096]).unwrap();
-        for line in j.planned_calls(1) {
-            let op = line.split(' ').nth(1).unwrap();
-            assert!(allowed.iter().any(|a| a == op), "{op} is not in iam-policy.json");
-        }
-        // Least privilege: nothing the tool never calls (KMS is used by EC2 for encrypted copies).
-        for a in allowed.iter().filter(|a| !a.starts_with("kms:")) {
-            assert!(j.planned_calls(1).iter().any(|l| l.contains(a.as_str())), "{a} is never called");
-        }
+        let plain = job(dir.path(), SPEC, &[1u8; 4096]).unwrap().planned_calls(1);
+        let extras = job(dir.path(), &format!("{SPEC}{EXTRAS}"), &[1u8; 4096]).unwrap().planned_calls(1);
+        check_policy("iam-policy.json", include_str!("../iam-policy.json"), &[plain, extras]);
+
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir(&bundle).unwrap();
+        std::fs::write(bundle.join("proxy"), b"binary").unwrap();
+        std::fs::write(
+            bundle.join("manifest.json"),
+            r#"{"files":[{"path":"proxy","size":6,"sha256":"9a3a45d01531a20e89ac6ae10b0b0beb0492acd7216a368aa062d1a5fecaf9cd"}]}"#,
+        )
+        .unwrap();
+        let bake_spec = |extra: &str| {
+            let text = format!(
+                "{extra}{SPEC}deprecate_at = \"{}\"\n[bake]\nbase_ami_ssm_parameter = \"/aws/service/x\"\ninstance_profile = \"kv-ami-builder\"\n\
+                 bucket = \"bake-bucket\"\nsubnet_id = \"subnet-0123abcd\"\nenvoy_image = \"envoyproxy/envoy@sha256:{}\"\n",
+                in_a_year(),
+                "a".repeat(64)
+            );
+            bake::BakeJob::prepare(AmiSpec::parse(&text).unwrap(), &bundle).unwrap().planned_calls()
+        };
+        let by_name = bake_spec("").into_iter().chain(
+            bake::BakeJob::prepare(
+                AmiSpec::parse(&format!(
+                    "{SPEC}[bake]\nbase_ami_name = \"al2023-ami-*\"\nbase_ami_owner = \"amazon\"\ninstance_profile = \"p\"\n\
+                     bucket = \"bake-bucket\"\nenvoy_image = \"e@sha256:{}\"\n",
+                    "b".repeat(64)
+                ))
+                .unwrap(),
+                &bundle,
+            )
+            .unwrap()
+            .planned_calls(),
+        );
+        check_policy("iam-policy-bake.json", include_str!("../iam-policy-bake.json"), &[by_name.collect()]);
+
+        // The builder's own role: read the bundle, tag itself with the two status keys, nothing more.
+        let mut inst = allowed_actions(include_str!("../iam-builder-instance-policy.json"));
+        inst.sort();
+        assert_eq!(inst, vec!["ec2:CreateTags", "s3:GetObject", "s3:ListBucket"]);
+        let text = include_str!("../iam-builder-instance-policy.json");
+        assert!(text.contains(userdata::STATUS_TAG) && text.contains(userdata::DETAIL_TAG));
     }
 
     #[test]

@@ -1,46 +1,75 @@
-//! kv-ami: raw disk image -> AMIs in every region (see docs/ami.md).
+//! kv-ami: the bundle -> AMIs in every region (see docs/ami.md).
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use kv_ami::{Job, aws, spec::AmiSpec};
+use kv_ami::bake::BakeJob;
+use kv_ami::spec::{AmiSpec, Via};
+use kv_ami::{Job, Manifest, RunOptions, aws};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "kv-ami", about = "Bake a raw disk image into AMIs (EBS direct APIs, no builder instance)")]
+#[command(
+    name = "kv-ami",
+    about = "Bake the bundle into AMIs: raw-image import or builder instance, then copy, share, SSM"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+#[derive(clap::Args)]
+struct Common {
+    /// amispec.toml (see packaging/ami/amispec.example.toml)
+    #[arg(long)]
+    spec: PathBuf,
+    /// Write the Packer-shaped manifest here (it is printed on stdout as well).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print every AWS call that would be made and exit; makes no call.
+    #[arg(long)]
+    dry_run: bool,
+    /// State file: written after every step; a re-run with the same file resumes where it stopped.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Overrides `region` of the spec.
+    #[arg(long)]
+    region: Option<String>,
+    /// Custom AWS endpoint (e.g. a local emulator); credentials still come from the standard chain.
+    #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Upload the raw image, register the AMI, copy, share, tag, write SSM parameters.
+    /// Raw image -> snapshot (EBS direct APIs, or S3 + ImportSnapshot) -> AMI, copies, sharing, SSM.
     Import {
-        /// amispec.toml (see packaging/ami/amispec.example.toml)
-        #[arg(long)]
-        spec: PathBuf,
+        #[command(flatten)]
+        common: Common,
         /// Raw disk image (qcow2, VHD, VMDK are refused).
         #[arg(long)]
         image: PathBuf,
         /// The bundle's manifest.json (`kv-packager bundle`); its SHA-256 is the content key.
         #[arg(long)]
         bundle_manifest: PathBuf,
-        /// Write the Packer-shaped manifest here (it is printed on stdout as well).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Print every AWS call that would be made and exit; makes no call.
-        #[arg(long)]
-        dry_run: bool,
-        /// Overrides `region` of the spec.
-        #[arg(long)]
-        region: Option<String>,
         /// Overrides `upload.workers` of the spec.
         #[arg(long)]
         workers: Option<usize>,
-        /// Custom AWS endpoint (e.g. a local emulator); credentials still come from the standard chain.
-        #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
-        endpoint_url: Option<String>,
+        /// Overrides `via` of the spec: ebs-direct or s3-import.
+        #[arg(long)]
+        via: Option<String>,
+    },
+    /// Bundle -> S3 -> builder instance (user data installs, signals) -> CreateImage -> copies, sharing, SSM.
+    Bake {
+        #[command(flatten)]
+        common: Common,
+        /// The bundle directory (`kv-packager bundle --out`), with manifest.json.
+        #[arg(long)]
+        bundle_dir: PathBuf,
+        /// Print the rendered user data of the builder and exit (no AWS call).
+        #[arg(long)]
+        print_user_data: bool,
     },
     /// Local scan only: blocks, non-zero blocks, SHA-256 of each (the upload's local ceiling).
     Scan {
@@ -69,6 +98,46 @@ fn main() -> ExitCode {
     }
 }
 
+/// Load the spec and apply the flags; everything is checked before the first AWS call.
+fn load(common: &Common, edit: impl FnOnce(&mut AmiSpec) -> Result<(), String>) -> Result<AmiSpec, String> {
+    let mut s = AmiSpec::load(&common.spec)?;
+    if let Some(r) = &common.region {
+        s.region = r.clone();
+    }
+    edit(&mut s).map_err(|e| format!("{} (with flags): {e}", common.spec.display()))?;
+    s.validate().map_err(|e| format!("{} (with flags): {e}", common.spec.display()))?;
+    Ok(s)
+}
+
+/// Ends when SIGINT or SIGTERM arrives (never, if neither can be listened for).
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let int = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await
+        }
+    };
+    tokio::select! { _ = term => {}, _ = int => {} }
+    eprintln!("kv-ami: interrupted: cleaning up");
+}
+
+fn finish(common: &Common, m: Manifest) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(&m).map_err(|e| e.to_string())?;
+    if let Some(out) = &common.out {
+        std::fs::write(out, format!("{text}\n")).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    println!("{text}");
+    Ok(())
+}
+
 fn real_main() -> Result<(), String> {
     match Cli::parse().cmd {
         Cmd::Scan { image, block_size } => {
@@ -85,18 +154,21 @@ fn real_main() -> Result<(), String> {
             );
             Ok(())
         }
-        Cmd::Import { spec, image, bundle_manifest, out, dry_run, region, workers, endpoint_url } => {
-            let mut s = AmiSpec::load(&spec)?;
-            if let Some(r) = region {
-                s.region = r;
-            }
-            if let Some(w) = workers {
-                s.upload.workers = w;
-            }
-            // Flags are checked like the file: everything before the first AWS call.
-            s.validate().map_err(|e| format!("{} (with flags): {e}", spec.display()))?;
+        Cmd::Import { common, image, bundle_manifest, workers, via } => {
+            let s = load(&common, |s| {
+                if let Some(w) = workers {
+                    s.upload.workers = w;
+                }
+                match via.as_deref() {
+                    None => {}
+                    Some("ebs-direct") => s.via = Via::EbsDirect,
+                    Some("s3-import") => s.via = Via::S3Import,
+                    Some(other) => return Err(format!("--via: {other:?} is not ebs-direct or s3-import")),
+                }
+                Ok(())
+            })?;
             let job = Job::prepare(s, &image, &bundle_manifest)?;
-            if dry_run {
+            if common.dry_run {
                 let (_, nonzero) = kv_ami::count_nonzero(&image, kv_ami::AWS_BLOCK_SIZE)
                     .map_err(|e| format!("{}: {e}", image.display()))?;
                 println!("# content key {}", job.content_key);
@@ -105,16 +177,43 @@ fn real_main() -> Result<(), String> {
                 }
                 return Ok(());
             }
-            let target = aws::Target { endpoint_url, static_credentials: None };
+            let target = aws::Target { endpoint_url: common.endpoint_url.clone(), ..Default::default() };
+            let log = |l: &str| eprintln!("{l}");
+            let opts = RunOptions {
+                target: &target,
+                state_path: common.state.as_deref(),
+                progress_bar: std::io::stderr().is_terminal(),
+                log: &log,
+            };
             let rt = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
-            let manifest =
-                rt.block_on(kv_ami::run(&job, &target, |l| eprintln!("{l}"))).map_err(|e| e.to_string())?;
-            let text = serde_json::to_string_pretty(&manifest).map_err(|e| e.to_string())?;
-            if let Some(out) = out {
-                std::fs::write(&out, format!("{text}\n")).map_err(|e| format!("{}: {e}", out.display()))?;
+            let m = rt.block_on(kv_ami::run(&job, &opts, interrupted())).map_err(|e| e.to_string())?;
+            finish(&common, m)
+        }
+        Cmd::Bake { common, bundle_dir, print_user_data } => {
+            let s = load(&common, |_| Ok(()))?;
+            let job = BakeJob::prepare(s, &bundle_dir)?;
+            if print_user_data {
+                print!("{}", job.user_data()?);
+                return Ok(());
             }
-            println!("{text}");
-            Ok(())
+            if common.dry_run {
+                println!("# content key {}", job.content_key);
+                for line in job.planned_calls() {
+                    println!("{line}");
+                }
+                return Ok(());
+            }
+            let target = aws::Target { endpoint_url: common.endpoint_url.clone(), ..Default::default() };
+            let log = |l: &str| eprintln!("{l}");
+            let opts = RunOptions {
+                target: &target,
+                state_path: common.state.as_deref(),
+                progress_bar: false,
+                log: &log,
+            };
+            let rt = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
+            let m = rt.block_on(kv_ami::bake::bake(&job, &opts, interrupted())).map_err(|e| e.to_string())?;
+            finish(&common, m)
         }
     }
 }

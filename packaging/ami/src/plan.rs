@@ -164,6 +164,22 @@ pub fn image_wait_step(state: Option<&str>, reason: Option<&str>) -> WaitStep {
     }
 }
 
+/// What to do after one DescribeImportSnapshotTasks look at a task.
+pub fn import_wait_step(
+    status: Option<&str>,
+    message: Option<&str>,
+    snapshot: Option<&str>,
+) -> Result<Option<String>, String> {
+    match (status, snapshot) {
+        (Some("completed"), Some(s)) if !s.is_empty() => Ok(Some(s.to_string())),
+        (Some("completed"), _) => Err("import completed without a SnapshotId".into()),
+        (Some(st @ ("deleting" | "deleted" | "cancelled" | "cancelling")), _) => {
+            Err(format!("import task {st}: {}", message.unwrap_or("no StatusMessage given")))
+        }
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +262,17 @@ mod tests {
         assert!(retryable(None, None));
         assert!(!retryable(Some("ValidationException"), Some(400)));
         assert!(!retryable(Some("AccessDeniedException"), Some(403)));
+    }
+
+    #[test]
+    fn import_wait_ends_on_completed_or_deleted() {
+        assert_eq!(import_wait_step(Some("active"), Some("converting"), None), Ok(None));
+        assert_eq!(import_wait_step(None, None, None), Ok(None));
+        assert_eq!(import_wait_step(Some("completed"), None, Some("snap-1")), Ok(Some("snap-1".into())));
+        assert!(import_wait_step(Some("completed"), None, None).is_err());
+        let e =
+            import_wait_step(Some("deleted"), Some("ClientError: Disk validation failed"), None).unwrap_err();
+        assert!(e.contains("deleted") && e.contains("Disk validation failed"), "{e}");
     }
 
     #[test]

@@ -48,6 +48,113 @@ pub struct AmiSpec {
     pub ssm_parameter: Option<String>,
     #[serde(default)]
     pub upload: Upload,
+    /// AWS Organizations given launch permission (`arn:aws:organizations::ACCOUNT:organization/o-...`).
+    #[serde(default)]
+    pub share_with_organizations: Vec<String>,
+    /// Organizational units given launch permission (`arn:aws:organizations::ACCOUNT:ou/o-.../ou-...`).
+    #[serde(default)]
+    pub share_with_ous: Vec<String>,
+    /// Launch permission for everyone (group `all`); the snapshots stay private.
+    #[serde(default)]
+    pub public: bool,
+    /// EnableImageDeprecation in every region at this time (RFC 3339 UTC, e.g. 2027-06-30T00:00:00Z).
+    #[serde(default)]
+    pub deprecate_at: Option<String>,
+    /// What happens to a snapshot or image that was created but not finished when a run fails:
+    /// `delete` (default) or `keep` (so that `--state` can resume the upload).
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// How `kv-ami import` turns the raw image into a snapshot.
+    #[serde(default)]
+    pub via: Via,
+    /// Needed by `via = "s3-import"`.
+    #[serde(default)]
+    pub s3_import: Option<S3Import>,
+    /// Needed by `kv-ami bake` (the builder-instance bake).
+    #[serde(default)]
+    pub bake: Option<Bake>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    #[default]
+    Delete,
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    /// EBS direct APIs (StartSnapshot / PutSnapshotBlock / CompleteSnapshot).
+    #[default]
+    EbsDirect,
+    /// PutObject to S3, then ImportSnapshot (for accounts that cannot use the EBS direct APIs).
+    S3Import,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::EbsDirect => "ebs-direct",
+            Via::S3Import => "s3-import",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Import {
+    /// Existing bucket the raw image is put into (the object is deleted afterwards).
+    pub bucket: String,
+    #[serde(default = "default_import_prefix")]
+    pub prefix: String,
+    /// Service role of VM Import (default: AWS's default `vmimport`).
+    #[serde(default)]
+    pub role_name: Option<String>,
+    /// DescribeImportSnapshotTasks checks before giving up (imports take 15-45 min, sometimes 100).
+    #[serde(default = "default_import_attempts")]
+    pub wait_attempts: u32,
+    #[serde(default = "default_import_secs")]
+    pub wait_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Bake {
+    /// Base AMI from an SSM (public) parameter, e.g.
+    /// /aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64. Either this or
+    /// `base_ami_name` + `base_ami_owner`.
+    #[serde(default)]
+    pub base_ami_ssm_parameter: Option<String>,
+    /// Name filter (wildcards allowed); the newest available image of `base_ami_owner` wins.
+    #[serde(default)]
+    pub base_ami_name: Option<String>,
+    /// `amazon`, `self` or a 12-digit account id.
+    #[serde(default)]
+    pub base_ami_owner: Option<String>,
+    /// Must support Nitro Enclaves (RunInstances asks for EnclaveOptions).
+    #[serde(default = "default_builder_type")]
+    pub instance_type: String,
+    /// One-time spot instance (CreateImage then reboots it instead of stopping it).
+    #[serde(default)]
+    pub spot: bool,
+    /// Instance profile of the builder (packaging/ami/iam-builder-instance-policy.json).
+    pub instance_profile: String,
+    /// Subnet of the builder (default: the default VPC's).
+    #[serde(default)]
+    pub subnet_id: Option<String>,
+    /// Existing bucket the bundle is uploaded to (deleted again on every exit path).
+    pub bucket: String,
+    #[serde(default = "default_bake_prefix")]
+    pub prefix: String,
+    /// Envoy image pre-pulled on the builder, pinned by digest (`...@sha256:<64 hex>`).
+    pub envoy_image: String,
+    /// DescribeInstances checks for the builder's signal tag.
+    #[serde(default = "default_signal_attempts")]
+    pub signal_attempts: u32,
+    #[serde(default = "default_signal_secs")]
+    pub signal_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -122,6 +229,27 @@ fn default_wait_attempts() -> u32 {
 }
 fn default_wait_secs() -> u64 {
     5
+}
+fn default_import_prefix() -> String {
+    "kv-ami-import".into()
+}
+fn default_import_attempts() -> u32 {
+    480
+}
+fn default_import_secs() -> u64 {
+    15
+}
+fn default_builder_type() -> String {
+    "m6i.xlarge".into()
+}
+fn default_bake_prefix() -> String {
+    "kv-ami-bake".into()
+}
+fn default_signal_attempts() -> u32 {
+    180
+}
+fn default_signal_secs() -> u64 {
+    10
 }
 
 /// Tag key carrying the content key on images and snapshots (idempotency).
@@ -218,6 +346,45 @@ impl AmiSpec {
         {
             return Err(format!("ssm_parameter: {p:?} must be an absolute parameter path"));
         }
+        for (i, a) in self.share_with_organizations.iter().enumerate() {
+            if !org_arn_ok(a) {
+                return Err(format!(
+                    "share_with_organizations[{i}]: {a:?} is not arn:aws:organizations::ACCOUNT:organization/o-..."
+                ));
+            }
+        }
+        for (i, a) in self.share_with_ous.iter().enumerate() {
+            if !ou_arn_ok(a) {
+                return Err(format!(
+                    "share_with_ous[{i}]: {a:?} is not arn:aws:organizations::ACCOUNT:ou/o-.../ou-..."
+                ));
+            }
+        }
+        if self.public && self.encrypt_copies {
+            return Err("public: encrypted images cannot be made public (encrypt_copies = true)".into());
+        }
+        if let Some(at) = &self.deprecate_at {
+            deprecation_time(at, now_unix())?;
+        }
+        match (&self.via, &self.s3_import) {
+            (Via::S3Import, None) => {
+                return Err("s3_import: via = \"s3-import\" needs an [s3_import] table with a bucket".into());
+            }
+            (_, Some(i)) => {
+                bucket_ok("s3_import.bucket", &i.bucket)?;
+                prefix_ok("s3_import.prefix", &i.prefix)?;
+                if let Some(r) = &i.role_name {
+                    iam_name_ok("s3_import.role_name", r)?;
+                }
+                if !(1..=10000).contains(&i.wait_attempts) {
+                    return Err(format!("s3_import.wait_attempts: {} is outside 1-10000", i.wait_attempts));
+                }
+            }
+            _ => {}
+        }
+        if let Some(b) = &self.bake {
+            b.validate(&self.architecture)?;
+        }
         let u = &self.upload;
         if !(1..=256).contains(&u.workers) {
             return Err(format!("upload.workers: {} is outside 1-256", u.workers));
@@ -236,9 +403,193 @@ impl AmiSpec {
         self.name.replace("{content_key}", &content_key[..content_key.len().min(12)])
     }
 
+    /// Tags of every image and snapshot: the spec's, the content key, and Name unless given.
+    pub fn image_tags(&self, content_key: &str) -> Vec<(String, String)> {
+        let mut t: Vec<(String, String)> = self.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        t.push((CONTENT_KEY_TAG.into(), content_key.to_string()));
+        if !self.tags.contains_key("Name") {
+            t.push(("Name".into(), self.ami_name(content_key)));
+        }
+        t
+    }
+
+    /// Whether any launch permission is granted (accounts, organizations, OUs, public).
+    pub fn shares(&self) -> bool {
+        !self.share_with.is_empty()
+            || !self.share_with_organizations.is_empty()
+            || !self.share_with_ous.is_empty()
+            || self.public
+    }
+
     pub fn all_regions(&self) -> Vec<String> {
         std::iter::once(self.region.clone()).chain(self.copy_to.iter().cloned()).collect()
     }
+}
+
+impl Bake {
+    fn validate(&self, architecture: &str) -> Result<(), String> {
+        match (&self.base_ami_ssm_parameter, &self.base_ami_name, &self.base_ami_owner) {
+            (Some(p), None, None) => {
+                if !p.starts_with('/') || p.contains("//") || p.len() > 1011 {
+                    return Err(format!(
+                        "bake.base_ami_ssm_parameter: {p:?} must be an absolute parameter path"
+                    ));
+                }
+            }
+            (None, Some(n), Some(o)) => {
+                if n.is_empty() || n.len() > 128 {
+                    return Err(format!("bake.base_ami_name: {n:?} must be 1-128 characters"));
+                }
+                let account = o.len() == 12 && o.bytes().all(|b| b.is_ascii_digit());
+                if !(account || o == "amazon" || o == "self") {
+                    return Err(format!(
+                        "bake.base_ami_owner: {o:?} is not amazon, self or a 12-digit account id"
+                    ));
+                }
+            }
+            (None, Some(_), None) => return Err("bake.base_ami_owner: needed with base_ami_name".into()),
+            (None, None, Some(_)) => return Err("bake.base_ami_name: needed with base_ami_owner".into()),
+            (None, None, None) => {
+                return Err("bake: set base_ami_ssm_parameter, or base_ami_name and base_ami_owner".into());
+            }
+            (Some(_), _, _) => {
+                return Err(
+                    "bake.base_ami_ssm_parameter: set it or base_ami_name/base_ami_owner, not both".into()
+                );
+            }
+        }
+        instance_type_ok(&self.instance_type, architecture)?;
+        iam_name_ok("bake.instance_profile", &self.instance_profile)?;
+        if let Some(s) = &self.subnet_id {
+            let ok = s
+                .strip_prefix("subnet-")
+                .is_some_and(|h| (8..=17).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !ok {
+                return Err(format!("bake.subnet_id: {s:?} is not a subnet id (subnet-0123abcd...)"));
+            }
+        }
+        bucket_ok("bake.bucket", &self.bucket)?;
+        prefix_ok("bake.prefix", &self.prefix)?;
+        let e = &self.envoy_image;
+        let pinned = e.split_once("@sha256:").is_some_and(|(name, d)| {
+            !name.is_empty() && d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+        let chars = e.bytes().all(|b| b.is_ascii_alphanumeric() || b"./:_@-".contains(&b));
+        if !pinned || !chars {
+            return Err(format!(
+                "bake.envoy_image: {e:?} must be pinned by digest: NAME[:TAG]@sha256:<64 hex digits>"
+            ));
+        }
+        if !(1..=10000).contains(&self.signal_attempts) {
+            return Err(format!("bake.signal_attempts: {} is outside 1-10000", self.signal_attempts));
+        }
+        Ok(())
+    }
+}
+
+/// Nitro Enclaves need a Nitro instance with at least 4 vCPUs (2 on Graviton); burstable (t*)
+/// and mac instances have none. AWS has the last word (RunInstances with EnclaveOptions).
+fn instance_type_ok(t: &str, architecture: &str) -> Result<(), String> {
+    let key = "bake.instance_type";
+    let Some((family, size)) = t.split_once('.') else {
+        return Err(format!("{key}: {t:?} is not an instance type like m6i.xlarge"));
+    };
+    let shape = !family.is_empty()
+        && family.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && size.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !shape || size.is_empty() {
+        return Err(format!("{key}: {t:?} is not an instance type like m6i.xlarge"));
+    }
+    if family.starts_with('t') || family.starts_with("mac") {
+        return Err(format!("{key}: {t}: {family} instances do not support Nitro Enclaves"));
+    }
+    let small = ["nano", "micro", "small", "medium"].contains(&size);
+    if small || (size == "large" && architecture == "x86_64") {
+        return Err(format!(
+            "{key}: {t}: too few vCPUs for an enclave (x86_64 needs at least 4: xlarge or larger)"
+        ));
+    }
+    Ok(())
+}
+
+fn bucket_ok(key: &str, b: &str) -> Result<(), String> {
+    let ok = (3..=63).contains(&b.len())
+        && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && !b.contains("..");
+    if ok { Ok(()) } else { Err(format!("{key}: {b:?} is not an S3 bucket name")) }
+}
+
+fn prefix_ok(key: &str, p: &str) -> Result<(), String> {
+    let ok = !p.is_empty()
+        && p.len() <= 200
+        && p.bytes().all(|c| c.is_ascii_alphanumeric() || b"/_.-".contains(&c))
+        && !p.starts_with('/')
+        && !p.ends_with('/')
+        && !p.split('/').any(|part| part.is_empty() || part == "." || part == "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key}: {p:?} must be a relative key prefix of letters, digits and /_.- (no empty or .. parts)"
+        ))
+    }
+}
+
+fn iam_name_ok(key: &str, n: &str) -> Result<(), String> {
+    let ok = (1..=128).contains(&n.len())
+        && n.bytes().all(|c| c.is_ascii_alphanumeric() || b"+=,.@_-".contains(&c));
+    if ok { Ok(()) } else { Err(format!("{key}: {n:?} is not an IAM name")) }
+}
+
+fn lower_alnum(s: &str, min: usize, max: usize) -> bool {
+    (min..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+fn org_id_ok(s: &str) -> bool {
+    s.strip_prefix("o-").is_some_and(|r| lower_alnum(r, 10, 32))
+}
+
+fn org_arn_ok(a: &str) -> bool {
+    let Some(rest) = a.strip_prefix("arn:aws:organizations::") else { return false };
+    let Some((account, rest)) = rest.split_once(':') else { return false };
+    account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && rest.strip_prefix("organization/").is_some_and(org_id_ok)
+}
+
+fn ou_arn_ok(a: &str) -> bool {
+    let Some(rest) = a.strip_prefix("arn:aws:organizations::") else { return false };
+    let Some((account, rest)) = rest.split_once(':') else { return false };
+    let Some((org, ou)) = rest.strip_prefix("ou/").and_then(|r| r.split_once('/')) else { return false };
+    let ou_ok = ou
+        .strip_prefix("ou-")
+        .and_then(|r| r.split_once('-'))
+        .is_some_and(|(root, id)| lower_alnum(root, 4, 32) && lower_alnum(id, 8, 32));
+    account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) && org_id_ok(org) && ou_ok
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// `deprecate_at` as seconds since the epoch: RFC 3339, in the future (AWS refuses a past time),
+/// at most 10 years ahead (AWS's limit).
+pub fn deprecation_time(at: &str, now: u64) -> Result<u64, String> {
+    let t =
+        aws_sdk_ec2::primitives::DateTime::from_str(at, aws_sdk_ec2::primitives::DateTimeFormat::DateTime)
+            .map_err(|e| {
+                format!("deprecate_at: {at:?} is not an RFC 3339 time like 2027-06-30T00:00:00Z: {e}")
+            })?;
+    let secs = t.secs();
+    if secs <= now as i64 {
+        return Err(format!("deprecate_at: {at} is in the past"));
+    }
+    if secs - now as i64 > 10 * 366 * 86400 {
+        return Err(format!("deprecate_at: {at} is more than 10 years ahead (AWS's limit)"));
+    }
+    Ok(secs as u64)
 }
 
 fn region_ok(key: &str, r: &str) -> Result<(), String> {
@@ -328,5 +679,78 @@ workers = 8
             let e = AmiSpec::parse(&text).unwrap_err();
             assert!(e.starts_with(key), "{key}: {e}");
         }
+    }
+
+    const BAKE: &str = r#"
+name = "kv-server-{content_key}"
+region = "us-east-1"
+share_with_organizations = ["arn:aws:organizations::123456789012:organization/o-abcdefghij"]
+share_with_ous = ["arn:aws:organizations::123456789012:ou/o-abcdefghij/ou-ab12-cdefgh34"]
+on_failure = "keep"
+[bake]
+base_ami_ssm_parameter = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+instance_profile = "kv-ami-builder"
+bucket = "my-bake-bucket"
+envoy_image = "envoyproxy/envoy:v1.24.1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+"#;
+
+    #[test]
+    fn bake_sharing_and_deprecation_keys() {
+        let s = AmiSpec::parse(BAKE).unwrap();
+        assert_eq!(s.on_failure, OnFailure::Keep);
+        assert!(s.shares());
+        let b = s.bake.as_ref().unwrap();
+        assert_eq!(
+            (b.instance_type.as_str(), b.prefix.as_str(), b.spot),
+            ("m6i.xlarge", "kv-ami-bake", false)
+        );
+        let now = 1_800_000_000;
+        assert_eq!(deprecation_time("2027-01-15T08:00:00Z", 1_700_000_000), Ok(1_800_000_000));
+        assert!(deprecation_time("2020-01-01T00:00:00Z", now).unwrap_err().contains("past"));
+        assert!(deprecation_time("2099-01-01T00:00:00Z", now).unwrap_err().contains("10 years"));
+        assert!(deprecation_time("next tuesday", now).unwrap_err().starts_with("deprecate_at"));
+        let sub = |from: &str, to: &str| {
+            let text = BAKE.replace(from, to);
+            assert_ne!(text, BAKE, "{from}");
+            AmiSpec::parse(&text).unwrap_err()
+        };
+        let cases = [
+            ("organization/o-abcdefghij\"]", "organization/o-x\"]", "share_with_organizations[0]"),
+            ("ou-ab12-cdefgh34", "ou-ab12", "share_with_ous[0]"),
+            ("on_failure = \"keep\"", "on_failure = \"maybe\"", "unknown variant"),
+            ("on_failure = \"keep\"", "public = true\nencrypt_copies = true", "public"),
+            ("on_failure = \"keep\"", "deprecate_at = \"2001-01-01T00:00:00Z\"", "deprecate_at"),
+            ("on_failure = \"keep\"", "via = \"s3-import\"", "s3_import"),
+            ("bucket = \"my-bake-bucket\"", "bucket = \"My_Bucket\"", "bake.bucket"),
+            (
+                "instance_profile = \"kv-ami-builder\"",
+                "instance_profile = \"kv ami\"",
+                "bake.instance_profile",
+            ),
+            ("@sha256:0123456789abcdef", "@sha256:0123", "bake.envoy_image"),
+            (":v1.24.1@sha256:", ":v1.24.1'@sha256:", "bake.envoy_image"),
+            ("instance_profile", "instance_type = \"t3.xlarge\"\ninstance_profile", "bake.instance_type"),
+            ("instance_profile", "instance_type = \"m6i.large\"\ninstance_profile", "bake.instance_type"),
+            ("instance_profile", "prefix = \"../x\"\ninstance_profile", "bake.prefix"),
+            ("instance_profile", "subnet_id = \"sub-1\"\ninstance_profile", "bake.subnet_id"),
+            (
+                "instance_profile",
+                "base_ami_owner = \"amazon\"\ninstance_profile",
+                "bake.base_ami_ssm_parameter",
+            ),
+            (
+                "base_ami_ssm_parameter = \"/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64\"",
+                "base_ami_name = \"al2023-*\"",
+                "bake.base_ami_owner",
+            ),
+            ("instance_profile", "bogus = 1\ninstance_profile", "unknown field"),
+        ];
+        for (from, to, key) in cases {
+            let e = sub(from, to);
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        // Graviton: 2 vCPUs are enough.
+        let arm = BAKE.replace("[bake]", "architecture = \"arm64\"\n[bake]\ninstance_type = \"c7g.large\"");
+        assert!(AmiSpec::parse(&arm).is_ok());
     }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Moto, bundle_manifest, sparse_image};
+use common::{Log, Moto, bundle_manifest, never, opts, sparse_image};
 use kv_ami::aws::{self, Clients};
 use kv_ami::plan::RetryPolicy;
 use kv_ami::spec::AmiSpec;
@@ -53,8 +53,11 @@ wait_interval_secs = 0
     )
     .unwrap();
     let job = Job::prepare(spec, &image, &manifest).unwrap();
-    let mut log = Vec::new();
-    let m = run(&job, &moto.target(), |l| log.push(l.to_string())).await.unwrap();
+    let log = Log::default();
+    let target = moto.target();
+    let push = |l: &str| log.push(l);
+    let m = run(&job, &opts(&target, &push), never()).await.unwrap();
+    let log = log.lines();
     let b = &m.builds[0];
     let east = &b.regions["us-east-1"];
     let west = &b.regions["eu-west-1"];
@@ -105,7 +108,8 @@ wait_interval_secs = 0
     assert_eq!(compared, 3);
 
     // Same bundle manifest: nothing is rebuilt or copied again.
-    let again = run(&job, &moto.target(), |_| {}).await.unwrap();
+    let quiet = |_: &str| {};
+    let again = run(&job, &opts(&target, &quiet), never()).await.unwrap();
     let b2 = &again.builds[0];
     assert!(b2.regions.values().all(|r| r.reused), "{b2:?}");
     assert_eq!(b2.artifact_id, b.artifact_id);
@@ -118,7 +122,7 @@ wait_interval_secs = 0
     // Another bundle (other PCR0) is another content key: a new image.
     let other = bundle_manifest(dir.path(), "bb");
     let job2 = Job::prepare(job.spec.clone(), &image, &other).unwrap();
-    let third = run(&job2, &moto.target(), |_| {}).await.unwrap();
+    let third = run(&job2, &opts(&target, &quiet), never()).await.unwrap();
     assert!(third.builds[0].regions.values().all(|r| !r.reused));
     assert_ne!(third.builds[0].regions["us-east-1"].ami_id, east.ami_id);
 }
@@ -130,7 +134,9 @@ async fn errors_name_region_resource_and_code() {
     let e = aws::wait_image(&c, "ami-00000000deadbeef", 1, std::time::Duration::ZERO).await.unwrap_err();
     let s = e.to_string();
     assert!(s.contains("us-east-1") && s.contains("ami-00000000deadbeef"), "{s}");
-    let e = aws::share(&c, "ami-00000000deadbeef", &[], &["111122223333".into()]).await.unwrap_err();
+    let accounts = ["111122223333".to_string()];
+    let to = aws::Sharing { accounts: &accounts, ..Default::default() };
+    let e = aws::share(&c, "ami-00000000deadbeef", &[], &to).await.unwrap_err();
     let s = e.to_string();
     assert!(s.contains("us-east-1") && s.contains("ec2:ModifyImageAttribute"), "{s}");
     assert!(s.contains("InvalidAMIID"), "{s}");

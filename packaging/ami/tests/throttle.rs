@@ -133,7 +133,11 @@ fn answer(
 }
 
 fn target(url: &str) -> Target {
-    Target { endpoint_url: Some(url.to_string()), static_credentials: Some(("t".into(), "t".into())) }
+    Target {
+        endpoint_url: Some(url.to_string()),
+        static_credentials: Some(("t".into(), "t".into())),
+        ..Default::default()
+    }
 }
 
 fn fast_retry() -> RetryPolicy {

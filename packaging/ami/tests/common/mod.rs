@@ -65,6 +65,7 @@ impl Moto {
         kv_ami::aws::Target {
             endpoint_url: Some(self.url.clone()),
             static_credentials: Some(("testing".into(), "testing".into())),
+            ..Default::default()
         }
     }
 }
@@ -86,4 +87,27 @@ pub fn bundle_manifest(dir: &std::path::Path, pcr0: &str) -> PathBuf {
     let p = dir.join("manifest.json");
     std::fs::write(&p, format!("{{\"pcrs\":{{\"PCR0\":\"{pcr0}\"}},\"files\":[]}}")).unwrap();
     p
+}
+
+/// Collects a run's log lines (runs log from several tasks).
+#[derive(Default)]
+pub struct Log(pub std::sync::Mutex<Vec<String>>);
+
+impl Log {
+    pub fn push(&self, l: &str) {
+        self.0.lock().unwrap().push(l.to_string());
+    }
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Run options against moto with a log collector.
+pub fn opts<'a>(target: &'a kv_ami::aws::Target, log: &'a (dyn Fn(&str) + Sync)) -> kv_ami::RunOptions<'a> {
+    kv_ami::RunOptions { target, state_path: None, progress_bar: false, log }
+}
+
+/// A future that never ends (no interrupt).
+pub fn never() -> std::future::Pending<()> {
+    std::future::pending()
 }

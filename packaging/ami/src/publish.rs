@@ -1,0 +1,258 @@
+//! After the image exists in the source region, for both paths (raw import and builder bake):
+//! copies into the other regions in parallel, then per region tags, launch permissions,
+//! deprecation and the SSM parameter; and the Packer-shaped manifest. Also the matching lines of
+//! the dry-run plan, so plan and code cannot drift apart.
+
+use crate::aws::{self, Clients, Error, Sharing, Target};
+use crate::cleanup::{Cleanup, Undo, When};
+use crate::spec::{AmiSpec, CONTENT_KEY_TAG, OnFailure};
+use crate::state::StateFile;
+use crate::{Build, Manifest, RegionResult};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// What every step of a run shares.
+pub struct Ctx<'a> {
+    pub spec: &'a AmiSpec,
+    pub content_key: &'a str,
+    pub target: &'a Target,
+    pub cleanup: Arc<Cleanup>,
+    pub state: Arc<StateFile>,
+    pub log: &'a (dyn Fn(&str) + Sync),
+}
+
+impl Ctx<'_> {
+    pub fn name(&self) -> String {
+        self.spec.ami_name(self.content_key)
+    }
+
+    pub fn every(&self) -> Duration {
+        Duration::from_secs(self.spec.upload.wait_interval_secs)
+    }
+
+    /// A state-file write that fails is worth a warning, not the run.
+    pub fn record(&self, f: impl FnOnce(&mut crate::state::State)) {
+        if let Err(e) = self.state.update(f) {
+            (self.log)(&format!("warning: {e}"));
+        }
+    }
+}
+
+/// The finished image in the source region.
+pub struct Source {
+    pub clients: Clients,
+    pub ami: String,
+    pub snapshots: Vec<String>,
+    pub reused: bool,
+}
+
+/// Copies, then tags / sharing / deprecation / SSM in every region. A copy that fails does not
+/// stop the others: every region runs to its end, finished copies are kept (a re-run reuses them
+/// through the content key), the unfinished one is deregistered by the cleanup stack, and the
+/// error names each failed region.
+pub async fn publish(
+    ctx: &Ctx<'_>,
+    src: Source,
+    timings: &mut BTreeMap<String, f64>,
+) -> Result<BTreeMap<String, RegionResult>, Error> {
+    let s = ctx.spec;
+    let key = ctx.content_key;
+    let every = ctx.every();
+    let mut regions = BTreeMap::new();
+    let src_ami = src.ami.clone();
+    regions.insert(
+        s.region.clone(),
+        (src.clients, RegionResult { ami_id: src.ami, snapshot_ids: src.snapshots, reused: src.reused }),
+    );
+
+    let t = Instant::now();
+    let copies = s.copy_to.iter().map(|r| {
+        let (src_ami, name) = (src_ami.clone(), ctx.name());
+        async move {
+            let c = Clients::new(r, ctx.target).await;
+            let (ami, reused) = match aws::find_by_content_key(&c, key).await? {
+                Some((ami, _)) => (ami, true),
+                None => {
+                    let kms = s.kms_key_ids.get(r).map(String::as_str);
+                    let ami = aws::copy(&c, &s.region, &src_ami, &name, key, s.encrypt_copies, kms).await?;
+                    (ami, false)
+                }
+            };
+            // Armed until available: a copy that fails or never finishes is deregistered.
+            let armed =
+                (!reused).then(|| ctx.cleanup.push(&c, Undo::DeregisterImage(ami.clone()), When::OnFailure));
+            aws::wait_image(&c, &ami, s.upload.wait_attempts, every).await?;
+            if let Some(a) = armed {
+                ctx.cleanup.disarm(a);
+            }
+            ctx.record(|st| {
+                st.copies.insert(r.clone(), ami.clone());
+            });
+            let snaps = aws::image_snapshots(&c, &ami).await?;
+            Ok::<_, Error>((r.clone(), c, RegionResult { ami_id: ami, snapshot_ids: snaps, reused }))
+        }
+    });
+    let mut failures = Vec::new();
+    for (r, outcome) in s.copy_to.iter().zip(futures::future::join_all(copies).await) {
+        match outcome {
+            Ok((r, c, res)) => {
+                (ctx.log)(&format!(
+                    "{r}: {} {}",
+                    if res.reused { "reusing" } else { "copied to" },
+                    res.ami_id
+                ));
+                regions.insert(r, (c, res));
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                failures.push(if msg.contains(r.as_str()) { msg } else { format!("{r}: {msg}") });
+            }
+        }
+    }
+    if !failures.is_empty() {
+        let kept: Vec<String> = regions.iter().map(|(r, (_, res))| format!("{r} {}", res.ami_id)).collect();
+        return Err(Error::Local(format!(
+            "copy failed in {} of {} target regions: {}; finished images kept (a re-run reuses them): {}",
+            failures.len(),
+            s.copy_to.len(),
+            failures.join("; "),
+            kept.join(", ")
+        )));
+    }
+    if !s.copy_to.is_empty() {
+        timings.insert("copy".to_string(), t.elapsed().as_secs_f64());
+    }
+
+    let t = Instant::now();
+    let tags = s.image_tags(key);
+    let deprecate_at = match &s.deprecate_at {
+        Some(at) => Some(crate::spec::deprecation_time(at, crate::spec::now_unix()).map_err(Error::Local)?),
+        None => None,
+    };
+    let finish = regions.values().map(|(c, res)| {
+        let tags = &tags;
+        async move {
+            let mut all = vec![res.ami_id.clone()];
+            all.extend(res.snapshot_ids.iter().cloned());
+            aws::tag(c, &all, tags).await?;
+            aws::share(c, &res.ami_id, &res.snapshot_ids, &Sharing::of(s)).await?;
+            if let Some(at) = deprecate_at {
+                aws::deprecate(c, &res.ami_id, at).await?;
+            }
+            if let Some(p) = &s.ssm_parameter {
+                aws::put_ssm(c, p, &res.ami_id).await?;
+            }
+            Ok::<_, Error>(())
+        }
+    });
+    futures::future::try_join_all(finish).await?;
+    ctx.record(|st| st.published = true);
+    timings.insert("publish".to_string(), t.elapsed().as_secs_f64());
+    Ok(regions.into_iter().map(|(r, (_, res))| (r, res)).collect())
+}
+
+/// The Packer-shaped manifest of a finished run.
+pub fn manifest(
+    ctx: &Ctx<'_>,
+    builder_type: &str,
+    regions: BTreeMap<String, RegionResult>,
+    custom: BTreeMap<String, String>,
+    mut timings: BTreeMap<String, f64>,
+    t0: Instant,
+) -> Manifest {
+    let s = ctx.spec;
+    let key = ctx.content_key;
+    timings.insert("total".to_string(), t0.elapsed().as_secs_f64());
+    let artifact_id = s
+        .all_regions()
+        .iter()
+        .filter_map(|r| regions.get(r).map(|res| format!("{r}:{}", res.ami_id)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    // No UUID crate: the run id is derived from the content key and the time, unique enough to
+    // tell runs apart in the manifest.
+    let run_id = hex::encode(&Sha256::digest(format!("{key}{now}{t0:?}"))[..16]);
+    Manifest {
+        builds: vec![Build {
+            name: ctx.name(),
+            builder_type: builder_type.into(),
+            build_time: now,
+            artifact_id,
+            packer_run_uuid: run_id.clone(),
+            custom_data: custom,
+            regions,
+            timings_seconds: timings,
+        }],
+        last_run_uuid: run_id,
+    }
+}
+
+/// Dry-run lines of [`publish`] (after the source image is available).
+pub fn planned_lines(s: &AmiSpec, key: &str) -> Vec<String> {
+    let src = &s.region;
+    let name = s.ami_name(key);
+    let mut v = Vec::new();
+    for r in &s.copy_to {
+        v.push(format!(
+            "{r} ec2:DescribeImages owners=self filter tag:{CONTENT_KEY_TAG}={key} (reuse if found)"
+        ));
+        let enc = match (s.encrypt_copies, s.kms_key_ids.get(r)) {
+            (false, _) => String::new(),
+            (true, None) => " encrypted=true kms=aws/ebs".to_string(),
+            (true, Some(k)) => format!(" encrypted=true kms={k}"),
+        };
+        v.push(format!("{r} ec2:CopyImage source={src} name={name}{enc}"));
+        v.push(format!("{r} ec2:CreateTags image {CONTENT_KEY_TAG}={key}"));
+        v.push(format!(
+            "{r} ec2:DescribeImages (until available, fail on failed, at most {} checks)",
+            s.upload.wait_attempts
+        ));
+    }
+    let keys: Vec<String> = s.image_tags(key).into_iter().map(|(k, _)| k).collect();
+    for r in s.all_regions() {
+        v.push(format!("{r} ec2:CreateTags image+snapshots {}", keys.join(",")));
+        if !s.share_with.is_empty() {
+            let a = s.share_with.join(",");
+            v.push(format!("{r} ec2:ModifySnapshotAttribute createVolumePermission add {a}"));
+        }
+        if s.shares() {
+            let mut to: Vec<String> = s.share_with.clone();
+            to.extend(s.share_with_organizations.iter().cloned());
+            to.extend(s.share_with_ous.iter().cloned());
+            if s.public {
+                to.push("group=all".into());
+            }
+            v.push(format!("{r} ec2:ModifyImageAttribute launchPermission add {}", to.join(",")));
+        }
+        if let Some(at) = &s.deprecate_at {
+            v.push(format!("{r} ec2:EnableImageDeprecation deprecate_at={at}"));
+        }
+        if let Some(p) = &s.ssm_parameter {
+            v.push(format!("{r} ssm:PutParameter {p} type=String data_type=aws:ec2:image"));
+        }
+    }
+    v
+}
+
+/// Dry-run lines of the cleanup of unfinished products (nothing with `on_failure = "keep"`).
+pub fn planned_failure_lines(s: &AmiSpec, snapshot_in_source: bool) -> Vec<String> {
+    if s.on_failure == OnFailure::Keep {
+        return vec![format!("# on failure: unfinished snapshots and images are kept (on_failure = keep)")];
+    }
+    let mut v = Vec::new();
+    for r in s.copy_to.iter().rev() {
+        v.push(format!("{r} ec2:DeregisterImage (on failure: a copy not yet available)"));
+        v.push(format!("{r} ec2:DeleteSnapshot (on failure: that copy's snapshots)"));
+    }
+    v.push(format!("{} ec2:DeregisterImage (on failure: the image not yet available)", s.region));
+    let what = if snapshot_in_source {
+        "the snapshot not yet in an available image"
+    } else {
+        "the image's snapshots"
+    };
+    v.push(format!("{} ec2:DeleteSnapshot (on failure: {what})", s.region));
+    v
+}
