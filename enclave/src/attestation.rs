@@ -55,6 +55,23 @@ fn attest(request: GetAttestationDocumentRequest) -> Result<Vec<u8>, Status> {
     }
 }
 
+/// PCR `index` of this enclave, hex, as the NSM reports it; `None` outside an enclave (no
+/// `/dev/nsm`) or if the module refuses. Blocking (an ioctl); called once at start.
+pub fn describe_pcr(index: u16) -> Option<String> {
+    let fd = driver::nsm_init();
+    if fd < 0 {
+        return None;
+    }
+    let response = driver::nsm_process_request(fd, NsmRequest::DescribePCR { index });
+    driver::nsm_exit(fd);
+    match response {
+        NsmResponse::DescribePCR { data, .. } if !data.is_empty() => {
+            Some(data.iter().map(|b| format!("{b:02x}")).collect())
+        }
+        _ => None,
+    }
+}
+
 #[tonic::async_trait]
 impl Attestation for AttestationService {
     async fn get_attestation_document(

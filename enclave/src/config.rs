@@ -76,7 +76,7 @@ pub struct ServeArgs {
     /// S3 data source, egress proxy and SSM parameters (see `crate::s3`).
     #[command(flatten)]
     pub aws: crate::s3::AwsArgs,
-    /// OTLP export of metrics and spans (see `crate::telemetry`).
+    /// OTLP export of metrics, spans and logs (see `crate::telemetry`).
     #[command(flatten)]
     pub otlp: crate::telemetry::OtlpArgs,
 }
@@ -95,6 +95,8 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// `[aws]`: S3 data source, egress proxy, SSM parameters.
     pub aws: Option<crate::s3::AwsFileConfig>,
+    /// `[otlp]`: metrics, spans and logs to the collector.
+    pub otlp: Option<crate::telemetry::OtlpFileConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +137,8 @@ pub struct Config {
     pub tombstone_retention: i64,
     pub log_format: LogFormat,
     pub initial_load_delay: Duration,
+    /// `None`: no OTLP export.
+    pub otlp: Option<crate::telemetry::OtlpConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +181,7 @@ impl ServeArgs {
         let data_dir = self.data_dir.clone().or(file.data_dir);
         let poll_set = self.poll_interval_ms.is_some() || file.poll_interval_ms.is_some();
         let s3 = crate::s3::resolve(&self.aws, file.aws, self.config.as_deref(), poll_set)?;
+        let otlp = self.otlp.resolve(file.otlp, self.config.as_deref())?;
         if s3.is_some() && (sample || data_dir.is_some()) {
             return Err(invalid(
                 "S3 data source (--s3-bucket/--ssm-prefix)".into(),
@@ -261,6 +266,7 @@ impl ServeArgs {
             tombstone_retention: retention,
             log_format,
             initial_load_delay: Duration::from_millis(self.test_initial_load_delay_ms.unwrap_or(0)),
+            otlp,
         })
     }
 }
@@ -309,6 +315,17 @@ mod tests {
     }
 
     #[test]
+    fn the_enclave_example_config_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/enclave.toml");
+        let config = args(&["--config", path]).resolve().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.listen.to_string(), "vsock://any:50051");
+        assert!(matches!(config.source, DataSourceConfig::S3(_)));
+        let otlp = config.otlp.expect("[otlp] is set");
+        assert_eq!(otlp.endpoint.to_string(), "vsock://3:4317");
+        assert_eq!(otlp.log_level, Some(tracing::Level::INFO));
+    }
+
+    #[test]
     fn file_values_apply_flags_override_and_unknown_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kv.toml");
@@ -330,6 +347,11 @@ mod tests {
         std::fs::write(&path, "sample_data = true\nmax_keys_per_request = 0\n").unwrap();
         let err = args(&["--config", p]).resolve().unwrap_err().to_string();
         assert!(err.contains("kv.toml key `max_keys_per_request`"), "{err}");
+
+        std::fs::write(&path, "sample_data = true\n[otlp]\nendpoint = \"vsock://3:4317\"\nsampler = 1\n")
+            .unwrap();
+        let err = args(&["--config", p]).resolve().unwrap_err().to_string();
+        assert!(err.contains("kv.toml") && err.contains("sampler"), "unknown [otlp] keys too: {err}");
 
         std::fs::write(&path, "sample_data = true\nlisten_on = \"x\"\n").unwrap();
         let err = args(&["--config", p]).resolve().unwrap_err().to_string();

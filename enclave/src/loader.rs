@@ -23,9 +23,11 @@ use crate::data::{self, DataFileName, FileKind};
 use crate::health::Health;
 use crate::source::{Source, SourceError};
 use crate::store::Store;
+use crate::telemetry::LOAD_BOUNDS_MS;
+use crate::telemetry::histogram::Histogram;
 
 /// Counters of the loader, for logs and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LoaderMetrics {
     pub files_loaded: AtomicU64,
     pub files_rejected: AtomicU64,
@@ -33,6 +35,28 @@ pub struct LoaderMetrics {
     pub records_stale: AtomicU64,
     pub source_errors: AtomicU64,
     pub tombstones_removed: AtomicU64,
+    /// Bytes of the files applied.
+    pub bytes_loaded: AtomicU64,
+    /// Fetch + parse + apply time of each file handled (applied or rejected).
+    pub file_load_duration: Histogram,
+    /// How long the initial load took, in milliseconds (at least 1); 0 until it finished.
+    pub initial_load_ms: AtomicU64,
+}
+
+impl Default for LoaderMetrics {
+    fn default() -> Self {
+        LoaderMetrics {
+            files_loaded: AtomicU64::new(0),
+            files_rejected: AtomicU64::new(0),
+            records_applied: AtomicU64::new(0),
+            records_stale: AtomicU64::new(0),
+            source_errors: AtomicU64::new(0),
+            tombstones_removed: AtomicU64::new(0),
+            bytes_loaded: AtomicU64::new(0),
+            file_load_duration: Histogram::new(&LOAD_BOUNDS_MS),
+            initial_load_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 impl LoaderMetrics {
@@ -167,8 +191,11 @@ impl<S: Source> Loader<S> {
             }
         }
         let stats = self.store.stats();
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        self.metrics.initial_load_ms.store(elapsed_ms.max(1), Ordering::Relaxed);
         tracing::info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms,
+            bytes = stats.bytes,
             live_keys = stats.live_keys,
             tombstones = stats.tombstones,
             "initial data load finished"
@@ -209,6 +236,7 @@ impl<S: Source> Loader<S> {
         .await
         .map_err(|e| LoadError::Task { file: full.clone(), reason: e.to_string() })
         .and_then(|r| r.map_err(LoadError::from));
+        self.metrics.file_load_duration.record(started.elapsed());
         let newest = self.newest.entry(name.prefix.clone()).or_insert_with(|| name.clone());
         if *newest < name {
             *newest = name.clone();
@@ -218,6 +246,7 @@ impl<S: Source> Loader<S> {
                 self.metrics.files_loaded.fetch_add(1, Ordering::Relaxed);
                 self.metrics.records_applied.fetch_add(stats.applied, Ordering::Relaxed);
                 self.metrics.records_stale.fetch_add(stats.stale, Ordering::Relaxed);
+                self.metrics.bytes_loaded.fetch_add(size as u64, Ordering::Relaxed);
                 let removed = self.cleanup();
                 tracing::info!(
                     file = %full,
@@ -358,6 +387,18 @@ mod tests {
         assert_eq!(value(&store, "b").as_deref(), Some("four"));
         assert_eq!(metrics.files_rejected.load(Ordering::Relaxed), 1);
         assert_eq!(metrics.files_loaded.load(Ordering::Relaxed), 3);
+        let applied_bytes: usize =
+            ["a,UPDATE,1,one,string\n", "a,UPDATE,2,two,string\n", "b,UPDATE,4,four,string\n"]
+                .iter()
+                .map(|s| HEADER.len() + s.len())
+                .sum();
+        assert_eq!(
+            metrics.bytes_loaded.load(Ordering::Relaxed),
+            applied_bytes as u64,
+            "rejected bytes not counted"
+        );
+        assert_eq!(metrics.file_load_duration.count(), 4, "every file handled is timed, rejected ones too");
+        assert!(metrics.initial_load_ms.load(Ordering::Relaxed) >= 1, "the initial load's duration is kept");
 
         put(&source, "DELTA_0000000000000005", "c,UPDATE,5,x,string\nc,UPDATE,oops,y,string\n");
         loader.poll_once().await.unwrap();

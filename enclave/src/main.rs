@@ -42,14 +42,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let otlp = match cli.serve.otlp.resolve() {
-        Ok(otlp) => otlp,
-        Err(e) => {
-            eprintln!("kv-server: configuration error: {e}");
-            return ExitCode::from(2);
+    // OTLP logs: a second layer beside the console's, its queue drained by the exporter.
+    let (log_layer, log_queue) = match config.otlp.as_ref().and_then(|o| o.log_level) {
+        Some(level) => {
+            let (layer, queue) = kv_server::telemetry::logs::channel(level);
+            (Some(layer), Some(queue))
         }
+        None => (None, None),
     };
-    init_tracing(config.log_format);
+    init_tracing(config.log_format, log_layer);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -57,7 +58,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, otlp)) {
+    match runtime.block_on(serve(config, log_queue)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "kv-server failed");
@@ -67,7 +68,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config, otlp: Option<kv_server::telemetry::OtlpConfig>) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    log_queue: Option<tokio::sync::mpsc::Receiver<kv_server::telemetry::logs::LogRecord>>,
+) -> anyhow::Result<()> {
     let listener = transport::Listener::bind(&config.listen).await?;
     let bound = listener.local_endpoint()?;
     tracing::info!(endpoint = %bound, "listening");
@@ -77,8 +81,8 @@ async fn serve(config: Config, otlp: Option<kv_server::telemetry::OtlpConfig>) -
     let store = Arc::new(Store::new());
     let health = Arc::new(Health::new());
     let loader_metrics = Arc::new(LoaderMetrics::default());
-    if let Some(otlp) = otlp {
-        kv_server::telemetry::start(otlp, store.clone(), loader_metrics.clone());
+    if let Some(otlp) = config.otlp.clone() {
+        kv_server::telemetry::start(otlp, store.clone(), loader_metrics.clone(), log_queue);
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -147,15 +151,20 @@ async fn serve(config: Config, otlp: Option<kv_server::telemetry::OtlpConfig>) -
     Ok(())
 }
 
-fn init_tracing(format: LogFormat) {
+/// The console (stderr: `nitro-cli console` in debug mode) always; OTLP logs when configured.
+fn init_tracing(format: LogFormat, otlp: Option<kv_server::telemetry::logs::OtlpLogLayer>) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let console = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let console = match format {
+        LogFormat::Text => console.boxed(),
+        LogFormat::Json => console.json().boxed(),
+    };
+    // The console's filter is its own: the OTLP layer filters by its configured level.
+    tracing_subscriber::registry().with(console.with_filter(filter)).with(otlp).init();
 }

@@ -84,6 +84,7 @@ fn aws_exporters_carry_the_boot_time_placeholders() {
     assert_eq!(str_at(&cfg, &["exporters", "awsemf", "namespace"]), "KV-Server");
     assert_eq!(str_at(&cfg, &["exporters", "awsemf", "region"]), "$REGION");
     assert_eq!(str_at(&cfg, &["exporters", "awsxray", "region"]), "$REGION");
+    assert_eq!(str_at(&cfg, &["exporters", "awscloudwatchlogs", "region"]), "$REGION");
     assert_eq!(str_at(&cfg, &["extensions", "sigv4auth", "region"]), "$REGION");
     assert_eq!(str_at(&cfg, &["extensions", "sigv4auth", "service"]), "aps");
     let rw = str_at(&cfg, &["exporters", "prometheusremotewrite", "endpoint"]);
@@ -117,7 +118,9 @@ fn pipelines_name_only_defined_components() {
         get(&cfg, &[section]).as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_string()).collect()
     };
     let pipelines = get(&cfg, &["service", "pipelines"]).as_mapping().unwrap();
-    assert!(pipelines.contains_key("traces") && pipelines.contains_key("metrics"));
+    for signal in ["traces", "metrics", "logs"] {
+        assert!(pipelines.contains_key(signal), "no {signal} pipeline");
+    }
     let mut exporters_used = Vec::new();
     for (name, p) in pipelines {
         for section in ["receivers", "processors", "exporters"] {

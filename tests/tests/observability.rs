@@ -27,6 +27,7 @@ fn start_kv_server(dir: &std::path::Path, collector: SocketAddr) -> (Proc, Socke
         .arg("--otlp-endpoint")
         .arg(format!("tcp://{collector}"))
         .args(["--otlp-interval-ms", "200", "--otlp-instance-id", "i-0123test", "--otlp-pcr0", "ab12"])
+        .args(["--otlp-log-level", "info"])
         .env("RUST_LOG", "info");
     let mut kv = Proc::spawn("kv-server", cmd, &dir.join("kv-server.log"));
     let addr = wait_until(Duration::from_secs(30), || {
@@ -37,6 +38,13 @@ fn start_kv_server(dir: &std::path::Path, collector: SocketAddr) -> (Proc, Socke
     });
     let addr = addr.unwrap_or_else(|| panic!("kv-server never listened; log:\n{}", kv.logs()));
     (kv, addr)
+}
+
+fn body_text(record: &opentelemetry_proto::tonic::logs::v1::LogRecord) -> String {
+    match record.body.as_ref().and_then(|b| b.value.as_ref()) {
+        Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => s.clone(),
+        _ => String::new(),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -94,6 +102,26 @@ fn kv_server_exports_metrics_and_spans_and_survives_the_collector_going_away() {
     );
     let m = receiver.metrics();
     assert!(latest_value(&m, "kv_server.store.keys", &[]).is_some_and(|k| k > 0.0), "store size exported");
+    assert!(latest_value(&m, "kv_server.store.bytes", &[]).is_some_and(|b| b > 0.0), "store bytes exported");
+
+    // kv-server's own log lines arrive as OTLP logs (the console has them too), never key data.
+    let logs = wait_until(Duration::from_secs(30), || {
+        let logs = receiver.logs();
+        logs.iter().any(|(_, r)| body_text(r).contains("serving the built-in sample data")).then_some(logs)
+    });
+    let logs =
+        logs.unwrap_or_else(|| panic!("no OTLP log of the sample data; received {:?}", receiver.logs()));
+    let (resource, record) = logs
+        .iter()
+        .find(|(_, r)| body_text(r).contains("serving the built-in sample data"))
+        .expect("found above");
+    assert_eq!(record.severity_text, "INFO");
+    assert_eq!(attr(resource, "service.name").and_then(attr_text).as_deref(), Some("kv-server"));
+    assert!(kv.logs().contains("serving the built-in sample data"), "the console has the same line");
+    for (_, r) in &logs {
+        let text = format!("{r:?}");
+        assert!(!text.contains("no-such-key"), "key data in a log record: {text}");
+    }
     let resource = &m[0].resource_metrics[0].resource.as_ref().expect("resource").attributes;
     for (key, want) in [
         ("service.name", "kv-server"),
@@ -124,6 +152,17 @@ fn kv_server_exports_metrics_and_spans_and_survives_the_collector_going_away() {
         assert!(!text.contains("hello") && !text.contains("no-such-key"), "key data in a span: {text}");
     }
 
+    // More spans than one export call carries (2048) all arrive: batches go out as they fill.
+    const BURST: u64 = 2600;
+    client_rt.block_on(async {
+        for _ in 0..BURST {
+            get_values(&mut client, None).await;
+        }
+    });
+    let all =
+        wait_until(Duration::from_secs(60), || (receiver.spans().len() as u64 >= N + BURST).then_some(()));
+    assert!(all.is_some(), "{} of {} spans arrived", receiver.spans().len(), N + BURST);
+
     // The collector goes away: every request is still answered (a bounded loop, no timing).
     receiver.stop();
     const M: u64 = 300;
@@ -144,7 +183,7 @@ fn kv_server_exports_metrics_and_spans_and_survives_the_collector_going_away() {
         let requests = latest_value(&m, "kv_server.requests", &[("rpc.grpc.status_code", "0")])?;
         let dropped = latest_value(&m, "kv_server.telemetry.spans_dropped", &[])?;
         let failed = latest_value(&m, "kv_server.telemetry.exports_failed", &[("signal", "metrics")])?;
-        (requests == (N + M) as f64 && dropped > 0.0 && failed > 0.0).then_some((dropped, failed))
+        (requests == (N + BURST + M) as f64 && dropped > 0.0 && failed > 0.0).then_some((dropped, failed))
     });
     let (dropped, failed) = recovered.unwrap_or_else(|| {
         panic!("no complete export after the collector came back; kv-server log:\n{}", kv.logs())

@@ -1,11 +1,13 @@
-//! OTLP export of metrics and spans to the collector on the parent (off unless `--otlp-endpoint`).
+//! OTLP export of metrics, spans and logs to the collector on the parent (off unless
+//! `--otlp-endpoint` or `[otlp] endpoint`).
 //!
 //! The request path only touches atomics and a bounded queue: [`record_get_values`] bumps counters
-//! and a fixed-bucket histogram, and offers one finished span to a queue with `try_send`. A
-//! background task exports every `--otlp-interval-ms`: cumulative metrics (read from the atomics,
-//! the store and the loader counters) and the queued spans, each call bounded by a timeout. A full
-//! queue or a failed export drops spans and counts them (`kv_server.telemetry.spans_dropped`,
-//! `kv_server.telemetry.exports_failed`); the collector being down never fails or slows a request.
+//! and a fixed-bucket histogram, and offers one finished span to a queue with `try_send`. Three
+//! background tasks export: metrics every `interval` (cumulative, read from the atomics, the store
+//! and the loader counters); spans and log records in batches, sent when a batch is full or
+//! `interval` after its first item, each call bounded by a timeout. A full queue or a failed
+//! export drops items and counts them (`kv_server.telemetry.spans_dropped`, `.logs_dropped`,
+//! `.exports_failed`); the collector being down never fails or slows a request.
 //!
 //! The collector is dialed with the project's transport, so `vsock://3:4317` reaches it through a
 //! fixed vsockproxy mapping (parent vsock port 4317 -> 127.0.0.1:4317): plain HTTP/2 over the
@@ -20,11 +22,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1 as pl;
 use opentelemetry_proto::tonic::metrics::v1 as pm;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1 as pt;
@@ -32,40 +37,68 @@ use tokio::sync::mpsc;
 use tonic::metadata::MetadataMap;
 use transport::Endpoint;
 
+use crate::config::ConfigError;
 use crate::loader::LoaderMetrics;
 use crate::store::Store;
+
+pub mod histogram;
+pub mod logs;
+
+use histogram::Histogram;
+use logs::LogRecord;
 
 pub const DEFAULT_INTERVAL_MS: u64 = 10_000;
 /// Finished spans waiting for export; more are dropped (and counted), never waited for.
 pub const SPAN_QUEUE: usize = 8192;
-/// Most spans in one export call.
-const MAX_SPANS_PER_EXPORT: usize = 2048;
+/// Most spans (or log records) in one export call.
+const MAX_BATCH: usize = 2048;
 /// Bound of one export call (connect included): a black-holed collector costs a queue of spans,
 /// not a stuck task.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Upper bounds of the request latency histogram, in milliseconds.
-pub const LATENCY_BOUNDS_MS: [f64; 14] =
+pub static LATENCY_BOUNDS_MS: [f64; 14] =
     [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+/// Upper bounds of the data-file load time histogram (fetch, parse, apply), in milliseconds.
+pub static LOAD_BOUNDS_MS: [f64; 12] =
+    [1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10_000.0, 30_000.0, 60_000.0, 300_000.0];
 const METHOD: &str = "GetValues";
 const SERVICE: &str = "kv_server.v1.KeyValueService";
 
-/// OTLP flags (`kv-server --help`).
+/// OTLP flags (`kv-server --help`); each has a key in the config file's `[otlp]` table.
 #[derive(Debug, Args, Default, Clone)]
 pub struct OtlpArgs {
-    /// Collector to export OTLP metrics and spans to over gRPC: tcp://HOST:PORT, unix:///path or
-    /// vsock://3:4317 (a vsockproxy mapping to the parent's collector). Off when not set.
+    /// Collector to export OTLP metrics, spans and logs to over gRPC: tcp://HOST:PORT,
+    /// unix:///path or vsock://3:4317 (a vsockproxy mapping to the parent's collector). Off when
+    /// not set.
     #[arg(long, value_name = "ENDPOINT")]
     pub otlp_endpoint: Option<String>,
-    /// How often metrics and queued spans are exported, in milliseconds [default: 10000].
+    /// How often metrics are exported, and the longest a span or log record waits, in
+    /// milliseconds [default: 10000].
     #[arg(long, value_name = "MS")]
     pub otlp_interval_ms: Option<u64>,
     /// Resource attribute `service.instance.id` (e.g. the EC2 instance id).
     #[arg(long, value_name = "ID", env = "KV_INSTANCE_ID")]
     pub otlp_instance_id: Option<String>,
-    /// Resource attribute `aws.nitro_enclave.pcr0`: the enclave image's PCR0, if the launcher knows it.
+    /// Resource attribute `aws.nitro_enclave.pcr0`: the enclave image's PCR0 (read from the NSM
+    /// when not given and running in an enclave).
     #[arg(long, value_name = "HEX", env = "KV_PCR0")]
     pub otlp_pcr0: Option<String>,
+    /// Also export kv-server's log events at this level and above as OTLP logs: error, warn,
+    /// info, debug or trace [default: none, logs go to the console only].
+    #[arg(long, value_name = "LEVEL")]
+    pub otlp_log_level: Option<String>,
+}
+
+/// `[otlp]` in the configuration file; the flags override it.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpFileConfig {
+    pub endpoint: Option<String>,
+    pub interval_ms: Option<u64>,
+    pub instance_id: Option<String>,
+    pub pcr0: Option<String>,
+    pub log_level: Option<String>,
 }
 
 /// The checked OTLP settings.
@@ -75,51 +108,68 @@ pub struct OtlpConfig {
     pub interval: Duration,
     pub instance_id: Option<String>,
     pub pcr0: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{setting}: {reason}")]
-pub struct OtlpConfigError {
-    setting: &'static str,
-    reason: String,
+    /// `None`: no OTLP logs.
+    pub log_level: Option<tracing::Level>,
 }
 
 impl OtlpArgs {
-    /// `None` when export is off.
-    pub fn resolve(&self) -> Result<Option<OtlpConfig>, OtlpConfigError> {
-        let Some(text) = &self.otlp_endpoint else {
-            if self.otlp_interval_ms.is_some() {
-                return Err(OtlpConfigError {
-                    setting: "--otlp-interval-ms",
-                    reason: "needs --otlp-endpoint".into(),
-                });
+    /// Flags over `[otlp]`; `None` when export is off. Errors name the flag or the file key.
+    pub fn resolve(
+        &self,
+        file: Option<OtlpFileConfig>,
+        config_path: Option<&std::path::Path>,
+    ) -> Result<Option<OtlpConfig>, ConfigError> {
+        let file = file.unwrap_or_default();
+        let origin = |flag: &str, key: &str, from_flag: bool| match (config_path, from_flag) {
+            (Some(path), false) => format!("{} key `otlp.{key}`", path.display()),
+            _ => format!("--otlp-{flag}"),
+        };
+        let invalid = |setting: String, reason: String| ConfigError::Invalid { setting, reason };
+        let endpoint_flag = self.otlp_endpoint.is_some();
+        let Some(text) = self.otlp_endpoint.clone().or(file.endpoint) else {
+            let stray = [
+                ("interval-ms", "interval_ms", self.otlp_interval_ms.is_some(), file.interval_ms.is_some()),
+                ("log-level", "log_level", self.otlp_log_level.is_some(), file.log_level.is_some()),
+            ];
+            if let Some((flag, key, from_flag, _)) = stray.iter().find(|(_, _, f, k)| *f || *k) {
+                return Err(invalid(
+                    origin(flag, key, *from_flag),
+                    "needs an OTLP endpoint (--otlp-endpoint or `otlp.endpoint`)".into(),
+                ));
             }
             return Ok(None);
         };
-        let endpoint: Endpoint = text.parse().map_err(|e: transport::EndpointError| OtlpConfigError {
-            setting: "--otlp-endpoint",
-            reason: e.to_string(),
+        let endpoint: Endpoint = text.parse().map_err(|e: transport::EndpointError| {
+            invalid(origin("endpoint", "endpoint", endpoint_flag), e.to_string())
         })?;
-        let interval_ms = self.otlp_interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
-        if interval_ms == 0 {
-            return Err(OtlpConfigError {
-                setting: "--otlp-interval-ms",
-                reason: "must be at least 1".into(),
-            });
+        let interval_ms = self.otlp_interval_ms.or(file.interval_ms).unwrap_or(DEFAULT_INTERVAL_MS);
+        if interval_ms == 0 || interval_ms > 3_600_000 {
+            return Err(invalid(
+                origin("interval-ms", "interval_ms", self.otlp_interval_ms.is_some()),
+                format!("{interval_ms} is outside 1..=3600000 milliseconds"),
+            ));
         }
-        if let Some(pcr0) = &self.otlp_pcr0
+        let pcr0 = self.otlp_pcr0.clone().or(file.pcr0);
+        if let Some(pcr0) = &pcr0
             && (pcr0.is_empty() || !pcr0.bytes().all(|b| b.is_ascii_hexdigit()))
         {
-            return Err(OtlpConfigError {
-                setting: "--otlp-pcr0",
-                reason: format!("{pcr0:?} is not hexadecimal"),
-            });
+            return Err(invalid(
+                origin("pcr0", "pcr0", self.otlp_pcr0.is_some()),
+                format!("{pcr0:?} is not hexadecimal"),
+            ));
         }
+        let log_level = match self.otlp_log_level.clone().or(file.log_level) {
+            None => None,
+            Some(text) => Some(logs::parse_level(&text).map_err(|reason| {
+                invalid(origin("log-level", "log_level", self.otlp_log_level.is_some()), reason)
+            })?),
+        };
         Ok(Some(OtlpConfig {
             endpoint,
             interval: Duration::from_millis(interval_ms),
-            instance_id: self.otlp_instance_id.clone().filter(|s| !s.is_empty()),
-            pcr0: self.otlp_pcr0.clone(),
+            instance_id: self.otlp_instance_id.clone().or(file.instance_id).filter(|s| !s.is_empty()),
+            pcr0,
+            log_level,
         }))
     }
 }
@@ -129,12 +179,11 @@ struct RequestMetrics {
     by_code: [AtomicU64; 17],
     keys_looked_up: AtomicU64,
     keys_not_found: AtomicU64,
-    /// One count per bound of [`LATENCY_BOUNDS_MS`], plus the overflow bucket.
-    latency_buckets: [AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
-    latency_sum_ns: AtomicU64,
+    latency: Histogram,
     spans_dropped: AtomicU64,
     metric_exports_failed: AtomicU64,
     span_exports_failed: AtomicU64,
+    log_exports_failed: AtomicU64,
 }
 
 impl RequestMetrics {
@@ -143,11 +192,11 @@ impl RequestMetrics {
             by_code: std::array::from_fn(|_| AtomicU64::new(0)),
             keys_looked_up: AtomicU64::new(0),
             keys_not_found: AtomicU64::new(0),
-            latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            latency_sum_ns: AtomicU64::new(0),
+            latency: Histogram::new(&LATENCY_BOUNDS_MS),
             spans_dropped: AtomicU64::new(0),
             metric_exports_failed: AtomicU64::new(0),
             span_exports_failed: AtomicU64::new(0),
+            log_exports_failed: AtomicU64::new(0),
         }
     }
 }
@@ -175,8 +224,14 @@ struct Telemetry {
 
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
 
-/// Starts the exporter task (call once, inside the runtime). Returns `false` if it already ran.
-pub fn start(config: OtlpConfig, store: Arc<Store>, loader: Arc<LoaderMetrics>) -> bool {
+/// Starts the exporter tasks (call once, inside the runtime). `logs` is the queue of
+/// [`logs::channel`] when OTLP logs are on. Returns `false` if it already ran.
+pub fn start(
+    mut config: OtlpConfig,
+    store: Arc<Store>,
+    loader: Arc<LoaderMetrics>,
+    logs: Option<mpsc::Receiver<LogRecord>>,
+) -> bool {
     let (tx, rx) = mpsc::channel(SPAN_QUEUE);
     let telemetry = Telemetry {
         metrics: RequestMetrics::new(),
@@ -187,8 +242,27 @@ pub fn start(config: OtlpConfig, store: Arc<Store>, loader: Arc<LoaderMetrics>) 
     if TELEMETRY.set(telemetry).is_err() {
         return false;
     }
-    tracing::info!(endpoint = %config.endpoint, interval_ms = config.interval.as_millis() as u64, "OTLP export on");
-    tokio::spawn(export_loop(config, store, loader, rx));
+    if config.pcr0.is_none() {
+        // Inside an enclave the NSM knows the image's PCR0; elsewhere there is none to report.
+        config.pcr0 = crate::attestation::describe_pcr(0);
+    }
+    tracing::info!(
+        endpoint = %config.endpoint,
+        interval_ms = config.interval.as_millis() as u64,
+        logs = logs.is_some(),
+        "OTLP export on"
+    );
+    let exporter = Exporter {
+        channel: channel(&config.endpoint),
+        resource: resource(&config),
+        endpoint: config.endpoint.clone(),
+        interval: config.interval,
+    };
+    tokio::spawn(metrics_loop(exporter.clone(), store, loader));
+    tokio::spawn(span_loop(exporter.clone(), rx));
+    if let Some(logs) = logs {
+        tokio::spawn(log_loop(exporter, logs));
+    }
     true
 }
 
@@ -238,10 +312,7 @@ pub fn record_get_values<T>(
     m.by_code[code.clamp(0, 16) as usize].fetch_add(1, Ordering::Relaxed);
     m.keys_looked_up.fetch_add(keys, Ordering::Relaxed);
     m.keys_not_found.fetch_add(not_found, Ordering::Relaxed);
-    let ms = elapsed.as_secs_f64() * 1000.0;
-    let bucket = LATENCY_BOUNDS_MS.iter().position(|b| ms <= *b).unwrap_or(LATENCY_BOUNDS_MS.len());
-    m.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
-    m.latency_sum_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    m.latency.record(elapsed);
 
     let parent = metadata.get("traceparent").and_then(|v| v.to_str().ok()).and_then(parse_traceparent);
     let end_ns = unix_nanos(SystemTime::now());
@@ -321,7 +392,7 @@ fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn unix_nanos(t: SystemTime) -> u64 {
+pub(crate) fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
@@ -329,7 +400,7 @@ fn attr(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
 }
 
-fn str_attr(key: &str, value: &str) -> KeyValue {
+pub(crate) fn str_attr(key: &str, value: &str) -> KeyValue {
     attr(key, any_value::Value::StringValue(value.into()))
 }
 
@@ -372,56 +443,118 @@ fn channel(endpoint: &Endpoint) -> tonic::transport::Channel {
         .connect_with_connector_lazy(connector)
 }
 
-async fn export_loop(
-    config: OtlpConfig,
-    store: Arc<Store>,
-    loader: Arc<LoaderMetrics>,
-    mut spans: mpsc::Receiver<SpanRecord>,
-) {
+/// What every export task shares: the lazily connected channel and the resource.
+#[derive(Clone)]
+struct Exporter {
+    channel: tonic::transport::Channel,
+    resource: Resource,
+    endpoint: Endpoint,
+    interval: Duration,
+}
+
+/// Logs once per change between working and failing, not once per failed call.
+struct ExportState {
+    signal: &'static str,
+    failing: bool,
+}
+
+impl ExportState {
+    fn new(signal: &'static str) -> ExportState {
+        ExportState { signal, failing: false }
+    }
+
+    fn update(&mut self, ok: bool, endpoint: &Endpoint) {
+        if ok == self.failing {
+            self.failing = !ok;
+            if self.failing {
+                tracing::warn!(signal = self.signal, endpoint = %endpoint, "OTLP export failing; dropped data is counted");
+            } else {
+                tracing::info!(signal = self.signal, endpoint = %endpoint, "OTLP export working");
+            }
+        }
+    }
+}
+
+async fn metrics_loop(exporter: Exporter, store: Arc<Store>, loader: Arc<LoaderMetrics>) {
     let Some(t) = TELEMETRY.get() else { return };
-    let channel = channel(&config.endpoint);
-    let mut metrics_client = MetricsServiceClient::new(channel.clone());
-    let mut trace_client = TraceServiceClient::new(channel);
-    let resource = resource(&config);
+    let mut client = MetricsServiceClient::new(exporter.channel.clone());
     let start_ns = unix_nanos(SystemTime::now());
-    let mut tick = tokio::time::interval(config.interval);
+    let mut tick = tokio::time::interval(exporter.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
+    let mut state = ExportState::new("metrics");
     loop {
         tick.tick().await;
-        let mut ok = true;
-        let mut batch = Vec::new();
-        while batch.len() < MAX_SPANS_PER_EXPORT {
-            match spans.try_recv() {
-                Ok(span) => batch.push(span),
-                Err(_) => break,
-            }
-        }
-        if !batch.is_empty() {
-            let n = batch.len() as u64;
-            let request = trace_request(&resource, &batch);
-            let sent = tokio::time::timeout(EXPORT_TIMEOUT, trace_client.export(request)).await;
-            if !matches!(sent, Ok(Ok(_))) {
-                ok = false;
-                t.metrics.span_exports_failed.fetch_add(1, Ordering::Relaxed);
-                t.metrics.spans_dropped.fetch_add(n, Ordering::Relaxed);
-            }
-        }
-        let request = metrics_request(&resource, start_ns, &t.metrics, &store, &loader);
-        let sent = tokio::time::timeout(EXPORT_TIMEOUT, metrics_client.export(request)).await;
-        if !matches!(sent, Ok(Ok(_))) {
-            ok = false;
+        let request = metrics_request(&exporter.resource, start_ns, &t.metrics, &store, &loader);
+        let sent = tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await;
+        let ok = matches!(sent, Ok(Ok(_)));
+        if !ok {
             t.metrics.metric_exports_failed.fetch_add(1, Ordering::Relaxed);
         }
-        // One log line per change of state, not one per failed interval.
-        if ok == failing {
-            failing = !ok;
-            if failing {
-                tracing::warn!(endpoint = %config.endpoint, "OTLP export failing; spans are dropped and counted");
-            } else {
-                tracing::info!(endpoint = %config.endpoint, "OTLP export working");
-            }
+        state.update(ok, &exporter.endpoint);
+    }
+}
+
+/// The next batch: waits for a first item, then takes more until [`MAX_BATCH`] or until
+/// `linger` has passed since the first. `None` when the queue is closed and empty.
+pub(crate) async fn next_batch<T>(rx: &mut mpsc::Receiver<T>, linger: Duration) -> Option<Vec<T>> {
+    let mut batch = Vec::with_capacity(64);
+    if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+        return None;
+    }
+    let deadline = tokio::time::Instant::now() + linger;
+    while batch.len() < MAX_BATCH {
+        let room = MAX_BATCH - batch.len();
+        tokio::select! {
+            n = rx.recv_many(&mut batch, room) => if n == 0 { break },
+            _ = tokio::time::sleep_until(deadline) => break,
         }
+    }
+    Some(batch)
+}
+
+async fn span_loop(exporter: Exporter, mut spans: mpsc::Receiver<SpanRecord>) {
+    let Some(t) = TELEMETRY.get() else { return };
+    let mut client = TraceServiceClient::new(exporter.channel.clone());
+    let mut state = ExportState::new("traces");
+    while let Some(batch) = next_batch(&mut spans, exporter.interval).await {
+        let request = trace_request(&exporter.resource, &batch);
+        let sent = tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await;
+        let ok = matches!(sent, Ok(Ok(_)));
+        if !ok {
+            t.metrics.span_exports_failed.fetch_add(1, Ordering::Relaxed);
+            t.metrics.spans_dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        state.update(ok, &exporter.endpoint);
+    }
+}
+
+async fn log_loop(exporter: Exporter, mut records: mpsc::Receiver<LogRecord>) {
+    let Some(t) = TELEMETRY.get() else { return };
+    let mut client = LogsServiceClient::new(exporter.channel.clone());
+    let mut state = ExportState::new("logs");
+    while let Some(batch) = next_batch(&mut records, exporter.interval).await {
+        let request = logs_request(&exporter.resource, &batch);
+        let sent = tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await;
+        let ok = matches!(sent, Ok(Ok(_)));
+        if !ok {
+            t.metrics.log_exports_failed.fetch_add(1, Ordering::Relaxed);
+            logs::LOGS_DROPPED.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        state.update(ok, &exporter.endpoint);
+    }
+}
+
+fn logs_request(resource: &Resource, batch: &[LogRecord]) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![pl::ResourceLogs {
+            resource: Some(resource.clone()),
+            scope_logs: vec![pl::ScopeLogs {
+                scope: Some(scope()),
+                log_records: batch.iter().map(logs::to_otlp).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
     }
 }
 
@@ -536,22 +669,24 @@ fn metrics_request(
             point(attributes, start_ns, now, int(load(c)))
         })
         .collect();
-    let counts: Vec<u64> = m.latency_buckets.iter().map(load).collect();
-    let histogram = pm::HistogramDataPoint {
-        attributes: vec![str_attr("rpc.method", METHOD)],
-        start_time_unix_nano: start_ns,
-        time_unix_nano: now,
-        count: counts.iter().sum(),
-        sum: Some(load(&m.latency_sum_ns) as f64 / 1e6),
-        bucket_counts: counts,
-        explicit_bounds: LATENCY_BOUNDS_MS.to_vec(),
-        ..Default::default()
+    let histogram = |name: &str, description: &str, point: pm::HistogramDataPoint| {
+        metric(
+            name,
+            description,
+            "ms",
+            pm::metric::Data::Histogram(pm::Histogram {
+                data_points: vec![point],
+                aggregation_temporality: pm::AggregationTemporality::Cumulative as i32,
+            }),
+        )
     };
     let stats = store.stats();
     let failed = vec![
         point(vec![str_attr("signal", "metrics")], start_ns, now, int(load(&m.metric_exports_failed))),
         point(vec![str_attr("signal", "traces")], start_ns, now, int(load(&m.span_exports_failed))),
+        point(vec![str_attr("signal", "logs")], start_ns, now, int(load(&m.log_exports_failed))),
     ];
+    let initial_load_ms = load(&loader.initial_load_ms);
     let metrics = vec![
         counter("kv_server.requests", "GetValues calls by gRPC status code", "{request}", requests),
         counter(
@@ -566,14 +701,10 @@ fn metrics_request(
             "{key}",
             single(load(&m.keys_not_found)),
         ),
-        metric(
+        histogram(
             "kv_server.request.duration",
             "GetValues latency inside the server",
-            "ms",
-            pm::metric::Data::Histogram(pm::Histogram {
-                data_points: vec![histogram],
-                aggregation_temporality: pm::AggregationTemporality::Cumulative as i32,
-            }),
+            m.latency.data_point(vec![str_attr("rpc.method", METHOD)], start_ns, now),
         ),
         gauge("kv_server.store.keys", "Live keys in the store", "{key}", single(stats.live_keys)),
         gauge(
@@ -581,6 +712,12 @@ fn metrics_request(
             "Deleted keys kept as tombstones",
             "{key}",
             single(stats.tombstones),
+        ),
+        gauge(
+            "kv_server.store.bytes",
+            "Bytes of keys and values held (tombstones count their key)",
+            "By",
+            single(stats.bytes),
         ),
         gauge(
             "kv_server.data.last_logical_commit_time",
@@ -607,6 +744,17 @@ fn metrics_request(
             single(load(&loader.records_applied)),
         ),
         counter(
+            "kv_server.data.bytes_loaded",
+            "Bytes of data files applied",
+            "By",
+            single(load(&loader.bytes_loaded)),
+        ),
+        histogram(
+            "kv_server.data.load.duration",
+            "Time to fetch, parse and apply one data file (applied or rejected)",
+            loader.file_load_duration.data_point(Vec::new(), start_ns, now),
+        ),
+        counter(
             "kv_server.data.source_errors",
             "Failed listings or reads of the data source",
             "{error}",
@@ -619,10 +767,26 @@ fn metrics_request(
             single(load(&m.spans_dropped)),
         ),
         counter(
+            "kv_server.telemetry.logs_dropped",
+            "Log records dropped: queue full or export failed",
+            "{record}",
+            single(logs::LOGS_DROPPED.load(Ordering::Relaxed)),
+        ),
+        counter(
             "kv_server.telemetry.exports_failed",
             "OTLP export calls that failed or timed out",
             "{call}",
             failed,
+        ),
+        gauge(
+            "kv_server.data.initial_load.duration",
+            "Time the initial data load took (absent until it finished)",
+            "s",
+            if initial_load_ms == 0 {
+                Vec::new()
+            } else {
+                vec![point(Vec::new(), start_ns, now, AsDouble(initial_load_ms as f64 / 1e3))]
+            },
         ),
         gauge(
             "kv_server.uptime",
@@ -669,21 +833,69 @@ mod tests {
 
     #[test]
     fn flags_resolve() {
-        assert_eq!(OtlpArgs::default().resolve().unwrap(), None);
+        assert_eq!(OtlpArgs::default().resolve(None, None).unwrap(), None);
         let only_interval = OtlpArgs { otlp_interval_ms: Some(5), ..Default::default() };
-        assert!(only_interval.resolve().unwrap_err().to_string().contains("--otlp-interval-ms"));
+        assert!(only_interval.resolve(None, None).unwrap_err().to_string().contains("--otlp-interval-ms"));
+        let only_logs = OtlpArgs { otlp_log_level: Some("info".into()), ..Default::default() };
+        assert!(only_logs.resolve(None, None).unwrap_err().to_string().contains("--otlp-log-level"));
         let bad = OtlpArgs { otlp_endpoint: Some("http://x".into()), ..Default::default() };
-        assert!(bad.resolve().unwrap_err().to_string().contains("--otlp-endpoint"));
+        assert!(bad.resolve(None, None).unwrap_err().to_string().contains("--otlp-endpoint"));
+        let level = OtlpArgs {
+            otlp_endpoint: Some("tcp://127.0.0.1:4317".into()),
+            otlp_log_level: Some("chatty".into()),
+            ..Default::default()
+        };
+        assert!(level.resolve(None, None).unwrap_err().to_string().contains("--otlp-log-level"));
         let pcr = OtlpArgs {
             otlp_endpoint: Some("tcp://127.0.0.1:4317".into()),
             otlp_pcr0: Some("xyz".into()),
             ..Default::default()
         };
-        assert!(pcr.resolve().unwrap_err().to_string().contains("--otlp-pcr0"));
+        assert!(pcr.resolve(None, None).unwrap_err().to_string().contains("--otlp-pcr0"));
         let ok = OtlpArgs { otlp_endpoint: Some("vsock://3:4317".into()), ..Default::default() };
-        let config = ok.resolve().unwrap().unwrap();
+        let config = ok.resolve(None, None).unwrap().unwrap();
         assert_eq!(config.interval, Duration::from_millis(DEFAULT_INTERVAL_MS));
         assert_eq!(config.endpoint.to_string(), "vsock://3:4317");
+        assert_eq!(config.log_level, None);
+    }
+
+    #[test]
+    fn file_keys_apply_and_flags_override_them() {
+        let path = std::path::Path::new("/etc/kv/config.toml");
+        let file = OtlpFileConfig {
+            endpoint: Some("vsock://3:4317".into()),
+            interval_ms: Some(2000),
+            log_level: Some("warn".into()),
+            ..Default::default()
+        };
+        let config = OtlpArgs::default().resolve(Some(file.clone()), Some(path)).unwrap().unwrap();
+        assert_eq!(config.interval, Duration::from_millis(2000));
+        assert_eq!(config.log_level, Some(tracing::Level::WARN));
+        let flags = OtlpArgs { otlp_interval_ms: Some(500), ..Default::default() };
+        let config = flags.resolve(Some(file.clone()), Some(path)).unwrap().unwrap();
+        assert_eq!(config.interval, Duration::from_millis(500));
+        let bad = OtlpFileConfig { interval_ms: Some(0), ..file };
+        let err = OtlpArgs::default().resolve(Some(bad), Some(path)).unwrap_err().to_string();
+        assert!(err.contains("/etc/kv/config.toml key `otlp.interval_ms`"), "{err}");
+        let stray = OtlpFileConfig { log_level: Some("info".into()), ..Default::default() };
+        let err = OtlpArgs::default().resolve(Some(stray), Some(path)).unwrap_err().to_string();
+        assert!(err.contains("`otlp.log_level`") && err.contains("needs an OTLP endpoint"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn batches_are_sent_when_full_or_after_the_linger() {
+        let (tx, mut rx) = mpsc::channel(SPAN_QUEUE);
+        for i in 0..(MAX_BATCH + 10) {
+            tx.try_send(i).unwrap();
+        }
+        let first = next_batch(&mut rx, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(first.len(), MAX_BATCH, "a full batch goes at once, not after the linger");
+        let started = tokio::time::Instant::now();
+        let rest = next_batch(&mut rx, Duration::from_millis(50)).await.unwrap();
+        assert_eq!(rest.len(), 10);
+        assert!(started.elapsed() >= Duration::from_millis(50), "a partial batch waits for more");
+        drop(tx);
+        assert_eq!(next_batch(&mut rx, Duration::from_millis(1)).await, None);
     }
 
     #[test]
@@ -691,10 +903,12 @@ mod tests {
         let m = RequestMetrics::new();
         m.by_code[0].store(7, Ordering::Relaxed);
         m.by_code[3].store(2, Ordering::Relaxed);
-        m.latency_buckets[0].store(9, Ordering::Relaxed);
+        for _ in 0..9 {
+            m.latency.record(Duration::from_micros(10));
+        }
         let store = Store::new();
         let config = OtlpArgs { otlp_endpoint: Some("tcp://127.0.0.1:1".into()), ..Default::default() }
-            .resolve()
+            .resolve(None, None)
             .unwrap()
             .unwrap();
         let request = metrics_request(&resource(&config), 1, &m, &store, &LoaderMetrics::default());

@@ -30,6 +30,7 @@ resource "aws_iam_instance_profile" "instance" {
 locals {
   data_bucket_arn   = "arn:${local.partition}:s3:::${var.data_bucket_name}"
   log_group_arn     = "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:${local.log_group_name}"
+  app_log_group_arn = "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:${local.app_log_group_name}"
   amp_workspace_arn = "arn:${local.partition}:aps:${local.region}:${local.account_id}:workspace/${var.amp_workspace_id}"
   # The group's ARN holds a generated id; the name part pins it to this group.
   asg_arn_pattern = "arn:${local.partition}:autoscaling:${local.region}:${local.account_id}:autoScalingGroup:*:autoScalingGroupName/${local.name}"
@@ -66,9 +67,12 @@ data "aws_iam_policy_document" "instance" {
   }
 
   statement {
-    sid       = "WriteServiceLogs"
-    actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
-    resources = [local.log_group_arn, "${local.log_group_arn}:log-stream:*"]
+    sid     = "WriteServiceLogs"
+    actions = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    resources = [
+      local.log_group_arn, "${local.log_group_arn}:log-stream:*",
+      local.app_log_group_arn, "${local.app_log_group_arn}:log-stream:*",
+    ]
   }
 
   # Exception: cloudwatch:PutMetricData has no resource-level permissions; the namespace
@@ -115,6 +119,15 @@ resource "aws_iam_role_policy" "instance" {
 resource "aws_cloudwatch_log_group" "service" {
   count             = var.create_log_group ? 1 : 0
   name              = local.log_group_name
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.log_kms_key_arn
+  tags              = local.tags
+}
+
+# kv-server's OTLP logs, written by the collector's awscloudwatchlogs exporter.
+resource "aws_cloudwatch_log_group" "app" {
+  count             = var.create_log_group ? 1 : 0
+  name              = local.app_log_group_name
   retention_in_days = var.log_retention_days
   kms_key_id        = var.log_kms_key_arn
   tags              = local.tags

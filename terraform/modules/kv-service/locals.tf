@@ -12,6 +12,7 @@ locals {
   name                = "${var.service_name}-${var.environment}"
   lifecycle_hook_name = "${local.name}-launch"
   log_group_name      = var.log_group_name != null ? var.log_group_name : "/aws/${var.service_name}/metrics"
+  app_log_group_name  = var.app_log_group_name != null ? var.app_log_group_name : "/aws/${var.service_name}/logs"
   partition           = data.aws_partition.current.partition
   region              = data.aws_region.current.name
   account_id          = data.aws_caller_identity.current.account_id

@@ -89,6 +89,11 @@ output "ssm_parameter_names" {
 }
 
 output "log_group_name" {
-  description = "CloudWatch log group the instance role may write to (the collector config's log_group_name)."
+  description = "CloudWatch log group of the EMF metrics (the collector config's awsemf log_group_name)."
   value       = local.log_group_name
+}
+
+output "app_log_group_name" {
+  description = "CloudWatch log group of kv-server's OTLP logs (the collector config's awscloudwatchlogs log_group_name)."
+  value       = local.app_log_group_name
 }

@@ -430,8 +430,19 @@ variable "log_group_name" {
   }
 }
 
+variable "app_log_group_name" {
+  description = "CloudWatch log group of kv-server's OTLP logs (the collector's awscloudwatchlogs exporter); null means /aws/<service>/logs, the log_group_name of that exporter in collector/otel_collector_config.yaml. The instance role may write there and to log_group_name only."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.app_log_group_name == null || can(regex("^[A-Za-z0-9_./#-]{1,512}$", var.app_log_group_name))
+    error_message = "app_log_group_name must be 1-512 characters of letters, digits and _ . / # -."
+  }
+}
+
 variable "create_log_group" {
-  description = "Create the log group (with retention); false when another environment in the same account and region already created it."
+  description = "Create the log groups (metrics and logs, with retention); false when another environment in the same account and region already created them."
   type        = bool
   default     = true
 }

@@ -1,12 +1,14 @@
 //! An OTLP/gRPC receiver standing in for the OpenTelemetry collector (no collector binary can be
 //! installed here): it implements the collector's MetricsService and TraceService from the
-//! `opentelemetry-proto` crate and keeps every request it gets. It runs on its own tokio runtime,
+//! `opentelemetry-proto` crate (MetricsService, TraceService, LogsService) and keeps every request it gets. It runs on its own tokio runtime,
 //! so [`Receiver::stop`] closes its listener and every connection at once, as a collector that
 //! dies would.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -20,6 +22,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::{Metric, metric, number_data_point};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tonic::{Request, Response, Status};
@@ -28,6 +31,18 @@ use tonic::{Request, Response, Status};
 pub struct Received {
     pub metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
     pub traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    pub logs: Arc<Mutex<Vec<ExportLogsServiceRequest>>>,
+}
+
+#[tonic::async_trait]
+impl LogsService for Received {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        self.logs.lock().expect("lock").push(request.into_inner());
+        Ok(Response::new(ExportLogsServiceResponse::default()))
+    }
 }
 
 #[tonic::async_trait]
@@ -77,7 +92,8 @@ impl Receiver {
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
             tonic::transport::Server::builder()
                 .add_service(MetricsServiceServer::new(services.clone()))
-                .add_service(TraceServiceServer::new(services))
+                .add_service(TraceServiceServer::new(services.clone()))
+                .add_service(LogsServiceServer::new(services))
                 .serve_with_incoming(incoming)
                 .await
                 .expect("OTLP receiver");
@@ -105,6 +121,23 @@ impl Receiver {
                 let resource = rs.resource.clone().map(|r| r.attributes).unwrap_or_default();
                 for ss in &rs.scope_spans {
                     out.extend(ss.spans.iter().map(|s| (resource.clone(), s.clone())));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Receiver {
+    /// Every log record received, with its resource's attributes.
+    pub fn logs(&self) -> Vec<(Vec<KeyValue>, LogRecord)> {
+        let logs = self.received.logs.lock().expect("lock");
+        let mut out = Vec::new();
+        for request in logs.iter() {
+            for rl in &request.resource_logs {
+                let resource = rl.resource.clone().map(|r| r.attributes).unwrap_or_default();
+                for sl in &rl.scope_logs {
+                    out.extend(sl.log_records.iter().map(|r| (resource.clone(), r.clone())));
                 }
             }
         }
