@@ -198,6 +198,14 @@ impl UploadOptions {
     }
 }
 
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// StartSnapshot's timeout: an unfinished snapshot goes to `error` after this (and a resumed
 /// upload must finish before it).
 pub const SNAPSHOT_TIMEOUT_MINUTES: u32 = 60;
@@ -287,7 +295,9 @@ pub async fn upload_with(
     // Progress: workers count written blocks; the state recorder gets their indexes.
     let written = Arc::new(AtomicU64::new(0));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-    let recorder = {
+    // Both helper tasks end with this future, also when it is dropped (interrupt): a recorder
+    // outliving the run could write a stale state file over the next run's.
+    let mut recorder = AbortOnDrop({
         let observer = opts.observer.clone();
         tokio::spawn(async move {
             let mut batch = Vec::new();
@@ -306,8 +316,8 @@ pub async fn upload_with(
                 o.blocks_done(&batch);
             }
         })
-    };
-    let ticker = {
+    });
+    let ticker = AbortOnDrop({
         let (written, region, sid) = (written.clone(), region.to_string(), snapshot_id.clone());
         let bar = opts.progress_bar;
         tokio::spawn(async move {
@@ -332,7 +342,7 @@ pub async fn upload_with(
                 }
             }
         })
-    };
+    });
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..workers {
         let written = written.clone();
@@ -379,12 +389,12 @@ pub async fn upload_with(
             }
         }
     }
-    ticker.abort();
+    drop(ticker);
     if opts.progress_bar {
         eprintln!();
     }
     // Every worker has ended, so the recorder sees its channel close and flushes the last batch.
-    let _ = recorder.await;
+    let _ = (&mut recorder.0).await;
     if let Some(e) = failed {
         return Err(e);
     }

@@ -366,6 +366,7 @@ pub async fn bake(
         Some(p) => StateFile::open(p, &job.content_key, "bake").map_err(Error::Local)?,
         None => StateFile::none(&job.content_key, "bake"),
     };
+    let state = Arc::new(state);
     let every = Duration::from_secs(s.upload.wait_interval_secs);
     let cleanup = Arc::new(Cleanup::new(s.on_failure == OnFailure::Keep, s.upload.wait_attempts, every));
     let ctx = Ctx {
@@ -373,10 +374,12 @@ pub async fn bake(
         content_key: &job.content_key,
         target: opts.target,
         cleanup: cleanup.clone(),
-        state: Arc::new(state),
+        state: state.clone(),
         log: opts.log,
     };
-    crate::with_cleanup(&cleanup, opts.log, bake_body(job, &ctx), interrupt).await
+    let r = crate::with_cleanup(&cleanup, opts.log, bake_body(job, &ctx), interrupt).await;
+    state.close();
+    r
 }
 
 async fn bake_body(job: &BakeJob, ctx: &Ctx<'_>) -> Result<Manifest, Error> {

@@ -252,15 +252,18 @@ pub async fn run(
         s.upload.wait_attempts,
         std::time::Duration::from_secs(s.upload.wait_interval_secs),
     ));
+    let state = Arc::new(state);
     let ctx = Ctx {
         spec: s,
         content_key: &job.content_key,
         target: opts.target,
         cleanup: cleanup.clone(),
-        state: Arc::new(state),
+        state: state.clone(),
         log: opts.log,
     };
-    with_cleanup(&cleanup, opts.log, import_body(job, &ctx, opts.progress_bar), interrupt).await
+    let r = with_cleanup(&cleanup, opts.log, import_body(job, &ctx, opts.progress_bar), interrupt).await;
+    state.close();
+    r
 }
 
 async fn import_body(job: &Job, ctx: &Ctx<'_>, progress_bar: bool) -> Result<Manifest, Error> {

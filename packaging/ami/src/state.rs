@@ -92,12 +92,14 @@ pub fn resume_decision(u: &UploadState, region: &str, image_len: u64, now: u64) 
 pub struct StateFile {
     path: Option<PathBuf>,
     state: Mutex<State>,
+    /// Set when the run ends: a helper task that outlives it cannot write any more.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl StateFile {
     /// No file: the same calls, nothing written.
     pub fn none(content_key: &str, flow: &str) -> StateFile {
-        StateFile { path: None, state: Mutex::new(fresh(content_key, flow)) }
+        StateFile { path: None, state: Mutex::new(fresh(content_key, flow)), closed: Default::default() }
     }
 
     /// Read `path` if it exists (it must be for this content key and flow), else start empty.
@@ -126,7 +128,7 @@ impl StateFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => fresh(content_key, flow),
             Err(e) => return Err(format!("{}: cannot read state file: {e}", path.display())),
         };
-        Ok(StateFile { path: Some(path.to_path_buf()), state: Mutex::new(state) })
+        Ok(StateFile { path: Some(path.to_path_buf()), state: Mutex::new(state), closed: Default::default() })
     }
 
     pub fn get(&self) -> State {
@@ -140,10 +142,19 @@ impl StateFile {
     /// Change the state and write it (atomically) before returning.
     pub fn update(&self, f: impl FnOnce(&mut State)) -> Result<(), Error> {
         let mut s = self.lock();
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         f(&mut s);
         let Some(path) = &self.path else { return Ok(()) };
         write_atomically(path, &s)
             .map_err(|e| Error::Local(format!("{}: cannot write state file: {e}", path.display())))
+    }
+
+    /// No more writes (under the lock: a write in progress finishes first).
+    pub fn close(&self) {
+        let _s = self.lock();
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

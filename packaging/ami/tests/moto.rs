@@ -141,3 +141,181 @@ async fn errors_name_region_resource_and_code() {
     assert!(s.contains("us-east-1") && s.contains("ec2:ModifyImageAttribute"), "{s}");
     assert!(s.contains("InvalidAMIID"), "{s}");
 }
+
+/// An image whose every 512-byte block holds data (so each is one PutSnapshotBlock).
+fn dense_image(dir: &std::path::Path, blocks: usize) -> std::path::PathBuf {
+    let img: Vec<u8> = (0..blocks * 512).map(|i| (i % 251) as u8 | 1).collect();
+    let p = dir.join("dense.raw");
+    std::fs::write(&p, img).unwrap();
+    p
+}
+
+fn import_spec(extra: &str) -> AmiSpec {
+    AmiSpec::parse(&format!(
+        "name = \"kv-{{content_key}}\"\nregion = \"us-east-1\"\n{extra}\n[upload]\nworkers = 2\nwait_interval_secs = 0\n"
+    ))
+    .unwrap()
+}
+
+async fn snapshots_with_key(c: &Clients, key: &str) -> Vec<String> {
+    let f = aws_sdk_ec2::types::Filter::builder().name("tag:kv-ami:content-key").values(key).build();
+    let out = c.ec2.describe_snapshots().owner_ids("self").filters(f).send().await.unwrap();
+    out.snapshots().iter().filter_map(|s| s.snapshot_id()).map(str::to_string).collect()
+}
+
+/// Ends once the state file lists at least `n` blocks put.
+async fn after_blocks(state: std::path::PathBuf, n: usize) {
+    loop {
+        if let Ok(bytes) = std::fs::read(&state)
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && v["upload"]["blocks_done"].as_array().is_some_and(|a| a.len() >= n)
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_upload_is_cleaned_up_and_nothing_is_left() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dense_image(dir.path(), 400);
+    let job = Job::prepare(import_spec(""), &image, &bundle_manifest(dir.path(), "int")).unwrap();
+    let target = moto.target();
+    let c = Clients::new("us-east-1", &target).await;
+    let state = dir.path().join("state.json");
+    let log = Log::default();
+    let push = |l: &str| log.push(l);
+    let o = kv_ami::RunOptions { state_path: Some(&state), ..opts(&target, &push) };
+    let e = run(&job, &o, after_blocks(state.clone(), 20)).await.unwrap_err().to_string();
+    assert!(e.contains("interrupted"), "{e}");
+    let lines = log.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("cleanup: us-east-1: ec2:DeleteSnapshot snap-") && l.ends_with("done")),
+        "{lines:#?}"
+    );
+    assert!(snapshots_with_key(&c, &job.content_key).await.is_empty(), "the partial snapshot is deleted");
+    assert!(c.ec2.describe_images().owners("self").send().await.unwrap().images().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_upload_resumes_into_the_same_snapshot_from_the_state_file() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dense_image(dir.path(), 600);
+    let job = Job::prepare(import_spec("on_failure = \"keep\""), &image, &bundle_manifest(dir.path(), "res"))
+        .unwrap();
+    let target = moto.target();
+    let c = Clients::new("us-east-1", &target).await;
+    let state = dir.path().join("state.json");
+    let log = Log::default();
+    let push = |l: &str| log.push(l);
+    let o = kv_ami::RunOptions { state_path: Some(&state), ..opts(&target, &push) };
+    let e = run(&job, &o, after_blocks(state.clone(), 40)).await.unwrap_err().to_string();
+    assert!(e.contains("interrupted"), "{e}");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let snap = saved["upload"]["snapshot_id"].as_str().unwrap().to_string();
+    let done = saved["upload"]["blocks_done"].as_array().unwrap().len();
+    assert!((40..600).contains(&done), "{done}");
+    assert_eq!(
+        snapshots_with_key(&c, &job.content_key).await,
+        vec![snap.clone()],
+        "kept (on_failure = keep)"
+    );
+
+    let log2 = Log::default();
+    let push2 = |l: &str| log2.push(l);
+    let o2 = kv_ami::RunOptions { state_path: Some(&state), ..opts(&target, &push2) };
+    let m = run(&job, &o2, never()).await.unwrap();
+    let lines = log2.lines();
+    let resumed = format!("resuming snapshot {snap}: {done} blocks already put are skipped");
+    assert!(lines.iter().any(|l| l.contains(&resumed)), "{resumed}: {lines:#?}");
+    let put_line = lines.iter().find(|l| l.contains("put by this run")).unwrap();
+    assert!(put_line.contains(&format!("; {} put by this run", 600 - done)), "{put_line}");
+    assert_eq!(m.builds[0].regions["us-east-1"].snapshot_ids, vec![snap.clone()]);
+    // Every block is in the snapshot, the resumed ones and the earlier ones.
+    assert_eq!(aws::verify_snapshot(&c, &snap, &image).await.unwrap(), 600);
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["snapshot_completed"], snap.as_str());
+    assert_eq!(saved["image_available"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_past_the_snapshot_timeout_starts_over_with_a_clear_line() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dense_image(dir.path(), 8);
+    let job = Job::prepare(import_spec(""), &image, &bundle_manifest(dir.path(), "old")).unwrap();
+    let state = dir.path().join("state.json");
+    let two_hours_ago = kv_ami::spec::now_unix() - 7200;
+    std::fs::write(
+        &state,
+        serde_json::json!({
+            "version": 1, "content_key": job.content_key, "flow": "import",
+            "upload": {"region": "us-east-1", "snapshot_id": "snap-00000000000000001", "started_at": two_hours_ago,
+                       "timeout_minutes": 60, "block_size": 512, "volume_gib": 1, "image_len": 4096, "blocks_done": [0, 1]}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let target = moto.target();
+    let log = Log::default();
+    let push = |l: &str| log.push(l);
+    let o = kv_ami::RunOptions { state_path: Some(&state), ..opts(&target, &push) };
+    let m = run(&job, &o, never()).await.unwrap();
+    let lines = log.lines();
+    assert!(
+        lines.iter().any(|l| l.contains("snap-00000000000000001 was started 120 min ago")
+            && l.contains("60-minute timeout")
+            && l.contains("starting over with a new snapshot")),
+        "{lines:#?}"
+    );
+    let snap = &m.builds[0].regions["us-east-1"].snapshot_ids[0];
+    assert_ne!(snap, "snap-00000000000000001");
+    let c = Clients::new("us-east-1", &target).await;
+    assert_eq!(aws::verify_snapshot(&c, snap, &image).await.unwrap(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn organizations_ous_and_public_get_launch_permission() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dense_image(dir.path(), 4);
+    let org = "arn:aws:organizations::111122223333:organization/o-abcdefghij";
+    let ou = "arn:aws:organizations::111122223333:ou/o-abcdefghij/ou-ab12-cdefgh34";
+    let spec = import_spec(&format!(
+        "share_with_organizations = [\"{org}\"]\nshare_with_ous = [\"{ou}\"]\npublic = true"
+    ));
+    let job = Job::prepare(spec, &image, &bundle_manifest(dir.path(), "org")).unwrap();
+    let target = moto.target();
+    let quiet = |_: &str| {};
+    let m = run(&job, &opts(&target, &quiet), never()).await.unwrap();
+    let ami = &m.builds[0].regions["us-east-1"].ami_id;
+    let c = Clients::new("us-east-1", &target).await;
+    let perm = c
+        .ec2
+        .describe_image_attribute()
+        .image_id(ami)
+        .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+        .send()
+        .await
+        .unwrap();
+    let p = perm.launch_permissions();
+    assert!(p.iter().any(|x| x.organization_arn() == Some(org)), "{p:?}");
+    assert!(p.iter().any(|x| x.organizational_unit_arn() == Some(ou)), "{p:?}");
+    assert!(p.iter().any(|x| x.group() == Some(&aws_sdk_ec2::types::PermissionGroup::All)), "{p:?}");
+    // No account listed: the snapshot stays private.
+    let snap = &m.builds[0].regions["us-east-1"].snapshot_ids[0];
+    let attr = c
+        .ec2
+        .describe_snapshot_attribute()
+        .snapshot_id(snap)
+        .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+        .send()
+        .await
+        .unwrap();
+    assert!(attr.create_volume_permissions().is_empty());
+}
