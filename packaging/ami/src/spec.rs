@@ -638,9 +638,12 @@ workers = 8
     }
 
     #[test]
-    fn the_example_spec_is_valid() {
+    fn the_example_specs_are_valid() {
         let s = AmiSpec::parse(include_str!("../amispec.example.toml")).unwrap();
         assert_eq!(s.copy_to.len(), 2);
+        assert_eq!((s.via, s.on_failure), (Via::EbsDirect, OnFailure::Delete));
+        let b = AmiSpec::parse(include_str!("../bakespec.example.toml")).unwrap();
+        assert_eq!(b.bake.unwrap().instance_profile, "kv-ami-builder");
     }
 
     #[test]
