@@ -130,3 +130,125 @@ fn import_against_moto_writes_a_packer_shaped_manifest() {
     assert_eq!(m["last_run_uuid"], m["builds"][0]["packer_run_uuid"]);
     assert!(m["builds"][0]["timings_seconds"]["total"].as_f64().unwrap() > 0.0);
 }
+
+const BAKE_SPEC: &str = r#"
+name = "kv-{content_key}"
+region = "us-east-1"
+copy_to = ["eu-west-1"]
+share_with_organizations = ["arn:aws:organizations::111122223333:organization/o-abcdefghij"]
+ssm_parameter = "/kv/ami"
+[bake]
+base_ami_name = "al2023-ami-2023.*-x86_64"
+base_ami_owner = "amazon"
+instance_profile = "kv-ami-builder"
+bucket = "bake-bucket"
+spot = true
+envoy_image = "envoyproxy/envoy:v1.24.1@sha256:1111111111111111111111111111111111111111111111111111111111111111"
+"#;
+
+fn bundle_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    let b = dir.join("bundle");
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(b.join("proxy"), b"binary").unwrap();
+    std::fs::write(
+        b.join("manifest.json"),
+        r#"{"files":[{"path":"proxy","size":6,"sha256":"9a3a45d01531a20e89ac6ae10b0b0beb0492acd7216a368aa062d1a5fecaf9cd","mode":"0755","install_to":"/opt/privacysandbox/proxy","role":"vsockproxy"}]}"#,
+    )
+    .unwrap();
+    b
+}
+
+fn bake_cmd(
+    spec: &std::path::Path,
+    bundle: &std::path::Path,
+    url: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    kv_ami()
+        .args(["bake", "--endpoint-url", url, "--spec"])
+        .arg(spec)
+        .arg("--bundle-dir")
+        .arg(bundle)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bake_dry_run_prints_the_builder_flow_and_makes_no_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = bundle_dir(dir.path());
+    let spec = dir.path().join("bakespec.toml");
+    std::fs::write(&spec, BAKE_SPEC).unwrap();
+    let (listener, url) = trap();
+    let out = bake_cmd(&spec, &bundle, &url, &["--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let ops: Vec<&str> =
+        stdout.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(' ').nth(1)).collect();
+    let pos =
+        |op: &str| ops.iter().position(|o| *o == op).unwrap_or_else(|| panic!("{op} missing:\n{stdout}"));
+    // The order of the flow.
+    assert!(pos("s3:PutObject") < pos("ec2:CreateSecurityGroup"));
+    assert!(pos("ec2:CreateSecurityGroup") < pos("ec2:RunInstances"));
+    assert!(pos("ec2:RunInstances") < pos("ec2:CreateImage"));
+    assert!(pos("ec2:CreateImage") < pos("ec2:CopyImage"));
+    assert!(pos("ec2:CopyImage") < pos("ec2:TerminateInstances"));
+    assert!(pos("ec2:TerminateInstances") < pos("ec2:DeleteSecurityGroup"));
+    assert!(pos("ec2:DeleteSecurityGroup") < pos("s3:DeleteObjects"));
+    assert!(!ops.contains(&"ec2:StopInstances"), "a spot builder is not stopped:\n{stdout}");
+    assert!(
+        stdout.contains(
+            "owners=amazon filter name=al2023-ami-2023.*-x86_64 state=available architecture=x86_64"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "market=spot(one-time) enclave=true imds=v2-required hop_limit=1 profile=kv-ami-builder"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("launchPermission add arn:aws:organizations::111122223333:organization/o-abcdefghij"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("no_reboot=false"), "{stdout}");
+    assert!(listener.accept().is_err(), "dry run connected to the endpoint");
+
+    // --print-user-data: the rendered script, no call either.
+    let out = bake_cmd(&spec, &bundle, &url, &["--print-user-data"]);
+    let ud = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(ud.starts_with("#!/bin/bash\n") && ud.contains("bucket='bake-bucket'"), "{ud}");
+    assert!(listener.accept().is_err());
+}
+
+#[test]
+fn bake_refuses_bad_input_before_any_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = bundle_dir(dir.path());
+    let spec = dir.path().join("bakespec.toml");
+    let (listener, url) = trap();
+    let run = |text: &str| {
+        std::fs::write(&spec, text).unwrap();
+        let out = bake_cmd(&spec, &bundle, &url, &[]);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = run(SPEC);
+    assert!(e.contains("[bake] table is missing"), "{e}");
+    let e = run(&BAKE_SPEC
+        .replace("@sha256:1111111111111111111111111111111111111111111111111111111111111111", ":latest"));
+    assert!(e.contains("bakespec.toml") && e.contains("bake.envoy_image") && e.contains("pinned"), "{e}");
+    let e = run(&BAKE_SPEC.replace("spot = true", "spot = true\ninstance_type = \"t3.2xlarge\""));
+    assert!(e.contains("bake.instance_type") && e.contains("Nitro Enclaves"), "{e}");
+    // A bundle file that does not match its manifest.
+    std::fs::write(bundle.join("proxy"), b"BINARY").unwrap();
+    let e = run(BAKE_SPEC);
+    assert!(e.contains("files[0]") && e.contains("proxy") && e.contains("sha256"), "{e}");
+    std::fs::remove_file(bundle.join("proxy")).unwrap();
+    let e = run(BAKE_SPEC);
+    assert!(e.contains("files[0]") && e.contains("proxy"), "{e}");
+    assert!(listener.accept().is_err(), "a refused bake connected to the endpoint");
+}

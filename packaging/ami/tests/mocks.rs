@@ -401,3 +401,39 @@ async fn one_copy_region_failing_is_named_the_other_copies_are_kept_and_only_its
     // us-west-2 ran to its end: waited (available) and listed its snapshots.
     assert_eq!(us_wait.num_calls(), 2);
 }
+
+#[tokio::test]
+async fn a_failing_cleanup_step_is_reported_after_the_original_error_and_the_rest_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "");
+    let mut m = Import::new();
+    m.delete_snapshot = mock!(Ec2::delete_snapshot).then_error(|| {
+        op::delete_snapshot::DeleteSnapshotError::generic(ec2_error(
+            "UnauthorizedOperation",
+            "not allowed to delete snap-imported",
+        ))
+    });
+    let register = mock!(Ec2::register_image).then_error(|| {
+        op::register_image::RegisterImageError::generic(ec2_error("InvalidAMIName.Duplicate", "name in use"))
+    });
+    let rules = m.ec2_rules(&[&register]);
+    let east = clients("us-east-1", &rules, &[&m.put, &m.delete_objects]);
+    let target = target(BTreeMap::from([("us-east-1", east)]));
+    let log = Log::default();
+    let push = |l: &str| log.push(l);
+    let e = run(&job, &opts(&target, &push), never()).await.unwrap_err();
+    let s = e.to_string();
+    // The run's own error first, with its code still available...
+    assert!(
+        s.starts_with("us-east-1: ec2:RegisterImage on snap-imported failed: InvalidAMIName.Duplicate"),
+        "{s}"
+    );
+    assert_eq!(e.code(), Some("InvalidAMIName.Duplicate"));
+    // ...then what was left behind and why.
+    assert!(s.contains("cleanup failed, left behind: us-east-1: ec2:DeleteSnapshot snap-imported"), "{s}");
+    assert!(s.contains("UnauthorizedOperation"), "{s}");
+    // The object was still deleted after the snapshot step failed (newest first: snapshot, object).
+    assert_eq!(m.delete_objects.num_calls(), 1);
+    let lines = log.lines();
+    assert!(lines.iter().any(|l| l.contains("ec2:DeleteSnapshot snap-imported: FAILED")), "{lines:?}");
+}
