@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 /// Tag on everything the bake launches; the IAM policies key on it.
 pub const ROLE_TAG: &str = "kv-ami:role";
 pub const ROLE_BUILDER: &str = "builder";
+/// Tag with the run id on everything the bake launches (found again by the cleanup).
+pub const RUN_TAG: &str = "kv-ami:run";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BundleFile {
@@ -159,7 +161,7 @@ impl BakeJob {
         let ud = self.user_data().map(|u| u.len()).unwrap_or(0);
         v.push(format!(
             "{r} ec2:RunInstances type={} {} enclave=true imds=v2-required hop_limit=1 profile={} user_data={ud} bytes \
-             tags {ROLE_TAG}={ROLE_BUILDER},{CONTENT_KEY_TAG}",
+             tags {ROLE_TAG}={ROLE_BUILDER},{CONTENT_KEY_TAG},{RUN_TAG}",
             b.instance_type,
             if b.spot { "market=spot(one-time)" } else { "market=on-demand" },
             b.instance_profile,
@@ -351,6 +353,7 @@ fn role_tags(job: &BakeJob, rt: ec2t::ResourceType) -> ec2t::TagSpecification {
         .resource_type(rt)
         .tags(ec2t::Tag::builder().key(ROLE_TAG).value(ROLE_BUILDER).build())
         .tags(ec2t::Tag::builder().key(CONTENT_KEY_TAG).value(&job.content_key).build())
+        .tags(ec2t::Tag::builder().key(RUN_TAG).value(&job.run_id).build())
         .tags(ec2t::Tag::builder().key("Name").value(format!("kv-ami builder {}", job.run_id)).build())
         .build()
 }
@@ -447,6 +450,8 @@ async fn bake_body(job: &BakeJob, ctx: &Ctx<'_>) -> Result<Manifest, Error> {
             ctx.cleanup.push(&c, Undo::DeleteSecurityGroup(sg.clone()), When::Always);
 
             let t = Instant::now();
+            // Before RunInstances: should its answer be lost, the builder is found by its tag.
+            ctx.cleanup.push(&c, Undo::TerminateTagged(job.run_id.clone()), When::Always);
             let instance = run_builder(&c, job, &base, &sg, &user_data).await?;
             ctx.cleanup.push(&c, Undo::TerminateInstance(instance.clone()), When::Always);
             custom.insert("builder_instance".to_string(), instance.clone());

@@ -18,6 +18,9 @@ pub enum Undo {
     /// TerminateInstances, then a bounded wait for `terminated` (a security group in use cannot
     /// be deleted).
     TerminateInstance(String),
+    /// Terminate every instance tagged `kv-ami:run = RUN` that is not terminated yet: a builder
+    /// whose RunInstances answer was lost (interrupt mid-call) is found by its tag.
+    TerminateTagged(String),
     DeleteSecurityGroup(String),
     DeleteObjects {
         bucket: String,
@@ -32,6 +35,7 @@ impl Undo {
             Undo::DeleteSnapshot(id) => format!("ec2:DeleteSnapshot {id}"),
             Undo::DeregisterImage(id) => format!("ec2:DeregisterImage {id} (and its snapshots)"),
             Undo::TerminateInstance(id) => format!("ec2:TerminateInstances {id}"),
+            Undo::TerminateTagged(run) => format!("ec2:TerminateInstances tag:kv-ami:run={run}"),
             Undo::DeleteSecurityGroup(id) => format!("ec2:DeleteSecurityGroup {id}"),
             Undo::DeleteObjects { bucket, keys } => {
                 format!("s3:DeleteObjects s3://{bucket}/ ({} objects)", keys.len())
@@ -171,6 +175,33 @@ impl Cleanup {
                 crate::bake::wait_instance_state(c, id, &["terminated"], self.wait_attempts, self.wait_every)
                     .await
                     .map(|_| ())
+            }
+            Undo::TerminateTagged(run) => {
+                let f = |k: &str, v: &[&str]| {
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name(k)
+                        .set_values(Some(v.iter().map(|s| s.to_string()).collect()))
+                        .build()
+                };
+                let out = c
+                    .ec2
+                    .describe_instances()
+                    .filters(f(&format!("tag:{}", crate::bake::RUN_TAG), &[run]))
+                    .filters(f("instance-state-name", &["pending", "running", "stopping", "stopped"]))
+                    .send()
+                    .await
+                    .map_err(|e| aws::aws_err(region, "ec2:DescribeInstances", run, &e))?;
+                let ids: Vec<String> = out
+                    .reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .filter_map(|i| i.instance_id())
+                    .map(str::to_string)
+                    .collect();
+                for id in ids {
+                    Box::pin(self.undo(c, &Undo::TerminateInstance(id))).await?;
+                }
+                Ok(())
             }
             Undo::DeleteSecurityGroup(id) => {
                 c.ec2

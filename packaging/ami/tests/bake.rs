@@ -382,3 +382,43 @@ async fn an_interrupt_while_waiting_for_the_builder_leaves_nothing_behind() {
     let lines = log.lines();
     assert!(lines.iter().any(|l| l.contains("s3:DeleteObjects") && l.ends_with("done")), "{lines:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cleanup_finds_a_builder_by_its_run_tag_when_the_launch_answer_was_lost() {
+    use kv_ami::cleanup::{Cleanup, Undo, When};
+    let moto = Moto::start();
+    let c = Clients::new("us-east-1", &moto.target()).await;
+    let base = c.ec2.describe_images().send().await.unwrap();
+    let base = base.images().iter().find_map(|i| i.image_id()).unwrap().to_string();
+    let tag = |k: &str, v: &str| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build();
+    let launch = |run: &'static str| {
+        c.ec2
+            .run_instances()
+            .image_id(&base)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(
+                aws_sdk_ec2::types::TagSpecification::builder()
+                    .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                    .tags(tag(kv_ami::bake::RUN_TAG, run))
+                    .build(),
+            )
+            .send()
+    };
+    let lost = launch("run-1").await.unwrap().instances()[0].instance_id().unwrap().to_string();
+    let other = launch("run-2").await.unwrap().instances()[0].instance_id().unwrap().to_string();
+    let cleanup = Cleanup::new(false, 50, Duration::ZERO);
+    cleanup.push(&c, Undo::TerminateTagged("run-1".into()), When::Always);
+    let log = Log::default();
+    let push = |l: &str| log.push(l);
+    cleanup.finish(Ok::<(), kv_ami::aws::Error>(()), &push).await.unwrap();
+    let state = |id: String| {
+        let c = c.clone();
+        async move {
+            let out = c.ec2.describe_instances().instance_ids(id).send().await.unwrap();
+            out.reservations()[0].instances()[0].state().and_then(|s| s.name()).unwrap().as_str().to_string()
+        }
+    };
+    assert_eq!(state(lost).await, "terminated");
+    assert_eq!(state(other).await, "running", "another run's builder is not touched");
+}
