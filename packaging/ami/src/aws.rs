@@ -708,12 +708,23 @@ pub async fn copy(
         .set_encrypted(encrypted.then_some(true))
         .set_kms_key_id(kms_key_id.map(str::to_string))
         .description(format!("kv-ami {content_key} (copy of {source_region}:{source_image})"))
+        // The copy's snapshots carry the content key from the start: the IAM policies let the
+        // cleanup delete only what carries it.
+        .tag_specifications(key_tags(ec2t::ResourceType::Image, content_key))
+        .tag_specifications(key_tags(ec2t::ResourceType::Snapshot, content_key))
         .send()
         .await
         .map_err(|e| aws_err(&target.region, "ec2:CopyImage", source_image, &e))?;
     let id = out.image_id().unwrap_or_default().to_string();
     tag(target, std::slice::from_ref(&id), &[(CONTENT_KEY_TAG.to_string(), content_key.to_string())]).await?;
     Ok(id)
+}
+
+fn key_tags(rt: ec2t::ResourceType, content_key: &str) -> ec2t::TagSpecification {
+    ec2t::TagSpecification::builder()
+        .resource_type(rt)
+        .tags(ec2t::Tag::builder().key(CONTENT_KEY_TAG).value(content_key).build())
+        .build()
 }
 
 pub async fn tag(c: &Clients, resources: &[String], tags: &[(String, String)]) -> Result<(), Error> {

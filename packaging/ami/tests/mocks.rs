@@ -358,7 +358,13 @@ async fn one_copy_region_failing_is_named_the_other_copies_are_kept_and_only_its
     let (eu_find, eu_tags, eu_dereg, eu_del, eu_share) =
         (none_yet(), ok_tags(), deregister(), delete_snapshot(), share());
     let eu_copy = mock!(Ec2::copy_image)
-        .match_requests(|r| r.source_region() == Some("us-east-1") && r.source_image_id() == Some("ami-src"))
+        .match_requests(|r| {
+            let snapshot_key = r.tag_specifications().iter().any(|t| {
+                t.resource_type() == Some(&t::ResourceType::Snapshot)
+                    && t.tags().iter().any(|x| x.key() == Some("kv-ami:content-key"))
+            });
+            r.source_region() == Some("us-east-1") && r.source_image_id() == Some("ami-src") && snapshot_key
+        })
         .then_output(|| op::copy_image::CopyImageOutput::builder().image_id("ami-eu").build());
     let eu_wait =
         mock!(Ec2::describe_images).match_requests(|r| r.image_ids() == ["ami-eu"]).then_output(|| {
