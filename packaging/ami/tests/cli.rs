@@ -252,3 +252,78 @@ fn bake_refuses_bad_input_before_any_call() {
     assert!(e.contains("files[0]") && e.contains("proxy"), "{e}");
     assert!(listener.accept().is_err(), "a refused bake connected to the endpoint");
 }
+
+/// `kv-ami bake` as a process against moto, with the test double playing the builder.
+async fn bake_process(
+    moto: &Moto,
+    dir: &std::path::Path,
+    verdict: common::builder::Verdict,
+    sigint: bool,
+) -> (std::process::Output, common::builder::Seen) {
+    use common::builder::{FakeBuilderInstance, bundle, set_up, spec_text};
+    let c = set_up(moto).await;
+    let b = bundle(dir);
+    let spec = dir.join("bakespec.toml");
+    std::fs::write(&spec, spec_text()).unwrap();
+    let child = kv_ami()
+        .args(["bake", "--endpoint-url", &moto.url, "--spec"])
+        .arg(&spec)
+        .arg("--bundle-dir")
+        .arg(&b)
+        .arg("--out")
+        .arg(dir.join("ami-manifest.json"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let fake = FakeBuilderInstance { c };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let interrupter = async move {
+        if sigint && rx.await.is_ok() {
+            let st = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+            assert!(st.success());
+        }
+    };
+    let waiter = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+    let (seen, (), out) = tokio::join!(fake.play(verdict, tx), interrupter, waiter);
+    (out.unwrap(), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bake_binary_against_moto_writes_the_manifest_and_leaves_only_the_image() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (out, seen) = bake_process(&moto, dir.path(), common::builder::Verdict::Ok, false).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("ami-manifest.json")).unwrap()).unwrap();
+    let artifact = m["builds"][0]["artifact_id"].as_str().unwrap();
+    assert!(artifact.starts_with("us-east-1:ami-") && artifact.contains(",eu-west-1:ami-"), "{artifact}");
+    assert_eq!(m["builds"][0]["builder_type"], "kv-ami.builder");
+    assert_eq!(m["builds"][0]["custom_data"]["builder_instance"], seen.instance_id.as_str());
+    let c = kv_ami::aws::Clients::new("us-east-1", &moto.target()).await;
+    common::builder::assert_nothing_left(&c, &seen).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_to_a_bake_cleans_up_before_the_process_exits() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (out, seen) = bake_process(&moto, dir.path(), common::builder::Verdict::Silent, true).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(
+        err.contains("cleanup: us-east-1: ec2:TerminateInstances") && err.contains("ec2:DeleteSecurityGroup"),
+        "{err}"
+    );
+    assert!(!dir.path().join("ami-manifest.json").exists());
+    let c = kv_ami::aws::Clients::new("us-east-1", &moto.target()).await;
+    common::builder::assert_nothing_left(&c, &seen).await;
+    assert!(common::builder::images_with_key(&c, &c_key(dir.path())).await.is_empty());
+}
+
+fn c_key(dir: &std::path::Path) -> String {
+    kv_ami::content_key(&dir.join("bundle/manifest.json")).unwrap()
+}

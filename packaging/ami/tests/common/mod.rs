@@ -2,6 +2,8 @@
 // Each test binary uses part of this module.
 #![allow(dead_code)]
 
+pub mod builder;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
