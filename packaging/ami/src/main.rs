@@ -126,7 +126,17 @@ async fn interrupted() {
         }
     };
     tokio::select! { _ = term => {}, _ = int => {} }
-    eprintln!("kv-ami: interrupted: cleaning up");
+    eprintln!("kv-ami: interrupted: cleaning up (interrupt again to exit at once)");
+    // The cleanup's waits are bounded, but an operator may not want to wait for them.
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "kv-ami: second interrupt: exiting before the cleanup finished; look for resources tagged \
+                 kv-ami:run / kv-ami:content-key"
+            );
+            std::process::exit(130);
+        }
+    });
 }
 
 fn finish(common: &Common, m: Manifest) -> Result<(), String> {
