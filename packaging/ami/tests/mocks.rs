@@ -443,3 +443,39 @@ async fn a_failing_cleanup_step_is_reported_after_the_original_error_and_the_res
     let lines = log.lines();
     assert!(lines.iter().any(|l| l.contains("ec2:DeleteSnapshot snap-imported: FAILED")), "{lines:?}");
 }
+
+#[tokio::test]
+async fn an_import_task_in_the_state_file_is_polled_again_instead_of_importing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "on_failure = \"keep\"");
+    let state = dir.path().join("state.json");
+    std::fs::write(
+        &state,
+        serde_json::json!({"version": 1, "content_key": job.content_key, "flow": "import", "import_task_id": "import-snap-0123"})
+            .to_string(),
+    )
+    .unwrap();
+    let m = Import::new();
+    let register = mock!(Ec2::register_image)
+        .then_output(|| op::register_image::RegisterImageOutput::builder().image_id("ami-new").build());
+    let wait = mock!(Ec2::describe_images)
+        .match_requests(|r| r.image_ids() == ["ami-new"])
+        .then_output(|| images(vec![image("ami-new", t::ImageState::Available, "snap-imported", None)]));
+    let rules = m.ec2_rules(&[&register, &wait]);
+    let east = clients("us-east-1", &rules, &[&m.put, &m.delete_objects]);
+    let target = target(BTreeMap::from([("us-east-1", east)]));
+    let log = Log::default();
+    let push = |l: &str| log.push(l);
+    let o = kv_ami::RunOptions { state_path: Some(&state), ..opts(&target, &push) };
+    let out = run(&job, &o, never()).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.builds[0].artifact_id, "us-east-1:ami-new");
+    assert_eq!((m.put.num_calls(), m.import.num_calls()), (0, 0), "neither uploaded nor imported again");
+    assert_eq!(m.poll.num_calls(), 3);
+    assert!(log.lines().iter().any(|l| l.contains("polling import task import-snap-0123 again")));
+    // Once it has ended, the object goes even with on_failure = keep.
+    assert_eq!(m.delete_objects.num_calls(), 1);
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["snapshot_completed"], "snap-imported");
+    assert_eq!(saved["image_id"], "ami-new");
+    assert_eq!(saved["image_available"], true);
+}
