@@ -1,10 +1,13 @@
 //! The cost of OTLP telemetry on GetValues throughput (prints figures; asserts nothing about speed).
 //!
 //! The release kv-server on its sample data, once without and once with `--otlp-endpoint` (an
-//! in-process OTLP receiver that accepts everything, export every second), alternated
-//! `KV_BENCH_ROUNDS` times; each run is `KV_BENCH_SECONDS` of GetValues (3 keys, one missing) at
-//! concurrency 32 over loopback gRPC. Prints requests per second of each run and the ratio
-//! on/off of the medians, with the spans and metric exports the receiver got.
+//! in-process OTLP receiver that accepts everything, export every second, OTLP logs at info),
+//! alternated `KV_BENCH_ROUNDS` times; each run is `KV_BENCH_SECONDS` of GetValues (3 keys, one
+//! missing) at concurrency 32 over loopback gRPC. Prints requests per second of each run and the
+//! ratio on/off of the medians, with the spans (against the calls made with telemetry on), log
+//! records and metric exports the receiver got. A third mode, `down`, exports to a closed port
+//! (the collector is gone): serving must not slow down. `KV_BENCH_UNSAMPLED=1` sends a
+//! `traceparent` that asks for no span (the cost of the metrics alone).
 //!
 //! Run: `cargo bench -p kv-server --bench telemetry`.
 
@@ -16,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use kv_server::proto::kv_server::v1::GetValuesRequest;
 use kv_server::proto::kv_server::v1::key_value_service_client::KeyValueServiceClient;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -37,6 +42,25 @@ const CONCURRENCY: usize = 32;
 struct Counting {
     spans: Arc<AtomicU64>,
     metric_exports: Arc<AtomicU64>,
+    logs: Arc<AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl LogsService for Counting {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let n: usize = request
+            .get_ref()
+            .resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len())
+            .sum();
+        self.logs.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(Response::new(ExportLogsServiceResponse::default()))
+    }
 }
 
 #[tonic::async_trait]
@@ -70,7 +94,7 @@ impl Server {
         let mut cmd = Command::new(BIN);
         cmd.args(["--sample-data", "--listen", "tcp://127.0.0.1:0"]);
         if let Some(endpoint) = otlp {
-            cmd.args(["--otlp-endpoint", endpoint, "--otlp-interval-ms", "1000"]);
+            cmd.args(["--otlp-endpoint", endpoint, "--otlp-interval-ms", "1000", "--otlp-log-level", "info"]);
         }
         let mut child = cmd
             .env("RUST_LOG", "warn")
@@ -92,12 +116,14 @@ impl Drop for Server {
     }
 }
 
-async fn requests_per_second(server: &Server, duration: Duration) -> f64 {
+/// (calls per second, calls made).
+async fn requests_per_second(server: &Server, duration: Duration) -> (f64, u64) {
     let channel = tonic::transport::Endpoint::from_shared(server.1.clone())
         .expect("uri")
         .connect()
         .await
         .expect("connect");
+    let unsampled = std::env::var_os("KV_BENCH_UNSAMPLED").is_some();
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let tasks: Vec<_> = (0..CONCURRENCY)
@@ -106,10 +132,15 @@ async fn requests_per_second(server: &Server, duration: Duration) -> f64 {
             tokio::spawn(async move {
                 let mut n = 0u64;
                 while Instant::now() < deadline {
-                    let request = GetValuesRequest {
+                    let mut request = tonic::Request::new(GetValuesRequest {
                         keys: vec!["hello,example-key,missing".into()],
                         ..Default::default()
-                    };
+                    });
+                    if unsampled {
+                        // The caller asks for no span: what the metrics alone cost.
+                        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+                        request.metadata_mut().insert("traceparent", tp.parse().expect("ascii"));
+                    }
                     client.get_values(request).await.expect("GetValues");
                     n += 1;
                 }
@@ -121,7 +152,7 @@ async fn requests_per_second(server: &Server, duration: Duration) -> f64 {
     for t in tasks {
         total += t.await.expect("task");
     }
-    total as f64 / started.elapsed().as_secs_f64()
+    (total as f64 / started.elapsed().as_secs_f64(), total)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -140,32 +171,56 @@ fn main() {
     rt.spawn(async move {
         tonic::transport::Server::builder()
             .add_service(MetricsServiceServer::new(services.clone()))
-            .add_service(TraceServiceServer::new(services))
+            .add_service(TraceServiceServer::new(services.clone()))
+            .add_service(LogsServiceServer::new(services))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
             .await
             .expect("receiver");
     });
     let otlp = format!("tcp://{collector}");
-    let (mut off, mut on) = (Vec::new(), Vec::new());
+    // A port nobody listens on: bind, note it, close.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port");
+    let down = format!("tcp://{closed}");
+    let (mut off, mut on, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+    let mut calls_on = 0;
     for round in 1..=rounds {
-        for telemetry in [false, true] {
-            let server = Server::start(telemetry.then_some(otlp.as_str()));
-            let rps = rt.block_on(requests_per_second(&server, Duration::from_secs(seconds)));
-            println!(
-                "round {round} telemetry {:3}: {rps:9.0} GetValues/s",
-                if telemetry { "on" } else { "off" }
-            );
-            if telemetry { on.push(rps) } else { off.push(rps) }
+        for mode in ["off", "on", "down"] {
+            let telemetry = mode == "on";
+            let endpoint = match mode {
+                "on" => Some(otlp.as_str()),
+                "down" => Some(down.as_str()),
+                _ => None,
+            };
+            let server = Server::start(endpoint);
+            let (rps, calls) = rt.block_on(requests_per_second(&server, Duration::from_secs(seconds)));
+            if telemetry {
+                calls_on += calls;
+                // The spans of the last batch: wait one interval before stopping the server.
+                std::thread::sleep(Duration::from_millis(1200));
+            }
+            println!("round {round} telemetry {mode:4}: {rps:9.0} GetValues/s");
+            match mode {
+                "on" => on.push(rps),
+                "down" => gone.push(rps),
+                _ => off.push(rps),
+            }
         }
     }
     // Let the last interval's export land before reading the receiver's counts.
     std::thread::sleep(Duration::from_millis(1500));
-    let (off, on) = (median(off), median(on));
+    let (off, on, gone) = (median(off), median(on), median(gone));
     println!(
-        "median: off {off:.0}/s, on {on:.0}/s, on/off = {:.3} ({:+.1} %); receiver got {} spans in {} metric exports",
+        "median: off {off:.0}/s, on {on:.0}/s, on/off = {:.3} ({:+.1} %); receiver got {} spans of {calls_on} calls \
+         made with telemetry on, {} log records, {} metric exports",
         on / off,
         (on / off - 1.0) * 100.0,
         receiver.spans.load(Ordering::Relaxed),
+        receiver.logs.load(Ordering::Relaxed),
         receiver.metric_exports.load(Ordering::Relaxed)
+    );
+    println!(
+        "median with the collector down: {gone:.0}/s, down/off = {:.3} ({:+.1} %)",
+        gone / off,
+        (gone / off - 1.0) * 100.0
     );
 }

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     let (log_layer, log_queue) = match config.otlp.as_ref().and_then(|o| o.log_level) {
         Some(level) => {
             let (layer, queue) = kv_server::telemetry::logs::channel(level);
-            (Some(layer), Some(queue))
+            (Some((layer, level)), Some(queue))
         }
         None => (None, None),
     };
@@ -152,7 +152,7 @@ async fn serve(
 }
 
 /// The console (stderr: `nitro-cli console` in debug mode) always; OTLP logs when configured.
-fn init_tracing(format: LogFormat, otlp: Option<kv_server::telemetry::logs::OtlpLogLayer>) {
+fn init_tracing(format: LogFormat, otlp: Option<(kv_server::telemetry::logs::OtlpLogLayer, tracing::Level)>) {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -165,6 +165,7 @@ fn init_tracing(format: LogFormat, otlp: Option<kv_server::telemetry::logs::Otlp
         LogFormat::Text => console.boxed(),
         LogFormat::Json => console.json().boxed(),
     };
-    // The console's filter is its own: the OTLP layer filters by its configured level.
+    // Each layer has its own filter: RUST_LOG for the console, the configured level for OTLP.
+    let otlp = otlp.map(|(layer, level)| layer.with_filter(kv_server::telemetry::logs::filter(level)));
     tracing_subscriber::registry().with(console.with_filter(filter)).with(otlp).init();
 }

@@ -16,7 +16,8 @@ use opentelemetry_proto::tonic::logs::v1 as pl;
 use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::{Context, Filter, Layer};
 
 use super::{str_attr, unix_nanos};
 
@@ -49,6 +50,14 @@ pub struct OtlpLogLayer {
 pub fn channel(level: Level) -> (OtlpLogLayer, mpsc::Receiver<LogRecord>) {
     let (queue, rx) = mpsc::channel(LOG_QUEUE);
     (OtlpLogLayer { level, queue }, rx)
+}
+
+/// The layer's filter, for `.with_filter`: a static per-callsite decision, so that events the
+/// layer would drop (the HTTP/2 stack's trace events on every frame) are never even built.
+pub fn filter<S>(level: Level) -> impl Filter<S> {
+    SKIPPED_TARGETS.iter().fold(Targets::new().with_default(LevelFilter::from_level(level)), |t, target| {
+        t.with_target(*target, LevelFilter::OFF)
+    })
 }
 
 fn skipped(target: &str) -> bool {
@@ -170,7 +179,7 @@ mod tests {
     #[test]
     fn events_at_or_above_the_level_are_queued_with_their_fields() {
         let (layer, mut rx) = channel(Level::INFO);
-        let subscriber = tracing_subscriber::registry().with(layer);
+        let subscriber = tracing_subscriber::registry().with(layer.with_filter(filter(Level::INFO)));
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(file = "SNAPSHOT_0000000000000001", records = 3, "data file loaded");
             tracing::debug!("too verbose: not exported");

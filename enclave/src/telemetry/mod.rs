@@ -26,12 +26,13 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+#[cfg(test)]
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1 as pl;
 use opentelemetry_proto::tonic::metrics::v1 as pm;
 use opentelemetry_proto::tonic::resource::v1::Resource;
+#[cfg(test)]
 use opentelemetry_proto::tonic::trace::v1 as pt;
 use tokio::sync::mpsc;
 use tonic::metadata::MetadataMap;
@@ -43,6 +44,7 @@ use crate::store::Store;
 
 pub mod histogram;
 pub mod logs;
+mod wire;
 
 use histogram::Histogram;
 use logs::LogRecord;
@@ -512,36 +514,61 @@ pub(crate) async fn next_batch<T>(rx: &mut mpsc::Receiver<T>, linger: Duration) 
     Some(batch)
 }
 
-async fn span_loop(exporter: Exporter, mut spans: mpsc::Receiver<SpanRecord>) {
-    let Some(t) = TELEMETRY.get() else { return };
-    let mut client = TraceServiceClient::new(exporter.channel.clone());
-    let mut state = ExportState::new("traces");
-    while let Some(batch) = next_batch(&mut spans, exporter.interval).await {
-        let request = trace_request(&exporter.resource, &batch);
-        let sent = tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await;
-        let ok = matches!(sent, Ok(Ok(_)));
+/// Exports one queue in batches ([`next_batch`]) until it closes. `send` makes one bounded export
+/// call and says whether it worked; a failed call counts in `failed_calls` and drops the batch
+/// into `dropped`.
+async fn batch_loop<T, F, Fut>(
+    exporter: &Exporter,
+    mut queue: mpsc::Receiver<T>,
+    signal: &'static str,
+    mut send: F,
+    failed_calls: &AtomicU64,
+    dropped: &AtomicU64,
+) where
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut state = ExportState::new(signal);
+    while let Some(batch) = next_batch(&mut queue, exporter.interval).await {
+        let n = batch.len() as u64;
+        let ok = send(batch).await;
         if !ok {
-            t.metrics.span_exports_failed.fetch_add(1, Ordering::Relaxed);
-            t.metrics.spans_dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            failed_calls.fetch_add(1, Ordering::Relaxed);
+            dropped.fetch_add(n, Ordering::Relaxed);
         }
         state.update(ok, &exporter.endpoint);
     }
 }
 
-async fn log_loop(exporter: Exporter, mut records: mpsc::Receiver<LogRecord>) {
+async fn span_loop(exporter: Exporter, spans: mpsc::Receiver<SpanRecord>) {
     let Some(t) = TELEMETRY.get() else { return };
-    let mut client = LogsServiceClient::new(exporter.channel.clone());
-    let mut state = ExportState::new("logs");
-    while let Some(batch) = next_batch(&mut records, exporter.interval).await {
-        let request = logs_request(&exporter.resource, &batch);
-        let sent = tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await;
-        let ok = matches!(sent, Ok(Ok(_)));
-        if !ok {
-            t.metrics.log_exports_failed.fetch_add(1, Ordering::Relaxed);
-            logs::LOGS_DROPPED.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    // Spans go pre-encoded (wire.rs): same bytes as TraceServiceClient would send, built cheaper.
+    let encoder = wire::SpanEncoder::new(&exporter.resource, &scope());
+    let client = tonic::client::Grpc::new(exporter.channel.clone());
+    let send = |batch: Vec<SpanRecord>| {
+        let (mut client, request) = (client.clone(), encoder.encode(&batch));
+        async move {
+            let call = async {
+                client.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                let path = http::uri::PathAndQuery::from_static(wire::TRACE_EXPORT_PATH);
+                client.unary(tonic::Request::new(request), path, wire::PreEncoded).await
+            };
+            matches!(tokio::time::timeout(EXPORT_TIMEOUT, call).await, Ok(Ok(_)))
         }
-        state.update(ok, &exporter.endpoint);
-    }
+    };
+    let m = &t.metrics;
+    batch_loop(&exporter, spans, "traces", send, &m.span_exports_failed, &m.spans_dropped).await;
+}
+
+async fn log_loop(exporter: Exporter, records: mpsc::Receiver<LogRecord>) {
+    let Some(t) = TELEMETRY.get() else { return };
+    let client = LogsServiceClient::new(exporter.channel.clone());
+    let send = |batch: Vec<LogRecord>| {
+        let (mut client, request) = (client.clone(), logs_request(&exporter.resource, &batch));
+        async move { matches!(tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await, Ok(Ok(_))) }
+    };
+    let failed = &t.metrics.log_exports_failed;
+    batch_loop(&exporter, records, "logs", send, failed, &logs::LOGS_DROPPED).await;
 }
 
 fn logs_request(resource: &Resource, batch: &[LogRecord]) -> ExportLogsServiceRequest {
@@ -558,6 +585,8 @@ fn logs_request(resource: &Resource, batch: &[LogRecord]) -> ExportLogsServiceRe
     }
 }
 
+/// The trace request from the message types: what [`wire::SpanEncoder`] must match (its tests).
+#[cfg(test)]
 fn trace_request(resource: &Resource, batch: &[SpanRecord]) -> ExportTraceServiceRequest {
     let spans = batch
         .iter()
