@@ -936,6 +936,98 @@ pub async fn wait_import(c: &Clients, task: &str, attempts: u32, every: Duration
     Err(Error::Local(format!("{region}: import task {task} not completed after {attempts} checks")))
 }
 
+/// CreateMultipartUpload (SHA-256 checksums); returns the upload id.
+pub async fn create_multipart(c: &Clients, bucket: &str, key: &str) -> Result<String, Error> {
+    let what = format!("s3://{bucket}/{key}");
+    let out =
+        c.s3.create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+            .send()
+            .await
+            .map_err(|e| aws_err(&c.region, "s3:CreateMultipartUpload", &what, &e))?;
+    out.upload_id()
+        .map(str::to_string)
+        .ok_or_else(|| Error::Local(format!("{}: s3:CreateMultipartUpload on {what}: no UploadId", c.region)))
+}
+
+/// Parts per multipart upload: S3's limit.
+pub const MAX_PARTS: u64 = 10_000;
+
+/// UploadPart of every `part_size` slice of `file` (4 at a time, each with its SHA-256), then
+/// CompleteMultipartUpload. Returns the number of parts.
+pub async fn put_multipart(
+    c: &Clients,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    file: &Path,
+    len: u64,
+    part_size: u64,
+) -> Result<u64, Error> {
+    use futures::StreamExt;
+    let what = format!("s3://{bucket}/{key}");
+    let parts = len.div_ceil(part_size);
+    if parts > MAX_PARTS {
+        return Err(Error::Local(format!(
+            "{what}: {parts} parts of {part_size} bytes exceed S3's {MAX_PARTS}"
+        )));
+    }
+    let uploads = futures::stream::iter(0..parts).map(|i| {
+        let path = file.to_path_buf();
+        let what = what.clone();
+        async move {
+            let (start, n) = (i * part_size, part_size.min(len - i * part_size));
+            let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut f = std::fs::File::open(&path)?;
+                f.seek(SeekFrom::Start(start))?;
+                let mut buf = vec![0u8; n as usize];
+                f.read_exact(&mut buf)?;
+                Ok(buf)
+            })
+            .await
+            .map_err(|e| Error::Local(format!("part reader ended: {e}")))?
+            .map_err(|e| Error::Local(format!("{}: read of part {} failed: {e}", file.display(), i + 1)))?;
+            let sum = plan::b64(&plan::block_digest(&data));
+            let out = c
+                .s3
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number((i + 1) as i32)
+                .checksum_sha256(&sum)
+                .body(ByteStream::from(data))
+                .send()
+                .await
+                .map_err(|e| aws_err(&c.region, "s3:UploadPart", &format!("{what} part {}", i + 1), &e))?;
+            Ok::<_, Error>(
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number((i + 1) as i32)
+                    .set_e_tag(out.e_tag().map(str::to_string))
+                    .checksum_sha256(sum)
+                    .build(),
+            )
+        }
+    });
+    let mut done: Vec<aws_sdk_s3::types::CompletedPart> =
+        uploads.buffer_unordered(4).collect::<Vec<_>>().await.into_iter().collect::<Result<_, _>>()?;
+    done.sort_by_key(|p| p.part_number());
+    c.s3.complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .multipart_upload(
+            aws_sdk_s3::types::CompletedMultipartUpload::builder().set_parts(Some(done)).build(),
+        )
+        .send()
+        .await
+        .map_err(|e| aws_err(&c.region, "s3:CompleteMultipartUpload", &what, &e))?;
+    Ok(parts)
+}
+
 pub fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
     use sha2::Digest;
     let mut f = std::fs::File::open(path)?;

@@ -27,6 +27,11 @@ pub enum Undo {
         keys: Vec<String>,
     },
     CancelImportTask(String),
+    AbortMultipartUpload {
+        bucket: String,
+        key: String,
+        upload_id: String,
+    },
 }
 
 impl Undo {
@@ -41,6 +46,9 @@ impl Undo {
                 format!("s3:DeleteObjects s3://{bucket}/ ({} objects)", keys.len())
             }
             Undo::CancelImportTask(id) => format!("ec2:CancelImportTask {id}"),
+            Undo::AbortMultipartUpload { bucket, key, .. } => {
+                format!("s3:AbortMultipartUpload s3://{bucket}/{key}")
+            }
         }
     }
 }
@@ -213,6 +221,18 @@ impl Cleanup {
                 Ok(())
             }
             Undo::DeleteObjects { bucket, keys } => aws::delete_objects(c, bucket, keys).await,
+            Undo::AbortMultipartUpload { bucket, key, upload_id } => {
+                c.s3.abort_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        aws::aws_err(region, "s3:AbortMultipartUpload", &format!("s3://{bucket}/{key}"), &e)
+                    })?;
+                Ok(())
+            }
             Undo::CancelImportTask(id) => {
                 match c.ec2.cancel_import_task().import_task_id(id).send().await {
                     Ok(_) => Ok(()),

@@ -73,11 +73,16 @@ impl Job {
                 image.display()
             ));
         }
-        if spec.via == Via::S3Import && image_len > S3_PUT_MAX {
-            return Err(format!(
-                "{}: {image_len} bytes is more than one S3 PutObject takes (5 GiB); use via = \"ebs-direct\"",
-                image.display()
-            ));
+        if let (Via::S3Import, Some(i)) = (spec.via, &spec.s3_import) {
+            let parts = image_len.div_ceil(i.part_size_mib << 20);
+            if parts > aws::MAX_PARTS {
+                return Err(format!(
+                    "s3_import.part_size_mib: {} MiB parts would make {parts} parts of {} ({image_len} bytes); S3 takes {}",
+                    i.part_size_mib,
+                    image.display(),
+                    aws::MAX_PARTS
+                ));
+            }
         }
         Ok(Job { spec, image: image.to_path_buf(), image_len, content_key, root_gib })
     }
@@ -99,7 +104,18 @@ impl Job {
         match (&s.via, &s.s3_import) {
             (Via::S3Import, Some(i)) => {
                 let obj = format!("s3://{}/{}", i.bucket, import_key(i, key));
-                v.push(format!("{src} s3:PutObject {obj} ({} bytes, SHA-256 checksum)", self.image_len));
+                let part = i.part_size_mib << 20;
+                if self.image_len <= part {
+                    v.push(format!("{src} s3:PutObject {obj} ({} bytes, SHA-256 checksum)", self.image_len));
+                } else {
+                    v.push(format!("{src} s3:CreateMultipartUpload {obj} checksum=SHA256"));
+                    v.push(format!(
+                        "{src} s3:UploadPart x{} ({} MiB parts, SHA-256 each, 4 at a time)",
+                        self.image_len.div_ceil(part),
+                        i.part_size_mib
+                    ));
+                    v.push(format!("{src} s3:CompleteMultipartUpload {obj}"));
+                }
                 v.push(format!(
                     "{src} ec2:ImportSnapshot format=RAW {obj} role={}",
                     i.role_name.as_deref().unwrap_or("vmimport")
@@ -153,6 +169,9 @@ impl Job {
         v.extend(publish::planned_lines(s, key));
         v.extend(publish::planned_failure_lines(s, true));
         if let (Via::S3Import, Some(i)) = (&s.via, &s.s3_import) {
+            if self.image_len > i.part_size_mib << 20 {
+                v.push(format!("{src} s3:AbortMultipartUpload (on failure: an upload not completed)"));
+            }
             v.push(format!("{src} ec2:CancelImportTask (on failure: an import still running)"));
             v.push(format!(
                 "{src} s3:DeleteObjects s3://{}/{} (always, once the import has ended)",
@@ -163,9 +182,6 @@ impl Job {
         v
     }
 }
-
-/// PutObject's limit.
-pub const S3_PUT_MAX: u64 = 5 << 30;
 
 fn import_key(i: &spec::S3Import, content_key: &str) -> String {
     format!("{}/{content_key}.raw", i.prefix)
@@ -491,7 +507,25 @@ async fn s3_import_snapshot(
             t
         }
         None => {
-            aws::put_file(src, &imp.bucket, &key, &job.image).await?;
+            let part = imp.part_size_mib << 20;
+            if job.image_len <= part {
+                aws::put_file(src, &imp.bucket, &key, &job.image).await?;
+            } else {
+                let id = aws::create_multipart(src, &imp.bucket, &key).await?;
+                let abort = ctx.cleanup.push(
+                    src,
+                    Undo::AbortMultipartUpload {
+                        bucket: imp.bucket.clone(),
+                        key: key.clone(),
+                        upload_id: id.clone(),
+                    },
+                    When::Always,
+                );
+                let n =
+                    aws::put_multipart(src, &imp.bucket, &key, &id, &job.image, job.image_len, part).await?;
+                ctx.cleanup.disarm(abort);
+                (ctx.log)(&format!("{}: {n} parts of {} MiB", src.region, imp.part_size_mib));
+            }
             (ctx.log)(&format!("{}: put s3://{}/{key}", src.region, imp.bucket));
             let t = aws::import_snapshot(src, &imp.bucket, &key, imp.role_name.as_deref(), &job.content_key)
                 .await?;
@@ -582,6 +616,7 @@ mod tests {
     fn iam_action(op: &str) -> &str {
         match op {
             "s3:DeleteObjects" => "s3:DeleteObject",
+            "s3:CreateMultipartUpload" | "s3:UploadPart" | "s3:CompleteMultipartUpload" => "s3:PutObject",
             other => other,
         }
     }
@@ -642,7 +677,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plain = job(dir.path(), SPEC, &[1u8; 4096]).unwrap().planned_calls(1);
         let extras = job(dir.path(), &format!("{SPEC}{EXTRAS}"), &[1u8; 4096]).unwrap().planned_calls(1);
-        check_policy("iam-policy.json", include_str!("../iam-policy.json"), &[plain, extras]);
+        let multipart = job(dir.path(), &format!("{SPEC}{EXTRAS}part_size_mib = 5\n"), &vec![1u8; 6 << 20])
+            .unwrap()
+            .planned_calls(1);
+        let text = multipart.join("\n");
+        assert!(text.contains("s3:UploadPart x2 (5 MiB parts"), "{text}");
+        assert!(!text.contains("s3:PutObject"), "{text}");
+        check_policy("iam-policy.json", include_str!("../iam-policy.json"), &[plain, extras, multipart]);
 
         let bundle = dir.path().join("bundle");
         std::fs::create_dir(&bundle).unwrap();

@@ -117,6 +117,10 @@ pub struct S3Import {
     pub wait_attempts: u32,
     #[serde(default = "default_import_secs")]
     pub wait_interval_secs: u64,
+    /// Images larger than this go up as a multipart upload of parts this size (5-5120 MiB;
+    /// at most 10000 parts).
+    #[serde(default = "default_part_mib")]
+    pub part_size_mib: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -238,6 +242,9 @@ fn default_import_attempts() -> u32 {
 }
 fn default_import_secs() -> u64 {
     15
+}
+fn default_part_mib() -> u64 {
+    64
 }
 fn default_builder_type() -> String {
     "m6i.xlarge".into()
@@ -378,6 +385,12 @@ impl AmiSpec {
                 }
                 if !(1..=10000).contains(&i.wait_attempts) {
                     return Err(format!("s3_import.wait_attempts: {} is outside 1-10000", i.wait_attempts));
+                }
+                if !(5..=5120).contains(&i.part_size_mib) {
+                    return Err(format!(
+                        "s3_import.part_size_mib: {} is outside S3's 5-5120",
+                        i.part_size_mib
+                    ));
                 }
             }
             _ => {}

@@ -319,3 +319,41 @@ async fn organizations_ous_and_public_get_launch_permission() {
         .unwrap();
     assert!(attr.create_volume_permissions().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_import_object_goes_up_in_checksummed_parts() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    // 11 MiB + 3 bytes in 5 MiB parts: 3 parts, the last short.
+    let len = (11 << 20) + 3;
+    let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+    let file = dir.path().join("big.raw");
+    std::fs::write(&file, &data).unwrap();
+    let c = Clients::new("us-east-1", &moto.target()).await;
+    c.s3.create_bucket().bucket("imports").send().await.unwrap();
+    let id = aws::create_multipart(&c, "imports", "kv-ami-import/k.raw").await.unwrap();
+    let parts = aws::put_multipart(&c, "imports", "kv-ami-import/k.raw", &id, &file, len as u64, 5 << 20)
+        .await
+        .unwrap();
+    assert_eq!(parts, 3);
+    let got = c.s3.get_object().bucket("imports").key("kv-ami-import/k.raw").send().await.unwrap();
+    let body = got.body.collect().await.unwrap().into_bytes();
+    assert_eq!(body.len(), len);
+    assert!(body.as_ref() == data.as_slice(), "the object differs from the file");
+    // An upload that is aborted (the cleanup's undo) leaves no object.
+    let id = aws::create_multipart(&c, "imports", "kv-ami-import/gone.raw").await.unwrap();
+    let cleanup = kv_ami::cleanup::Cleanup::new(false, 1, std::time::Duration::ZERO);
+    cleanup.push(
+        &c,
+        kv_ami::cleanup::Undo::AbortMultipartUpload {
+            bucket: "imports".into(),
+            key: "kv-ami-import/gone.raw".into(),
+            upload_id: id,
+        },
+        kv_ami::cleanup::When::Always,
+    );
+    let quiet = |_: &str| {};
+    cleanup.finish(Ok::<(), aws::Error>(()), &quiet).await.unwrap();
+    let uploads = c.s3.list_multipart_uploads().bucket("imports").send().await.unwrap();
+    assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+}
