@@ -170,7 +170,7 @@ pub struct Upload {
 pub trait UploadObserver: Send + Sync {
     /// StartSnapshot answered (not called when an earlier snapshot is resumed).
     fn started(&self, snapshot_id: &str, block_size: u64, volume_gib: u64);
-    /// These blocks are in the snapshot (batched, about once a second).
+    /// These blocks are in the snapshot (batched, about twice a second).
     fn blocks_done(&self, indexes: &[u64]);
 }
 
@@ -304,7 +304,7 @@ pub async fn upload_with(
             let mut last = Instant::now();
             while let Some(i) = done_rx.recv().await {
                 batch.push(i);
-                if last.elapsed() >= Duration::from_secs(1) {
+                if last.elapsed() >= Duration::from_millis(500) {
                     if let Some(o) = &observer {
                         o.blocks_done(&batch);
                     }

@@ -180,7 +180,7 @@ async fn after_blocks(state: std::path::PathBuf, n: usize) {
 async fn an_interrupted_upload_is_cleaned_up_and_nothing_is_left() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
-    let image = dense_image(dir.path(), 400);
+    let image = dense_image(dir.path(), 1000);
     let job = Job::prepare(import_spec(""), &image, &bundle_manifest(dir.path(), "int")).unwrap();
     let target = moto.target();
     let c = Clients::new("us-east-1", &target).await;
@@ -205,7 +205,7 @@ async fn an_interrupted_upload_is_cleaned_up_and_nothing_is_left() {
 async fn an_interrupted_upload_resumes_into_the_same_snapshot_from_the_state_file() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
-    let image = dense_image(dir.path(), 600);
+    let image = dense_image(dir.path(), 1500);
     let job = Job::prepare(import_spec("on_failure = \"keep\""), &image, &bundle_manifest(dir.path(), "res"))
         .unwrap();
     let target = moto.target();
@@ -219,7 +219,7 @@ async fn an_interrupted_upload_resumes_into_the_same_snapshot_from_the_state_fil
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     let snap = saved["upload"]["snapshot_id"].as_str().unwrap().to_string();
     let done = saved["upload"]["blocks_done"].as_array().unwrap().len();
-    assert!((40..600).contains(&done), "{done}");
+    assert!((40..1500).contains(&done), "{done}");
     assert_eq!(
         snapshots_with_key(&c, &job.content_key).await,
         vec![snap.clone()],
@@ -234,10 +234,10 @@ async fn an_interrupted_upload_resumes_into_the_same_snapshot_from_the_state_fil
     let resumed = format!("resuming snapshot {snap}: {done} blocks already put are skipped");
     assert!(lines.iter().any(|l| l.contains(&resumed)), "{resumed}: {lines:#?}");
     let put_line = lines.iter().find(|l| l.contains("put by this run")).unwrap();
-    assert!(put_line.contains(&format!("; {} put by this run", 600 - done)), "{put_line}");
+    assert!(put_line.contains(&format!("; {} put by this run", 1500 - done)), "{put_line}");
     assert_eq!(m.builds[0].regions["us-east-1"].snapshot_ids, vec![snap.clone()]);
     // Every block is in the snapshot, the resumed ones and the earlier ones.
-    assert_eq!(aws::verify_snapshot(&c, &snap, &image).await.unwrap(), 600);
+    assert_eq!(aws::verify_snapshot(&c, &snap, &image).await.unwrap(), 1500);
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     assert_eq!(saved["snapshot_completed"], snap.as_str());
     assert_eq!(saved["image_available"], true);
