@@ -18,6 +18,7 @@ pub const MAX_NONCE: usize = 512;
 pub const MAX_USER_DATA: usize = 512;
 pub const MAX_PUBLIC_KEY: usize = 1024;
 
+pub const NSM_DEVICE: &str = "/dev/nsm";
 pub const NO_NSM: &str = "no NSM device (/dev/nsm): not running in a Nitro Enclave";
 
 #[derive(Debug, Default)]
@@ -35,6 +36,9 @@ fn optional(bytes: Vec<u8>) -> Option<ByteBuf> {
 
 /// Asks the NSM for a document. Blocking (an ioctl): run it off the async workers.
 fn attest(request: GetAttestationDocumentRequest) -> Result<Vec<u8>, Status> {
+    if !std::path::Path::new(NSM_DEVICE).exists() {
+        return Err(Status::failed_precondition(NO_NSM));
+    }
     let fd = driver::nsm_init();
     if fd < 0 {
         return Err(Status::failed_precondition(NO_NSM));
@@ -58,6 +62,11 @@ fn attest(request: GetAttestationDocumentRequest) -> Result<Vec<u8>, Status> {
 /// PCR `index` of this enclave, hex, as the NSM reports it; `None` outside an enclave (no
 /// `/dev/nsm`) or if the module refuses. Blocking (an ioctl); called once at start.
 pub fn describe_pcr(index: u16) -> Option<String> {
+    // Checked first: the driver logs an error when the device cannot be opened, which outside
+    // an enclave is the normal case here, not an error.
+    if !std::path::Path::new(NSM_DEVICE).exists() {
+        return None;
+    }
     let fd = driver::nsm_init();
     if fd < 0 {
         return None;
@@ -111,12 +120,13 @@ mod tests {
 
     #[tokio::test]
     async fn without_nsm_the_call_fails_and_fabricates_nothing() {
-        if std::path::Path::new("/dev/nsm").exists() {
+        if std::path::Path::new(NSM_DEVICE).exists() {
             return; // inside a real enclave the document is real; covered there
         }
         let request = GetAttestationDocumentRequest { nonce: b"n".to_vec(), ..Default::default() };
         let err = AttestationService.get_attestation_document(Request::new(request)).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert_eq!(err.message(), NO_NSM);
+        assert_eq!(describe_pcr(0), None, "no PCR is reported without the NSM");
     }
 }

@@ -189,7 +189,10 @@ fn kv_server_exports_metrics_and_spans_and_survives_the_collector_going_away() {
         panic!("no complete export after the collector came back; kv-server log:\n{}", kv.logs())
     });
     eprintln!("while the collector was down: {dropped} spans dropped, {failed} metric exports failed");
-    assert!(kv.logs().contains("OTLP export working"), "recovery is logged");
+    // The receiver stores the request before kv-server has its answer and logs: wait for the line.
+    let logged =
+        wait_until(Duration::from_secs(30), || kv.logs().contains("OTLP export working").then_some(()));
+    assert!(logged.is_some(), "recovery is logged; kv-server log:\n{}", kv.logs());
 }
 
 /// Starts the real vsockproxy with the OTLP mapping of the reference deployment, on loopback:
