@@ -171,8 +171,16 @@ fn kv_server_exports_metrics_and_spans_and_survives_the_collector_going_away() {
             get_values(&mut client, None).await;
         }
     });
-    let failing =
-        wait_until(Duration::from_secs(30), || kv.logs().contains("OTLP export failing").then_some(()));
+    // Metrics and spans are exported by separate tasks: wait until both have failed, so that the
+    // spans of the 300 calls were dropped (and counted) before the collector comes back.
+    let failing = wait_until(Duration::from_secs(30), || {
+        let logs = kv.logs();
+        let failed = |signal: &str| {
+            logs.lines()
+                .any(|l| l.contains("OTLP export failing") && l.contains(&format!("signal=\"{signal}\"")))
+        };
+        (failed("metrics") && failed("traces")).then_some(())
+    });
     assert!(failing.is_some(), "kv-server never noticed the collector was gone; log:\n{}", kv.logs());
     kv.assert_running();
 
