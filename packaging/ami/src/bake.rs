@@ -365,10 +365,7 @@ pub async fn bake(
     interrupt: impl Future<Output = ()>,
 ) -> Result<Manifest, Error> {
     let s = &job.spec;
-    let state = match opts.state_path {
-        Some(p) => StateFile::open(p, &job.content_key, "bake").map_err(Error::Local)?,
-        None => StateFile::none(&job.content_key, "bake"),
-    };
+    let state = StateFile::for_run(opts.state_path, &job.content_key, "bake").map_err(Error::Local)?;
     let state = Arc::new(state);
     let every = Duration::from_secs(s.upload.wait_interval_secs);
     let cleanup = Arc::new(Cleanup::new(s.on_failure == OnFailure::Keep, s.upload.wait_attempts, every));

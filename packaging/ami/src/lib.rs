@@ -254,10 +254,7 @@ pub async fn run(
     interrupt: impl Future<Output = ()>,
 ) -> Result<Manifest, Error> {
     let s = &job.spec;
-    let state = match opts.state_path {
-        Some(p) => StateFile::open(p, &job.content_key, "import").map_err(Error::Local)?,
-        None => StateFile::none(&job.content_key, "import"),
-    };
+    let state = StateFile::for_run(opts.state_path, &job.content_key, "import").map_err(Error::Local)?;
     if opts.state_path.is_some() && s.on_failure == OnFailure::Delete {
         (opts.log)(
             "state file: an interrupted upload is deleted on failure (on_failure = delete); set on_failure = \"keep\" to resume it",

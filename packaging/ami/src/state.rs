@@ -97,6 +97,14 @@ pub struct StateFile {
 }
 
 impl StateFile {
+    /// The run's state: read from `path` (resume) or kept in memory only when there is none.
+    pub fn for_run(path: Option<&Path>, content_key: &str, flow: &str) -> Result<StateFile, String> {
+        match path {
+            Some(p) => StateFile::open(p, content_key, flow),
+            None => Ok(StateFile::none(content_key, flow)),
+        }
+    }
+
     /// No file: the same calls, nothing written.
     pub fn none(content_key: &str, flow: &str) -> StateFile {
         StateFile { path: None, state: Mutex::new(fresh(content_key, flow)), closed: Default::default() }
