@@ -524,23 +524,25 @@ fn start_kv_server(dir: &Path, socket: &Path, args: &[String], generation: u32) 
 fn start_vsockproxy(dir: &Path, upstream: &Path) -> (Proc, SocketAddr, SocketAddr) {
     let ingress = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let config = dir.join("vsockproxy.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[ingress]]\nlisten = \"tcp://{ingress}\"\nupstream = \"unix://{}\"\n\n[admin]\nlisten = \"tcp://{admin}\"\n",
-            upstream.display()
-        ),
-    )
-    .expect("write vsockproxy.toml");
+    let config = format!(
+        "[[ingress]]\nlisten = \"tcp://{ingress}\"\nupstream = \"unix://{}\"\n\n[admin]\nlisten = \"tcp://{admin}\"\n",
+        upstream.display()
+    );
+    (run_vsockproxy(dir, &config, admin), ingress, admin)
+}
+
+/// Runs the real vsockproxy with `config` (written to `dir/vsockproxy.toml`; its `[admin]`
+/// listens on `admin`) and waits until `/healthz` answers.
+pub fn run_vsockproxy(dir: &Path, config: &str, admin: SocketAddr) -> Proc {
+    let path = dir.join("vsockproxy.toml");
+    std::fs::write(&path, config).expect("write vsockproxy.toml");
     let mut cmd = Command::new(workspace_bin("vsockproxy"));
-    cmd.arg("run").arg("--config").arg(&config).env("RUST_LOG", "info");
+    cmd.arg("run").arg("--config").arg(&path).env("RUST_LOG", "info");
     let mut proc = Proc::spawn("vsockproxy", cmd, &dir.join("vsockproxy.log"));
     let ready = wait_until(Duration::from_secs(30), || {
         proc.assert_running();
-        let r = http_get(admin, "/healthz").ok()?;
-        (r.status == 200).then_some(())
+        (http_get(admin, "/healthz").ok()?.status == 200).then_some(())
     });
     assert!(ready.is_some(), "vsockproxy never ready; log:\n{}", proc.logs());
-    (proc, ingress, admin)
+    proc
 }

@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e_tests::{
-    EnvoyTarget, Proc, envoy_bin, free_port, http_get, render_envoy_config, wait_until, workspace_bin,
+    EnvoyTarget, Proc, envoy_bin, free_port, http_get, render_envoy_config, run_vsockproxy, wait_until,
+    workspace_bin,
 };
 use kv_server::proto::kv_server::v1::GetValuesRequest;
 use kv_server::proto::kv_server::v1::key_value_service_client::KeyValueServiceClient;
@@ -209,26 +210,13 @@ fn kv_server_exports_metrics_and_spans_and_survives_the_collector_going_away() {
 fn start_vsockproxy_mapping(dir: &std::path::Path, collector: SocketAddr) -> (Proc, SocketAddr) {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let config = dir.join("vsockproxy.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[admin]\nlisten = \"tcp://{admin}\"\n\n[[mapping]]\nname = \"otel\"\nlisten = \"tcp://{listen}\"\n\
-             upstream = \"tcp://{collector}\"\n\n[[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"{}\"]\n\n\
-             [otlp]\nendpoint = \"tcp://{collector}\"\ninterval_ms = 200\n",
-            collector.port()
-        ),
-    )
-    .expect("write vsockproxy.toml");
-    let mut cmd = Command::new(workspace_bin("vsockproxy"));
-    cmd.arg("run").arg("--config").arg(&config).env("RUST_LOG", "info");
-    let mut proc = Proc::spawn("vsockproxy", cmd, &dir.join("vsockproxy.log"));
-    let ready = wait_until(Duration::from_secs(30), || {
-        proc.assert_running();
-        (http_get(admin, "/healthz").ok()?.status == 200).then_some(())
-    });
-    assert!(ready.is_some(), "vsockproxy never ready; log:\n{}", proc.logs());
-    (proc, listen)
+    let config = format!(
+        "[admin]\nlisten = \"tcp://{admin}\"\n\n[[mapping]]\nname = \"otel\"\nlisten = \"tcp://{listen}\"\n\
+         upstream = \"tcp://{collector}\"\n\n[[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"{}\"]\n\n\
+         [otlp]\nendpoint = \"tcp://{collector}\"\ninterval_ms = 200\n",
+        collector.port()
+    );
+    (run_vsockproxy(dir, &config, admin), listen)
 }
 
 /// The repository's envoy.yaml rendered for the test, with its `otel_collector` cluster pointed
