@@ -13,7 +13,6 @@ use std::process::{Command, Output};
 
 fn bundle(dir: &Path) -> PathBuf {
     let b = dir.join("bundle");
-    std::fs::create_dir_all(b.join("units")).unwrap();
     let files = [
         ("proxy", "#!/bin/sh\necho proxy\n", "/opt/privacysandbox/proxy", "0755", "vsockproxy"),
         ("envoy.yaml", "static_resources: {}\n", "/etc/envoy/envoy.yaml", "0644", "envoy-config"),
@@ -25,17 +24,8 @@ fn bundle(dir: &Path) -> PathBuf {
             "systemd-unit",
         ),
     ];
-    let mut entries = Vec::new();
-    for (path, body, dest, mode, role) in files {
-        std::fs::write(b.join(path), body).unwrap();
-        entries.push(format!(
-            "{{\"path\":\"{path}\",\"role\":\"{role}\",\"size\":{},\"sha256\":\"{}\",\"mode\":\"{mode}\",\"install_to\":\"{dest}\"}}",
-            body.len(),
-            hex::encode(Sha256::digest(body))
-        ));
-    }
-    std::fs::write(b.join("manifest.json"), format!("{{\"format\":1,\"files\":[{}]}}\n", entries.join(",")))
-        .unwrap();
+    let entries = common::write_bundle_files(&b, &files);
+    std::fs::write(b.join("manifest.json"), format!("{{\"format\":1,\"files\":[{entries}]}}\n")).unwrap();
     b
 }
 

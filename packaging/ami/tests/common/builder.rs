@@ -9,7 +9,6 @@ use kv_ami::aws::Clients;
 use kv_ami::bake::BakeJob;
 use kv_ami::spec::AmiSpec;
 use kv_ami::userdata::{DETAIL_TAG, STATUS_TAG};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -46,7 +45,6 @@ pub async fn set_up(moto: &Moto) -> Clients {
 /// A bundle directory whose manifest lists two files with their real SHA-256.
 pub fn bundle(dir: &Path) -> std::path::PathBuf {
     let b = dir.join("bundle");
-    std::fs::create_dir_all(b.join("systemd")).unwrap();
     let files = [
         ("proxy", "proxy binary", "/opt/privacysandbox/proxy", "0755", "vsockproxy"),
         (
@@ -57,18 +55,10 @@ pub fn bundle(dir: &Path) -> std::path::PathBuf {
             "systemd-unit",
         ),
     ];
-    let mut entries = Vec::new();
-    for (path, body, dest, mode, role) in files {
-        std::fs::write(b.join(path), body).unwrap();
-        entries.push(format!(
-            "{{\"path\":\"{path}\",\"role\":\"{role}\",\"size\":{},\"sha256\":\"{}\",\"mode\":\"{mode}\",\"install_to\":\"{dest}\"}}",
-            body.len(),
-            hex::encode(Sha256::digest(body))
-        ));
-    }
+    let entries = super::write_bundle_files(&b, &files);
     std::fs::write(
         b.join("manifest.json"),
-        format!("{{\"format\":1,\"pcrs\":{{\"PCR0\":\"ab\"}},\"files\":[{}]}}", entries.join(",")),
+        format!("{{\"format\":1,\"pcrs\":{{\"PCR0\":\"ab\"}},\"files\":[{entries}]}}"),
     )
     .unwrap();
     b

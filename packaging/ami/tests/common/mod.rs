@@ -9,6 +9,27 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// One bundle file: (path in the bundle, content, install_to, mode, role).
+pub type BundleFile<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str);
+
+/// Writes `files` under the bundle directory `b` and returns their manifest `files` entries
+/// (JSON objects joined by commas) with the real size and SHA-256 of each.
+pub fn write_bundle_files(b: &std::path::Path, files: &[BundleFile]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut entries = Vec::new();
+    for (path, body, dest, mode, role) in files {
+        let file = b.join(path);
+        std::fs::create_dir_all(file.parent().expect("a file in the bundle")).unwrap();
+        std::fs::write(&file, body).unwrap();
+        entries.push(format!(
+            "{{\"path\":\"{path}\",\"role\":\"{role}\",\"size\":{},\"sha256\":\"{}\",\"mode\":\"{mode}\",\"install_to\":\"{dest}\"}}",
+            body.len(),
+            hex::encode(Sha256::digest(body))
+        ));
+    }
+    entries.join(",")
+}
+
 pub fn repo_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     here.ancestors()
