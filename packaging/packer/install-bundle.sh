@@ -78,6 +78,11 @@ if [[ -n ${KV_ENVOY_IMAGE:-} ]]; then
   [[ $KV_ENVOY_IMAGE =~ @sha256:[0-9a-f]{64}$ ]] || { log "KV_ENVOY_IMAGE $KV_ENVOY_IMAGE is not pinned by digest"; exit 1; }
   host systemctl start docker.service
   host docker pull --quiet "$KV_ENVOY_IMAGE"
+  # envoy.service runs ${ENVOY_IMAGE} with --pull=never: name the pulled digest there (its
+  # built-in default is a tag, which a pull by digest does not create).
+  install -d -m 0755 "${owner[@]}" "$root/etc/envoy"
+  printf 'ENVOY_IMAGE=%s\n' "$KV_ENVOY_IMAGE" >"$root/etc/envoy/envoy.env"
+  chmod 0644 "$root/etc/envoy/envoy.env"
 fi
 
 host systemctl daemon-reload

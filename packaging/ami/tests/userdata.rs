@@ -101,7 +101,17 @@ fn the_install_part_installs_a_good_bundle_into_a_fake_root() {
     assert!(out.status.success(), "{err}");
     assert_eq!(
         files_under(&root),
-        vec!["etc/envoy/envoy.yaml", "etc/systemd/system/vsockproxy.service", "opt/privacysandbox/proxy"]
+        vec![
+            "etc/envoy/envoy.env",
+            "etc/envoy/envoy.yaml",
+            "etc/systemd/system/vsockproxy.service",
+            "opt/privacysandbox/proxy"
+        ]
+    );
+    // envoy.service (`--pull=never`) runs exactly the image pulled by digest.
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/envoy/envoy.env")).unwrap(),
+        format!("ENVOY_IMAGE=envoyproxy/envoy@sha256:{}\n", "0".repeat(64))
     );
     let mode = std::fs::metadata(root.join("opt/privacysandbox/proxy")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o755);
