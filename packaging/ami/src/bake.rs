@@ -183,6 +183,9 @@ impl BakeJob {
             !b.spot
         ));
         v.push(format!(
+            "{r} ec2:DescribeImages + ec2:CreateTags {CONTENT_KEY_TAG}={key} on the image's snapshots (if listed yet)"
+        ));
+        v.push(format!(
             "{r} ec2:DescribeImages (until available, fail on failed, at most {} checks)",
             s.upload.wait_attempts
         ));
@@ -495,6 +498,14 @@ async fn bake_body(job: &BakeJob, ctx: &Ctx<'_>) -> Result<Manifest, Error> {
                 &[(CONTENT_KEY_TAG.to_string(), job.content_key.clone())],
             )
             .await?;
+            // Its snapshots too, as soon as DescribeImages lists them: the cleanup may delete only
+            // snapshots carrying the content key (IAM), and CreateImage's snapshot
+            // TagSpecifications are not sent (the emulator rejects them). Publish tags them again.
+            let early = aws::image_snapshots(&c, &ami).await?;
+            if !early.is_empty() {
+                aws::tag(&c, &early, &[(CONTENT_KEY_TAG.to_string(), job.content_key.clone())]).await?;
+                log(&format!("{r}: {ami}: snapshots {} tagged with the content key", early.join(",")));
+            }
             ctx.record(|st| st.image_id = Some(ami.clone()));
             aws::wait_image(&c, &ami, s.upload.wait_attempts, every).await?;
             ctx.cleanup.disarm(armed);

@@ -33,6 +33,14 @@ async fn bake_launches_an_imdsv2_builder_waits_for_its_signal_creates_the_image_
         tokio::join!(bake(&job, &o, never()), fake.play(Verdict::Ok, tx))
     };
     let m = m.unwrap_or_else(|e| panic!("{e}\n{:#?}", log.lines()));
+    // The image's snapshots carry the content key before the wait (the IAM-limited cleanup needs it).
+    assert!(
+        log.lines()
+            .iter()
+            .any(|l| l.contains(": snapshots snap-") && l.ends_with("tagged with the content key")),
+        "{:#?}",
+        log.lines()
+    );
 
     // What the builder was given.
     let base = c.ssm.get_parameter().name("/test/base-ami").send().await.unwrap();
