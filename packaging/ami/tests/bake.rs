@@ -8,7 +8,7 @@
 mod common;
 
 use common::builder::{
-    BUCKET, FakeBuilderInstance, Verdict, assert_nothing_left, images_with_key, job, quoted, set_up,
+    BUCKET, BakeFixture, Verdict, assert_nothing_left, bake_fixture, images_with_key, quoted,
 };
 use common::{Log, Moto, never, opts};
 use kv_ami::aws::Clients;
@@ -19,14 +19,8 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bake_launches_an_imdsv2_builder_waits_for_its_signal_creates_the_image_and_removes_the_builder() {
-    let moto = Moto::start();
-    let c = set_up(&moto).await;
-    let dir = tempfile::tempdir().unwrap();
-    let job = job(dir.path());
-    let target = moto.target();
-    let log = Log::default();
+    let BakeFixture { moto: _moto, c, dir: _dir, job, target, log, fake } = bake_fixture().await;
     let push = |l: &str| log.push(l);
-    let fake = FakeBuilderInstance { c: c.clone() };
     let (tx, _rx) = tokio::sync::oneshot::channel();
     let (m, seen) = {
         let o = opts(&target, &push);
@@ -102,14 +96,8 @@ async fn bake_launches_an_imdsv2_builder_waits_for_its_signal_creates_the_image_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_signal_fails_the_run_and_leaves_nothing_behind() {
-    let moto = Moto::start();
-    let c = set_up(&moto).await;
-    let dir = tempfile::tempdir().unwrap();
-    let job = job(dir.path());
-    let target = moto.target();
-    let log = Log::default();
+    let BakeFixture { moto: _moto, c, dir: _dir, job, target, log, fake } = bake_fixture().await;
     let push = |l: &str| log.push(l);
-    let fake = FakeBuilderInstance { c: c.clone() };
     let (tx, _rx) = tokio::sync::oneshot::channel();
     let detail = "step install exit 1: [install-bundle] proxy: sha256 0000, manifest says 1111";
     let (r, seen) = {
@@ -128,14 +116,8 @@ async fn a_failure_signal_fails_the_run_and_leaves_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupt_while_waiting_for_the_builder_leaves_nothing_behind() {
-    let moto = Moto::start();
-    let c = set_up(&moto).await;
-    let dir = tempfile::tempdir().unwrap();
-    let job = job(dir.path());
-    let target = moto.target();
-    let log = Log::default();
+    let BakeFixture { moto: _moto, c, dir: _dir, job, target, log, fake } = bake_fixture().await;
     let push = |l: &str| log.push(l);
-    let fake = FakeBuilderInstance { c: c.clone() };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let interrupt = async move {
         let _ = rx.await;

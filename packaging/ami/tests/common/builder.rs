@@ -89,6 +89,29 @@ signal_interval_secs = 0
     )
 }
 
+/// Everything a bake test starts from: moto with the base AMI parameter, a bundle, the job, the
+/// run's log and the builder test double. Keep the whole value alive for the test: dropping it
+/// stops moto and removes the bundle.
+pub struct BakeFixture {
+    pub moto: Moto,
+    pub c: Clients,
+    pub dir: tempfile::TempDir,
+    pub job: BakeJob,
+    pub target: kv_ami::aws::Target,
+    pub log: super::Log,
+    pub fake: FakeBuilderInstance,
+}
+
+pub async fn bake_fixture() -> BakeFixture {
+    let moto = Moto::start();
+    let c = set_up(&moto).await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path());
+    let target = moto.target();
+    let fake = FakeBuilderInstance { c: c.clone() };
+    BakeFixture { moto, c, dir, job, target, log: super::Log::default(), fake }
+}
+
 pub fn job(dir: &Path) -> BakeJob {
     BakeJob::prepare(AmiSpec::parse(&spec_text()).unwrap(), &bundle(dir)).unwrap()
 }
