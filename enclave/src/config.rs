@@ -1,9 +1,14 @@
 //! Command line and configuration file of `kv-server`.
 //!
 //! Every setting can come from a TOML file (`--config FILE`, unknown keys refused) and from a
-//! flag; a flag wins over the file, the file over the default. [`Cli::resolve`] checks every value
-//! before anything starts, and its errors name the flag or file key at fault.
+//! flag; a flag wins over the file, the file over the default. [`ServeArgs::resolve`] checks every
+//! value before anything starts, and its errors name the flag or file key at fault.
+//!
+//! Dialled endpoints may name the parent instance as `vsock://parent:PORT`: it is resolved here,
+//! once, with the CID in `ENCLAVE_PARENT_CID` (set by enclave-init; 3, Nitro's parent, when
+//! unset), so that the same image reaches its parent under QEMU's `nitro-enclave` machine (CID 2).
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +22,8 @@ pub const DEFAULT_MAX_KEYS_PER_REQUEST: usize = 1_000;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// One day, if commit times are in microseconds (the reference's data CLI default).
 pub const DEFAULT_TOMBSTONE_RETENTION: i64 = 86_400_000_000;
+/// The parent's CID as enclave-init hands it to the application (enclave/init/src/config.rs).
+pub const PARENT_CID_VAR: &str = "ENCLAVE_PARENT_CID";
 
 #[derive(Debug, Parser)]
 #[command(name = "kv-server", version, about = "Protected Audience Key/Value server for Nitro Enclaves")]
@@ -139,6 +146,22 @@ pub struct Config {
     pub initial_load_delay: Duration,
     /// `None`: no OTLP export.
     pub otlp: Option<crate::telemetry::OtlpConfig>,
+    /// What `vsock://parent:PORT` was resolved to (from `ENCLAVE_PARENT_CID`, default 3).
+    pub parent_cid: u32,
+}
+
+impl Config {
+    /// Every endpoint the server dials, by setting (already resolved: no `parent` left).
+    pub fn dialled_endpoints(&self) -> Vec<(&'static str, &Endpoint)> {
+        let mut out = Vec::new();
+        if let DataSourceConfig::S3(s3) = &self.source {
+            out.push(("aws.egress_socks5", &s3.egress));
+        }
+        if let Some(otlp) = &self.otlp {
+            out.push(("otlp.endpoint", &otlp.endpoint));
+        }
+        out
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,8 +175,15 @@ pub enum ConfigError {
 }
 
 impl ServeArgs {
-    /// Merges flags over the file over the defaults and checks every value.
+    /// Merges flags over the file over the defaults and checks every value; `vsock://parent`
+    /// follows `ENCLAVE_PARENT_CID` from this process's environment.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
+        self.resolve_with_parent_cid(std::env::var_os(PARENT_CID_VAR).as_deref())
+    }
+
+    /// [`ServeArgs::resolve`] with the value of `ENCLAVE_PARENT_CID` given (`None`: unset).
+    pub fn resolve_with_parent_cid(&self, parent_cid_var: Option<&OsStr>) -> Result<Config, ConfigError> {
+        let parent_cid = parent_cid(parent_cid_var)?;
         let file = match &self.config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
@@ -176,12 +206,25 @@ impl ServeArgs {
                 format!("{listen}: a vsock-hybrid endpoint can only be dialed, not listened on"),
             ));
         }
+        if listen.names_parent() {
+            return Err(invalid(
+                origin("listen", "listen", self.listen.is_some()),
+                format!("{listen}: `parent` can only be dialed; listen on vsock://any:PORT"),
+            ));
+        }
 
         let sample = self.sample_data || file.sample_data.unwrap_or(false);
         let data_dir = self.data_dir.clone().or(file.data_dir);
         let poll_set = self.poll_interval_ms.is_some() || file.poll_interval_ms.is_some();
-        let s3 = crate::s3::resolve(&self.aws, file.aws, self.config.as_deref(), poll_set)?;
-        let otlp = self.otlp.resolve(file.otlp, self.config.as_deref())?;
+        let mut s3 = crate::s3::resolve(&self.aws, file.aws, self.config.as_deref(), poll_set)?;
+        let mut otlp = self.otlp.resolve(file.otlp, self.config.as_deref())?;
+        // Every dialled endpoint; a numeric CID (vsock://3:PORT) keeps its meaning.
+        if let Some(s3) = &mut s3 {
+            s3.egress = s3.egress.clone().with_parent_cid(parent_cid);
+        }
+        if let Some(otlp) = &mut otlp {
+            otlp.endpoint = otlp.endpoint.clone().with_parent_cid(parent_cid);
+        }
         if s3.is_some() && (sample || data_dir.is_some()) {
             return Err(invalid(
                 "S3 data source (--s3-bucket/--ssm-prefix)".into(),
@@ -267,8 +310,27 @@ impl ServeArgs {
             log_format,
             initial_load_delay: Duration::from_millis(self.test_initial_load_delay_ms.unwrap_or(0)),
             otlp,
+            parent_cid,
         })
     }
+}
+
+/// `ENCLAVE_PARENT_CID`: unset means Nitro's parent CID; otherwise a CID that can be a peer
+/// (not 0, 1 or `u32::MAX`, as enclave-init checks it).
+fn parent_cid(value: Option<&OsStr>) -> Result<u32, ConfigError> {
+    let Some(value) = value else {
+        return Ok(transport::PARENT_CID);
+    };
+    let invalid = |reason: String| ConfigError::Invalid {
+        setting: format!("environment variable {PARENT_CID_VAR}"),
+        reason,
+    };
+    let text = value.to_str().ok_or_else(|| invalid(format!("{value:?} is not a number")))?;
+    let cid: u32 = text.trim().parse().map_err(|_| invalid(format!("{text:?} is not a number")))?;
+    if cid < 2 || cid == transport::CID_ANY {
+        return Err(invalid(format!("CID {cid} cannot be the parent (0, 1 and 4294967295 are reserved)")));
+    }
+    Ok(cid)
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -317,12 +379,59 @@ mod tests {
     #[test]
     fn the_enclave_example_config_is_valid() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/enclave.toml");
-        let config = args(&["--config", path]).resolve().unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.contains("\"vsock://parent:8888\"") && text.contains("\"vsock://parent:4317\""));
+        let config =
+            args(&["--config", path]).resolve_with_parent_cid(None).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.listen.to_string(), "vsock://any:50051");
-        assert!(matches!(config.source, DataSourceConfig::S3(_)));
-        let otlp = config.otlp.expect("[otlp] is set");
+        let DataSourceConfig::S3(s3) = &config.source else { panic!("not S3: {:?}", config.source) };
+        assert_eq!(s3.egress.to_string(), "vsock://3:8888");
+        let otlp = config.otlp.as_ref().expect("[otlp] is set");
         assert_eq!(otlp.endpoint.to_string(), "vsock://3:4317");
         assert_eq!(otlp.log_level, Some(tracing::Level::INFO));
+        // Under QEMU's nitro-enclave machine enclave-init hands over CID 2.
+        let config = args(&["--config", path]).resolve_with_parent_cid(Some(OsStr::new("2"))).unwrap();
+        let dialled: Vec<String> =
+            config.dialled_endpoints().iter().map(|(k, e)| format!("{k}={e}")).collect();
+        assert_eq!(dialled, ["aws.egress_socks5=vsock://2:8888", "otlp.endpoint=vsock://2:4317"]);
+    }
+
+    #[test]
+    fn parent_cid_resolves_parent_endpoints_only() {
+        let flags = |egress: &str| {
+            args(&[
+                "--s3-bucket",
+                "kv-data",
+                "--egress-socks5",
+                egress,
+                "--otlp-endpoint",
+                "vsock://parent:4317",
+            ])
+        };
+        let two = Some(OsStr::new("2"));
+        let config = flags("vsock://parent:8888").resolve_with_parent_cid(two).unwrap();
+        assert_eq!(config.parent_cid, 2);
+        let dialled: Vec<String> = config.dialled_endpoints().iter().map(|(_, e)| e.to_string()).collect();
+        assert_eq!(dialled, ["vsock://2:8888", "vsock://2:4317"]);
+        // A number is a number: vsock://3 stays CID 3 whatever the parent.
+        let config = flags("vsock://3:8888").resolve_with_parent_cid(two).unwrap();
+        assert_eq!(config.dialled_endpoints()[0].1.to_string(), "vsock://3:8888");
+        let config = flags("vsock://parent:8888").resolve_with_parent_cid(None).unwrap();
+        assert_eq!(config.parent_cid, 3);
+        assert_eq!(config.dialled_endpoints()[0].1.to_string(), "vsock://3:8888");
+
+        for bad in ["x", "", "1", "4294967295", "-3"] {
+            let err = flags("vsock://parent:8888")
+                .resolve_with_parent_cid(Some(OsStr::new(bad)))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("ENCLAVE_PARENT_CID"), "{bad:?}: {err}");
+        }
+        let err = args(&["--sample-data", "--listen", "vsock://parent:50051"])
+            .resolve_with_parent_cid(None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--listen") && err.contains("only be dialed"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The HTTP client the AWS SDK uses inside the enclave: every connection is a SOCKS5 CONNECT
-//! through the parent's egress proxy (`vsock://3:8888` in the enclave, `tcp://127.0.0.1:PORT` in
+//! through the parent's egress proxy (`vsock://parent:8888` in the enclave, `tcp://127.0.0.1:PORT` in
 //! tests), then TLS for `https` URIs.
 //!
 //! The destination is sent to the proxy as a *name* (`bucket.s3.us-east-1.amazonaws.com:443`), not

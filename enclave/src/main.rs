@@ -1,4 +1,5 @@
-//! `kv-server`: parse the configuration, bind, load data, serve, drain.
+//! `kv-server`: parse the configuration, bind, serve, load data (setting the source up in the
+//! background), drain.
 #![forbid(unsafe_code)]
 
 use std::io::{IsTerminal, Write};
@@ -10,11 +11,13 @@ use clap::Parser;
 use kv_server::config::{Cli, Command, Config, DataSourceConfig, LogFormat};
 use kv_server::health::Health;
 use kv_server::loader::{Loader, LoaderConfig, LoaderMetrics};
+use kv_server::s3::S3SetupError;
 use kv_server::server::{self, App};
 use kv_server::source::LocalDir;
 use kv_server::store::Store;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// How long in-flight calls may take to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -77,6 +80,10 @@ async fn serve(
     tracing::info!(endpoint = %bound, "listening");
     // One line on stdout for whoever started us (tests, scripts) to learn the bound endpoint.
     println!("kv-server listening on {bound}");
+    for (setting, endpoint) in config.dialled_endpoints() {
+        // Resolved: `vsock://parent:PORT` shows the CID from ENCLAVE_PARENT_CID.
+        tracing::info!(setting, endpoint = %endpoint, parent_cid = config.parent_cid, "dials");
+    }
 
     let store = Arc::new(Store::new());
     let health = Arc::new(Health::new());
@@ -92,63 +99,95 @@ async fn serve(
         }
     };
 
-    let loader = match config.source.clone() {
-        DataSourceConfig::Sample => {
-            let stats = store.apply(kv_server::sample::records());
-            tracing::info!(keys = stats.applied, "serving the built-in sample data");
-            health.set_data_loaded();
-            None
-        }
-        DataSourceConfig::LocalDir(dir) => {
-            let loader = Loader::new(
-                LocalDir::new(dir),
-                store.clone(),
-                health.clone(),
-                loader_metrics.clone(),
-                LoaderConfig {
-                    poll_interval: config.poll_interval,
-                    tombstone_retention: config.tombstone_retention,
-                    initial_load_delay: config.initial_load_delay,
-                },
-            );
-            Some(tokio::spawn(loader.run(stopped())))
-        }
-        DataSourceConfig::S3(s3) => {
-            // Reads the SSM parameters (if asked) before serving: a missing one ends the process.
-            let setup = kv_server::s3::setup(&s3, config.poll_interval).await?;
-            let loader = Loader::new(
-                setup.source,
-                store.clone(),
-                health.clone(),
-                loader_metrics.clone(),
-                LoaderConfig {
-                    poll_interval: setup.poll_interval,
-                    tombstone_retention: config.tombstone_retention,
-                    initial_load_delay: config.initial_load_delay,
-                },
-            );
-            Some(tokio::spawn(loader.run(stopped())))
-        }
-    };
-
+    let mut data = spawn_data_source(&config, store.clone(), health.clone(), loader_metrics, stopped.clone());
+    let mut data_done = false;
     let app = App { store, health, limits: config.limits };
     let mut server = tokio::spawn(server::run(listener, app, stopped()));
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM"),
-        _ = sigint.recv() => tracing::info!("SIGINT"),
-        result = &mut server => return Ok(result??),
-    }
+    let outcome: anyhow::Result<()> = loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM"); break Ok(()) }
+            _ = sigint.recv() => { tracing::info!("SIGINT"); break Ok(()) }
+            result = &mut server => return Ok(result??),
+            result = &mut data, if !data_done => {
+                data_done = true;
+                match result {
+                    // Only the sample data ends here without a shutdown: nothing to follow.
+                    Ok(Ok(())) => {}
+                    // A setting the S3 setup found wrong: stop serving and exit non-zero.
+                    Ok(Err(e)) => break Err(e.into()),
+                    Err(e) => break Err(anyhow::anyhow!("the data source task failed: {e}")),
+                }
+            }
+        }
+    };
     let _ = stop_tx.send(true);
-    if let Some(loader) = loader {
-        let _ = loader.await;
+    if !data_done {
+        let _ = data.await;
     }
     match tokio::time::timeout(DRAIN_DEADLINE, server).await {
         Ok(result) => result??,
         Err(_) => tracing::warn!(deadline_s = DRAIN_DEADLINE.as_secs(), "drain deadline passed; exiting"),
     }
-    Ok(())
+    outcome
+}
+
+/// Fills the store in the background until `stopped` resolves. The server serves meanwhile
+/// (`loadbalancer-healthcheck` NOT_SERVING until the initial load), also while the S3 source is
+/// still being set up; the task ends early only with a permanent S3 setup error.
+fn spawn_data_source<F>(
+    config: &Config,
+    store: Arc<Store>,
+    health: Arc<Health>,
+    metrics: Arc<LoaderMetrics>,
+    stopped: impl Fn() -> F,
+) -> JoinHandle<Result<(), S3SetupError>>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let loader_config = |poll_interval| LoaderConfig {
+        poll_interval,
+        tombstone_retention: config.tombstone_retention,
+        initial_load_delay: config.initial_load_delay,
+    };
+    match config.source.clone() {
+        DataSourceConfig::Sample => {
+            let stats = store.apply(kv_server::sample::records());
+            tracing::info!(keys = stats.applied, "serving the built-in sample data");
+            health.set_data_loaded();
+            tokio::spawn(std::future::ready(Ok(())))
+        }
+        DataSourceConfig::LocalDir(dir) => {
+            let loader =
+                Loader::new(LocalDir::new(dir), store, health, metrics, loader_config(config.poll_interval));
+            let stopped = stopped();
+            tokio::spawn(async move {
+                loader.run(stopped).await;
+                Ok(())
+            })
+        }
+        DataSourceConfig::S3(s3) => {
+            let default_poll_interval = config.poll_interval;
+            let (retries_stopped, loader_stopped) = (stopped(), stopped());
+            let loader_config = loader_config(default_poll_interval);
+            tokio::spawn(async move {
+                let setup = kv_server::s3::setup_with_retries(
+                    &s3,
+                    default_poll_interval,
+                    &metrics.source_errors,
+                    retries_stopped,
+                )
+                .await?;
+                let Some(setup) = setup else {
+                    return Ok(()); // shutdown before the setup finished
+                };
+                let loader_config = LoaderConfig { poll_interval: setup.poll_interval, ..loader_config };
+                Loader::new(setup.source, store, health, metrics, loader_config).run(loader_stopped).await;
+                Ok(())
+            })
+        }
+    }
 }
 
 /// The console (stderr: `nitro-cli console` in debug mode) always; OTLP logs when configured.

@@ -6,8 +6,13 @@
 //! Credentials and (unless given) the region come from the SDK's normal provider chain:
 //! environment, profile files, then the instance metadata service (IMDS), which is also reached
 //! through the egress proxy (its policy must allow `169.254.169.254:80`).
+//!
+//! The setup runs while the server already serves ([`setup_with_retries`]): a failure on the way
+//! to AWS is retried with a capped backoff, a wrong setting ends the process
+//! ([`S3SetupError::is_transient`]).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -34,7 +39,7 @@ pub struct AwsArgs {
     #[arg(long, value_name = "PREFIX")]
     pub s3_prefix: Option<String>,
     /// The parent's SOCKS5 egress proxy that every AWS connection goes through:
-    /// vsock://3:8888 in the enclave, tcp://127.0.0.1:PORT or unix:///path locally.
+    /// vsock://parent:8888 in the enclave, tcp://127.0.0.1:PORT or unix:///path locally.
     #[arg(long, value_name = "ENDPOINT")]
     pub egress_socks5: Option<String>,
     /// AWS region [default: the SDK's chain: AWS_REGION, profile, IMDS].
@@ -129,7 +134,7 @@ pub fn resolve(
         invalid(
             "--egress-socks5".into(),
             "required for an S3 data source (the enclave reaches AWS only through the parent's \
-             SOCKS5 proxy): e.g. vsock://3:8888"
+             SOCKS5 proxy): e.g. vsock://parent:8888"
                 .into(),
         )
     })?;
@@ -139,7 +144,7 @@ pub fn resolve(
     if matches!(&egress, Endpoint::Vsock { cid: transport::VsockCid::Any, .. }) {
         return Err(invalid(
             egress_setting,
-            format!("{egress}: `any` is for listening; name the parent's CID (3)"),
+            format!("{egress}: `any` is for listening; name the parent (vsock://parent:PORT)"),
         ));
     }
     let region = args.aws_region.clone().or(file.region);
@@ -206,17 +211,64 @@ pub fn check_region(region: &str) -> Result<(), String> {
     if ok { Ok(()) } else { Err(format!("{region:?} is not an AWS region name (e.g. us-east-1)")) }
 }
 
-/// Why the S3 source could not be set up (before serving: the process exits non-zero).
+/// Why the S3 source could not be set up. Transient ones are retried while the server serves;
+/// the others end the process with status 1 ([`S3SetupError::is_transient`]).
 #[derive(Debug, thiserror::Error)]
 pub enum S3SetupError {
+    /// Transient: IMDS, the last link of the region chain, may be unreachable for now (proxy not
+    /// up, policy not yet allowing it, IMDS slow at boot).
     #[error(
         "no AWS region: give --aws-region (or `aws.region`), set AWS_REGION, or let IMDS answer through the egress proxy"
     )]
     NoRegion,
+    /// Transient for a failed call (`SsmError::Call`); permanent for a parameter that does not
+    /// exist or a value that fails its check.
     #[error(transparent)]
     Ssm(#[from] ssm::SsmError),
+    /// Permanent: neither a flag nor a parameter names the bucket.
     #[error("no data bucket: give --s3-bucket or the SSM parameter {0}")]
     NoBucket(String),
+}
+
+impl S3SetupError {
+    /// True when trying again can succeed without changing the deployment: the way to AWS or AWS
+    /// itself failed (the proxy unreachable or refusing by policy, a timeout, an error answer such
+    /// as a 5xx, throttling or denied access, no credentials or region from IMDS yet). False for
+    /// what the settings themselves say: a required parameter that does not exist, a value that
+    /// fails its check, no bucket at all; restarting would read the same answer.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            S3SetupError::NoRegion => true,
+            S3SetupError::Ssm(ssm::SsmError::Call { .. }) => true,
+            S3SetupError::Ssm(ssm::SsmError::Missing { .. } | ssm::SsmError::Invalid { .. }) => false,
+            S3SetupError::NoBucket(_) => false,
+        }
+    }
+}
+
+/// First wait after a transient setup failure; it doubles after each further one.
+pub const SETUP_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two setup attempts.
+pub const SETUP_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Capped exponential backoff: `first`, `2 × first`, ... up to `max`, then `max` for good.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff { next: first.min(max), max }
+    }
+
+    /// The wait before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = self.next.saturating_mul(2).min(self.max);
+        delay
+    }
 }
 
 /// Everything the server needs from the S3 configuration once SSM has been read.
@@ -291,6 +343,48 @@ pub async fn setup(config: &S3Config, default_poll_interval: Duration) -> Result
         "S3 data source"
     );
     Ok(S3Setup { source, poll_interval })
+}
+
+/// [`setup`] until it succeeds, while the server already serves: a transient failure is logged
+/// (warn: the SSM prefix, the egress proxy and the error, never a parameter value), counted in
+/// `errors` (`kv_server.data.source_errors`) and tried again after a [`Backoff`] of
+/// [`SETUP_RETRY_FIRST`] doubling to [`SETUP_RETRY_MAX`]; a permanent one is returned.
+/// `Ok(None)`: `shutdown` resolved first (also in the middle of an attempt).
+pub async fn setup_with_retries(
+    config: &S3Config,
+    default_poll_interval: Duration,
+    errors: &AtomicU64,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Option<S3Setup>, S3SetupError> {
+    tokio::pin!(shutdown);
+    let mut backoff = Backoff::new(SETUP_RETRY_FIRST, SETUP_RETRY_MAX);
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        let result = tokio::select! {
+            result = setup(config, default_poll_interval) => result,
+            _ = &mut shutdown => return Ok(None),
+        };
+        let error = match result {
+            Ok(setup) => return Ok(Some(setup)),
+            Err(e) if e.is_transient() => e,
+            Err(e) => return Err(e),
+        };
+        errors.fetch_add(1, Ordering::Relaxed);
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            ssm_prefix = config.ssm_prefix.as_deref().unwrap_or("(none)"),
+            egress = %config.egress,
+            attempt,
+            retry_in_ms = delay.as_millis() as u64,
+            error = %error,
+            "S3 data source setup failed; will retry"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut shutdown => return Ok(None),
+        }
+    }
 }
 
 fn client_region(client: &aws_sdk_s3::Client) -> String {
@@ -432,6 +526,60 @@ impl Source for S3Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut b = Backoff::new(SETUP_RETRY_FIRST, SETUP_RETRY_MAX);
+        let waits: Vec<u64> = (0..8).map(|_| b.next_delay().as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        let mut b = Backoff::new(Duration::from_secs(60), Duration::from_secs(30));
+        assert_eq!(b.next_delay(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_way_to_aws_is_retried_the_settings_are_not() {
+        let call = ssm::SsmError::Call { names: "p-data-bucket-id".into(), detail: "timed out".into() };
+        assert!(S3SetupError::from(call).is_transient());
+        assert!(S3SetupError::NoRegion.is_transient());
+        let missing = ssm::SsmError::Missing { parameter: "p-data-bucket-id".into(), why: "no --s3-bucket" };
+        assert!(!S3SetupError::from(missing).is_transient());
+        let invalid = ssm::SsmError::Invalid { parameter: "p-region".into(), reason: "Mars".into() };
+        assert!(!S3SetupError::from(invalid).is_transient());
+        assert!(!S3SetupError::NoBucket("p-data-bucket-id".into()).is_transient());
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_a_setup_that_cannot_finish() {
+        // A proxy that accepts and never answers: every attempt hangs or fails, never succeeds.
+        let proxy = transport::Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let egress = proxy.local_endpoint().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = proxy.accept().await {
+                open.push(stream);
+            }
+        });
+        let config = S3Config {
+            egress,
+            bucket: None,
+            prefix: None,
+            region: Some("us-east-1".into()),
+            endpoint_url: Some("http://127.0.0.1:9".into()),
+            force_path_style: true,
+            ssm_prefix: Some("kv-server-unit".into()),
+            poll_interval_set: false,
+        };
+        let errors = AtomicU64::new(0);
+        let shutdown = tokio::time::sleep(Duration::from_millis(300));
+        let result = tokio::time::timeout(
+            Duration::from_secs(10),
+            setup_with_retries(&config, Duration::from_secs(1), &errors, shutdown),
+        )
+        .await
+        .expect("shutdown ends the retries");
+        assert!(matches!(result, Ok(None)), "{:?}", result.err());
+        held.abort();
+    }
 
     fn args(list: &[&str]) -> AwsArgs {
         use clap::Parser;

@@ -341,4 +341,13 @@ fn bad_configuration_exits_non_zero_before_serving() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+    // The parent CID enclave-init hands over is checked like any other setting.
+    let output = Command::new(BIN).arg("--sample-data").env("ENCLAVE_PARENT_CID", "one").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty(), "nothing served");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("environment variable ENCLAVE_PARENT_CID") && stderr.contains("\"one\""),
+        "{stderr}"
+    );
 }

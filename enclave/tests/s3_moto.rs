@@ -15,6 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kv_server::proto::enclave::v1::GetAttestationDocumentRequest;
+use kv_server::proto::enclave::v1::attestation_client::AttestationClient;
 use kv_server::proto::grpc::health::v1::HealthCheckRequest;
 use kv_server::proto::grpc::health::v1::health_check_response::ServingStatus;
 use kv_server::proto::grpc::health::v1::health_client::HealthClient;
@@ -180,8 +182,12 @@ struct Proxy {
 
 impl Proxy {
     fn start(allow_rules: &str) -> Proxy {
+        Proxy::start_on(free_port(), allow_rules)
+    }
+
+    /// On a port chosen before (a kv-server may already be dialing it).
+    fn start_on(port: u16, allow_rules: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let config = dir.path().join("vsockproxy.toml");
         std::fs::write(&config, format!("[socks5]\nlisten = \"tcp://127.0.0.1:{port}\"\n\n{allow_rules}"))
             .unwrap();
@@ -194,12 +200,16 @@ impl Proxy {
 
     /// Allows only 127.0.0.1:`port` (the emulator).
     fn allowing_only(port: u16) -> Proxy {
-        Proxy::start(&format!("[[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"{port}\"]\n"))
+        Proxy::start(&allow_only_rule(port))
     }
 
     fn endpoint(&self) -> String {
         format!("tcp://127.0.0.1:{}", self.port)
     }
+}
+
+fn allow_only_rule(port: u16) -> String {
+    format!("[[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"{port}\"]\n")
 }
 
 /// kv-server with static test credentials and no way to AWS but the given proxy.
@@ -247,6 +257,36 @@ impl KvServer {
         let started = Instant::now();
         while status(health, "loadbalancer-healthcheck").await != ServingStatus::Serving {
             assert!(started.elapsed() < DEADLINE, "initial load did not finish: {}", self.proc.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `count` log lines match `wanted`; returns the last of them.
+    async fn wait_for_log_lines(&mut self, count: usize, wanted: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        loop {
+            let logs = self.proc.logs();
+            let found: Vec<&str> = logs.lines().filter(|l| wanted(l)).collect();
+            if found.len() >= count {
+                return found[count - 1].to_string();
+            }
+            assert!(self.proc.is_running(), "kv-server exited: {logs}");
+            assert!(started.elapsed() < DEADLINE, "fewer than {count} such log lines: {logs}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM (as the enclave's supervisor would), then the exit status. Async, so that this
+    /// test's own client connections can close while the server drains.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.proc.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.proc.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < DEADLINE, "kv-server did not stop on SIGTERM: {}", self.proc.logs());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -423,16 +463,13 @@ async fn settings_come_from_ssm_parameters_through_the_proxy() {
     );
 }
 
-#[tokio::test]
-async fn a_missing_ssm_parameter_ends_the_process_before_serving() {
-    let moto = Moto::start();
-    moto.put_parameter("kv-server-partial-data-prefix", "x");
-    let proxy = Proxy::allowing_only(moto.port);
+/// Runs kv-server with settings from SSM under `prefix` until it exits; its status and logs.
+fn run_until_exit(moto: &Moto, proxy: &Proxy, prefix: &str) -> (std::process::ExitStatus, String) {
     let mut proc = Proc::spawn(
         "kv-server",
         kv_command(&[
             "--ssm-prefix",
-            "kv-server-partial",
+            prefix,
             "--egress-socks5",
             &proxy.endpoint(),
             "--aws-endpoint-url",
@@ -447,9 +484,112 @@ async fn a_missing_ssm_parameter_ends_the_process_before_serving() {
         assert!(started.elapsed() < DEADLINE, "kv-server did not exit: {}", proc.logs());
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(!status.success());
     // Give the stderr reader a moment to collect the last lines.
     std::thread::sleep(Duration::from_millis(100));
-    let logs = proc.logs();
+    (status, proc.logs())
+}
+
+#[tokio::test]
+async fn a_missing_or_invalid_ssm_parameter_ends_the_process_non_zero() {
+    let moto = Moto::start();
+    moto.put_parameter("kv-server-partial-data-prefix", "x");
+    moto.put_parameter("kv-server-badpoll-data-bucket-id", "kv-data");
+    moto.put_parameter("kv-server-badpoll-backup-poll-frequency-secs", "soon");
+    let proxy = Proxy::allowing_only(moto.port);
+
+    let (status, logs) = run_until_exit(&moto, &proxy, "kv-server-partial");
+    assert_eq!(status.code(), Some(1), "{logs}");
     assert!(logs.contains("SSM parameter kv-server-partial-data-bucket-id does not exist"), "{logs}");
+
+    let (status, logs) = run_until_exit(&moto, &proxy, "kv-server-badpoll");
+    assert_eq!(status.code(), Some(1), "{logs}");
+    assert!(
+        logs.contains("SSM parameter kv-server-badpoll-backup-poll-frequency-secs: \"soon\" is not"),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_ssm_call_is_retried_while_health_and_attestation_answer() {
+    // No emulator needed: the policy refuses the destination before anything is dialed.
+    let settings_port = free_port();
+    let other = if settings_port == 65535 { settings_port - 1 } else { settings_port + 1 };
+    let proxy = Proxy::allowing_only(other);
+    let mut server = KvServer::start(&[
+        "--ssm-prefix",
+        "kv-server-refused",
+        "--egress-socks5",
+        &proxy.endpoint(),
+        "--aws-endpoint-url",
+        &format!("http://127.0.0.1:{settings_port}"),
+    ]);
+    let retrying = |l: &str| l.contains("WARN") && l.contains("kv-server-refused") && l.contains("retry");
+    let first = server.wait_for_log_lines(1, retrying).await;
+    assert!(first.contains("GetParameters"), "the failed call is named: {first}");
+    assert!(first.contains("(0x02)"), "the proxy's refusal is named: {first}");
+    // Retried, not given up on.
+    server.wait_for_log_lines(2, retrying).await;
+
+    let channel = server.channel().await;
+    let mut health = HealthClient::new(channel.clone());
+    assert_eq!(status(&mut health, "autoscaler-healthcheck").await, ServingStatus::Serving);
+    assert_eq!(status(&mut health, "loadbalancer-healthcheck").await, ServingStatus::NotServing);
+    if !Path::new("/dev/nsm").exists() {
+        let err = AttestationClient::new(channel)
+            .get_attestation_document(GetAttestationDocumentRequest {
+                nonce: b"nonce".to_vec(),
+                public_key: Vec::new(),
+                user_data: Vec::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "attestation answers: {err}");
+    }
+    assert!(server.proc.is_running(), "kv-server must keep running: {}", server.proc.logs());
+    drop(health); // an open client connection would hold the drain until its deadline
+
+    // SIGTERM between two attempts stops it cleanly.
+    let started = Instant::now();
+    let exit = server.terminate().await;
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped at once: {}", server.proc.logs());
+    assert!(exit.success(), "{exit}: {}", server.proc.logs());
+}
+
+#[tokio::test]
+async fn settings_are_read_once_the_egress_proxy_comes_up() {
+    let moto = Moto::start();
+    moto.create_bucket("late-bucket");
+    moto.put_object("late-bucket", "SNAPSHOT_0000000000000001", &csv(&[("k", 1, "late")]));
+    moto.put_parameter("kv-server-late-data-bucket-id", "late-bucket");
+    // Nothing listens there yet: the parent's proxy is not up.
+    let proxy_port = free_port();
+    let mut server = KvServer::start(&[
+        "--ssm-prefix",
+        "kv-server-late",
+        "--egress-socks5",
+        &format!("tcp://127.0.0.1:{proxy_port}"),
+        "--aws-endpoint-url",
+        &moto.url(),
+        "--s3-force-path-style",
+        "--poll-interval-ms",
+        "200",
+    ]);
+    let warning = server
+        .wait_for_log_lines(1, |l| l.contains("WARN") && l.contains("kv-server-late") && l.contains("retry"))
+        .await;
+    assert!(warning.contains(&format!("tcp://127.0.0.1:{proxy_port}")), "the proxy is named: {warning}");
+    let dials =
+        server.wait_for_log_lines(1, |l| l.contains("dials") && l.contains("aws.egress_socks5")).await;
+    assert!(dials.contains(&format!("endpoint=tcp://127.0.0.1:{proxy_port}")), "{dials}");
+    let channel = server.channel().await;
+    let mut health = HealthClient::new(channel.clone());
+    let mut kv = KeyValueServiceClient::new(channel);
+    assert_eq!(status(&mut health, "autoscaler-healthcheck").await, ServingStatus::Serving);
+    assert_eq!(status(&mut health, "loadbalancer-healthcheck").await, ServingStatus::NotServing);
+
+    let _proxy = Proxy::start_on(proxy_port, &allow_only_rule(moto.port));
+    server.wait_loaded(&mut health).await;
+    assert_eq!(value(&mut kv, "k").await.as_deref(), Some("late"));
+    let logs = server.proc.logs();
+    assert!(logs.lines().any(|l| l.contains("S3 data source") && l.contains("bucket=late-bucket")), "{logs}");
 }

@@ -175,11 +175,14 @@ fn dial_endpoint<'de, D: Deserializer<'de>>(d: D) -> Result<Endpoint, D::Error> 
     parse_dial(&s).map_err(serde::de::Error::custom)
 }
 
-/// An endpoint to listen on: no hybrid form, no host names other than `localhost`.
+/// An endpoint to listen on: no hybrid form, no host names other than `localhost`, no `parent`.
 pub fn parse_listen(s: &str) -> Result<Endpoint, String> {
     let ep: Endpoint = s.parse().map_err(|e: transport::EndpointError| e.to_string())?;
     match &ep {
         Endpoint::HybridVsock { .. } => Err(format!("{s:?}: a vsock-hybrid endpoint can only be dialed")),
+        Endpoint::Vsock { cid: VsockCid::Parent, .. } => Err(format!(
+            "{s:?}: `parent` is how an enclave dials this machine; vsockproxy listens on vsock://any:PORT"
+        )),
         Endpoint::Tcp { host: Host::Name(n), .. } if n != "localhost" => {
             Err(format!("{s:?}: a listener needs an IP address, not the name {n:?}"))
         }
@@ -187,13 +190,18 @@ pub fn parse_listen(s: &str) -> Result<Endpoint, String> {
     }
 }
 
-/// An endpoint to dial: vsock CID `any` cannot be dialed.
+/// An endpoint to dial: vsock CID `any` cannot be dialed, and `parent` (the enclave's name for
+/// the parent instance) would be vsockproxy's own machine.
 pub fn parse_dial(s: &str) -> Result<Endpoint, String> {
     let ep: Endpoint = s.parse().map_err(|e: transport::EndpointError| e.to_string())?;
     match ep {
         Endpoint::Vsock { cid: VsockCid::Any, .. } => {
             Err(format!("{s:?}: vsock CID `any` can only be listened on; give the peer's CID"))
         }
+        Endpoint::Vsock { cid: VsockCid::Parent, .. } => Err(format!(
+            "{s:?}: `parent` is the enclave's name for the parent instance, where vsockproxy itself \
+             runs; give the enclave's CID (e.g. vsock://16:PORT)"
+        )),
         _ => Ok(ep),
     }
 }
@@ -605,6 +613,15 @@ mod tests {
         let e = err("[[ingress]]\nlisten = \"tcp://127.0.0.1:1\"\nupstream = \"vsock://enclave:50051\"\n");
         assert!(e.starts_with("t.toml:3:"), "{e}");
         assert!(e.contains("ingress.upstream") && e.contains("no host names"), "{e}");
+    }
+
+    #[test]
+    fn parent_is_refused_as_listener_and_as_upstream() {
+        let e = err("[socks5]\nlisten = \"vsock://parent:8888\"\n");
+        assert!(e.contains("socks5.listen") && e.contains("vsock://any:PORT"), "{e}");
+        let e = err("[[ingress]]\nlisten = \"tcp://127.0.0.1:1\"\nupstream = \"vsock://parent:50051\"\n");
+        assert!(e.contains("ingress.upstream") && e.contains("enclave's CID"), "{e}");
+        assert!(parse_dial("vsock://parent:1").unwrap_err().contains("vsock://parent:1"));
     }
 
     #[test]

@@ -1,4 +1,17 @@
 //! Parsing and printing of endpoint addresses (`vsock://`, `unix://`, `tcp://`, `vsock-hybrid://`).
+//!
+//! The vsock CIDs that have a name, and where their values come from:
+//!
+//! | spelling | value | source |
+//! |---|---|---|
+//! | `any` | [`CID_ANY`] = `u32::MAX` | `VMADDR_CID_ANY`, `<linux/vm_sockets.h>`: listen on every local CID |
+//! | `parent` | [`PARENT_CID`] = 3 until resolved | the parent instance as seen from a Nitro Enclave (AWS Nitro Enclaves user guide; `VSOCK_CID 3` in aws-nitro-enclaves-sdk-bootstrap `init/init.c`) |
+//!
+//! `parent` stays a name until [`Endpoint::with_parent_cid`] resolves it, because the parent is
+//! not always CID 3: QEMU's `nitro-enclave` machine forwards only connections to CID 2
+//! (`VMADDR_CID_HOST`), and enclave-init tells the application which one applies
+//! (`ENCLAVE_PARENT_CID`, docs/kv-server.md). enclave-init keeps its own copy of the value 3
+//! (`enclave/init/src/wire.rs`) since it links nothing but libc.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
@@ -8,12 +21,19 @@ use std::str::FromStr;
 /// `VMADDR_CID_ANY`: listen on every CID of this machine.
 pub const CID_ANY: u32 = u32::MAX;
 
+/// The parent instance's CID as seen from inside a Nitro Enclave: what an unresolved `parent`
+/// dials.
+pub const PARENT_CID: u32 = 3;
+
 /// The context id half of a vsock address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VsockCid {
     /// `any`: accept on every local CID (listeners only).
     Any,
-    /// A numeric CID (3 is the parent as seen from an enclave, 16 our enclave by convention).
+    /// `parent`: the parent instance as seen from the enclave (dial only). [`PARENT_CID`] until
+    /// [`Endpoint::with_parent_cid`] names the CID the enclave was actually given.
+    Parent,
+    /// A numeric CID, taken literally (16 is our enclave by convention).
     Id(u32),
 }
 
@@ -22,6 +42,7 @@ impl VsockCid {
     pub fn raw(self) -> u32 {
         match self {
             VsockCid::Any => CID_ANY,
+            VsockCid::Parent => PARENT_CID,
             VsockCid::Id(id) => id,
         }
     }
@@ -77,8 +98,9 @@ pub enum EndpointError {
     #[error("endpoint {input:?}: port {port:?} is not a number in 0..={max}")]
     BadPort { input: String, port: String, max: u32 },
     #[error(
-        "endpoint {input:?}: vsock CID {cid:?} must be a number or `any`; vsock has no host names \
-         (the parent is CID 3 as seen from an enclave, the enclave CID is set by `nitro-cli run-enclave --enclave-cid`)"
+        "endpoint {input:?}: vsock CID {cid:?} must be a number, `any` or `parent`; vsock has no host \
+         names (`parent` is the parent instance as seen from an enclave, CID 3 on Nitro; the enclave \
+         CID is set by `nitro-cli run-enclave --enclave-cid`)"
     )]
     BadCid { input: String, cid: String },
     #[error("endpoint {input:?}: unix socket path must be absolute (unix:///path/to/socket)")]
@@ -104,6 +126,8 @@ impl FromStr for Endpoint {
                     rest.rsplit_once(':').ok_or_else(|| EndpointError::MissingPort { input: owned() })?;
                 let cid = if cid.eq_ignore_ascii_case("any") {
                     VsockCid::Any
+                } else if cid.eq_ignore_ascii_case("parent") {
+                    VsockCid::Parent
                 } else {
                     VsockCid::Id(
                         cid.parse()
@@ -196,6 +220,7 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Vsock { cid: VsockCid::Any, port } => write!(f, "vsock://any:{port}"),
+            Endpoint::Vsock { cid: VsockCid::Parent, port } => write!(f, "vsock://parent:{port}"),
             Endpoint::Vsock { cid: VsockCid::Id(cid), port } => write!(f, "vsock://{cid}:{port}"),
             Endpoint::Unix(path) => write!(f, "unix://{}", path.display()),
             Endpoint::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
@@ -208,6 +233,22 @@ impl Endpoint {
     /// True for transports that need `/dev/vsock` on this machine.
     pub fn is_vsock(&self) -> bool {
         matches!(self, Endpoint::Vsock { .. })
+    }
+
+    /// True for `vsock://parent:PORT` not yet resolved by [`Endpoint::with_parent_cid`].
+    pub fn names_parent(&self) -> bool {
+        matches!(self, Endpoint::Vsock { cid: VsockCid::Parent, .. })
+    }
+
+    /// `vsock://parent:PORT` becomes `vsock://CID:PORT`; every other endpoint (a numeric CID
+    /// included) is returned unchanged.
+    pub fn with_parent_cid(self, cid: u32) -> Endpoint {
+        match self {
+            Endpoint::Vsock { cid: VsockCid::Parent, port } => {
+                Endpoint::Vsock { cid: VsockCid::Id(cid), port }
+            }
+            other => other,
+        }
     }
 }
 
@@ -225,6 +266,7 @@ mod tests {
         for s in [
             "vsock://16:50051",
             "vsock://any:8888",
+            "vsock://parent:8888",
             "unix:///run/kv.sock",
             "tcp://127.0.0.1:50051",
             "tcp://[::1]:4317",
@@ -246,6 +288,27 @@ mod tests {
         let err = "vsock://localhost:8000".parse::<Endpoint>().unwrap_err();
         assert!(matches!(err, EndpointError::BadCid { .. }));
         assert!(err.to_string().contains("no host names"), "{err}");
+        assert!(err.to_string().contains("a number, `any` or `parent`"), "{err}");
+    }
+
+    #[test]
+    fn parent_is_a_name_until_resolved() {
+        let parent = ok("vsock://Parent:8888");
+        assert_eq!(parent, Endpoint::Vsock { cid: VsockCid::Parent, port: 8888 });
+        assert_eq!(parent.to_string(), "vsock://parent:8888");
+        assert!(parent.names_parent());
+        assert_eq!(VsockCid::Parent.raw(), PARENT_CID);
+        assert_eq!(PARENT_CID, 3);
+
+        let resolved = parent.with_parent_cid(2);
+        assert_eq!(resolved, Endpoint::Vsock { cid: VsockCid::Id(2), port: 8888 });
+        assert_eq!(resolved.to_string(), "vsock://2:8888");
+        assert!(!resolved.names_parent());
+
+        // A numeric CID means that CID, whatever the parent is.
+        for literal in ["vsock://3:4317", "vsock://any:1", "tcp://127.0.0.1:1", "unix:///x"] {
+            assert_eq!(ok(literal).with_parent_cid(2), ok(literal), "{literal}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! | form | listen | dial |
 //! |---|---|---|
 //! | `vsock://CID:PORT` (`CID` may be `any` for a listener) | yes | yes |
+//! | `vsock://parent:PORT` (the enclave's parent: CID 3, or as resolved by [`Endpoint::with_parent_cid`]) | no | yes |
 //! | `unix:///absolute/path` | yes | yes |
 //! | `tcp://HOST:PORT` (IPv4, `[IPv6]`, or a name when dialing) | yes | yes |
 //! | `vsock-hybrid:///path/to/uds:PORT` (Firecracker / vhost-device-vsock host side) | no | yes |
@@ -19,7 +20,7 @@ mod listener;
 pub mod socks5;
 mod stream;
 
-pub use endpoint::{Endpoint, EndpointError, Host, VsockCid};
+pub use endpoint::{CID_ANY, Endpoint, EndpointError, Host, PARENT_CID, VsockCid};
 pub use hybrid::HybridError;
 pub use listener::{BindError, Listener};
 pub use stream::{ConnectError, PeerAddr, Stream};

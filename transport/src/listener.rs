@@ -26,6 +26,11 @@ pub enum BindError {
     Io { endpoint: String, source: io::Error },
     #[error("listen on {endpoint}: a vsock-hybrid endpoint can only be dialed")]
     Hybrid { endpoint: String },
+    #[error(
+        "listen on {endpoint}: `parent` names the peer of an enclave and can only be dialed \
+         (listen on vsock://any:PORT or a numeric CID)"
+    )]
+    Parent { endpoint: String },
     #[error("listen on {endpoint}: a listener needs an IP address (or localhost), not the name {host:?}")]
     Name { endpoint: String, host: String },
     #[error("listen on {endpoint}: {path} exists and another process is accepting on it")]
@@ -54,6 +59,9 @@ impl Listener {
                 remove_stale_socket(endpoint, path)?;
                 let listener = UnixListener::bind(path).map_err(io_err)?;
                 Ok(Listener::Unix(listener, path.clone()))
+            }
+            Endpoint::Vsock { cid: crate::VsockCid::Parent, .. } => {
+                Err(BindError::Parent { endpoint: endpoint.to_string() })
             }
             Endpoint::Vsock { cid, port } => {
                 let listener = VsockListener::bind(VsockAddr::new(cid.raw(), *port)).map_err(io_err)?;
@@ -91,7 +99,12 @@ impl Listener {
             Listener::Unix(_, path) => Endpoint::Unix(path.clone()),
             Listener::Vsock(l) => {
                 let addr = l.local_addr()?;
-                Endpoint::Vsock { cid: crate::VsockCid::Id(addr.cid()), port: addr.port() }
+                // A listener on every CID reports VMADDR_CID_ANY: print it as `any`, as it was written.
+                let cid = match addr.cid() {
+                    crate::CID_ANY => crate::VsockCid::Any,
+                    id => crate::VsockCid::Id(id),
+                };
+                Endpoint::Vsock { cid, port: addr.port() }
             }
         })
     }
@@ -184,5 +197,9 @@ mod tests {
         assert!(err.to_string().contains("example.com"), "{err}");
         let err = Listener::bind(&"vsock-hybrid:///tmp/x:1".parse().unwrap()).await.unwrap_err();
         assert!(matches!(err, BindError::Hybrid { .. }));
+        // Refused before any socket is opened.
+        let err = Listener::bind(&"vsock://parent:8888".parse().unwrap()).await.unwrap_err();
+        assert!(matches!(err, BindError::Parent { .. }), "{err}");
+        assert!(err.to_string().contains("vsock://parent:8888"), "{err}");
     }
 }

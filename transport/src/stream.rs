@@ -95,8 +95,9 @@ impl Stream {
             Endpoint::Vsock { cid: VsockCid::Any, .. } => {
                 Err(ConnectError::DialAny { endpoint: endpoint.to_string() })
             }
-            Endpoint::Vsock { cid: VsockCid::Id(cid), port } => {
-                let stream = VsockStream::connect(VsockAddr::new(*cid, *port)).await.map_err(io_err)?;
+            // An unresolved `parent` dials Nitro's parent CID (`VsockCid::raw`).
+            Endpoint::Vsock { cid: cid @ (VsockCid::Id(_) | VsockCid::Parent), port } => {
+                let stream = VsockStream::connect(VsockAddr::new(cid.raw(), *port)).await.map_err(io_err)?;
                 Ok(Stream::Vsock(stream))
             }
             Endpoint::HybridVsock { path, port } => {

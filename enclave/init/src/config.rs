@@ -5,6 +5,11 @@ use crate::wire;
 use std::fmt;
 
 pub const DEFAULT_PATH: &str = "/sbin:/usr/sbin:/bin:/usr/bin";
+/// The parent CID for the init itself: an environment variable (a `KEY=VALUE` word of the kernel
+/// command line before ` -- `) or the same word in argv (after ` -- `).
+pub const INIT_PARENT_CID_VAR: &str = "ENCLAVE_INIT_PARENT_CID";
+/// The parent CID handed to the application (kv-server resolves `vsock://parent:PORT` with it).
+pub const APP_PARENT_CID_VAR: &str = "ENCLAVE_PARENT_CID";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
@@ -46,8 +51,11 @@ fn parse_cid(source: &str, v: &str) -> Result<u32, ConfigError> {
     Ok(cid)
 }
 
-/// Options from argv (`--parent-cid N`, `--dry-run`) and the environment the kernel gives PID 1
-/// (`ENCLAVE_INIT_PARENT_CID=N` on the kernel command line ends up there). argv wins.
+/// Options from argv (`--parent-cid N`, `--dry-run`, `--no-heartbeat`) and the environment the
+/// kernel gives PID 1. The parent CID, weakest first: the default (3),
+/// `ENCLAVE_INIT_PARENT_CID=N` in the environment (a word before ` -- ` on the kernel command
+/// line), the same word in argv (the kernel hands words after ` -- ` to init as arguments), then
+/// `--parent-cid N` wherever it stands.
 pub fn parse_options<I, S>(args: I, env_cid: Option<&str>) -> Result<Options, ConfigError>
 where
     I: IntoIterator<Item = S>,
@@ -55,20 +63,29 @@ where
 {
     let mut opts = Options { parent_cid: wire::DEFAULT_PARENT_CID, dry_run: false, heartbeat: true };
     if let Some(v) = env_cid {
-        opts.parent_cid = parse_cid("ENCLAVE_INIT_PARENT_CID", v)?;
+        opts.parent_cid = parse_cid(INIT_PARENT_CID_VAR, v)?;
     }
+    let mut flag_cid = None;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
-        match a.as_ref() {
+        let a = a.as_ref();
+        match a {
             "--parent-cid" => {
                 let v = it.next().ok_or_else(|| err("--parent-cid", 0, "needs a value"))?;
-                opts.parent_cid = parse_cid("--parent-cid", v.as_ref())?;
+                flag_cid = Some(parse_cid("--parent-cid", v.as_ref())?);
             }
             "--dry-run" => opts.dry_run = true,
             "--no-heartbeat" => opts.heartbeat = false,
-            // The kernel passes unrecognised command-line words to init; ignore them.
-            _ => {}
+            _ => {
+                if let Some(v) = a.strip_prefix(INIT_PARENT_CID_VAR).and_then(|rest| rest.strip_prefix('=')) {
+                    opts.parent_cid = parse_cid(&format!("argument {INIT_PARENT_CID_VAR}"), v)?;
+                }
+                // The kernel passes unrecognised command-line words to init; ignore them.
+            }
         }
+    }
+    if let Some(cid) = flag_cid {
+        opts.parent_cid = cid;
     }
     Ok(opts)
 }
@@ -95,6 +112,14 @@ pub fn parse_env(text: &str) -> Result<Vec<(String, String)>, ConfigError> {
         out.push(("PATH".into(), DEFAULT_PATH.into()));
     }
     Ok(out)
+}
+
+/// Adds `key=value` to the application's environment unless `/env` already sets `key` (the
+/// image's own value wins).
+pub fn default_var(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    if !env.iter().any(|(k, _)| k == key) {
+        env.push((key.to_string(), value.to_string()));
+    }
 }
 
 /// `/cmd`: one argument per line, the program first.
@@ -146,6 +171,40 @@ mod tests {
         assert!(parse_options(["--parent-cid", "x"], None).is_err());
         assert!(parse_options(["--parent-cid", "1"], None).is_err());
         assert!(parse_options(none, Some("4294967295")).is_err());
+    }
+
+    #[test]
+    fn parent_cid_word_in_argv() {
+        // Words after ` -- ` on the kernel command line reach init as arguments.
+        assert_eq!(parse_options(["ENCLAVE_INIT_PARENT_CID=2"], None).unwrap().parent_cid, 2);
+        assert_eq!(parse_options(["quiet", "ENCLAVE_INIT_PARENT_CID=2"], Some("7")).unwrap().parent_cid, 2);
+        // --parent-cid wins, before or after the word.
+        assert_eq!(
+            parse_options(["--parent-cid", "9", "ENCLAVE_INIT_PARENT_CID=2"], None).unwrap().parent_cid,
+            9
+        );
+        assert_eq!(
+            parse_options(["ENCLAVE_INIT_PARENT_CID=2", "--parent-cid", "9"], None).unwrap().parent_cid,
+            9
+        );
+        let e = parse_options(["ENCLAVE_INIT_PARENT_CID=x"], None).unwrap_err();
+        assert!(e.to_string().contains("argument ENCLAVE_INIT_PARENT_CID"), "{e}");
+        assert!(parse_options(["ENCLAVE_INIT_PARENT_CID=1"], None).is_err());
+        // Other KEY=VALUE words are the kernel's business.
+        assert_eq!(parse_options(["console=ttyS0"], None).unwrap().parent_cid, 3);
+    }
+
+    #[test]
+    fn default_var_keeps_the_image_value() {
+        let mut env = parse_env("A=1\n").unwrap();
+        default_var(&mut env, APP_PARENT_CID_VAR, "2");
+        assert_eq!(env.last(), Some(&("ENCLAVE_PARENT_CID".into(), "2".into())));
+        let mut env = parse_env("ENCLAVE_PARENT_CID=5\n").unwrap();
+        default_var(&mut env, APP_PARENT_CID_VAR, "2");
+        assert_eq!(
+            env.iter().filter(|(k, _)| k == "ENCLAVE_PARENT_CID").collect::<Vec<_>>(),
+            [&("ENCLAVE_PARENT_CID".to_string(), "5".to_string())]
+        );
     }
 
     #[test]

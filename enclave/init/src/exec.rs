@@ -102,6 +102,7 @@ pub fn run(steps: &[Step]) -> Result<i32, InitError> {
                 let _ = fs::remove_file(env);
                 let _ = fs::remove_file(cmd);
             }
+            Step::DefaultAppEnv { key, value } => config::default_var(&mut state.env, key, value),
             Step::SwitchRoot { new_root } => {
                 // The initramfs root cannot be pivoted away from; bind the new root onto itself
                 // so it is a mount point, move it over / and chroot into it.

@@ -2,13 +2,9 @@
 
 use enclave_init::{config, exec, plan, sys};
 
-fn heartbeat_to(opts: &config::Options) -> Option<u32> {
-    opts.heartbeat.then_some(opts.parent_cid)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let env_cid = std::env::var("ENCLAVE_INIT_PARENT_CID").ok();
+    let env_cid = std::env::var(config::INIT_PARENT_CID_VAR).ok();
     let opts = match config::parse_options(&args, env_cid.as_deref()) {
         Ok(o) => o,
         Err(e) => {
@@ -18,7 +14,7 @@ fn main() {
     };
     if opts.dry_run {
         // Prints what would happen on this machine's files, without doing any of it.
-        for step in plan::boot_plan(heartbeat_to(&opts), &exec::probe_ramdisk()) {
+        for step in plan::boot_plan(opts.parent_cid, opts.heartbeat, &exec::probe_ramdisk()) {
             println!("{step:?}");
         }
         return;
@@ -30,7 +26,7 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let steps = plan::boot_plan(heartbeat_to(&opts), &exec::probe_ramdisk());
+    let steps = plan::boot_plan(opts.parent_cid, opts.heartbeat, &exec::probe_ramdisk());
     match exec::run(&steps) {
         Ok(code) => eprintln!("enclave-init: powering off (application exit code {code})"),
         Err(e) => eprintln!("enclave-init: boot failed: {e}; powering off"),

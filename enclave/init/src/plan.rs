@@ -7,12 +7,13 @@
 //!    `modules/NN-*.ko` in name order (virtio-mmio and vsock on kernels that build them as
 //!    modules) — vsock must exist before the heartbeat.
 //! 3. heartbeat to the parent: nitro-cli reports a boot failure without it.
-//! 4. read `/env` and `/cmd` (they live in the initramfs root, outside the new root).
+//! 4. read `/env` and `/cmd` (they live in the initramfs root, outside the new root), and give the
+//!    application `ENCLAVE_PARENT_CID` (the parent CID init used) unless `/env` sets it.
 //! 5. switch root to `/rootfs`, then the application's file systems, `/dev` again inside it.
 //! 6. `lo` up (the enclave has no other network device; local listeners need loopback).
 //! 7. run the application, reap every child until it exits, then power off.
 
-use crate::wire;
+use crate::{config, wire};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MountSpec {
@@ -49,6 +50,11 @@ pub enum Step {
         env: &'static str,
         cmd: &'static str,
     },
+    /// Set `key=value` in the application's environment unless `/env` sets `key`.
+    DefaultAppEnv {
+        key: &'static str,
+        value: String,
+    },
     SwitchRoot {
         new_root: &'static str,
     },
@@ -75,8 +81,9 @@ const fn fs(source: &'static str, target: &'static str, fstype: &'static str) ->
     MountSpec { source, target, fstype, nosuid: true, nodev: true, noexec: true, data: None, mkdir: false }
 }
 
-/// `heartbeat_to`: the parent's CID, or `None` to skip the heartbeat (plain-VM tests only).
-pub fn boot_plan(heartbeat_to: Option<u32>, found: &RamdiskContents) -> Vec<Step> {
+/// `parent_cid`: the parent as seen from the enclave (heartbeat, and the application's
+/// `ENCLAVE_PARENT_CID`); `heartbeat: false` skips the heartbeat (plain-VM tests only).
+pub fn boot_plan(parent_cid: u32, heartbeat: bool, found: &RamdiskContents) -> Vec<Step> {
     let mut steps = vec![Step::MountDevtmpfs { target: "/dev" }, Step::OpenConsole { path: "/dev/console" }];
     if found.nsm_ko {
         steps.push(Step::LoadModule { path: "/nsm.ko".into() });
@@ -84,10 +91,15 @@ pub fn boot_plan(heartbeat_to: Option<u32>, found: &RamdiskContents) -> Vec<Step
     let mut modules: Vec<&String> = found.modules.iter().filter(|m| m.ends_with(".ko")).collect();
     modules.sort();
     steps.extend(modules.into_iter().map(|m| Step::LoadModule { path: format!("/modules/{m}") }));
-    if let Some(cid) = heartbeat_to {
-        steps.push(Step::Heartbeat { cid, port: wire::HEARTBEAT_PORT, byte: wire::HEARTBEAT_BYTE });
+    if heartbeat {
+        steps.push(Step::Heartbeat {
+            cid: parent_cid,
+            port: wire::HEARTBEAT_PORT,
+            byte: wire::HEARTBEAT_BYTE,
+        });
     }
     steps.push(Step::ReadConfig { env: "/env", cmd: "/cmd" });
+    steps.push(Step::DefaultAppEnv { key: config::APP_PARENT_CID_VAR, value: parent_cid.to_string() });
     steps.push(Step::SwitchRoot { new_root: "/rootfs" });
     steps.push(Step::MountDevtmpfs { target: "/dev" });
     steps.push(Step::Mount(fs("proc", "/proc", "proc")));
@@ -129,7 +141,7 @@ mod tests {
                 "02-vmw_vsock_virtio_transport.ko".into(),
             ],
         };
-        let s = boot_plan(Some(3), &found);
+        let s = boot_plan(3, true, &found);
         assert_eq!(s[0], Step::MountDevtmpfs { target: "/dev" });
         assert_eq!(s[1], Step::OpenConsole { path: "/dev/console" });
         let loads: Vec<_> = s
@@ -155,7 +167,10 @@ mod tests {
         let proc_ = pos(&s, |x| matches!(x, Step::Mount(m) if m.target == "/proc"));
         let lo = pos(&s, |x| matches!(x, Step::LoopbackUp));
         let app = pos(&s, |x| matches!(x, Step::RunApp));
+        let parent_env = pos(&s, |x| matches!(x, Step::DefaultAppEnv { .. }));
         assert!(last_module < hb && hb < cfg && cfg < sw && sw < proc_ && proc_ < lo && lo < app);
+        assert!(cfg < parent_env && parent_env < app);
+        assert_eq!(s[parent_env], Step::DefaultAppEnv { key: "ENCLAVE_PARENT_CID", value: "3".into() });
         assert_eq!(s.last(), Some(&Step::PowerOff));
         assert_eq!(s[hb], Step::Heartbeat { cid: 3, port: 9000, byte: 0xB7 });
         // /dev is mounted again inside the new root, before anything under /dev.
@@ -166,17 +181,18 @@ mod tests {
 
     #[test]
     fn no_heartbeat_only_drops_that_step() {
-        let with = boot_plan(Some(3), &RamdiskContents::default());
-        let without = boot_plan(None, &RamdiskContents::default());
+        let with = boot_plan(3, true, &RamdiskContents::default());
+        let without = boot_plan(3, false, &RamdiskContents::default());
         let filtered: Vec<_> = with.into_iter().filter(|s| !matches!(s, Step::Heartbeat { .. })).collect();
         assert_eq!(filtered, without);
     }
 
     #[test]
     fn without_modules_and_with_another_parent() {
-        let s = boot_plan(Some(17), &RamdiskContents::default());
+        let s = boot_plan(17, true, &RamdiskContents::default());
         assert!(!s.iter().any(|x| matches!(x, Step::LoadModule { .. })));
         assert!(s.contains(&Step::Heartbeat { cid: 17, port: 9000, byte: 0xB7 }));
+        assert!(s.contains(&Step::DefaultAppEnv { key: "ENCLAVE_PARENT_CID", value: "17".into() }));
         for target in ["/proc", "/sys", "/tmp", "/run"] {
             assert!(
                 s.iter().any(|x| matches!(x, Step::Mount(m) if m.target == target && m.noexec)),

@@ -9,7 +9,9 @@
 pub const HEARTBEAT_PORT: u32 = 9000;
 /// The heartbeat byte; nitro-cli echoes it back.
 pub const HEARTBEAT_BYTE: u8 = 0xB7;
-/// The parent instance's CID as seen from inside an enclave.
+/// The parent instance's CID as seen from inside an enclave. The same value is
+/// `transport::PARENT_CID` (what `vsock://parent` dials when `ENCLAVE_PARENT_CID` is unset); kept
+/// apart because init links nothing but libc.
 pub const DEFAULT_PARENT_CID: u32 = 3;
 /// How long to wait for the echo before giving up (AWS's init defines 20 s).
 pub const HEARTBEAT_TIMEOUT_MS: i32 = 20_000;

@@ -27,6 +27,20 @@ fn dry_run_prints_the_plan_with_the_parent_cid() {
 }
 
 #[test]
+fn the_parent_cid_from_the_kernel_command_line_reaches_the_app() {
+    // `... -- ENCLAVE_INIT_PARENT_CID=2` on the kernel command line: an argument of init.
+    let o = init().args(["--dry-run", "ENCLAVE_INIT_PARENT_CID=2"]).output().unwrap();
+    assert!(o.status.success());
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.contains("Heartbeat { cid: 2, port: 9000"), "{out}");
+    assert!(out.contains("DefaultAppEnv { key: \"ENCLAVE_PARENT_CID\", value: \"2\" }"), "{out}");
+    // Always set, so the application need not know the default; also without the heartbeat.
+    let o = init().args(["--dry-run", "--no-heartbeat"]).output().unwrap();
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.contains("DefaultAppEnv { key: \"ENCLAVE_PARENT_CID\", value: \"3\" }"), "{out}");
+}
+
+#[test]
 fn bad_options_and_non_pid1_are_refused() {
     let o = init().args(["--dry-run", "--parent-cid", "1"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));

@@ -9,7 +9,7 @@
 //! export drops items and counts them (`kv_server.telemetry.spans_dropped`, `.logs_dropped`,
 //! `.exports_failed`); the collector being down never fails or slows a request.
 //!
-//! The collector is dialed with the project's transport, so `vsock://3:4317` reaches it through a
+//! The collector is dialed with the project's transport, so `vsock://parent:4317` reaches it through a
 //! fixed vsockproxy mapping (parent vsock port 4317 -> 127.0.0.1:4317): plain HTTP/2 over the
 //! stream, one long-lived connection, no SOCKS5 handshake (see docs/observability.md).
 //!
@@ -71,7 +71,7 @@ const SERVICE: &str = "kv_server.v1.KeyValueService";
 #[derive(Debug, Args, Default, Clone)]
 pub struct OtlpArgs {
     /// Collector to export OTLP metrics, spans and logs to over gRPC: tcp://HOST:PORT,
-    /// unix:///path or vsock://3:4317 (a vsockproxy mapping to the parent's collector). Off when
+    /// unix:///path or vsock://parent:4317 (a vsockproxy mapping to the parent's collector). Off when
     /// not set.
     #[arg(long, value_name = "ENDPOINT")]
     pub otlp_endpoint: Option<String>,
