@@ -69,7 +69,13 @@ pub struct Manifest {
 #[derive(Clone, Debug)]
 pub enum CollectorPackage {
     File(PathBuf),
-    Pinned { url: String, sha256: String },
+    Pinned {
+        url: String,
+        sha256: String,
+    },
+    /// The base AMI already has the collector (e.g. the ADOT package): the bundle carries only
+    /// its config and drop-in.
+    Preinstalled,
 }
 
 #[derive(Clone, Debug)]
@@ -300,7 +306,7 @@ fn check_sha256(flag: &str, s: &str) -> Result<String> {
 pub fn bundle(spec: &BundleSpec) -> Result<Manifest> {
     let planned = plan(spec)?;
     let fetch = match &spec.collector {
-        CollectorPackage::File(_) => Vec::new(),
+        CollectorPackage::File(_) | CollectorPackage::Preinstalled => Vec::new(),
         CollectorPackage::Pinned { url, sha256 } => {
             if !url.starts_with("https://") {
                 bail!("--collector-url {url}: only https:// URLs are accepted");

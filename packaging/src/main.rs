@@ -133,7 +133,7 @@ struct BundleArgs {
     #[arg(long, default_value = "collector/otel_collector_config.yaml")]
     collector_config: PathBuf,
     /// The collector package file, copied into the bundle.
-    #[arg(long, conflicts_with_all = ["collector_url", "collector_sha256"])]
+    #[arg(long, conflicts_with_all = ["collector_url", "collector_sha256", "collector_preinstalled"])]
     collector_package: Option<PathBuf>,
     /// Or: the collector package's https URL, fetched and checked by the AMI build.
     #[arg(long, requires = "collector_sha256")]
@@ -141,6 +141,9 @@ struct BundleArgs {
     /// SHA-256 of the package at --collector-url.
     #[arg(long, requires = "collector_url")]
     collector_sha256: Option<String>,
+    /// Or: no collector package in the bundle; the base AMI already has the collector.
+    #[arg(long, conflicts_with_all = ["collector_url", "collector_sha256"])]
+    collector_preinstalled: bool,
     /// The instance-init launcher (terraform/ owns it).
     #[arg(long)]
     instance_init: PathBuf,
@@ -196,8 +199,9 @@ fn run(cli: Cli) -> Result<bool> {
             let collector = match (a.collector_package, a.collector_url, a.collector_sha256) {
                 (Some(p), _, _) => CollectorPackage::File(p),
                 (None, Some(url), Some(sha256)) => CollectorPackage::Pinned { url, sha256 },
+                _ if a.collector_preinstalled => CollectorPackage::Preinstalled,
                 _ => anyhow::bail!(
-                    "the collector package is required: --collector-package FILE, or --collector-url URL with --collector-sha256 HEX"
+                    "the collector package is required: --collector-package FILE, --collector-url URL with --collector-sha256 HEX, or --collector-preinstalled"
                 ),
             };
             let build_time = match a.source_date_epoch {
