@@ -4,17 +4,28 @@
 #   curl -> envoy 127.0.0.1:51052 (JSON/gRPC transcoding) -> h2c 127.0.0.1:50051
 #        -> vsockproxy ingress -> unix socket (standing in for vsock 16:50051) -> kv-server
 #
+# With --enclave, kv-server runs in the real enclave image instead: the EIF booted under QEMU's
+# nitro-enclave machine by enclave-runner (the local stand-in for nitro-cli), and vsockproxy's
+# ingress dials it through the vsock backend's Unix socket (vsock-hybrid://):
+#
+#   ... -> vsockproxy ingress -> vsock-hybrid://WORK/vm.vsock:50051 -> kv-server in the VM
+#
 # Builds kv-server and vsockproxy, installs envoy project-local if it is missing (through
 # scripts/setup-test-deps.sh), starts the three processes, waits until a query is answered,
 # prints example requests, answers one, then runs until Ctrl-C (or SIGTERM), which stops
-# everything. See docs/runtime.md.
+# everything. See docs/runtime.md and docs/local-enclave.md.
 #
-# Usage: scripts/run-local.sh [--no-envoy] [--once] [--no-build]
+# Usage: scripts/run-local.sh [--enclave [--eif FILE]] [--no-envoy] [--once] [--no-build]
 #                             [--envoy-port N] [--envoy-admin-port N]
 #                             [--ingress-port N] [--proxy-admin-port N]
+#   --enclave    boot the enclave image (dist/local/server_enclave_image.eif: the shipped
+#                binaries with enclave/examples/enclave-local.toml, sample data) under QEMU;
+#                builds it with scripts/build-dist.sh, and QEMU with scripts/setup-qemu.sh
+#                when missing (a cold build takes minutes)
+#   --eif FILE   with --enclave: boot this image instead (it must serve the example keys)
 #   --no-envoy   no envoy: query gRPC through the proxy's ingress directly
 #   --once       start, answer the example query, stop (exit status says whether it worked)
-#   --no-build   use the binaries already in $CARGO_TARGET_DIR/debug
+#   --no-build   use the binaries (and with --enclave the image) already built
 set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -27,6 +38,8 @@ proxy_admin_port=9901
 with_envoy=1
 once=0
 build=1
+enclave=0
+eif_arg=""
 
 usage() { sed -n '/^# Usage:/,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//p;}' "$0"; }
 port_arg() { # FLAG VALUE
@@ -37,6 +50,12 @@ port_arg() { # FLAG VALUE
 }
 while (($#)); do
   case $1 in
+    --enclave) enclave=1 ;;
+    --eif)
+      [[ -n ${2:-} ]] || { echo "run-local: --eif needs a file" >&2; exit 2; }
+      eif_arg=$2
+      shift
+      ;;
     --no-envoy) with_envoy=0 ;;
     --once) once=1 ;;
     --no-build) build=0 ;;
@@ -55,6 +74,7 @@ log() { printf '[run-local] %s\n' "$*" >&2; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/nitro-kv-local.XXXXXX")
 pids=()
 names=()
+runner=()
 
 # Stops every child (SIGTERM, then SIGKILL after 10 s) and removes the temp dir. Runs once,
 # on any exit: normal end, error, Ctrl-C, SIGTERM.
@@ -65,6 +85,14 @@ cleanup() {
   ((cleaned)) && return
   cleaned=1
   trap - INT TERM
+  # The enclave first: its QEMU and vsock backend belong to enclave-runner's monitor.
+  if ((${#runner[@]})); then
+    if "${runner[@]}" describe-enclaves 2>/dev/null | grep -q EnclaveName; then
+      log "terminating the enclave"
+      "${runner[@]}" terminate-enclave --all >/dev/null 2>&1 || log "terminate-enclave failed"
+    fi
+    cp "$work/enclaves/kv-server/console.log" "$work/enclave-console.log" 2>/dev/null || true
+  fi
   if ((${#pids[@]})); then
     log "stopping ${names[*]}"
     kill -TERM "${pids[@]}" 2>/dev/null || true
@@ -136,13 +164,35 @@ fi
 # --- build and tools ---------------------------------------------------------------------
 command -v curl >/dev/null 2>&1 || { log "curl is needed (readiness checks, the example query): install it"; exit 1; }
 bin="$CARGO_TARGET_DIR/debug"
+eif=${eif_arg:-dist/local/server_enclave_image.eif}
+if [[ -n $eif_arg ]] && ((!enclave)); then
+  echo "run-local: --eif needs --enclave" >&2
+  exit 2
+fi
 if ((build)); then
   log "building kv-server and vsockproxy (cargo build, target dir $CARGO_TARGET_DIR)"
-  cargo build --quiet -p kv-server -p vsockproxy
+  if ((enclave)); then
+    cargo build --quiet -p kv-server -p vsockproxy -p enclave-runner
+    if [[ -z $eif_arg ]]; then
+      log "building the enclave image $eif (scripts/build-dist.sh)"
+      scripts/build-dist.sh --out dist/local --enclave-config enclave/examples/enclave-local.toml --eif-only
+    fi
+  else
+    cargo build --quiet -p kv-server -p vsockproxy
+  fi
 fi
-for b in kv-server vsockproxy; do
+wanted=(kv-server vsockproxy)
+((enclave)) && wanted+=(enclave-runner)
+for b in "${wanted[@]}"; do
   [[ -x $bin/$b ]] || { log "$bin/$b missing: run without --no-build"; exit 1; }
 done
+if ((enclave)); then
+  [[ -f $eif ]] || { log "$eif missing: run without --no-build"; exit 1; }
+  if ! qemu-system-x86_64 -M help 2>/dev/null | awk '{ print $1 }' | grep -qx nitro-enclave; then
+    log "no QEMU with the nitro-enclave machine: building it (scripts/setup-qemu.sh; minutes, once)"
+    scripts/setup-qemu.sh >/dev/null
+  fi
+fi
 envoy_cmd=""
 if ((with_envoy)); then
   if ! command -v envoy >/dev/null 2>&1; then
@@ -152,14 +202,51 @@ if ((with_envoy)); then
   envoy_cmd=$(command -v envoy)
 fi
 
-# --- kv-server: sample data on a Unix socket (vsock stands-in) ---------------------------
-kv_sock="$work/kv.sock"
-start kv-server "$bin/kv-server" --listen "unix://$kv_sock" --sample-data
-wait_for "kv-server on $kv_sock" 30 test -S "$kv_sock"
-log "kv-server: unix://$kv_sock (sample data)"
+if ((enclave)); then
+  # --- vsockproxy first: the guest's egress (SOCKS5, default deny) arrives at vm.vsock_8888 --
+  uds="$work/vm.vsock"
+  upstream="vsock-hybrid://$uds:50051"
+  cat >"$work/vsockproxy.toml" <<EOF
+# run-local --enclave: the guest's vsock port 50051 behind the vsock backend's Unix socket; the
+# guest's connections to the parent's port P arrive on ${uds}_P.
+[[ingress]]
+name = "kv"
+listen = "tcp://127.0.0.1:$ingress_port"
+upstream = "$upstream"
 
-# --- vsockproxy: ingress 127.0.0.1:INGRESS -> the Unix socket ------------------------------
-cat >"$work/vsockproxy.toml" <<EOF
+[socks5]
+name = "egress"
+listen = "unix://${uds}_8888"
+
+[admin]
+listen = "tcp://127.0.0.1:$proxy_admin_port"
+EOF
+  "$bin/vsockproxy" check "$work/vsockproxy.toml" >/dev/null
+  start vsockproxy "$bin/vsockproxy" run --config "$work/vsockproxy.toml"
+  wait_for "vsockproxy /healthz" 30 curl -fsS "http://127.0.0.1:$proxy_admin_port/healthz"
+
+  # --- the enclave: the EIF under QEMU's nitro-enclave machine -------------------------------
+  runner=(env ENCLAVE_RUNNER_STATE_DIR="$work/enclaves" "$bin/enclave-runner")
+  log "booting $eif under QEMU (nitro-enclave machine, TCG; 10-60 s)"
+  boot_started=$(date +%s%N)
+  "${runner[@]}" run-enclave --eif-path "$eif" --cpu-count 2 --memory 1024 --enclave-cid 16 \
+    --enclave-name kv-server --vsock-uds "$uds" --boot-timeout 180 >"$work/run-enclave.json" ||
+    { log "the enclave did not boot"; exit 1; }
+  log "enclave kv-server running (CID 16); its console: ENCLAVE_RUNNER_STATE_DIR=$work/enclaves $bin/enclave-runner console --enclave-name kv-server"
+  heartbeat_ms=$((($(date +%s%N) - boot_started) / 1000000))
+  wait_for "vsockproxy /readyz (kv-server in the enclave answering)" 120 \
+    curl -fsS "http://127.0.0.1:$proxy_admin_port/readyz"
+  log "enclave boot: heartbeat after ${heartbeat_ms} ms, kv-server reachable after $((($(date +%s%N) - boot_started) / 1000000)) ms (from run-enclave)"
+  log "vsockproxy: ingress tcp://127.0.0.1:$ingress_port -> $upstream, admin 127.0.0.1:$proxy_admin_port"
+else
+  # --- kv-server: sample data on a Unix socket (vsock stands-in) ---------------------------
+  kv_sock="$work/kv.sock"
+  start kv-server "$bin/kv-server" --listen "unix://$kv_sock" --sample-data
+  wait_for "kv-server on $kv_sock" 30 test -S "$kv_sock"
+  log "kv-server: unix://$kv_sock (sample data)"
+
+  # --- vsockproxy: ingress 127.0.0.1:INGRESS -> the Unix socket ------------------------------
+  cat >"$work/vsockproxy.toml" <<EOF
 # run-local: the enclave's vsock 16:50051 is a Unix socket here.
 [[ingress]]
 listen = "tcp://127.0.0.1:$ingress_port"
@@ -168,10 +255,11 @@ upstream = "unix://$kv_sock"
 [admin]
 listen = "tcp://127.0.0.1:$proxy_admin_port"
 EOF
-"$bin/vsockproxy" check "$work/vsockproxy.toml" >/dev/null
-start vsockproxy "$bin/vsockproxy" run --config "$work/vsockproxy.toml"
-wait_for "vsockproxy /readyz" 30 curl -fsS "http://127.0.0.1:$proxy_admin_port/readyz"
-log "vsockproxy: ingress tcp://127.0.0.1:$ingress_port -> unix://$kv_sock, admin 127.0.0.1:$proxy_admin_port"
+  "$bin/vsockproxy" check "$work/vsockproxy.toml" >/dev/null
+  start vsockproxy "$bin/vsockproxy" run --config "$work/vsockproxy.toml"
+  wait_for "vsockproxy /readyz" 30 curl -fsS "http://127.0.0.1:$proxy_admin_port/readyz"
+  log "vsockproxy: ingress tcp://127.0.0.1:$ingress_port -> unix://$kv_sock, admin 127.0.0.1:$proxy_admin_port"
+fi
 
 # --- envoy: the repo's envoy.yaml with local ports and the generated descriptor set ------
 if ((with_envoy)); then
@@ -203,6 +291,9 @@ grpc_get_values() { # PORT
 if ((with_envoy)); then
   wait_for "SERVING from /healthcheck through envoy" 30 \
     sh -c "curl -fsS 'http://127.0.0.1:$envoy_port/healthcheck' | grep -q '\"SERVING\"'"
+  if ((enclave)); then
+    log "enclave boot: SERVING through envoy after $((($(date +%s%N) - boot_started) / 1000000)) ms (from run-enclave)"
+  fi
   url="http://127.0.0.1:$envoy_port/v1/getvalues?keys=hello,missing"
   cat >&2 <<EOF
 

@@ -3,6 +3,8 @@
 //! child processes that are killed when the test ends; waiting for readiness.
 #![forbid(unsafe_code)]
 
+pub mod enclave;
+
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

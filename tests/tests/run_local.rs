@@ -41,6 +41,43 @@ fn run_local_once_starts_the_stack_and_answers_the_example_query() {
     assert!(out.contains("curl 'http://127.0.0.1:"), "no example requests printed:\n{out}");
 }
 
+/// `--enclave`: the local image (the shipped binaries, sample-data config) booted under QEMU, the
+/// example query answered from inside the VM through envoy and vsockproxy's `vsock-hybrid://`
+/// ingress. Runs in the `qemu` test group (one boot at a time).
+#[test]
+fn run_local_enclave_once_answers_from_inside_the_vm() {
+    if !e2e_tests::enclave::qemu_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = e2e_tests::enclave::build_dist(
+        &dir.path().join("local"),
+        &["--eif-only", "--enclave-config", "enclave/examples/enclave-local.toml"],
+    );
+    let eif = image.join("server_enclave_image.eif");
+    let (mut p, _) = run_local(
+        &["--once", "--enclave", "--eif", eif.to_str().unwrap()],
+        &dir.path().join("run-local.log"),
+    );
+    let status =
+        p.wait_timeout(Duration::from_secs(240)).expect("run-local.sh --enclave --once did not finish");
+    let out = p.logs();
+    assert!(status.success(), "run-local.sh --enclave --once failed ({status}):\n{out}");
+    assert!(out.contains("enclave boot: heartbeat after"), "{out}");
+    assert!(out.contains("vsock-hybrid://"), "the ingress dials the VM:\n{out}");
+    assert!(out.contains(r#""hello":{"value":"world"}"#), "no answer in:\n{out}");
+    assert!(out.contains("terminating the enclave"), "{out}");
+    // Nothing of the VM is left: no QEMU or vsock backend with the run's work dir.
+    let work = out
+        .lines()
+        .find_map(|l| {
+            l.split("ENCLAVE_RUNNER_STATE_DIR=").nth(1)?.split_whitespace().next().map(PathBuf::from)
+        })
+        .expect("state dir in the log");
+    let left = Command::new("pgrep").arg("-af").arg(&work).output().unwrap();
+    assert!(left.stdout.is_empty(), "left running: {}", String::from_utf8_lossy(&left.stdout));
+}
+
 #[test]
 fn run_local_without_envoy_answers_over_grpc_through_the_proxy() {
     let dir = tempfile::tempdir().unwrap();
