@@ -1,48 +1,76 @@
 #!/usr/bin/env bash
 # Installs a kv-packager bundle on the image being built (Amazon Linux 2023, run as root): the
 # install step of both builder-instance bakes, Packer's (kv-ami.pkr.hcl) and `kv-ami bake`'s
-# (its user data embeds this file verbatim). Checks every file's size and SHA-256 against
-# manifest.json before anything is installed, installs docker, the Nitro Enclaves CLI and the
-# collector package, installs each file to its `install_to` with its mode, pre-pulls the pinned
-# envoy image and enables the units. Any mismatch stops the build (non-zero exit).
+# (its user data embeds this file verbatim). Checks manifest.json against the content key and
+# every file's size and SHA-256 against manifest.json before anything is installed, installs
+# docker, the Nitro Enclaves CLI and the collector package, installs each file to its
+# `install_to` with its mode, pre-pulls the pinned envoy image and enables the units. Any
+# mismatch stops the build (non-zero exit).
 #
 # Usage: install-bundle.sh BUNDLE_DIR
-# Environment (all optional):
-#   KV_CONTENT_KEY    expected SHA-256 of manifest.json (kv-ami's content key)
-#   KV_ENVOY_IMAGE    image to pre-pull, pinned by digest (NAME@sha256:...)
-#   KV_INSTALL_ROOT   install under this directory instead of / and skip the host steps
+# Environment:
+#   KV_CONTENT_KEY    required: the SHA-256 of the expected manifest.json (kv-ami's content key,
+#                     `sha256sum dist/aws/manifest.json`); anything else is refused
+#   KV_ENVOY_IMAGE    optional: image to pre-pull, pinned by digest (NAME@sha256:...)
+#   KV_INSTALL_ROOT   optional: install under this directory instead of / and skip the host steps
 #                     (dnf, systemctl, docker): for checking a bundle on a machine that is not
 #                     the builder
+#
+# The files are first copied into a fresh private directory (mktemp -d: mode 0700, this user's);
+# what is checked there is what is installed, whoever else can write to BUNDLE_DIR. Only regular
+# files are copied (a symlink is refused, not followed).
 set -euo pipefail
 
 bundle=${1:?usage: install-bundle.sh BUNDLE_DIR}
-manifest="$bundle/manifest.json"
 root=${KV_INSTALL_ROOT:-}
 log() { printf '[install-bundle] %s\n' "$*" >&2; }
 host() { # run a host step, or say it is skipped under KV_INSTALL_ROOT
   if [[ -n $root ]]; then log "skipped (KV_INSTALL_ROOT): $*"; else "$@"; fi
 }
 
-[[ -f $manifest ]] || { log "$manifest: missing"; exit 1; }
-if [[ -n ${KV_CONTENT_KEY:-} ]]; then
-  actual=$(sha256sum "$manifest" | cut -d' ' -f1)
-  if [[ $actual != "$KV_CONTENT_KEY" ]]; then
-    log "manifest.json: sha256 $actual, expected content key $KV_CONTENT_KEY; nothing installed"
-    exit 1
-  fi
+# 0. The content key names the one manifest.json to accept.
+key=${KV_CONTENT_KEY:-}
+if [[ -z $key ]]; then
+  log "KV_CONTENT_KEY is not set (the SHA-256 of the expected manifest.json); nothing installed"
+  exit 1
+fi
+key=${key,,}
+if [[ ! $key =~ ^[0-9a-f]{64}$ ]]; then
+  log "KV_CONTENT_KEY \"$KV_CONTENT_KEY\" is not a SHA-256 (64 hex digits); nothing installed"
+  exit 1
+fi
+[[ -f $bundle/manifest.json ]] || { log "$bundle/manifest.json: missing"; exit 1; }
+
+stage=$(mktemp -d "${TMPDIR:-/tmp}/kv-install-bundle.XXXXXXXX")
+trap 'rm -rf -- "$stage"' EXIT
+log "staged in $stage (mode $(stat -c %a "$stage"))"
+# stage_in PATH: BUNDLE_DIR/PATH into the private copy as it is (a symlink stays a symlink).
+stage_in() {
+  if [[ $1 == */* ]]; then mkdir -p -- "$stage/${1%/*}"; fi
+  cp -P -- "$bundle/$1" "$stage/$1"
+  [[ -f $stage/$1 && ! -L $stage/$1 ]] || { log "$1: not a regular file"; return 1; }
+}
+
+manifest="$stage/manifest.json"
+stage_in manifest.json || { log "nothing installed"; exit 1; }
+actual=$(sha256sum "$manifest" | cut -d' ' -f1)
+if [[ $actual != "$key" ]]; then
+  log "manifest.json: sha256 $actual, expected content key $key; nothing installed"
+  exit 1
 fi
 command -v jq >/dev/null || host dnf install -y -q jq
 
-# 1. Check everything first: nothing is installed from a bundle with one bad file.
+# 1. Copy and check everything first: nothing is installed from a bundle with one bad file.
 bad=0
 while IFS=$'\t' read -r path size sha mode dest; do
-  file="$bundle/$path"
-  if [[ $path == /* || /$path/ == */../* ]]; then
+  if [[ $path == /* || /$path/ == */../* || /$path/ == */./* ]]; then
     log "$path: not a relative path inside the bundle"; bad=1; continue
   fi
-  if [[ ! -f $file ]]; then
+  if [[ ! -e $bundle/$path && ! -L $bundle/$path ]]; then
     log "$path: listed in manifest.json but missing"; bad=1; continue
   fi
+  stage_in "$path" || { bad=1; continue; }
+  file="$stage/$path"
   actual_size=$(stat -c %s "$file")
   if [[ $actual_size != "$size" ]]; then
     log "$path: size $actual_size, manifest says $size"; bad=1; continue
@@ -64,7 +92,7 @@ owner=(-o root -g root)
 [[ -n $root ]] && owner=()
 units=()
 while IFS=$'\t' read -r path mode dest role; do
-  install -D -m "$mode" "${owner[@]}" "$bundle/$path" "$root$dest"
+  install -D -m "$mode" "${owner[@]}" "$stage/$path" "$root$dest"
   if [[ $role == systemd-unit && $dest == *.service ]]; then
     units+=("$(basename "$dest")")
   fi

@@ -3,7 +3,8 @@
 # the AMI, copy it to ami_regions, share with ami_users. docs/ami.md compares it with kv-ami.
 #
 #   packer init .   # Packer >= 1.7 (plugins.pkr.hcl)
-#   packer build -var bundle_dir=dist/aws -var 'ami_regions=["eu-west-1"]' -var 'ami_users=["111122223333"]' .
+#   packer build -var bundle_dir=dist/aws -var content_key=$(sha256sum dist/aws/manifest.json | cut -d' ' -f1) \
+#     -var 'ami_regions=["eu-west-1"]' -var 'ami_users=["111122223333"]' .
 
 variable "region" {
   type    = string
@@ -16,10 +17,16 @@ variable "bundle_dir" {
   default     = "dist/aws"
 }
 
+# Required: install-bundle.sh refuses a manifest.json whose SHA-256 is not this, so what reaches
+# the builder is the bundle the operator named (as kv-ami bake passes it in its user data).
 variable "content_key" {
   type        = string
   description = "sha256sum of the bundle's manifest.json (the same key kv-ami tags with)"
-  default     = "unset"
+  validation {
+    # trim, not regex: Packer 1.6.6 (the offline validate test) has no regex function.
+    condition     = length(var.content_key) == 64 && trim(var.content_key, "0123456789abcdef") == ""
+    error_message = "The content_key must be the SHA-256 of the bundle's manifest.json: 64 lower-case hex digits (sha256sum manifest.json)."
+  }
 }
 
 variable "envoy_image" {
@@ -58,10 +65,18 @@ variable "region_kms_key_ids" {
 
 locals {
   ami_name = "kv-server-${substr(var.content_key, 0, 12)}-{{timestamp}}"
-  tags = {
+  # Set while creating (TagSpecifications): on the key pair, security group, instance, network
+  # interface and volumes, and on CreateImage's image and snapshots, whose copies inherit them
+  # (CopyImageTags). iam-policy.json lets Packer change and delete only what carries
+  # kv-ami:role = packer-builder, and set that tag only while creating.
+  run_tags = {
+    "kv-ami:role"        = "packer-builder"
     "kv-ami:content-key" = var.content_key
-    service              = "kv"
-    built_by             = "packer"
+  }
+  # Added afterwards to every AMI and its snapshots: iam-policy.json allows these two keys only.
+  tags = {
+    service  = "kv"
+    built_by = "packer"
   }
 }
 
@@ -104,23 +119,37 @@ source "amazon-ebs" "kv" {
   # (metadata_options, imds_support); Debian's Packer 1.6.6 used by the offline validate test
   # rejects both, so the AMI's IMDSv2 default is set by kv-ami's RegisterImage path only.
 
-  tags          = local.tags
-  snapshot_tags = local.tags
-  run_tags      = { purpose = "kv-ami builder" }
+  run_tags        = local.run_tags
+  run_volume_tags = local.run_tags
+  tags            = local.tags
 }
 
 build {
   sources = ["source.amazon-ebs.kv"]
 
+  # The bundle goes to a directory only the SSH user can read, made here (mkdir fails if it
+  # exists), not to the world-writable temporary directory; it is removed before the image is
+  # taken.
+  provisioner "shell" {
+    inline = ["mkdir -m 0700 /home/ec2-user/kv-ami /home/ec2-user/kv-ami/bundle"]
+  }
+
   provisioner "file" {
     source      = "${var.bundle_dir}/"
-    destination = "/tmp/bundle"
+    destination = "/home/ec2-user/kv-ami/bundle/"
+  }
+
+  # install-bundle.sh refuses a manifest.json other than the content key's, copies the bundle
+  # into its own mktemp -d before checking it, and installs that copy.
+  provisioner "shell" {
+    script           = "${path.root}/install-bundle.sh"
+    remote_folder    = "/home/ec2-user/kv-ami"
+    environment_vars = ["KV_CONTENT_KEY=${var.content_key}", "KV_ENVOY_IMAGE=${var.envoy_image}"]
+    execute_command  = "chmod +x {{ .Path }}; sudo {{ .Vars }} {{ .Path }} /home/ec2-user/kv-ami/bundle"
   }
 
   provisioner "shell" {
-    script           = "${path.root}/install-bundle.sh"
-    environment_vars = ["KV_ENVOY_IMAGE=${var.envoy_image}"]
-    execute_command  = "chmod +x {{ .Path }}; sudo {{ .Vars }} {{ .Path }} /tmp/bundle"
+    inline = ["rm -rf /home/ec2-user/kv-ami"]
   }
 
   post-processor "manifest" {

@@ -1,7 +1,7 @@
 //! Real boots: EIFs built here (Debian's kernel from .tools/kernel, a static enclave-init, a
 //! static app) booted by the real `enclave-runner` under the project's QEMU (`.tools/bin`, with
 //! the `nitro-enclave` machine) and vhost-device-vsock. Skipped, with one line, where those are
-//! missing (unless `NITRO_KV_REQUIRE_QEMU` is set). Each boot costs a few seconds of TCG: three boots in all, run one at a time (also
+//! missing (unless `NITRO_KV_REQUIRE_QEMU` is set). Each boot costs a few seconds of TCG: four boots in all, run one at a time (also
 //! under `cargo test`, which would otherwise run them in parallel threads).
 
 mod common;
@@ -121,9 +121,9 @@ enum App {
     Sleeper,
 }
 
-/// An EIF with our init, the vsock modules, and `app`; `heartbeat: false` puts
-/// `-- --no-heartbeat` on the kernel command line.
-fn build_eif(tools: &Tools, dir: &Path, app: App, heartbeat: bool) -> PathBuf {
+/// An EIF with our init, the vsock modules, and `app`; `init_args` (e.g. `--no-heartbeat`) go
+/// after ` -- ` on the kernel command line, where the kernel hands them to init.
+fn build_eif(tools: &Tools, dir: &Path, app: App, init_args: &str) -> PathBuf {
     let init = static_init();
     let rootfs = dir.join("rootfs");
     fs::create_dir_all(rootfs.join("bin")).unwrap();
@@ -134,11 +134,13 @@ fn build_eif(tools: &Tools, dir: &Path, app: App, heartbeat: bool) -> PathBuf {
     fs::copy(program, rootfs.join("bin/app")).unwrap();
     let k = &tools.kernel;
     let modules = ["virtio_mmio", "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"];
-    let cmdline =
-        if heartbeat { "console=ttyS0 panic=-1" } else { "console=ttyS0 panic=-1 -- --no-heartbeat" };
+    let cmdline = match init_args {
+        "" => "console=ttyS0 panic=-1".to_string(),
+        args => format!("console=ttyS0 panic=-1 -- {args}"),
+    };
     let args = NativeArgs {
         kernel: Some(k.join("bzImage")),
-        cmdline: Some(cmdline.into()),
+        cmdline: Some(cmdline),
         init: Some(init),
         nsm_ko: Some(k.join("modules/nsm.ko")),
         modules: modules.iter().map(|m| k.join(format!("modules/{m}.ko"))).collect(),
@@ -223,7 +225,7 @@ fn assert_all_stopped(e: &Enclaves, name: &str) {
 fn boot_describe_console_and_terminate() {
     let Some((_slot, tools)) = setup("boot_describe_console_and_terminate") else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let eif = build_eif(&tools, tmp.path(), App::Sleeper, true);
+    let eif = build_eif(&tools, tmp.path(), App::Sleeper, "");
     let e = Enclaves::new(&tools, tmp.path());
 
     let (out, took) = e.run_enclave(&eif, "sleeper", 16, &[]);
@@ -290,7 +292,7 @@ fn boot_describe_console_and_terminate() {
 fn an_application_that_exits_ends_the_enclave() {
     let Some((_slot, tools)) = setup("an_application_that_exits_ends_the_enclave") else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let eif = build_eif(&tools, tmp.path(), App::DryRun, true);
+    let eif = build_eif(&tools, tmp.path(), App::DryRun, "");
     let e = Enclaves::new(&tools, tmp.path());
 
     let (out, took) = e.run_enclave(&eif, "dryrun", 16, &["--debug-mode"]);
@@ -317,7 +319,7 @@ fn no_heartbeat_fails_at_the_boot_timeout_and_stops_everything() {
     };
     let tmp = tempfile::tempdir().unwrap();
     // The app never exits, so only the timeout can end this boot.
-    let eif = build_eif(&tools, tmp.path(), App::Sleeper, false);
+    let eif = build_eif(&tools, tmp.path(), App::Sleeper, "--no-heartbeat");
     let e = Enclaves::new(&tools, tmp.path());
 
     let (out, took) = e.run_enclave(&eif, "silent", 16, &["--boot-timeout", "4"]);
@@ -330,4 +332,32 @@ fn no_heartbeat_fails_at_the_boot_timeout_and_stops_everything() {
     assert!(e.runner.describe().is_empty());
     assert_all_stopped(&e, "silent");
     assert_eq!(e.state_json("silent")["status"]["state"], "FAILED");
+}
+
+#[test]
+fn a_bad_init_option_powers_the_enclave_off_instead_of_panicking_the_kernel() {
+    let Some((_slot, tools)) =
+        setup("a_bad_init_option_powers_the_enclave_off_instead_of_panicking_the_kernel")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // Refused before any step: PID 1 must power off, since its exit would panic the kernel.
+    let eif = build_eif(&tools, tmp.path(), App::Sleeper, "--parent-cid x");
+    let e = Enclaves::new(&tools, tmp.path());
+
+    let (out, took) = e.run_enclave(&eif, "badopt", 16, &["--boot-timeout", "60"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(took < Duration::from_secs(60), "QEMU did not stop by itself: took {took:?}");
+    assert!(out.stderr.contains("before the heartbeat"), "{out:?}");
+    let console = fs::read_to_string(e.runner.state.join("badopt/console.log")).unwrap();
+    assert!(
+        console.contains("enclave-init: --parent-cid: parent CID \"x\" is not a number; powering off"),
+        "console:\n{console}"
+    );
+    assert!(console.contains("reboot: Power down"), "console:\n{console}");
+    assert!(!console.contains("Kernel panic"), "console:\n{console}");
+    assert!(e.runner.describe().is_empty());
+    assert_all_stopped(&e, "badopt");
+    assert_eq!(e.state_json("badopt")["status"]["state"], "FAILED");
 }

@@ -83,6 +83,14 @@ pub struct Target {
     pub factory: Option<ClientFactory>,
 }
 
+impl Target {
+    /// A custom endpoint is taken for an emulator (tests: moto_server), as for S3's path-style
+    /// addressing below: moto implements CreateImage without snapshot TagSpecifications.
+    pub fn is_emulator(&self) -> bool {
+        self.endpoint_url.is_some()
+    }
+}
+
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target")
@@ -720,7 +728,7 @@ pub async fn copy(
     Ok(id)
 }
 
-fn key_tags(rt: ec2t::ResourceType, content_key: &str) -> ec2t::TagSpecification {
+pub(crate) fn key_tags(rt: ec2t::ResourceType, content_key: &str) -> ec2t::TagSpecification {
     ec2t::TagSpecification::builder()
         .resource_type(rt)
         .tags(ec2t::Tag::builder().key(CONTENT_KEY_TAG).value(content_key).build())

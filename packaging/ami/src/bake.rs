@@ -178,7 +178,7 @@ impl BakeJob {
             ));
         }
         v.push(format!(
-            "{r} ec2:CreateImage name={} no_reboot={} tag {CONTENT_KEY_TAG}={key}",
+            "{r} ec2:CreateImage name={} no_reboot={} tag {CONTENT_KEY_TAG}={key} on the image and its snapshots",
             self.name(),
             !b.spot
         ));
@@ -351,6 +351,17 @@ pub async fn resolve_base_ami(c: &Clients, spec: &AmiSpec, b: &Bake) -> Result<S
     })
 }
 
+/// CreateImage's TagSpecifications: the content key on the image and, with `snapshots`, on the
+/// snapshots it makes, from the start: IAM (iam-policy-bake.json) lets kv-ami tag, share and
+/// delete only images and snapshots that carry it, and tag others only while creating them.
+pub(crate) fn create_image_tags(content_key: &str, snapshots: bool) -> Vec<ec2t::TagSpecification> {
+    let mut v = vec![aws::key_tags(ec2t::ResourceType::Image, content_key)];
+    if snapshots {
+        v.push(aws::key_tags(ec2t::ResourceType::Snapshot, content_key));
+    }
+    v
+}
+
 fn role_tags(job: &BakeJob, rt: ec2t::ResourceType) -> ec2t::TagSpecification {
     ec2t::TagSpecification::builder()
         .resource_type(rt)
@@ -480,12 +491,7 @@ async fn bake_body(job: &BakeJob, ctx: &Ctx<'_>) -> Result<Manifest, Error> {
                 // A stopped instance needs no reboot; a spot one (cannot be stopped) is rebooted
                 // by CreateImage for a consistent file system.
                 .no_reboot(!b.spot)
-                .tag_specifications(
-                    ec2t::TagSpecification::builder()
-                        .resource_type(ec2t::ResourceType::Image)
-                        .tags(ec2t::Tag::builder().key(CONTENT_KEY_TAG).value(&job.content_key).build())
-                        .build(),
-                )
+                .set_tag_specifications(Some(create_image_tags(&job.content_key, !ctx.target.is_emulator())))
                 .send()
                 .await
                 .map_err(|e| aws_err(&r, "ec2:CreateImage", &instance, &e))?;
@@ -499,8 +505,10 @@ async fn bake_body(job: &BakeJob, ctx: &Ctx<'_>) -> Result<Manifest, Error> {
             )
             .await?;
             // Its snapshots too, as soon as DescribeImages lists them: the cleanup may delete only
-            // snapshots carrying the content key (IAM), and CreateImage's snapshot
-            // TagSpecifications are not sent (the emulator rejects them). Publish tags them again.
+            // snapshots carrying the content key (IAM). On AWS they carry it from CreateImage
+            // already (and IAM lets kv-ami tag only what carries it); an emulator gets no snapshot
+            // TagSpecifications (moto rejects them), so this is where they get it there. Publish
+            // tags them again.
             let early = aws::image_snapshots(&c, &ami).await?;
             if !early.is_empty() {
                 aws::tag(&c, &early, &[(CONTENT_KEY_TAG.to_string(), job.content_key.clone())]).await?;
@@ -595,6 +603,27 @@ async fn run_builder(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_image_tags_the_snapshots_too_except_on_an_emulator() {
+        let kinds = |v: Vec<ec2t::TagSpecification>| -> Vec<(String, String)> {
+            v.iter()
+                .map(|t| {
+                    let tag = &t.tags()[0];
+                    (
+                        t.resource_type().unwrap().as_str().to_string(),
+                        format!("{}={}", tag.key().unwrap(), tag.value().unwrap()),
+                    )
+                })
+                .collect()
+        };
+        let key = "kv-ami:content-key=ck".to_string();
+        assert_eq!(
+            kinds(create_image_tags("ck", true)),
+            vec![("image".to_string(), key.clone()), ("snapshot".to_string(), key.clone())]
+        );
+        assert_eq!(kinds(create_image_tags("ck", false)), vec![("image".to_string(), key)]);
+    }
 
     #[test]
     fn signal_decisions() {

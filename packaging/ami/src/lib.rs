@@ -634,22 +634,37 @@ mod tests {
         allowed
     }
 
-    /// Every planned call is allowed, and (least privilege) every allowed action is planned;
-    /// KMS is used by EC2 for encrypted copies and iam:PassRole by RunInstances / ImportSnapshot.
-    fn check_policy(file: &str, policy: &str, plans: &[Vec<String>]) {
-        let allowed = allowed_actions(policy);
-        let ops: Vec<String> = plans
+    fn planned_ops(plans: &[Vec<String>]) -> Vec<String> {
+        plans
             .iter()
             .flatten()
             .filter(|l| !l.starts_with('#'))
             .map(|l| l.split(' ').nth(1).unwrap().to_string())
-            .collect();
-        for op in &ops {
+            .collect()
+    }
+
+    /// Every planned call is allowed by one of `policies`.
+    fn check_allows(file: &str, policies: &[&str], plans: &[Vec<String>]) {
+        let allowed: Vec<String> = policies.iter().flat_map(|p| allowed_actions(p)).collect();
+        for op in &planned_ops(plans) {
             assert!(allowed.iter().any(|a| a == iam_action(op)), "{op} is not in {file}");
         }
-        for a in allowed.iter().filter(|a| !a.starts_with("kms:") && a.as_str() != "iam:PassRole") {
+    }
+
+    /// Least privilege: every allowed action is planned; KMS is used by EC2 for encrypted copies
+    /// and iam:PassRole by RunInstances / ImportSnapshot.
+    fn check_all_planned(file: &str, policy: &str, plans: &[Vec<String>]) {
+        let ops = planned_ops(plans);
+        for a in
+            allowed_actions(policy).iter().filter(|a| !a.starts_with("kms:") && a.as_str() != "iam:PassRole")
+        {
             assert!(ops.iter().any(|op| iam_action(op) == a), "{file}: {a} is never called");
         }
+    }
+
+    fn check_policy(file: &str, policy: &str, plans: &[Vec<String>]) {
+        check_allows(file, &[policy], plans);
+        check_all_planned(file, policy, plans);
     }
 
     const EXTRAS: &str = "via = \"s3-import\"\nshare_with_organizations = [\"arn:aws:organizations::111122223333:organization/o-abcdefghij\"]\n\
@@ -680,7 +695,18 @@ mod tests {
         let text = multipart.join("\n");
         assert!(text.contains("s3:UploadPart x2 (5 MiB parts"), "{text}");
         assert!(!text.contains("s3:PutObject"), "{text}");
-        check_policy("iam-policy.json", include_str!("../iam-policy.json"), &[plain, extras, multipart]);
+        // The EBS direct path needs iam-policy.json alone; the S3 import path adds
+        // iam-policy-s3-import.json (kept apart: it may tag a snapshot it did not create).
+        let ebs_extras = EXTRAS.replace("via = \"s3-import\"\n", "");
+        let ebs_extras = ebs_extras.split("[s3_import]").next().unwrap();
+        let ebs_extras =
+            job(dir.path(), &format!("{SPEC}{ebs_extras}"), &[1u8; 4096]).unwrap().planned_calls(1);
+        check_policy("iam-policy.json", include_str!("../iam-policy.json"), &[plain, ebs_extras]);
+        let s3_import = include_str!("../iam-policy-s3-import.json");
+        let s3_plans = [extras, multipart];
+        let both = [include_str!("../iam-policy.json"), s3_import];
+        check_allows("iam-policy.json + iam-policy-s3-import.json", &both, &s3_plans);
+        check_all_planned("iam-policy-s3-import.json", s3_import, &s3_plans);
 
         let bundle = dir.path().join("bundle");
         std::fs::create_dir(&bundle).unwrap();

@@ -62,16 +62,33 @@ fn rendered_user_data_passes_shellcheck() {
 
 /// Run the install part of the rendered user data `ud` against `root`.
 fn install(dir: &Path, ud: &str, bundle: &Path, content_key: &str, root: &Path) -> Output {
+    install_with(dir, ud, bundle, Some(content_key), root, None)
+}
+
+/// The same with the content key unset (None) and a TMPDIR of the test's.
+fn install_with(
+    dir: &Path,
+    ud: &str,
+    bundle: &Path,
+    content_key: Option<&str>,
+    root: &Path,
+    tmp: Option<&Path>,
+) -> Output {
     let script = dir.join("kv-install-bundle");
     std::fs::write(&script, kv_ami::userdata::install_part(ud).unwrap()).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    Command::new(&script)
-        .arg(bundle)
+    let mut c = Command::new(&script);
+    c.arg(bundle)
         .env("KV_INSTALL_ROOT", root)
-        .env("KV_CONTENT_KEY", content_key)
-        .env("KV_ENVOY_IMAGE", format!("envoyproxy/envoy@sha256:{}", "0".repeat(64)))
-        .output()
-        .unwrap()
+        .env_remove("KV_CONTENT_KEY")
+        .env("KV_ENVOY_IMAGE", format!("envoyproxy/envoy@sha256:{}", "0".repeat(64)));
+    if let Some(k) = content_key {
+        c.env("KV_CONTENT_KEY", k);
+    }
+    if let Some(t) = tmp {
+        c.env("TMPDIR", t);
+    }
+    c.output().unwrap()
 }
 
 fn files_under(root: &Path) -> Vec<String> {
@@ -152,4 +169,67 @@ fn the_install_part_refuses_a_tampered_bundle_and_installs_nothing() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("expected content key") && err.contains("nothing installed"), "{err}");
     assert!(files_under(&root).is_empty());
+}
+
+#[test]
+fn the_install_part_refuses_a_missing_malformed_or_wrong_content_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bundle(dir.path());
+    let j = job(&b);
+    let ud = j.user_data().unwrap();
+    let root = dir.path().join("root");
+    let other = hex::encode(Sha256::digest(b"another manifest"));
+    for (key, says) in [
+        (None, "KV_CONTENT_KEY is not set"),
+        (Some(""), "KV_CONTENT_KEY is not set"),
+        (Some("unset"), "KV_CONTENT_KEY \"unset\" is not a SHA-256"),
+        (Some(&j.content_key[..63]), "is not a SHA-256"),
+        (Some(other.as_str()), "expected content key"),
+    ] {
+        let out = install_with(dir.path(), &ud, &b, key, &root, None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{key:?}: {err}");
+        assert!(err.contains(says) && err.contains("nothing installed"), "{key:?}: {err}");
+        assert!(files_under(&root).is_empty(), "{key:?}: {:?}", files_under(&root));
+    }
+    // The key in upper case is the same digest.
+    let out = install_with(dir.path(), &ud, &b, Some(&j.content_key.to_uppercase()), &root, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_install_part_checks_and_installs_a_private_copy_and_leaves_none_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bundle(dir.path());
+    let j = job(&b);
+    let ud = j.user_data().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+
+    let root = dir.path().join("root");
+    let out = install_with(dir.path(), &ud, &b, Some(&j.content_key), &root, Some(&tmp));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let staged = err
+        .lines()
+        .find_map(|l| l.strip_prefix("[install-bundle] staged in "))
+        .unwrap_or_else(|| panic!("no staging line: {err}"));
+    let (path, mode) = staged.split_once(" (mode ").unwrap();
+    assert!(Path::new(path).starts_with(&tmp), "{staged}");
+    assert_eq!(mode, "700)", "{staged}");
+    assert!(std::fs::read_dir(&tmp).unwrap().next().is_none(), "the private copy was left behind");
+
+    // A bundle file that is a symlink (whose target has the right bytes) is refused: only regular
+    // files are copied, checked and installed.
+    let target = dir.path().join("elsewhere");
+    std::fs::write(&target, "static_resources: {}\n").unwrap();
+    std::fs::remove_file(b.join("envoy.yaml")).unwrap();
+    std::os::unix::fs::symlink(&target, b.join("envoy.yaml")).unwrap();
+    let root = dir.path().join("root2");
+    let out = install_with(dir.path(), &ud, &b, Some(&j.content_key), &root, Some(&tmp));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("envoy.yaml: not a regular file") && err.contains("nothing installed"), "{err}");
+    assert!(files_under(&root).is_empty(), "{:?}", files_under(&root));
+    assert!(std::fs::read_dir(&tmp).unwrap().next().is_none(), "the private copy was left behind");
 }
