@@ -3,11 +3,20 @@
 //! `/readyz` answers 200 only when every listener is bound (true once this server runs), the
 //! daemon is not draining, and each ingress upstream (the enclave) accepts a connection within
 //! a short timeout; the probe connection is closed at once.
+//!
+//! Any local process can connect, so no client may hold more than a bounded share of the
+//! daemon: a cap on open connections (over it a connection is closed at accept), a deadline for
+//! each request head (hyper's header-read timeout, which also bounds a keep-alive wait), and an
+//! idle timeout when no byte moves either way (a client that stops reading). Each closure is
+//! counted in `vsockproxy_admin_connections_closed_total{reason}`.
 
 use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -15,15 +24,34 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 use transport::Listener;
 
+use crate::config::{AdminConfig, DEFAULT_ADMIN_HEADER_READ_TIMEOUT_MS, DEFAULT_ADMIN_IDLE_TIMEOUT_MS};
 use crate::server::{ListenerState, Shared, dial_fixed};
 
 /// How long `/readyz` waits for an ingress upstream to accept.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The per-connection deadlines of `[admin]`; a reload applies them to new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminTimeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+}
+
+impl AdminTimeouts {
+    pub fn from_config(admin: Option<&AdminConfig>) -> AdminTimeouts {
+        let (header, idle) = admin
+            .map_or((DEFAULT_ADMIN_HEADER_READ_TIMEOUT_MS, DEFAULT_ADMIN_IDLE_TIMEOUT_MS), |a| {
+                (a.header_read_timeout_ms, a.idle_timeout_ms)
+            });
+        AdminTimeouts { header_read: Duration::from_millis(header), idle: Duration::from_millis(idle) }
+    }
+}
 
 /// Serves until `stop` turns true.
 pub async fn run(
@@ -44,16 +72,121 @@ pub async fn run(
             },
             _ = stop.changed() => return,
         };
+        let admin = &shared.metrics.admin;
+        let Some(slot) = admin.limit.try_acquire() else {
+            // Closed at once: a flood of local connections costs no file descriptor beyond the cap.
+            admin.refused_limit.fetch_add(1, Ordering::Relaxed);
+            debug!(max = admin.limit.max(), "admin connection refused: limit reached");
+            continue;
+        };
+        let timeouts = shared.settings().admin;
         let (shared, listeners) = (shared.clone(), listeners.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let (shared, listeners) = (shared.clone(), listeners.clone());
-                async move { Ok::<_, Infallible>(handle(req, &shared, &listeners).await) }
-            });
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
-                debug!(error = %e, "admin connection ended with an error");
-            }
+            let _slot = slot;
+            serve_connection(stream, shared, listeners, timeouts).await;
         });
+    }
+}
+
+async fn serve_connection(
+    stream: transport::Stream,
+    shared: Arc<Shared>,
+    listeners: Arc<Vec<Arc<ListenerState>>>,
+    timeouts: AdminTimeouts,
+) {
+    let io = Tracked::new(stream);
+    let progress = io.progress.clone();
+    let svc_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let (shared, listeners) = (svc_shared.clone(), listeners.clone());
+        async move { Ok::<_, Infallible>(handle(req, &shared, &listeners).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read)
+        .serve_connection(TokioIo::new(io), service);
+    let admin = &shared.metrics.admin;
+    tokio::select! {
+        r = conn => match r {
+            Ok(()) => {}
+            Err(e) if e.is_timeout() => {
+                admin.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                debug!("admin connection closed: no request head within the header-read timeout");
+            }
+            Err(e) => debug!(error = %e, "admin connection ended with an error"),
+        },
+        () = progress.idle(timeouts.idle) => {
+            admin.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+            debug!("admin connection closed: idle");
+        }
+    }
+}
+
+/// When a connection last moved a byte, in milliseconds since it was opened.
+#[derive(Debug)]
+struct Progress {
+    opened: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Returns once no byte has moved for `idle`.
+    async fn idle(&self, idle: Duration) {
+        loop {
+            let deadline = self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// A stream that records when it last read or wrote a byte.
+struct Tracked<S> {
+    inner: S,
+    progress: Arc<Progress>,
+}
+
+impl<S> Tracked<S> {
+    fn new(inner: S) -> Tracked<S> {
+        Tracked { inner, progress: Arc::new(Progress { opened: Instant::now(), last_ms: AtomicU64::new(0) }) }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.progress.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.progress.touch();
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -78,7 +211,7 @@ async fn handle(
             text(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
         }
         "/metrics" => {
-            let body = shared.metrics.render(&shared.global, shared.resolver.cache_stats());
+            let body = shared.metrics.render(&shared.global, shared.dns_cache_stats());
             let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

@@ -3,17 +3,21 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
+use transport::Endpoint;
 
 use crate::cli::RunArgs;
-use crate::config::{Config, LogConfig, LogFormat, Source};
-use crate::server::Proxy;
-use crate::{admin, notify, sys};
+use crate::config::{Config, ForwardMode, Source};
+use crate::fds::{self, Fit};
+use crate::logging::Logging;
+use crate::otlp::OtlpConfig;
+use crate::server::{NotApplied, Proxy, Shared};
+use crate::{admin, notify, sys, watchdog};
 
 /// Exit code for an invalid configuration (nothing was started).
 pub const EXIT_CONFIG: u8 = 2;
@@ -25,12 +29,19 @@ pub fn check(path: &std::path::Path) -> ExitCode {
     let source = Source { path: Some(path.to_path_buf()), overrides: Default::default() };
     match source.load() {
         Ok(c) => {
+            // The descriptor limit is the running process's (systemd's LimitNOFILE=), so `check`
+            // reports what the caps need and `run` compares it with the real limit.
             println!(
-                "{}: ok ({} ingress/mapping listener(s), socks5 {}, admin {})",
+                "{}: ok ({} ingress/mapping listener(s), socks5 {}, admin {}; up to {} file descriptors \
+                 at the connection caps: {} connections x {} + {})",
                 c.source,
                 c.routes.len(),
                 c.socks5.as_ref().map(|s| s.listen.to_string()).unwrap_or_else(|| "off".into()),
-                c.admin.as_ref().map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+                c.admin.as_ref().map(|a| a.listen.to_string()).unwrap_or_else(|| "off".into()),
+                fds::needed(&c),
+                fds::in_flight(&c),
+                fds::PER_CONNECTION,
+                fds::overhead(&c),
             );
             ExitCode::SUCCESS
         }
@@ -41,29 +52,43 @@ pub fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn init_logging(log: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+/// The soft `RLIMIT_NOFILE` after raising it to the hard limit (`u64::MAX` if unknown).
+fn raise_nofile() -> (u64, Result<(u64, u64), std::io::Error>) {
+    let raised = sys::raise_nofile_limit();
+    let nofile = match &raised {
+        Ok((_, after)) => *after,
+        Err(_) => sys::nofile_limit().map_or(u64::MAX, |(soft, _)| soft),
+    };
+    (nofile, raised)
 }
 
 /// `vsockproxy run`.
 pub fn run(args: RunArgs) -> ExitCode {
     let source = args.source();
-    // Validated before the runtime, the logger or any socket exists.
-    let config = match source.load() {
+    // Validated before the runtime, the logger or any socket exists; the caps against the
+    // descriptor limit too.
+    let mut config = match source.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(&config.log);
+    let (nofile, raised) = raise_nofile();
+    let fit = match fds::fit(&mut config, nofile) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let logging = Logging::init(&config.log);
+    match raised {
+        Ok((before, after)) => info!(before, after, needed = fds::needed(&config), "RLIMIT_NOFILE"),
+        Err(e) => warn!(error = %e, nofile, "cannot raise RLIMIT_NOFILE"),
+    }
+    log_fit(fit, nofile);
+    warn_pipe_size(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -71,18 +96,90 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    let code = runtime.block_on(serve(source, config));
+    let code = runtime.block_on(serve(source, config, nofile, logging));
     // Connections still open after the drain deadline are cut here.
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
 }
 
-async fn serve(source: Source, config: Config) -> ExitCode {
-    match sys::raise_nofile_limit() {
-        Ok((before, after)) => info!(before, after, "RLIMIT_NOFILE"),
-        Err(e) => warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+fn log_fit(fit: Fit, nofile: u64) {
+    if let Fit::Lowered { from, to } = fit {
+        info!(
+            from,
+            to,
+            nofile,
+            "limits.max_connections derived from RLIMIT_NOFILE ({} file descriptors per connection)",
+            fds::PER_CONNECTION
+        );
     }
-    let admin_ep = config.admin.clone();
+}
+
+/// Pipes above `fs.pipe-max-size` need CAP_SYS_RESOURCE, which the unit does not grant.
+fn warn_pipe_size(config: &Config) {
+    let size = config.forwarding.buffer_size;
+    if config.forwarding.mode == ForwardMode::Splice
+        && let Some(max) = sys::pipe_max_size()
+        && size > max
+    {
+        warn!(
+            buffer_size = size,
+            pipe_max_size = max,
+            "forwarding.buffer_size is above fs.pipe-max-size: without CAP_SYS_RESOURCE the \
+             kernel keeps splice pipes at their default size (vsockproxy_splice_pipe_errors_total{{op=\"resize\"}})"
+        );
+    }
+}
+
+/// What runs beside the proxy and a reload may change: the logger, the OTLP exporter, and
+/// the admin endpoint's address (which needs a restart).
+struct Sidecars {
+    logging: Logging,
+    otlp: Option<(OtlpConfig, watch::Sender<bool>)>,
+    admin_listen: Option<Endpoint>,
+}
+
+impl Sidecars {
+    fn start_otlp(&mut self, config: Option<OtlpConfig>, shared: &Arc<Shared>) {
+        if let Some((_, stop)) = self.otlp.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(otlp) = config {
+            info!(endpoint = %otlp.endpoint, interval_ms = otlp.interval_ms, "OTLP metrics export on");
+            let (stop, stopped) = watch::channel(false);
+            tokio::spawn(crate::otlp::run(otlp.clone(), shared.clone(), stopped));
+            self.otlp = Some((otlp, stop));
+        }
+    }
+
+    /// Applies `[log]` and `[otlp]`; reports an `[admin]` address change, which needs a restart
+    /// (its caps and deadlines are applied by [`Proxy::reload`]).
+    fn reload(&mut self, config: &Config, shared: &Arc<Shared>) -> Vec<NotApplied> {
+        let mut notes = self.logging.reload(&config.log);
+        let running = self.otlp.as_ref().map(|(c, _)| c);
+        if config.otlp.as_ref() != running {
+            if config.otlp.is_none() {
+                info!("[otlp] removed: OTLP metrics export off");
+            }
+            self.start_otlp(config.otlp.clone(), shared);
+        }
+        let listen = config.admin.as_ref().map(|a| &a.listen);
+        if listen != self.admin_listen.as_ref() {
+            let shown = |e: Option<&Endpoint>| e.map_or("none".to_string(), |e| e.to_string());
+            notes.push(NotApplied {
+                section: "admin",
+                note: format!(
+                    "admin.listen changed from {} to {}: needs a restart (the endpoint stays where it is)",
+                    shown(self.admin_listen.as_ref()),
+                    shown(listen)
+                ),
+            });
+        }
+        notes
+    }
+}
+
+async fn serve(source: Source, config: Config, nofile: u64, logging: Logging) -> ExitCode {
+    let admin_ep = config.admin.as_ref().map(|a| a.listen.clone());
     let otlp = config.otlp.clone();
     let config_name = config.source.clone();
     let mut proxy = match Proxy::bind(config).await {
@@ -94,8 +191,8 @@ async fn serve(source: Source, config: Config) -> ExitCode {
         }
     };
     let (stop_admin, stop_rx) = watch::channel(false);
-    if let Some(ep) = admin_ep {
-        let listener = match transport::Listener::bind(&ep).await {
+    if let Some(ep) = &admin_ep {
+        let listener = match transport::Listener::bind(ep).await {
             Ok(l) => l,
             Err(e) => {
                 error!(error = %e, "admin endpoint");
@@ -110,10 +207,8 @@ async fn serve(source: Source, config: Config) -> ExitCode {
         let listeners = Arc::new(proxy.listeners.clone());
         tokio::spawn(admin::run(listener, proxy.shared.clone(), listeners, stop_rx));
     }
-    if let Some(otlp) = otlp {
-        info!(endpoint = %otlp.endpoint, interval_ms = otlp.interval_ms, "OTLP metrics export on");
-        tokio::spawn(crate::otlp::run(otlp, proxy.shared.clone(), stop_admin.subscribe()));
-    }
+    let mut sidecars = Sidecars { logging, otlp: None, admin_listen: admin_ep };
+    sidecars.start_otlp(otlp, &proxy.shared);
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -125,37 +220,38 @@ async fn serve(source: Source, config: Config) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    proxy.start();
+    // WATCHDOG=1 only while every accept loop and this main loop check in (src/watchdog.rs).
+    let ping_every = notify::watchdog_interval();
+    let beat_every = ping_every.map(watchdog::beat_every);
+    proxy.start(beat_every);
+    let main_beat = proxy.heartbeats.register("main");
+    let mut beat_timer = watchdog::beat_timer(beat_every);
     match notify::notify("READY=1") {
         Ok(true) => info!("READY=1 sent to systemd"),
         Ok(false) => {}
         Err(e) => warn!(error = %e, "sd_notify READY=1 failed"),
     }
     info!(config = %config_name, "vsockproxy ready");
-    if let Some(every) = notify::watchdog_interval() {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                if let Err(e) = notify::notify("WATCHDOG=1") {
-                    warn!(error = %e, "sd_notify WATCHDOG=1 failed");
-                }
-            }
-        });
+    if let Some(every) = ping_every {
+        info!(every_ms = every.as_millis() as u64, "watchdog on: WATCHDOG=1 while every loop checks in");
+        tokio::spawn(watchdog::run(proxy.heartbeats.clone(), every, || notify::notify("WATCHDOG=1")));
     }
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&proxy, &source),
+            _ = hup.recv() => reload(&proxy, &source, nofile, &mut sidecars).await,
+            () = watchdog::next_tick(&mut beat_timer) => main_beat.beat(),
         }
     }
     let _ = notify::notify("STOPPING=1");
     let deadline = Duration::from_millis(proxy.shared.settings().timeouts.drain_ms);
     let active = proxy.shared.global.active();
     info!(active, deadline_ms = deadline.as_millis() as u64, "stopping: listeners closed, draining");
-    let left = proxy.drain(deadline).await;
+    let shared = proxy.shared.clone();
+    let left = proxy.drain(deadline, Some(&main_beat)).await;
     let _ = stop_admin.send(true);
+    sidecars.start_otlp(None, &shared);
     if left > 0 {
         warn!(cut = left, "drain deadline reached; closing the remaining connections");
     } else {
@@ -164,19 +260,45 @@ async fn serve(source: Source, config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn reload(proxy: &Proxy, source: &Source) {
+/// SIGHUP: re-reads the file (off the runtime's threads) and applies what can be applied live;
+/// every section whose change needs a restart is logged, counted and named in the result line.
+async fn reload(proxy: &Proxy, source: &Source, nofile: u64, sidecars: &mut Sidecars) {
     let _ = notify::notify("RELOADING=1");
-    match source.load() {
-        Ok(config) => {
-            for note in proxy.reload(config) {
-                warn!(note, "reload: not applied");
+    let source = source.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        source.load().and_then(|mut c| fds::fit(&mut c, nofile).map(|fit| (c, fit)))
+    })
+    .await;
+    let metrics = &proxy.shared.metrics;
+    match loaded {
+        Ok(Ok((config, fit))) => {
+            log_fit(fit, nofile);
+            warn_pipe_size(&config);
+            let mut notes = sidecars.reload(&config, &proxy.shared);
+            notes.extend(proxy.reload(config));
+            let mut sections: Vec<&str> = notes.iter().map(|n| n.section).collect();
+            sections.sort_unstable();
+            sections.dedup();
+            for n in &notes {
+                warn!(section = n.section, note = %n.note, "reload: not applied");
             }
-            proxy.shared.metrics.reloads_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            info!("configuration reloaded");
+            for section in &sections {
+                metrics.reload_not_applied(section);
+            }
+            metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            if sections.is_empty() {
+                info!("configuration reloaded");
+            } else {
+                info!(not_applied = %sections.join(","), "configuration reloaded");
+            }
+        }
+        Ok(Err(e)) => {
+            metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            error!(error = %e, "reload rejected; the previous configuration stays in force");
         }
         Err(e) => {
-            proxy.shared.metrics.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            error!(error = %e, "reload rejected; the previous configuration stays in force");
+            metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            error!(error = %e, "reload failed; the previous configuration stays in force");
         }
     }
     let _ = notify::notify("READY=1");

@@ -22,6 +22,15 @@ pub const DEFAULT_INGRESS_UPSTREAM: &str = "vsock://16:50051";
 pub const DEFAULT_SOCKS5_LISTEN: &str = "vsock://any:8888";
 /// Admin HTTP (health, readiness, metrics); loopback only.
 pub const DEFAULT_ADMIN_LISTEN: &str = "tcp://127.0.0.1:9901";
+/// Admin connections open at once; more are closed at accept (a scraper and a probe or two
+/// need a handful).
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+/// A request head must arrive within this, counted from the connection's start or the end of
+/// the previous answer (so it is also how long a keep-alive connection may wait idle).
+pub const DEFAULT_ADMIN_HEADER_READ_TIMEOUT_MS: u64 = 5_000;
+/// An admin connection on which no byte moves either way for this long is closed (a client
+/// that stops reading its answer).
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT_MS: u64 = 30_000;
 
 /// The file as written (after CLI overrides), before semantic checks.
 #[derive(Deserialize)]
@@ -47,11 +56,44 @@ pub struct FileConfig {
     pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[admin]`: the loopback HTTP endpoint and what one local client may hold of it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(deserialize_with = "listen_endpoint")]
     pub listen: Endpoint,
+    /// Connections open at once; over it a connection is closed at accept and counted.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+    /// Time to send a complete request head (from connect, or from the previous answer).
+    #[serde(default = "default_admin_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// No byte in either direction for this long closes the connection.
+    #[serde(default = "default_admin_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+fn default_admin_max_connections() -> usize {
+    DEFAULT_ADMIN_MAX_CONNECTIONS
+}
+
+fn default_admin_header_read_timeout_ms() -> u64 {
+    DEFAULT_ADMIN_HEADER_READ_TIMEOUT_MS
+}
+
+fn default_admin_idle_timeout_ms() -> u64 {
+    DEFAULT_ADMIN_IDLE_TIMEOUT_MS
+}
+
+impl AdminConfig {
+    pub fn new(listen: Endpoint) -> AdminConfig {
+        AdminConfig {
+            listen,
+            max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+            header_read_timeout_ms: DEFAULT_ADMIN_HEADER_READ_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_ADMIN_IDLE_TIMEOUT_MS,
+        }
+    }
 }
 
 /// An `[[ingress]]` or `[[mapping]]` entry: accept on `listen`, always dial `upstream`.
@@ -77,19 +119,35 @@ pub struct Socks5Config {
     pub max_connections: Option<usize>,
 }
 
+/// The global connection cap when the file does not set one and the descriptor limit allows
+/// it (otherwise it is derived from `RLIMIT_NOFILE`, see `crate::fds`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16384;
+
+/// `[limits]` as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Connections in flight across all listeners.
-    pub max_connections: usize,
+    /// Connections in flight across all listeners; unset: [`DEFAULT_MAX_CONNECTIONS`] or what
+    /// the descriptor limit allows, whichever is lower.
+    pub max_connections: Option<usize>,
     /// Default cap of each listener (a listener's own `max_connections` wins).
     pub listener_max_connections: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_connections: 16384, listener_max_connections: 16384 }
+        LimitsConfig { max_connections: None, listener_max_connections: 16384 }
     }
+}
+
+/// The validated global cap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections in flight across all listeners.
+    pub max_connections: usize,
+    /// Whether `limits.max_connections` (or `--max-connections`) set it: a value the operator
+    /// chose is refused if the descriptor limit cannot honour it; a default is lowered to fit.
+    pub max_connections_set: bool,
 }
 
 /// All durations are integers in milliseconds; 0 disables `idle_ms`.
@@ -244,12 +302,12 @@ pub struct Socks5Listener {
 pub struct Config {
     /// Where it came from, for messages (`<defaults>` without a file).
     pub source: String,
-    pub admin: Option<Endpoint>,
+    pub admin: Option<AdminConfig>,
     pub routes: Vec<Route>,
     pub socks5: Option<Socks5Listener>,
     pub policy: Policy,
     pub dns: DnsConfig,
-    pub limits: LimitsConfig,
+    pub limits: Limits,
     pub timeouts: TimeoutsConfig,
     pub forwarding: ForwardingConfig,
     pub log: LogConfig,
@@ -287,7 +345,7 @@ impl FileConfig {
     /// The reference deployment: ingress 50051 -> enclave 16:50051, SOCKS5 on vsock 8888, admin.
     pub fn defaults() -> FileConfig {
         FileConfig {
-            admin: Some(AdminConfig { listen: ep(DEFAULT_ADMIN_LISTEN) }),
+            admin: Some(AdminConfig::new(ep(DEFAULT_ADMIN_LISTEN))),
             ingress: vec![RouteConfig {
                 name: None,
                 listen: ep(DEFAULT_INGRESS_LISTEN),
@@ -336,7 +394,10 @@ impl FileConfig {
             }
         }
         if let Some(l) = &o.admin_listen {
-            self.admin = Some(AdminConfig { listen: l.clone() });
+            match &mut self.admin {
+                Some(a) => a.listen = l.clone(),
+                None => self.admin = Some(AdminConfig::new(l.clone())),
+            }
         }
         if let Some(m) = o.forwarding {
             self.forwarding.mode = m;
@@ -345,7 +406,7 @@ impl FileConfig {
             self.log.format = f;
         }
         if let Some(n) = o.max_connections {
-            self.limits.max_connections = n;
+            self.limits.max_connections = Some(n);
         }
     }
 }
@@ -409,7 +470,7 @@ fn validate(source: String, file: FileConfig) -> Result<Config, ConfigError> {
     let FileConfig { admin, ingress, socks5, mapping, policy, dns, limits, timeouts, forwarding, log, otlp } =
         file;
 
-    if limits.max_connections == 0 {
+    if limits.max_connections == Some(0) {
         return Err(invalid("limits.max_connections".into(), "must be at least 1".into()));
     }
     if limits.listener_max_connections == 0 {
@@ -446,7 +507,16 @@ fn validate(source: String, file: FileConfig) -> Result<Config, ConfigError> {
                     format!("{}: the admin endpoint must be loopback TCP or a Unix socket", a.listen),
                 ));
             }
-            Some(a.listen)
+            for (key, v) in [
+                ("admin.max_connections", a.max_connections as u64),
+                ("admin.header_read_timeout_ms", a.header_read_timeout_ms),
+                ("admin.idle_timeout_ms", a.idle_timeout_ms),
+            ] {
+                if v == 0 {
+                    return Err(invalid(key.into(), "must be at least 1".into()));
+                }
+            }
+            Some(a)
         }
         None => None,
     };
@@ -465,7 +535,7 @@ fn validate(source: String, file: FileConfig) -> Result<Config, ConfigError> {
         Ok(())
     };
     if let Some(a) = &admin {
-        claim(a, "admin.listen".into())?;
+        claim(&a.listen, "admin.listen".into())?;
     }
     for (kind, list) in [(RouteKind::Ingress, ingress), (RouteKind::Mapping, mapping)] {
         for (i, r) in list.into_iter().enumerate() {
@@ -554,6 +624,10 @@ fn validate(source: String, file: FileConfig) -> Result<Config, ConfigError> {
         return Err(invalid(key, message));
     }
 
+    let limits = Limits {
+        max_connections: limits.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        max_connections_set: limits.max_connections.is_some(),
+    };
     Ok(Config { source, admin, routes, socks5, policy, dns, limits, timeouts, forwarding, log, otlp })
 }
 
@@ -600,7 +674,7 @@ mod tests {
         assert_eq!(c.routes[0].listen.to_string(), DEFAULT_INGRESS_LISTEN);
         assert_eq!(c.routes[0].upstream.to_string(), DEFAULT_INGRESS_UPSTREAM);
         assert_eq!(c.socks5.unwrap().listen.to_string(), DEFAULT_SOCKS5_LISTEN);
-        assert_eq!(c.admin.unwrap().to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(c.admin.unwrap().listen.to_string(), DEFAULT_ADMIN_LISTEN);
     }
 
     #[test]

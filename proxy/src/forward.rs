@@ -16,15 +16,21 @@
 //!
 //! Per-direction buffering is bounded by `buffer_size`: a slow reader stops the reads on the
 //! other side (backpressure) instead of growing memory.
+//!
+//! A splice direction whose pipe cannot be created (out of descriptors) goes on through a
+//! buffer instead of cutting the transfer, and a pipe the kernel will not enlarge to
+//! `buffer_size` keeps its 64 KiB; both are counted ([`PipeErrors`]) and logged at most once per
+//! [`PIPE_LOG_EVERY`].
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tracing::warn;
 use transport::Stream;
 
 use crate::config::ForwardMode;
@@ -85,6 +91,55 @@ impl Tally<'_> {
     }
 }
 
+/// The shortest time between two warnings about pipe failures.
+pub const PIPE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Failures of the splice engine's pipes, for `vsockproxy_splice_pipe_errors_total{op}`.
+#[derive(Debug)]
+pub struct PipeErrors {
+    /// `pipe2` failed; that direction was forwarded through a buffer instead.
+    pub create: AtomicU64,
+    /// `F_SETPIPE_SZ` failed; the pipe kept its default capacity.
+    pub resize: AtomicU64,
+    since: Instant,
+    /// When the last warning was logged (ms since `since`), `u64::MAX` before the first.
+    last_log_ms: AtomicU64,
+}
+
+impl Default for PipeErrors {
+    fn default() -> Self {
+        PipeErrors {
+            create: AtomicU64::new(0),
+            resize: AtomicU64::new(0),
+            since: Instant::now(),
+            last_log_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl PipeErrors {
+    fn record(&self, op: &'static str, size: usize, error: &io::Error) {
+        let counter = if op == "create" { &self.create } else { &self.resize };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let now = self.since.elapsed().as_millis().min(u128::from(u64::MAX - 1)) as u64;
+        let last = self.last_log_ms.load(Ordering::Relaxed);
+        let due = last == u64::MAX || now.saturating_sub(last) >= PIPE_LOG_EVERY.as_millis() as u64;
+        if due && self.last_log_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            warn!(
+                op,
+                size,
+                %error,
+                create_failures = self.create.load(Ordering::Relaxed),
+                resize_failures = self.resize.load(Ordering::Relaxed),
+                "splice pipe {op} failed ({}); counted in vsockproxy_splice_pipe_errors_total, \
+                 logged at most every {} s",
+                if op == "create" { "forwarding through a buffer instead" } else { "keeping the default size" },
+                PIPE_LOG_EVERY.as_secs()
+            );
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub mode: ForwardMode,
@@ -101,6 +156,7 @@ pub async fn forward(
     counters: &Counters,
     c2u_total: &AtomicU64,
     u2c_total: &AtomicU64,
+    pipe_errors: &PipeErrors,
 ) -> Result<(), ForwardError> {
     let c2u = Tally { conn: &counters.client_to_upstream, total: c2u_total };
     let u2c = Tally { conn: &counters.upstream_to_client, total: u2c_total };
@@ -114,8 +170,8 @@ pub async fn forward(
     let result = if readiness {
         let both = async {
             tokio::try_join!(
-                pump(&client, &upstream, Side::Client, Side::Upstream, opts, c2u),
-                pump(&upstream, &client, Side::Upstream, Side::Client, opts, u2c),
+                pump(&client, &upstream, Side::Client, Side::Upstream, opts, c2u, pipe_errors),
+                pump(&upstream, &client, Side::Upstream, Side::Client, opts, u2c, pipe_errors),
             )
             .map(|_| ())
         };
@@ -187,44 +243,12 @@ async fn pump(
     dst_side: Side,
     opts: Options,
     tally: Tally<'_>,
+    pipe_errors: &PipeErrors,
 ) -> Result<(), ForwardError> {
     let rd = |source| ForwardError::Io { side: src_side, source };
     let wr = |source| ForwardError::Io { side: dst_side, source };
     match opts.mode {
-        ForwardMode::Copy => {
-            let mut buf: Vec<u8> = Vec::new();
-            loop {
-                src.readable().await.map_err(rd)?;
-                if buf.is_empty() {
-                    if !confirm_readable(src).map_err(rd)? {
-                        continue;
-                    }
-                    buf = vec![0; opts.buffer_size];
-                }
-                let n = match src.try_read(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(rd(e)),
-                };
-                if n == 0 {
-                    let _ = dst.shutdown_write();
-                    return Ok(());
-                }
-                let mut off = 0;
-                while off < n {
-                    match dst.try_write(&buf[off..n]) {
-                        Ok(k) => off += k,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            dst.writable().await.map_err(wr)?
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(wr(e)),
-                    }
-                }
-                tally.add(n);
-            }
-        }
+        ForwardMode::Copy => pump_copy(src, dst, src_side, dst_side, opts.buffer_size, tally).await,
         ForwardMode::Splice => {
             let mut pipe: Option<sys::Pipe> = None;
             loop {
@@ -235,7 +259,23 @@ async fn pump(
                         if !confirm_readable(src).map_err(rd)? {
                             continue;
                         }
-                        pipe.insert(sys::Pipe::new(opts.buffer_size).map_err(ForwardError::Local)?)
+                        match sys::Pipe::new() {
+                            Ok(p) => {
+                                if opts.buffer_size != sys::DEFAULT_PIPE_SIZE
+                                    && let Err(e) = p.resize(opts.buffer_size)
+                                {
+                                    pipe_errors.record("resize", opts.buffer_size, &e);
+                                }
+                                pipe.insert(p)
+                            }
+                            Err(e) => {
+                                // Nothing was read yet: the bytes wait in the socket for the
+                                // buffer engine, and the transfer goes on.
+                                pipe_errors.record("create", opts.buffer_size, &e);
+                                return pump_copy(src, dst, src_side, dst_side, opts.buffer_size, tally)
+                                    .await;
+                            }
+                        }
                     }
                 };
                 let n = match src.try_io(Interest::READABLE, || {
@@ -264,6 +304,49 @@ async fn pump(
                 tally.add(n);
             }
         }
+    }
+}
+
+/// One direction through a user-space buffer, allocated when the first byte is there.
+async fn pump_copy(
+    src: &Stream,
+    dst: &Stream,
+    src_side: Side,
+    dst_side: Side,
+    buffer_size: usize,
+    tally: Tally<'_>,
+) -> Result<(), ForwardError> {
+    let rd = |source| ForwardError::Io { side: src_side, source };
+    let wr = |source| ForwardError::Io { side: dst_side, source };
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        src.readable().await.map_err(rd)?;
+        if buf.is_empty() {
+            if !confirm_readable(src).map_err(rd)? {
+                continue;
+            }
+            buf = vec![0; buffer_size];
+        }
+        let n = match src.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(rd(e)),
+        };
+        if n == 0 {
+            let _ = dst.shutdown_write();
+            return Ok(());
+        }
+        let mut off = 0;
+        while off < n {
+            match dst.try_write(&buf[off..n]) {
+                Ok(k) => off += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await.map_err(wr)?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(wr(e)),
+            }
+        }
+        tally.add(n);
     }
 }
 
@@ -367,6 +450,7 @@ pub(crate) async fn forward_polled(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use transport::{Endpoint, Listener};
 
@@ -386,7 +470,7 @@ mod tests {
             let task = tokio::spawn(async move {
                 let c = Counters::default();
                 let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
-                forward(proxy_client, proxy_up, opts, &c, &t1, &t2).await.unwrap();
+                forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &PipeErrors::default()).await.unwrap();
                 (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
             });
             let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
@@ -433,6 +517,39 @@ mod tests {
         assert_eq!(task.await.unwrap(), (300_000, 4));
     }
 
+    /// Out of descriptors (or pipe pages) for a pipe: the direction goes on through a buffer,
+    /// and the failure is counted, not a cut transfer.
+    #[tokio::test]
+    async fn a_pipe_that_cannot_be_created_falls_back_to_copy_and_is_counted() {
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_up, mut up) = pair().await;
+        let opts = Options { mode: ForwardMode::Splice, buffer_size: 8192, idle: None };
+        let errors = Arc::new(PipeErrors::default());
+        let errs = errors.clone();
+        let task = tokio::spawn(async move {
+            // Both directions' pipes fail (EMFILE), as under a full descriptor table.
+            sys::fail_next_pipes(2);
+            let c = Counters::default();
+            let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
+            forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &errs).await.unwrap();
+            (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
+        });
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        client.write_all(&data).await.unwrap();
+        client.shutdown_write().unwrap();
+        let mut got = Vec::new();
+        up.read_to_end(&mut got).await.unwrap();
+        assert!(got == data);
+        up.write_all(b"reply").await.unwrap();
+        up.shutdown_write().unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"reply");
+        assert_eq!(task.await.unwrap(), (200_000, 5));
+        assert_eq!(errors.create.load(Ordering::Relaxed), 2);
+        assert_eq!(errors.resize.load(Ordering::Relaxed), 0);
+    }
+
     #[tokio::test]
     async fn idle_connections_are_closed() {
         let (_client, proxy_client) = pair().await;
@@ -440,7 +557,7 @@ mod tests {
         let opts =
             Options { mode: ForwardMode::Copy, buffer_size: 8192, idle: Some(Duration::from_millis(50)) };
         let (c, t1, t2) = (Counters::default(), AtomicU64::new(0), AtomicU64::new(0));
-        let r = forward(proxy_client, proxy_up, opts, &c, &t1, &t2).await;
+        let r = forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &PipeErrors::default()).await;
         assert!(matches!(r, Err(ForwardError::Idle(_))), "{r:?}");
     }
 }

@@ -4,8 +4,11 @@
 //! - [`server`]: listeners (ingress, fixed mappings, SOCKS5), one task per connection, reload
 //!   and drain; [`forward`]: the byte pump (splice or copy) with half-close and idle timeout;
 //! - [`policy`]: the default-deny egress allowlist; [`dns`]: the shared caching resolver;
-//! - [`limits`]: connection caps; [`metrics`] and [`admin`]: `/healthz`, `/readyz`, `/metrics`;
-//! - [`notify`]: systemd readiness and watchdog; [`app`]: the daemon's life cycle; [`cli`].
+//! - [`limits`]: connection caps; [`fds`]: the caps against `RLIMIT_NOFILE`;
+//! - [`metrics`] and [`admin`]: `/healthz`, `/readyz`, `/metrics`;
+//! - [`notify`]: systemd readiness; [`watchdog`]: `WATCHDOG=1` tied to the loops' progress;
+//! - [`logging`]: the reloadable logger;
+//! - [`app`]: the daemon's life cycle; [`cli`].
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -13,11 +16,14 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod fds;
 pub mod forward;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod otlp;
 pub mod policy;
 pub mod server;
 mod sys;
+pub mod watchdog;

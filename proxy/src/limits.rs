@@ -1,6 +1,7 @@
-//! Connection caps: one global, one per listener. Over a cap a connection is refused at once
-//! (never queued). Caps are atomics so that a reload can change them under live traffic; a
-//! lowered cap refuses new connections until enough old ones have ended.
+//! Connection caps: one global, one per listener, and the admin endpoint's own ([`Slot`]).
+//! Over a cap a connection is refused at once (never queued). Caps are atomics so that a reload
+//! can change them under live traffic; a lowered cap refuses new connections until enough old
+//! ones have ended.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +29,11 @@ impl Limit {
         self.max.store(max, Ordering::Relaxed);
     }
 
+    /// A place under this cap alone (the admin endpoint's), or `None` when it is full.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        self.try_take().then(|| Slot { limit: self.clone() })
+    }
+
     fn try_take(&self) -> bool {
         let max = self.max.load(Ordering::Relaxed);
         let prev = self.active.fetch_add(1, Ordering::AcqRel);
@@ -40,6 +46,18 @@ impl Limit {
 
     fn give_back(&self) {
         self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One place under a single cap; dropping it gives the place back.
+#[derive(Debug)]
+pub struct Slot {
+    limit: Arc<Limit>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.limit.give_back();
     }
 }
 
@@ -105,5 +123,14 @@ mod tests {
         let _p4 = Permit::acquire(&global, &b).unwrap();
         b.set_max(1);
         assert_eq!(Permit::acquire(&global, &b).unwrap_err(), Refusal::Listener);
+    }
+
+    #[test]
+    fn single_cap_slots() {
+        let admin = Limit::new(1);
+        let s = admin.try_acquire().unwrap();
+        assert!(admin.try_acquire().is_none());
+        drop(s);
+        assert!(admin.try_acquire().is_some());
     }
 }

@@ -81,20 +81,53 @@ impl ListenerMetrics {
     }
 }
 
+/// The admin endpoint's own connections: its cap and why the proxy closed some.
+#[derive(Debug)]
+pub struct AdminMetrics {
+    pub limit: Arc<Limit>,
+    /// Closed at accept: the cap was reached.
+    pub refused_limit: AtomicU64,
+    /// No complete request head within `header_read_timeout_ms`.
+    pub header_timeouts: AtomicU64,
+    /// No byte either way for `idle_timeout_ms`.
+    pub idle_timeouts: AtomicU64,
+}
+
+impl Default for AdminMetrics {
+    fn default() -> Self {
+        AdminMetrics {
+            limit: Limit::new(crate::config::DEFAULT_ADMIN_MAX_CONNECTIONS),
+            refused_limit: AtomicU64::new(0),
+            header_timeouts: AtomicU64::new(0),
+            idle_timeouts: AtomicU64::new(0),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     listeners: Mutex<Vec<Arc<ListenerMetrics>>>,
+    pub admin: AdminMetrics,
     pub dns_seconds: Histogram,
     pub tcp_seconds: Histogram,
     denials: Mutex<BTreeMap<&'static str, u64>>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// Reloads that left a section's change out until a restart, by section.
+    reload_not_applied: Mutex<BTreeMap<&'static str, u64>>,
+    pub pipe_errors: crate::forward::PipeErrors,
 }
 
 impl Metrics {
     pub fn register(&self, l: Arc<ListenerMetrics>) {
         if let Ok(mut v) = self.listeners.lock() {
             v.push(l);
+        }
+    }
+
+    pub fn reload_not_applied(&self, section: &'static str) {
+        if let Ok(mut m) = self.reload_not_applied.lock() {
+            *m.entry(section).or_default() += 1;
         }
     }
 
@@ -174,6 +207,38 @@ impl Metrics {
         out.push_str("# TYPE vsockproxy_dns_cache_total counter\n");
         let _ = writeln!(out, "vsockproxy_dns_cache_total{{result=\"hit\"}} {}", dns_cache.0);
         let _ = writeln!(out, "vsockproxy_dns_cache_total{{result=\"miss\"}} {}", dns_cache.1);
+        out.push_str(
+            "# HELP vsockproxy_splice_pipe_errors_total splice pipes the kernel refused: create (forwarded through a buffer instead) or resize (kept the default size).\n",
+        );
+        out.push_str("# TYPE vsockproxy_splice_pipe_errors_total counter\n");
+        for (op, v) in [("create", &self.pipe_errors.create), ("resize", &self.pipe_errors.resize)] {
+            let _ = writeln!(
+                out,
+                "vsockproxy_splice_pipe_errors_total{{op=\"{op}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP vsockproxy_admin_connections_active Admin endpoint connections open.\n");
+        out.push_str("# TYPE vsockproxy_admin_connections_active gauge\n");
+        let _ = writeln!(out, "vsockproxy_admin_connections_active {}", self.admin.limit.active());
+        out.push_str("# HELP vsockproxy_admin_connections_limit Cap on admin endpoint connections.\n");
+        out.push_str("# TYPE vsockproxy_admin_connections_limit gauge\n");
+        let _ = writeln!(out, "vsockproxy_admin_connections_limit {}", self.admin.limit.max());
+        out.push_str(
+            "# HELP vsockproxy_admin_connections_closed_total Admin connections the proxy closed, by reason.\n",
+        );
+        out.push_str("# TYPE vsockproxy_admin_connections_closed_total counter\n");
+        for (reason, v) in [
+            ("limit", &self.admin.refused_limit),
+            ("header_timeout", &self.admin.header_timeouts),
+            ("idle_timeout", &self.admin.idle_timeouts),
+        ] {
+            let _ = writeln!(
+                out,
+                "vsockproxy_admin_connections_closed_total{{reason=\"{reason}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
         out.push_str("# HELP vsockproxy_config_reloads_total SIGHUP reloads.\n");
         out.push_str("# TYPE vsockproxy_config_reloads_total counter\n");
         let _ = writeln!(
@@ -186,9 +251,21 @@ impl Metrics {
             "vsockproxy_config_reloads_total{{result=\"failed\"}} {}",
             self.reloads_failed.load(Ordering::Relaxed)
         );
+        out.push_str(
+            "# HELP vsockproxy_config_reload_not_applied_total Reloads whose change to a section needs a restart, by section.\n",
+        );
+        out.push_str("# TYPE vsockproxy_config_reload_not_applied_total counter\n");
+        let not_applied = self.reload_not_applied.lock().map(|m| m.clone()).unwrap_or_default();
+        for section in RELOAD_SECTIONS {
+            let n = not_applied.get(section).copied().unwrap_or(0);
+            let _ = writeln!(out, "vsockproxy_config_reload_not_applied_total{{section=\"{section}\"}} {n}");
+        }
         out
     }
 }
+
+/// The sections a reload can report as needing a restart (every one is rendered, from 0).
+pub const RELOAD_SECTIONS: [&str; 6] = ["admin", "dns", "ingress", "log", "mapping", "socks5"];
 
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")

@@ -30,7 +30,7 @@ fn default_interval_ms() -> u64 {
 }
 
 /// `[otlp]` in the config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     /// The collector's OTLP/gRPC endpoint, e.g. `tcp://127.0.0.1:4317`.
@@ -77,7 +77,7 @@ pub async fn run(config: OtlpConfig, shared: Arc<Shared>, mut stop: watch::Recei
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let text = shared.metrics.render(&shared.global, shared.resolver.cache_stats());
+        let text = shared.metrics.render(&shared.global, shared.dns_cache_stats());
         let metrics = from_prometheus_text(&text, start_ns, unix_nanos());
         let request = ExportMetricsServiceRequest {
             resource_metrics: vec![pm::ResourceMetrics {

@@ -20,12 +20,15 @@
 //! - [`Policy::check_ip`] for an IP destination and for every address a name resolved to.
 //!
 //! Special addresses (loopback, link-local incl. IMDS, private, shared, unspecified, broadcast,
-//! multicast, documentation and reserved ranges) are refused even when a `host` rule or a broad
-//! `cidr` matches; only an `ip`/`cidr` rule that lies wholly inside such a range opens it. So
-//! `cidr = "0.0.0.0/0"` opens the public IPv4 internet but not 127.0.0.1, and `ip = "127.0.0.1"`
-//! opens exactly the local collector. Addresses are normalised first: IPv4-mapped (`::ffff:a.b.c.d`),
-//! IPv4-compatible (`::a.b.c.d`) and NAT64 (`64:ff9b::a.b.c.d`) IPv6 addresses are checked as the
-//! IPv4 address they carry.
+//! multicast, documentation and reserved ranges: [`SPECIAL_V4`] and [`SPECIAL_V6`], the one list)
+//! are refused even when a `host` rule or a broad `cidr` matches. An address opens only to an
+//! `ip`/`cidr` rule that lies wholly inside the *most specific* special range containing it: so
+//! `cidr = "0.0.0.0/0"` opens the public IPv4 internet but not 127.0.0.1, `ip = "127.0.0.1"`
+//! opens exactly the local collector, and `cidr = "169.254.0.0/16"` (or `fc00::/7`) opens
+//! link-local (unique local) addresses but not IMDS inside them, which only a rule for IMDS
+//! itself opens. Addresses are normalised first: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-translated
+//! (`::ffff:0:a.b.c.d`), IPv4-compatible (`::a.b.c.d`) and NAT64 (`64:ff9b::a.b.c.d`) IPv6
+//! addresses are checked as the IPv4 address they carry.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -80,9 +83,10 @@ pub enum Denied {
     /// A rule names this destination, but not this port.
     #[error("policy denies {dest}: port {port} is not in the ports of the rules that match it")]
     Port { dest: String, port: u16 },
-    /// The address is special (loopback, private, IMDS, ...) and no `ip`/`cidr` rule names it.
-    #[error("policy denies {dest}: {ip} is {range}, allowed only by an explicit ip/cidr rule")]
-    SpecialAddress { dest: String, ip: IpAddr, range: &'static str },
+    /// The address is special (loopback, private, IMDS, ...) and no `ip`/`cidr` rule inside
+    /// `block`, the most specific special range that contains it, names it.
+    #[error("policy denies {dest}: {ip} is {range}, allowed only by an explicit ip/cidr rule within {block}")]
+    SpecialAddress { dest: String, ip: IpAddr, range: &'static str, block: String },
     /// The name is not a valid host name (nor an IP address).
     #[error("policy denies {name:?}: invalid destination name: {reason}")]
     InvalidName { name: String, reason: &'static str },
@@ -119,9 +123,8 @@ enum Target {
     Exact(String),
     /// The suffix after `*.`, normalised: matches names with at least one more label.
     Suffix(String),
-    /// An address block; `special_ok` when it lies wholly inside a special range, i.e. the rule
-    /// names special addresses on purpose.
-    Net { net: Net, special_ok: bool },
+    /// An address block (an `ip` rule is a block of one address).
+    Net(Net),
 }
 
 impl Rule {
@@ -190,14 +193,18 @@ impl Policy {
 
     fn check_addr(&self, name: Option<&str>, dest: &str, ip: IpAddr, port: u16) -> Result<(), Denied> {
         let ip = canonical_ip(ip);
-        let special = special_range(ip);
+        let special = narrowest_special(ip);
         let mut wrong_port = false;
         for rule in &self.rules {
-            let (matches, special_ok) = match &rule.target {
-                Target::Net { net, special_ok } => (net.contains(ip), *special_ok),
-                target => (name.is_some_and(|name| name_matches(target, name)), false),
+            let matches = match (&rule.target, special) {
+                // A special address opens only to a block inside its narrowest special range:
+                // 169.254.0.0/16 does not name IMDS, fc00::/7 does not name fd00:ec2::254.
+                (Target::Net(net), Some((range, _))) => net.contains(ip) && range.covers(net),
+                (Target::Net(net), None) => net.contains(ip),
+                (_, Some(_)) => false,
+                (target, None) => name.is_some_and(|name| name_matches(target, name)),
             };
-            if !matches || (special.is_some() && !special_ok) {
+            if !matches {
                 continue;
             }
             if rule.allows_port(port) {
@@ -208,7 +215,7 @@ impl Policy {
         let dest = dest.to_owned();
         Err(match special {
             _ if wrong_port => Denied::Port { dest, port },
-            Some(range) => Denied::SpecialAddress { dest, ip, range },
+            Some((block, range)) => Denied::SpecialAddress { dest, ip, range, block: block.to_string() },
             None => Denied::NoRule { dest },
         })
     }
@@ -230,7 +237,7 @@ fn name_matches(target: &Target, name: &str) -> bool {
                 && name.ends_with(suffix.as_str())
                 && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
         }
-        Target::Net { .. } => false,
+        Target::Net(_) => false,
     }
 }
 
@@ -240,15 +247,14 @@ fn compile_rule(index: usize, rule: &RuleConfig) -> Result<Rule, PolicyError> {
         (Some(host), None, None) => compile_host(host).map_err(|reason| err("host", reason))?,
         (None, Some(cidr), None) => {
             let net = Net::parse(cidr).map_err(|reason| err("cidr", format!("{cidr:?}: {reason}")))?;
-            Target::Net { net, special_ok: net.is_special() }
+            Target::Net(net)
         }
         (None, None, Some(ip)) => {
             let addr: IpAddr = ip.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| {
                 err("ip", format!("{ip:?} is not an IP address (write e.g. \"127.0.0.1\" or \"::1\")"))
             })?;
             let addr = canonical_ip(addr);
-            let net = Net { addr, prefix: max_prefix(addr) };
-            Target::Net { net, special_ok: net.is_special() }
+            Target::Net(Net { addr, prefix: max_prefix(addr) })
         }
         (None, None, None) => {
             return Err(err("rule", "needs one of `host`, `cidr` or `ip`".into()));
@@ -425,8 +431,9 @@ fn parse_aton_part(part: &str) -> Option<u64> {
     u64::from_str_radix(digits, radix).ok()
 }
 
-/// Maps IPv6 forms that carry an IPv4 address (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`,
-/// NAT64 `64:ff9b::a.b.c.d`) to that IPv4 address; leaves everything else as it is.
+/// Maps IPv6 forms that carry an IPv4 address (mapped `::ffff:a.b.c.d`, translated
+/// `::ffff:0:a.b.c.d` of RFC 2765/6052, compatible `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`) to that
+/// IPv4 address; leaves everything else as it is.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     let IpAddr::V6(v6) = ip else { return ip };
     if let Some(v4) = v6.to_ipv4_mapped() {
@@ -434,6 +441,9 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
     let s = v6.segments();
     let embedded = Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7]));
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return IpAddr::V4(embedded);
+    }
     // `::` and `::1` are IPv6's own unspecified and loopback addresses, not compatible forms.
     if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
         return IpAddr::V4(embedded);
@@ -500,9 +510,9 @@ impl Net {
         bits(ip) & m == bits(self.addr) & m
     }
 
-    /// True if this block lies wholly inside one special range.
-    fn is_special(&self) -> bool {
-        special_ranges().any(|(range, _)| range.prefix <= self.prefix && range.contains(self.addr))
+    /// True if `inner` lies wholly inside this block.
+    fn covers(&self, inner: &Net) -> bool {
+        self.prefix <= inner.prefix && self.contains(inner.addr)
     }
 }
 
@@ -513,9 +523,12 @@ fn from_bits(value: u128, like: IpAddr) -> IpAddr {
     }
 }
 
-/// Special-purpose ranges (IANA IPv4/IPv6 special-purpose registries plus the AWS ones), most
-/// specific first so that the description names the narrowest.
-const SPECIAL_V4: &[([u8; 4], u8, &str)] = &[
+/// Special-purpose ranges (IANA IPv4/IPv6 special-purpose registries plus the AWS ones): the one
+/// list, documented in docs/vsockproxy.md (a test keeps the two equal). Where ranges nest (IMDS
+/// inside link-local), an address belongs to the narrowest, and only a rule inside that one opens
+/// it. IPv4 carried in IPv6 (`::ffff:0:0/96`, `::ffff:0:0:0/96`, `64:ff9b::/96`) is not listed:
+/// such addresses are judged as the IPv4 address ([`canonical_ip`]).
+pub const SPECIAL_V4: &[([u8; 4], u8, &str)] = &[
     ([169, 254, 169, 254], 32, "the instance metadata service (IMDS)"),
     ([169, 254, 169, 253], 32, "the Amazon-provided DNS server"),
     ([255, 255, 255, 255], 32, "the broadcast address"),
@@ -536,12 +549,11 @@ const SPECIAL_V4: &[([u8; 4], u8, &str)] = &[
     ([240, 0, 0, 0], 4, "a reserved address"),
 ];
 
-const SPECIAL_V6: &[([u16; 8], u8, &str)] = &[
+pub const SPECIAL_V6: &[([u16; 8], u8, &str)] = &[
     ([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254], 128, "the instance metadata service (IMDS)"),
     ([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23], 128, "the Amazon-provided DNS server"),
     ([0, 0, 0, 0, 0, 0, 0, 0], 128, "the unspecified address"),
     ([0, 0, 0, 0, 0, 0, 0, 1], 128, "the loopback address"),
-    ([0, 0, 0, 0, 0, 0xffff, 0, 0], 96, "an IPv4-mapped address"),
     ([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48, "a local-use NAT64 address"),
     ([0x100, 0, 0, 0, 0, 0, 0, 0], 64, "a discard-only address"),
     ([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32, "a documentation address"),
@@ -560,9 +572,14 @@ fn special_ranges() -> impl Iterator<Item = (Net, &'static str)> {
     v4.chain(v6)
 }
 
-/// What kind of special address `ip` (already canonical) is, if any.
+/// The most specific special range containing `ip` (already canonical), with its description.
+fn narrowest_special(ip: IpAddr) -> Option<(Net, &'static str)> {
+    special_ranges().filter(|(net, _)| net.contains(ip)).max_by_key(|(net, _)| net.prefix)
+}
+
+/// What kind of special address `ip` (already canonical) is, if any (the narrowest range's name).
 pub fn special_range(ip: IpAddr) -> Option<&'static str> {
-    special_ranges().find(|(net, _)| net.contains(ip)).map(|(_, what)| what)
+    narrowest_special(ip).map(|(_, what)| what)
 }
 
 impl fmt::Display for Net {
@@ -819,6 +836,82 @@ mod tests {
         assert_eq!(kind(p.check_name("internal.corp", 443)), "no_rule");
     }
 
+    /// A broad special block opens its own range, never a narrower special range inside it:
+    /// the rule must name the most specific special range that contains the address.
+    #[test]
+    fn broad_special_blocks_do_not_open_narrower_special_ranges() {
+        let p = policy(vec![
+            rule(("cidr", "fc00::/7"), &["*"]),
+            rule(("cidr", "169.254.0.0/16"), &["*"]),
+            rule(("cidr", "fd00:ec2::/32"), &["*"]),
+        ]);
+        // IMDS and the Amazon DNS server, IPv4 and IPv6, in every spelling.
+        for addr in
+            ["fd00:ec2::254", "fd00:ec2::23", "169.254.169.254", "169.254.169.253", "::ffff:169.254.169.254"]
+        {
+            assert_eq!(kind(p.check_ip(None, ip(addr), 80)), "special_address", "{addr}");
+        }
+        for name in ["[fd00:ec2::254]", "169.254.169.254", "0xa9fea9fe", "[::ffff:0:169.254.169.254]"] {
+            assert_eq!(kind(p.check_name(name, 80)), "special_address", "{name}");
+        }
+        // The ranges the blocks do name are open.
+        assert_eq!(kind(p.check_ip(None, ip("fd12:3456::1"), 80)), "allowed");
+        assert_eq!(kind(p.check_ip(None, ip("fd00:ec2::1"), 80)), "allowed");
+        assert_eq!(kind(p.check_ip(None, ip("169.254.1.1"), 80)), "allowed");
+        // Naming the narrow range opens it (and only it).
+        let imds = policy(vec![
+            rule(("ip", "fd00:ec2::254"), &["80"]),
+            rule(("cidr", "169.254.169.254/32"), &["80"]),
+        ]);
+        assert_eq!(kind(imds.check_ip(None, ip("fd00:ec2::254"), 80)), "allowed");
+        assert_eq!(kind(imds.check_ip(None, ip("169.254.169.254"), 80)), "allowed");
+        assert_eq!(kind(imds.check_ip(None, ip("fd00:ec2::23"), 80)), "special_address");
+        assert_eq!(kind(imds.check_ip(None, ip("169.254.1.1"), 80)), "special_address");
+        // A block inside the range, and the range itself, both open what they cover.
+        let part = policy(vec![rule(("cidr", "10.1.0.0/16"), &["*"]), rule(("cidr", "127.0.0.0/8"), &["*"])]);
+        assert_eq!(kind(part.check_ip(None, ip("10.1.2.3"), 80)), "allowed");
+        assert_eq!(kind(part.check_ip(None, ip("10.2.0.1"), 80)), "special_address");
+        assert_eq!(kind(part.check_ip(None, ip("127.0.0.53"), 80)), "allowed");
+    }
+
+    /// The special ranges are listed once, in SPECIAL_V4/SPECIAL_V6; docs/policy.md's table
+    /// names every one of them (an address alone for a single-address range).
+    #[test]
+    fn the_documented_special_ranges_are_the_code_list() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/policy.md")).unwrap();
+        let table = doc.split("### Special addresses").nth(1).and_then(|t| t.split("\n\n").nth(2)).unwrap();
+        let cells: Vec<&str> = table.split(['|', ',']).map(str::trim).collect();
+        for (net, what) in special_ranges() {
+            let shown =
+                if net.prefix == max_prefix(net.addr) { net.addr.to_string() } else { net.to_string() };
+            assert!(
+                cells.contains(&shown.as_str()),
+                "{shown} ({what}) is missing from docs/policy.md:\n{table}"
+            );
+        }
+    }
+
+    /// The IPv4-translated form `::ffff:0:a.b.c.d` (RFC 2765 SIIT, RFC 6052) carries an IPv4
+    /// address like the mapped, compatible and NAT64 forms, and is judged as that address.
+    #[test]
+    fn ipv4_translated_addresses_are_normalised() {
+        assert_eq!(canonical_ip(ip("::ffff:0:1.2.3.4")), ip("1.2.3.4"));
+        assert_eq!(canonical_ip(ip("::ffff:0:7f00:1")), ip("127.0.0.1"));
+        assert_eq!(canonical_ip(ip("::ffff:0:0")), ip("0.0.0.0"));
+        let p = policy(vec![rule(("cidr", "::/0"), &["*"]), rule(("cidr", "0.0.0.0/0"), &["443"])]);
+        assert_eq!(kind(p.check_ip(None, ip("::ffff:0:127.0.0.1"), 443)), "special_address");
+        assert_eq!(kind(p.check_ip(None, ip("::ffff:0:169.254.169.254"), 80)), "special_address");
+        assert_eq!(kind(p.check_name("[::ffff:0:7f00:1]", 443)), "special_address");
+        assert_eq!(kind(p.check_ip(None, ip("::ffff:0:8.8.8.8"), 443)), "allowed");
+        // Checked as IPv4: the IPv4 rule's ports apply, not the IPv6 rule's `*`.
+        assert_eq!(kind(p.check_ip(None, ip("::ffff:0:8.8.8.8"), 80)), "port");
+        // Rules are normalised the same way, and a block in that form is refused like ::ffff:.
+        let r = policy(vec![rule(("ip", "::ffff:0:127.0.0.1"), &["4317"])]);
+        assert_eq!(kind(r.check_ip(None, ip("127.0.0.1"), 4317)), "allowed");
+        let e = config_error("[[policy.allow]]\ncidr = \"::ffff:0:10.0.0.0/104\"\nports = [\"1\"]");
+        assert!(e.contains("write the block in IPv4"), "{e}");
+    }
+
     #[test]
     fn denial_messages_say_what_and_why() {
         let p = aws();
@@ -826,7 +919,7 @@ mod tests {
         assert_eq!(
             d.to_string(),
             "policy denies s3.amazonaws.com:443 (resolved to 127.0.0.1): 127.0.0.1 is a loopback \
-             address, allowed only by an explicit ip/cidr rule"
+             address, allowed only by an explicit ip/cidr rule within 127.0.0.0/8"
         );
         let d = p.check_name("169.254.169.254", 80).unwrap_err();
         assert!(d.to_string().contains("instance metadata service"), "{d}");
@@ -927,10 +1020,11 @@ mod tests {
             any::<u32>().prop_map(|v| IpAddr::V4(Ipv4Addr::from(v))),
             any::<u128>().prop_map(|v| IpAddr::V6(Ipv6Addr::from(v))),
             // IPv4 inside IPv6 in every carrier form.
-            (any::<u32>(), 0..3u8).prop_map(|(v, form)| {
+            (any::<u32>(), 0..4u8).prop_map(|(v, form)| {
                 let prefix: u128 = match form {
                     0 => 0xffff << 32,
                     1 => 0,
+                    2 => 0xffff << 48,
                     _ => 0x64_ff9b << 96,
                 };
                 IpAddr::V6(Ipv6Addr::from(prefix | u128::from(v)))
@@ -1022,6 +1116,39 @@ mod tests {
             }
         }
 
+        /// A rule naming one whole special range opens an address of it exactly when no
+        /// narrower special range contains that address.
+        #[test]
+        fn a_special_range_rule_opens_only_addresses_it_is_the_narrowest_range_of(
+            pick in any::<prop::sample::Index>(), inner in any::<prop::sample::Index>(),
+            offset in any::<u128>(), at_inner_base in any::<bool>(), port in 1u16..
+        ) {
+            let ranges: Vec<(Net, &str)> = special_ranges().collect();
+            // A block in an IPv4 carrier form (::ffff:0:0/96) cannot be a rule: write it in IPv4.
+            let rules: Vec<Net> = ranges.iter().map(|(r, _)| *r).filter(|r| canonical_ip(r.addr) == r.addr).collect();
+            let range = rules[pick.index(rules.len())];
+            let width = max_prefix(range.addr);
+            let mut addr = from_bits(bits(range.addr) | (offset & !mask(range.prefix, width) & (u128::MAX >> (128 - width))), range.addr);
+            // Half the cases: the first address of another special range, when it lies inside
+            // this one (IMDS inside link-local, fd00:ec2::254 inside fc00::/7).
+            let (other, _) = ranges[inner.index(ranges.len())];
+            if at_inner_base && range.contains(other.addr) {
+                addr = other.addr;
+            }
+            let p = policy(vec![rule(("cidr", &range.to_string()), &["*"])]);
+            let narrowest = ranges.iter().filter(|(r, _)| r.contains(addr)).map(|(r, _)| r.prefix).max();
+            let verdict = p.check_ip(None, addr, port);
+            if canonical_ip(addr) != addr {
+                // A carrier form inside an IPv6 range (::/128's neighbours in ::/96) is judged as
+                // the IPv4 address it carries, which an IPv6 rule never names.
+                prop_assert!(verdict.is_err());
+            } else if narrowest == Some(range.prefix) {
+                prop_assert_eq!(kind(verdict), "allowed", "{} in {}", addr, range);
+            } else {
+                prop_assert_eq!(kind(verdict), "special_address", "{} in {}", addr, range);
+            }
+        }
+
         /// Every inet_aton spelling of an IPv4 address is judged exactly as the address itself.
         #[test]
         fn ipv4_spellings_agree(v in any::<u32>(), port in 1u16..) {
@@ -1041,6 +1168,7 @@ mod tests {
                 format!("{a}.{b}.{}", v & 0xffff),
                 format!("0x{a:x}.0{b:o}.{c}.0x{d:X}"),
                 format!("[::ffff:{addr}]"),
+                format!("[::ffff:0:{addr}]"),
                 format!("{addr}."),
             ] {
                 prop_assert_eq!(kind(p.check_name(&spelling, port)), expected, "{}", spelling);

@@ -24,18 +24,22 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use transport::socks5::{self, Address, Command, ReplyCode};
 use transport::{Endpoint, Host, Listener, PeerAddr, Stream};
 
+use crate::admin::AdminTimeouts;
 use crate::config::{Config, ForwardingConfig, RouteKind, TimeoutsConfig};
-use crate::dns::{DnsError, Resolver};
+use crate::dns::{DnsConfig, DnsError, Resolver};
 use crate::forward::{self, Counters, ForwardError};
 use crate::limits::{Limit, Permit};
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::policy::{self, Policy};
+use crate::watchdog::{self, Beat, Heartbeats};
 
 /// What a reload may change for connections accepted after it.
 pub struct Settings {
     pub policy: Policy,
     pub timeouts: TimeoutsConfig,
     pub forwarding: ForwardingConfig,
+    /// Deadlines of admin endpoint connections.
+    pub admin: AdminTimeouts,
 }
 
 impl Settings {
@@ -55,7 +59,10 @@ impl Settings {
 /// State every connection task can see.
 pub struct Shared {
     pub metrics: Metrics,
-    pub resolver: Resolver,
+    /// Replaced when a reload changes `[dns]` (lookups in flight finish on the old one).
+    resolver: RwLock<(DnsConfig, Resolver)>,
+    /// Cache hits and misses of the resolvers replaced so far, so the counters never go back.
+    dns_stats_before: (AtomicU64, AtomicU64),
     pub global: Arc<Limit>,
     pub draining: AtomicBool,
     settings: RwLock<Arc<Settings>>,
@@ -63,6 +70,46 @@ pub struct Shared {
 }
 
 impl Shared {
+    pub fn resolver(&self) -> Resolver {
+        match self.resolver.read() {
+            Ok(r) => r.1.clone(),
+            Err(poisoned) => poisoned.into_inner().1.clone(),
+        }
+    }
+
+    /// (hits, misses) of the DNS cache since start, over every resolver the daemon has had.
+    pub fn dns_cache_stats(&self) -> (u64, u64) {
+        let (hits, misses) = self.resolver().cache_stats();
+        (
+            hits + self.dns_stats_before.0.load(Ordering::Relaxed),
+            misses + self.dns_stats_before.1.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Puts a resolver for `dns` in place if that differs from the one running; the cache
+    /// starts empty (its answers may come from servers or static hosts no longer configured).
+    fn set_dns(&self, dns: &DnsConfig) -> Result<bool, DnsError> {
+        let unchanged = match self.resolver.read() {
+            Ok(r) => r.0 == *dns,
+            Err(poisoned) => poisoned.into_inner().0 == *dns,
+        };
+        if unchanged {
+            return Ok(false);
+        }
+        // Built before taking the lock: lookups go on meanwhile. Reloads are serial (the main
+        // loop), so nothing else replaces the resolver in between.
+        let fresh = Resolver::new(dns)?;
+        let mut guard = match self.resolver.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let (hits, misses) = guard.1.cache_stats();
+        self.dns_stats_before.0.fetch_add(hits, Ordering::Relaxed);
+        self.dns_stats_before.1.fetch_add(misses, Ordering::Relaxed);
+        *guard = (dns.clone(), fresh);
+        Ok(true)
+    }
+
     pub fn settings(&self) -> Arc<Settings> {
         match self.settings.read() {
             Ok(s) => s.clone(),
@@ -121,10 +168,20 @@ pub enum StartError {
     Dns(DnsError),
 }
 
+/// A part of a reloaded configuration that is not in force until a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotApplied {
+    /// The config section (`admin`, `log`, `ingress`, `mapping`, `socks5`, `dns`).
+    pub section: &'static str,
+    pub note: String,
+}
+
 /// The daemon after binding: listeners are open, accept loops not yet started.
 pub struct Proxy {
     pub shared: Arc<Shared>,
     pub listeners: Vec<Arc<ListenerState>>,
+    /// The accept loops' check-ins for the watchdog.
+    pub heartbeats: Arc<Heartbeats>,
     pending: Vec<Listener>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -136,16 +193,21 @@ impl Proxy {
         let resolver = Resolver::new(&config.dns).map_err(StartError::Dns)?;
         let shared = Arc::new(Shared {
             metrics: Metrics::default(),
-            resolver,
+            resolver: RwLock::new((config.dns.clone(), resolver)),
+            dns_stats_before: (AtomicU64::new(0), AtomicU64::new(0)),
             global: Limit::new(config.limits.max_connections),
             draining: AtomicBool::new(false),
             settings: RwLock::new(Arc::new(Settings {
                 policy: config.policy,
                 timeouts: config.timeouts.clone(),
                 forwarding: config.forwarding.clone(),
+                admin: AdminTimeouts::from_config(config.admin.as_ref()),
             })),
             next_id: AtomicU64::new(1),
         });
+        if let Some(a) = &config.admin {
+            shared.metrics.admin.limit.set_max(a.max_connections);
+        }
         let mut specs: Vec<(String, Endpoint, Role, usize, &'static str)> = config
             .routes
             .iter()
@@ -176,21 +238,26 @@ impl Proxy {
             pending.push(listener);
         }
         let (stop, _) = watch::channel(false);
-        Ok(Proxy { shared, listeners, pending, stop, tasks: Vec::new() })
+        Ok(Proxy { shared, listeners, pending, stop, tasks: Vec::new(), heartbeats: Heartbeats::new() })
     }
 
-    /// Starts the accept loops.
-    pub fn start(&mut self) {
+    /// Starts the accept loops; with `beat_every`, each checks in with [`Proxy::heartbeats`]
+    /// that often (from inside its loop, so a wedged loop stops checking in).
+    pub fn start(&mut self, beat_every: Option<Duration>) {
         for (listener, state) in self.pending.drain(..).zip(self.listeners.iter()) {
-            let task = accept_loop(listener, state.clone(), self.shared.clone(), self.stop.subscribe());
+            let beat =
+                beat_every.map(|every| (self.heartbeats.register(format!("accept {}", state.name)), every));
+            let task = accept_loop(listener, state.clone(), self.shared.clone(), self.stop.subscribe(), beat);
             self.tasks.push(tokio::spawn(task));
         }
     }
 
-    /// Applies a new, already validated configuration to what is running. Returns what could
-    /// not be applied without a restart (listeners added or removed, DNS settings).
-    pub fn reload(&self, config: Config) -> Vec<String> {
+    /// Applies a new, already validated configuration to what is running: policy, upstreams,
+    /// caps, timeouts, forwarding, `[dns]` and the admin endpoint's caps and deadlines. Returns
+    /// what could not be applied without a restart (listeners added or removed), by section.
+    pub fn reload(&self, config: Config) -> Vec<NotApplied> {
         let mut notes = Vec::new();
+        let mut note = |section: &'static str, note: String| notes.push(NotApplied { section, note });
         let mut matched = vec![false; config.routes.len()];
         let mut socks_matched = false;
         for l in &self.listeners {
@@ -214,11 +281,14 @@ impl Proxy {
                                 *guard = r.upstream.clone();
                             }
                         }
-                        None => notes.push(format!(
-                            "{} {} is no longer configured; it keeps serving until a restart",
+                        None => note(
                             kind.label(),
-                            l.listen
-                        )),
+                            format!(
+                                "{} {} is no longer configured; it keeps serving until a restart",
+                                kind.label(),
+                                l.listen
+                            ),
+                        ),
                     }
                 }
                 Role::Socks5 => match &config.socks5 {
@@ -226,33 +296,46 @@ impl Proxy {
                         socks_matched = true;
                         l.metrics.limit.set_max(s.max_connections);
                     }
-                    _ => notes.push(format!(
-                        "socks5 {} is no longer configured; it keeps serving until a restart",
-                        l.listen
-                    )),
+                    _ => note(
+                        "socks5",
+                        format!(
+                            "socks5 {} is no longer configured; it keeps serving until a restart",
+                            l.listen
+                        ),
+                    ),
                 },
             }
         }
         for (r, m) in config.routes.iter().zip(&matched) {
             if !m {
-                notes.push(format!("new {} listener {} needs a restart", r.kind.label(), r.listen));
+                note(r.kind.label(), format!("new {} listener {} needs a restart", r.kind.label(), r.listen));
             }
         }
         if let (Some(s), false) = (&config.socks5, socks_matched) {
-            notes.push(format!("new socks5 listener {} needs a restart", s.listen));
+            note("socks5", format!("new socks5 listener {} needs a restart", s.listen));
+        }
+        match self.shared.set_dns(&config.dns) {
+            Ok(true) => info!("[dns] changed: new lookups use the new settings (cache emptied)"),
+            Ok(false) => {}
+            Err(e) => note("dns", format!("[dns] not applied, the running resolver stays: {e}")),
         }
         self.shared.global.set_max(config.limits.max_connections);
+        if let Some(a) = &config.admin {
+            self.shared.metrics.admin.limit.set_max(a.max_connections);
+        }
         self.shared.set_settings(Settings {
             policy: config.policy,
             timeouts: config.timeouts,
             forwarding: config.forwarding,
+            admin: AdminTimeouts::from_config(config.admin.as_ref()),
         });
         notes
     }
 
     /// Stops accepting (listeners close), then waits up to `deadline` for in-flight
-    /// connections to finish. Returns how many were still open at the deadline.
-    pub async fn drain(mut self, deadline: Duration) -> usize {
+    /// connections to finish, checking in with `beat` as it waits. Returns how many were still
+    /// open at the deadline.
+    pub async fn drain(mut self, deadline: Duration, beat: Option<&Beat>) -> usize {
         self.shared.draining.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
@@ -260,6 +343,9 @@ impl Proxy {
         }
         let until = Instant::now() + deadline;
         loop {
+            if let Some(b) = beat {
+                b.beat();
+            }
             let active = self.shared.global.active();
             if active == 0 || Instant::now() >= until {
                 return active;
@@ -274,11 +360,20 @@ async fn accept_loop(
     state: Arc<ListenerState>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    beat: Option<(Beat, Duration)>,
 ) {
+    let mut timer = watchdog::beat_timer(beat.as_ref().map(|(_, every)| *every));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stop.changed() => break,
+            // Checked in from inside this loop: it beats only while the loop is being run.
+            () = watchdog::next_tick(&mut timer) => {
+                if let Some((b, _)) = &beat {
+                    b.beat();
+                }
+                continue;
+            }
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
@@ -374,7 +469,7 @@ impl DialError {
 /// Resolves `name` through the shared resolver, timing it.
 async fn resolve(shared: &Shared, name: &str, budget: Duration) -> Result<Arc<[IpAddr]>, DialError> {
     let t = Instant::now();
-    let r = tokio::time::timeout(budget, shared.resolver.lookup(name)).await;
+    let r = tokio::time::timeout(budget, shared.resolver().lookup(name)).await;
     shared.metrics.dns_seconds.observe(t.elapsed());
     match r {
         Ok(Ok(ips)) => Ok(ips),
@@ -480,7 +575,10 @@ async fn serve_route(client: Stream, peer: PeerAddr, state: &ListenerState, shar
     // Ingress dials the enclave (operator-chosen, not egress); mappings are egress.
     let policy = (!state.is_ingress()).then_some(&settings.policy);
     match dial_fixed(shared, &upstream, policy, settings.connect_timeout()).await {
-        Ok(up) => pipe(client, up, &peer, &upstream.to_string(), started, state, &settings).await,
+        Ok(up) => {
+            let conn = Conn { peer: &peer, started, state, shared };
+            pipe(client, up, &conn, &upstream.to_string(), &settings).await
+        }
         Err(e) => {
             state.metrics.refused(e.reason());
             warn!(%peer, dest = %upstream, reason = e.reason(), error = %e,
@@ -489,15 +587,16 @@ async fn serve_route(client: Stream, peer: PeerAddr, state: &ListenerState, shar
     }
 }
 
-async fn pipe(
-    client: Stream,
-    upstream: Stream,
-    peer: &PeerAddr,
-    dest: &str,
+/// One accepted connection: who, when, on which listener.
+struct Conn<'a> {
+    peer: &'a PeerAddr,
     started: Instant,
-    state: &ListenerState,
-    settings: &Settings,
-) {
+    state: &'a ListenerState,
+    shared: &'a Shared,
+}
+
+async fn pipe(client: Stream, upstream: Stream, conn: &Conn<'_>, dest: &str, settings: &Settings) {
+    let Conn { peer, started, state, shared } = conn;
     let counters = Counters::default();
     let result = forward::forward(
         client,
@@ -506,6 +605,7 @@ async fn pipe(
         &counters,
         &state.metrics.client_to_upstream,
         &state.metrics.upstream_to_client,
+        &shared.metrics.pipe_errors,
     )
     .await;
     let up = counters.client_to_upstream.load(Ordering::Relaxed);
@@ -558,8 +658,7 @@ async fn egress_connect(
 
 async fn serve_socks5(mut client: Stream, peer: PeerAddr, state: &ListenerState, shared: &Shared) {
     let started = Instant::now();
-    let settings = shared.settings();
-    let handshake = Duration::from_millis(settings.timeouts.handshake_ms);
+    let handshake = Duration::from_millis(shared.settings().timeouts.handshake_ms);
     let request = match tokio::time::timeout(handshake, socks5::server_handshake(&mut client)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -573,6 +672,9 @@ async fn serve_socks5(mut client: Stream, peer: PeerAddr, state: &ListenerState,
             return;
         }
     };
+    // The request is decided under the settings in force now, not at accept: a SIGHUP that
+    // revoked a rule while this client was in its handshake applies to it.
+    let settings = shared.settings();
     let dest = match &request.dest {
         Address::Ip(sa) => sa.to_string(),
         Address::Domain(name, port) => format!("{name}:{port}"),
@@ -591,7 +693,8 @@ async fn serve_socks5(mut client: Stream, peer: PeerAddr, state: &ListenerState,
                 info!(%peer, dest, error = %e, "close: client gone before the reply");
                 return;
             }
-            pipe(client, Stream::Tcp(up), &peer, &dest, started, state, &settings).await;
+            let conn = Conn { peer: &peer, started, state, shared };
+            pipe(client, Stream::Tcp(up), &conn, &dest, &settings).await;
         }
         Err(e) => {
             state.metrics.refused(e.reason());

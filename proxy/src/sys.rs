@@ -13,10 +13,29 @@ pub struct Pipe {
     write: OwnedFd,
 }
 
+/// The capacity of a new pipe on Linux (16 pages).
+pub const DEFAULT_PIPE_SIZE: usize = 65536;
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook: how many of the next `Pipe::new` calls on this thread fail with EMFILE.
+    static FAIL_PIPES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Test hook: makes the next `n` pipe creations on this thread fail as if out of descriptors.
+#[cfg(test)]
+pub fn fail_next_pipes(n: usize) {
+    FAIL_PIPES.with(|f| f.set(n));
+}
+
 impl Pipe {
-    /// Creates a pipe and asks for `size` bytes of capacity (the kernel may round or cap it;
-    /// failure to resize is not an error, the default 64 KiB then applies).
-    pub fn new(size: usize) -> io::Result<Pipe> {
+    /// Creates a non-blocking pipe of the default capacity ([`DEFAULT_PIPE_SIZE`]). Fails with
+    /// EMFILE/ENFILE when out of descriptors.
+    pub fn new() -> io::Result<Pipe> {
+        #[cfg(test)]
+        if FAIL_PIPES.with(|f| f.replace(f.get().saturating_sub(1)) > 0) {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
         let mut fds = [0 as libc::c_int; 2];
         // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
         let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
@@ -25,12 +44,19 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        if size != 65536 {
-            let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-            // SAFETY: F_SETPIPE_SZ takes an int argument and only affects this pipe.
-            unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
-        }
         Ok(Pipe { read, write })
+    }
+
+    /// Asks for `size` bytes of capacity (`F_SETPIPE_SZ`; the kernel rounds up to a power of two
+    /// pages). Fails with EPERM above `fs.pipe-max-size` without CAP_SYS_RESOURCE or past the
+    /// per-user pipe page limits; the pipe then keeps its current capacity.
+    pub fn resize(&self, size: usize) -> io::Result<()> {
+        let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+        // SAFETY: F_SETPIPE_SZ takes an int argument and only affects this pipe.
+        if unsafe { libc::fcntl(self.write.as_raw_fd(), libc::F_SETPIPE_SZ, size) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     pub fn read_fd(&self) -> RawFd {
@@ -86,6 +112,21 @@ pub fn set_linger_zero(fd: RawFd) {
     };
 }
 
+/// The (soft, hard) `RLIMIT_NOFILE` of this process.
+pub fn nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// `fs.pipe-max-size`: the largest pipe an unprivileged process may ask for.
+pub fn pipe_max_size() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/fs/pipe-max-size").ok()?.trim().parse().ok()
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns (before, after).
 pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -114,7 +155,8 @@ mod tests {
         let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let (c, mut d) = std::os::unix::net::UnixStream::pair().unwrap();
         a.write_all(b"hello").unwrap();
-        let pipe = Pipe::new(1 << 16).unwrap();
+        let pipe = Pipe::new().unwrap();
+        pipe.resize(1 << 17).unwrap();
         assert_eq!(splice(b.as_raw_fd(), pipe.write_fd(), 1024).unwrap(), 5);
         assert_eq!(splice(pipe.read_fd(), c.as_raw_fd(), 5).unwrap(), 5);
         let mut got = [0u8; 5];
@@ -123,6 +165,13 @@ mod tests {
         b.set_nonblocking(true).unwrap();
         let e = splice(b.as_raw_fd(), pipe.write_fd(), 1024).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn the_pipe_test_hook_fails_then_recovers() {
+        fail_next_pipes(1);
+        assert_eq!(Pipe::new().unwrap_err().raw_os_error(), Some(libc::EMFILE));
+        assert!(Pipe::new().is_ok());
     }
 
     #[test]

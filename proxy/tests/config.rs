@@ -126,3 +126,69 @@ fn cli_flags_are_validated_and_named() {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }
+
+/// `sh -c 'ulimit -n N && exec BIN ...'`: the daemon under a file descriptor limit of `n` (soft
+/// and hard), as systemd's `LimitNOFILE=` would set it.
+fn nofile_wrapper(n: u32) -> [String; 3] {
+    ["sh".into(), "-c".into(), format!("ulimit -n {n} && exec \"$0\" \"$@\"")]
+}
+
+const ONE_LISTENER: &str =
+    "[admin]\nlisten = \"tcp://127.0.0.1:0\"\n[socks5]\nname = \"s\"\nlisten = \"tcp://127.0.0.1:0\"\n";
+
+#[test]
+fn connection_caps_beyond_the_file_descriptor_limit_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, format!("{ONE_LISTENER}[limits]\nmax_connections = 1000\n")).unwrap();
+    let [sh, c, script] = nofile_wrapper(512);
+    let mut child = Command::new(sh)
+        .args([c, script])
+        .arg(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vsockproxy started with 1000 connections x 6 descriptors under RLIMIT_NOFILE 512");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    for want in ["limits.max_connections", "1000", "RLIMIT_NOFILE", "512", &path.display().to_string()] {
+        assert!(err.contains(want), "expected {want:?} in: {err}");
+    }
+}
+
+#[test]
+fn connection_caps_not_set_are_derived_from_the_file_descriptor_limit() {
+    let [sh, c, script] = nofile_wrapper(512);
+    let d =
+        common::Daemon::start_wrapped(tempfile::tempdir().unwrap(), ONE_LISTENER, &[], &[&sh, &c, &script]);
+    let global = d.metric("vsockproxy_connections_limit{listener=\"*\",kind=\"global\"}").unwrap();
+    // 512 descriptors, 6 per busy connection, less what the daemon itself needs.
+    assert!((1.0..=512.0 / 6.0).contains(&global), "derived global cap {global}");
+    let line = d.wait_log(&[("message", "derived")], std::time::Duration::from_secs(2));
+    assert!(line.is_some(), "the derived cap is logged:\n{}", d.log_text());
+}
+
+#[test]
+fn check_reports_the_file_descriptors_the_caps_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, format!("{ONE_LISTENER}[limits]\nmax_connections = 1000\n")).unwrap();
+    let (ok, out) = check(&path);
+    // `check` judges the file, not this machine's limits: it says what `run` will need.
+    assert!(ok, "{out}");
+    assert!(out.contains("file descriptors"), "{out}");
+}

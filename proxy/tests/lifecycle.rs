@@ -124,7 +124,8 @@ async fn admin_health_readiness_and_metrics() {
     assert_eq!(http_get(admin, "/nope").0, 404);
 }
 
-#[tokio::test]
+// Multi-threaded: the echo server's tasks must run while this test blocks on the notify socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchdog_pings_when_the_unit_asks_for_them() {
     let echo = echo_server().await;
     let env = [("WATCHDOG_USEC", "200000")];
@@ -133,4 +134,95 @@ async fn watchdog_pings_when_the_unit_asks_for_them() {
     d.collect_notes(Duration::from_millis(700));
     let pings = d.notes().iter().filter(|n| n.as_str() == "WATCHDOG=1").count();
     assert!(pings >= 3, "WATCHDOG=1 every 100 ms expected: {:?}", d.notes());
+    assert!(d.wait_log(&[("message", "watchdog on")], Duration::from_secs(1)).is_some());
+
+    // The pings follow the loops' progress, and the drain is progress: with a connection in
+    // flight after SIGTERM (accept loops gone), WATCHDOG=1 keeps coming until the exit.
+    let mut live = TcpStream::connect(d.tcp("m")).await.unwrap();
+    ping(&mut live, b"in flight").await;
+    d.signal("TERM");
+    d.wait_notify("STOPPING=1", Duration::from_secs(5));
+    let at_stop = d.notes().len();
+    d.collect_notes(Duration::from_millis(700));
+    let during_drain = d.notes()[at_stop..].iter().filter(|n| n.as_str() == "WATCHDOG=1").count();
+    assert!(during_drain >= 3, "WATCHDOG=1 during the drain: {:?}", &d.notes()[at_stop..]);
+    drop(live);
+    let status = d.wait_exit(Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", d.log_text());
+}
+
+/// `[dns]`, `[otlp]`, `[log]` level and the `[admin]` caps apply on SIGHUP; what cannot change
+/// without a restart (`[admin] listen` here) is named in the reload's result and counted.
+#[tokio::test]
+async fn sighup_applies_dns_otlp_log_and_admin_and_names_what_needs_a_restart() {
+    use transport::socks5::{self, Address};
+    let echo = echo_server().await;
+    // Stands in for the OTLP collector: the exporter, once configured, connects to it.
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let config = |host: &str, extra: &str| {
+        format!(
+            "[admin]\nlisten = \"tcp://127.0.0.1:0\"\n{extra}\n[socks5]\nname = \"s\"\nlisten = \"tcp://127.0.0.1:0\"\n\
+             [dns.static_hosts]\n\"{host}\" = [\"127.0.0.1\"]\n\
+             [[policy.allow]]\nhost = \"a.test\"\nports = [\"*\"]\n[[policy.allow]]\nhost = \"b.test\"\nports = [\"*\"]\n\
+             [[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"{}\"]\n",
+            echo.port()
+        )
+    };
+    let env = [("RUST_LOG", "")];
+    let mut d = Daemon::start_with_env(
+        tempfile::tempdir().unwrap(),
+        &config("a.test", "[log]\nlevel = \"info\""),
+        &env,
+    );
+    let proxy = d.tcp("s");
+    let connect = |name: &'static str| async move {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            socks5::client_connect(&mut s, &Address::Domain(name.into(), echo.port())),
+        )
+        .await
+        .expect("SOCKS5 reply");
+        r.is_ok()
+    };
+    assert!(connect("a.test").await);
+    assert!(!connect("b.test").await, "b.test is not a static host yet");
+    let denied = || async {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        let dest = Address::Ip(std::net::SocketAddr::from(([127, 0, 0, 2], echo.port())));
+        let _ = tokio::time::timeout(Duration::from_secs(5), socks5::client_connect(&mut s, &dest)).await;
+    };
+    denied().await;
+    assert!(d.wait_log(&[("message", "address refused by policy")], Duration::from_millis(300)).is_none());
+
+    let extra = format!(
+        "max_connections = 7\n[log]\nlevel = \"info,vsockproxy::server=debug\"\n\
+         [otlp]\nendpoint = \"tcp://{}\"\ninterval_ms = 100\n",
+        collector.local_addr().unwrap()
+    );
+    let new = config("b.test", &extra).replacen("tcp://127.0.0.1:0", &format!("tcp://{other_admin}"), 1);
+    std::fs::write(&d.config, new).unwrap();
+    d.signal("HUP");
+    let line =
+        d.wait_log(&[("message", "configuration reloaded")], Duration::from_secs(5)).expect("reloaded");
+    assert_eq!(line["not_applied"].as_str(), Some("admin"), "{line}");
+    let note = d.wait_log(&[("message", "not applied"), ("section", "admin")], Duration::from_secs(1));
+    assert!(note.is_some_and(|n| n["note"].as_str().unwrap().contains("restart")), "{}", d.log_text());
+
+    // [dns]: the new static host resolves, the old one is gone.
+    assert!(connect("b.test").await, "[dns] applied:\n{}", d.log_text());
+    assert!(!connect("a.test").await);
+    // [log]: the new level is in force.
+    denied().await;
+    let debug = d.wait_log(&[("message", "address refused by policy")], Duration::from_secs(3));
+    assert!(debug.is_some(), "[log] level applied:\n{}", d.log_text());
+    // [otlp]: the exporter starts and dials the collector.
+    let dialed = tokio::time::timeout(Duration::from_secs(5), collector.accept()).await;
+    assert!(dialed.is_ok(), "[otlp] applied: no connection to the collector");
+    // [admin]: the cap is applied live; the listen address needs a restart, and is counted.
+    assert_eq!(d.metric("vsockproxy_admin_connections_limit"), Some(7.0));
+    assert_eq!(d.metric("vsockproxy_config_reload_not_applied_total{section=\"admin\"}"), Some(1.0));
+    assert_eq!(d.metric("vsockproxy_config_reload_not_applied_total{section=\"dns\"}"), Some(0.0));
+    d.wait_notify("READY=1", Duration::from_secs(1));
 }

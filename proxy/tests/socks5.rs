@@ -193,3 +193,56 @@ ports = ["{echo}", "{dead}"]
     assert_eq!(refused("command"), Some(1.0));
     assert!(d.metric("vsockproxy_connect_seconds_count{phase=\"dns\"}").unwrap() >= 3.0);
 }
+
+/// A SOCKS5 listener whose policy allows the echo server on `127.0.0.1` only while `allow` is set.
+fn revocable(echo: SocketAddr, allow: bool) -> String {
+    let rule = format!("[[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"{}\"]\n", echo.port());
+    format!(
+        "[admin]\nlisten = \"tcp://127.0.0.1:0\"\n[socks5]\nname = \"s\"\nlisten = \"tcp://127.0.0.1:0\"\n\
+         [timeouts]\nhandshake_ms = 20000\n{}",
+        if allow { rule.as_str() } else { "" }
+    )
+}
+
+/// Sends the CONNECT request for `dest` on a stream whose greeting is done; returns the reply code.
+async fn request_reply(s: &mut TcpStream, dest: SocketAddr) -> u8 {
+    let std::net::IpAddr::V4(ip) = dest.ip() else { panic!("IPv4 only") };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&ip.octets());
+    req.extend_from_slice(&dest.port().to_be_bytes());
+    s.write_all(&req).await.unwrap();
+    let mut reply = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut reply)).await.unwrap().unwrap();
+    reply[1]
+}
+
+/// A client accepted before a SIGHUP that revokes its rule is judged by the policy in force when
+/// its CONNECT request is decided, not by the one in force when it was accepted.
+#[tokio::test]
+async fn a_rule_revoked_by_reload_during_the_handshake_is_not_honoured() {
+    let echo = echo_server().await;
+    let d = Daemon::start(&revocable(echo, true));
+    let proxy = d.tcp("s");
+    // Allowed now.
+    assert!(socks_connect(proxy, Address::Ip(echo)).await.is_ok());
+    // One client connected and silent, one past the greeting, both waiting.
+    let mut silent = TcpStream::connect(proxy).await.unwrap();
+    let mut greeted = TcpStream::connect(proxy).await.unwrap();
+    greeted.write_all(&[5, 1, 0]).await.unwrap();
+    let mut method = [0u8; 2];
+    greeted.read_exact(&mut method).await.unwrap();
+    assert_eq!(method, [5, 0]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    std::fs::write(&d.config, revocable(echo, false)).unwrap();
+    d.signal("HUP");
+    let reloaded = d.wait_log(&[("message", "configuration reloaded")], Duration::from_secs(5));
+    assert!(reloaded.is_some(), "{}", d.log_text());
+
+    silent.write_all(&[5, 1, 0]).await.unwrap();
+    silent.read_exact(&mut method).await.unwrap();
+    assert_eq!(request_reply(&mut silent, echo).await, ReplyCode::NotAllowed as u8, "silent client");
+    assert_eq!(request_reply(&mut greeted, echo).await, ReplyCode::NotAllowed as u8, "greeted client");
+    // And a new client too, of course.
+    assert_eq!(socks_connect(proxy, Address::Ip(echo)).await.err(), Some(ReplyCode::NotAllowed));
+}

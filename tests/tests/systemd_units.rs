@@ -176,6 +176,71 @@ fn vsockproxy_unit_runs_the_proxy_as_a_notify_service_with_watchdog() {
     assert!(!value(&d, "WatchdogSec").is_empty(), "no WatchdogSec");
 }
 
+/// A systemd time span as the units write it (`45s`, `2min`, `1min 30s`, a bare number of
+/// seconds) in milliseconds.
+fn timespan_ms(v: &str) -> u64 {
+    v.split_whitespace()
+        .map(|part| {
+            let unit_at = part.find(|c: char| !c.is_ascii_digit()).unwrap_or(part.len());
+            let n: u64 = part[..unit_at].parse().unwrap_or_else(|e| panic!("time span {v:?}: {e}"));
+            n * match &part[unit_at..] {
+                "" | "s" | "sec" => 1000,
+                "ms" | "msec" => 1,
+                "m" | "min" => 60_000,
+                other => panic!("time span {v:?}: unit {other:?} not handled here"),
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn vsockproxy_unit_stop_timeout_leaves_room_after_the_drain_deadline() {
+    // SIGTERM starts vsockproxy's drain, which lasts up to `[timeouts] drain_ms`; then the
+    // runtime shuts down and the process exits. systemd sends SIGKILL at TimeoutStopSec=, so
+    // that must come well after the drain deadline or it cuts the drain it was meant to allow.
+    const MARGIN_MS: u64 = 5_000;
+    let d = directives(&systemd_dir().join("vsockproxy.service"));
+    let stop = value(&d, "TimeoutStopSec");
+    assert_eq!(stop.len(), 1, "one TimeoutStopSec= in vsockproxy.service: {stop:?}");
+    let stop_ms = timespan_ms(stop[0]);
+    let example = std::fs::read_to_string(repo_root().join("proxy/examples/vsockproxy.toml")).unwrap();
+    // The deployed config's drain deadline, or vsockproxy's default (docs/vsockproxy.md).
+    let drain_ms: u64 = example
+        .lines()
+        .filter_map(|l| l.split('#').next()?.trim().strip_prefix("drain_ms"))
+        .find_map(|rest| rest.trim().strip_prefix('=')?.trim().replace('_', "").parse().ok())
+        .unwrap_or(30_000);
+    assert!(
+        stop_ms >= drain_ms + MARGIN_MS,
+        "TimeoutStopSec={} ({stop_ms} ms) must exceed the example config's drain_ms ({drain_ms} ms) \
+         by at least {MARGIN_MS} ms",
+        stop[0]
+    );
+}
+
+#[test]
+fn vsockproxy_unit_file_limit_covers_the_example_config_caps() {
+    // `vsockproxy run` refuses connection caps the descriptor limit cannot honour (6 per busy
+    // splice connection); `check` says how many the example config needs at its caps.
+    let d = directives(&systemd_dir().join("vsockproxy.service"));
+    let limit: u64 = value(&d, "LimitNOFILE")[0].parse().expect("LimitNOFILE= is a number");
+    let bin = e2e_tests::workspace_bin("vsockproxy");
+    let out = Command::new(&bin)
+        .arg("check")
+        .arg(repo_root().join("proxy/examples/vsockproxy.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let needed: u64 = text
+        .split("up to ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no descriptor count in: {text}"));
+    assert!(limit >= needed, "LimitNOFILE={limit} but the example config needs {needed}: {text}");
+}
+
 #[test]
 fn envoy_unit_uses_host_network_and_etc_envoy() {
     let d = directives(&systemd_dir().join("envoy.service"));

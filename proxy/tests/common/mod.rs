@@ -37,21 +37,40 @@ impl Daemon {
     }
 
     pub fn start_with_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_wrapped(dir, config, env, &[])
+    }
+
+    /// Like [`Daemon::start_with_env`], with the binary started through `wrapper` (a command
+    /// that execs its arguments, e.g. `sh -c 'ulimit -n 512 && exec "$0" "$@"'`). An env value
+    /// of "" removes that variable.
+    pub fn start_wrapped(
+        dir: tempfile::TempDir,
+        config: &str,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Daemon {
         let path = dir.path().join("vsockproxy.toml");
         std::fs::write(&path, config.replace("{dir}", &dir.path().display().to_string())).unwrap();
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         notify.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["run", "--log-format", "json", "--config"])
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.args(["run", "--log-format", "json", "--config"])
             .arg(&path)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn vsockproxy");
+            .envs(env.iter().copied().filter(|(_, v)| !v.is_empty()));
+        for (k, _) in env.iter().filter(|(_, v)| v.is_empty()) {
+            cmd.env_remove(k);
+        }
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn vsockproxy");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = lines.clone();
@@ -180,6 +199,11 @@ impl Daemon {
             .unwrap()
     }
 
+    /// Open file descriptors of the daemon.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap().count()
+    }
+
     /// The value of one metrics series (exact line prefix up to the value).
     pub fn metric(&self, series: &str) -> Option<f64> {
         let (_, body) = http_get(self.admin(), "/metrics");
@@ -194,6 +218,18 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Like [`http_get`], `None` when the connection is refused or reset (e.g. over the admin cap).
+pub fn try_http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok())?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
 }
 
 /// `GET path` over HTTP/1.1; returns (status, body).
