@@ -4,8 +4,13 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] =
-    &["kv_server/v1/get_values.proto", "grpc/health/v1/health.proto", "enclave/v1/attestation.proto"];
+const PROTOS: &[&str] = &[
+    "kv_server/v1/get_values.proto",
+    "kv_server/v2/get_values.proto",
+    "kv_server/v2/keys.proto",
+    "grpc/health/v1/health.proto",
+    "enclave/v1/attestation.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);

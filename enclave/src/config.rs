@@ -22,6 +22,11 @@ pub const DEFAULT_MAX_KEYS_PER_REQUEST: usize = 1_000;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// One day, if commit times are in microseconds (the reference's data CLI default).
 pub const DEFAULT_TOMBSTONE_RETENTION: i64 = 86_400_000_000;
+/// One day.
+pub const DEFAULT_KEY_ROTATION_SECS: u64 = 86_400;
+/// One hour.
+pub const DEFAULT_KEY_GRACE_SECS: u64 = 3_600;
+pub const DEFAULT_MAX_PARTITIONS: usize = 256;
 /// The parent's CID as enclave-init hands it to the application (enclave/init/src/config.rs).
 pub const PARENT_CID_VAR: &str = "ENCLAVE_PARENT_CID";
 
@@ -69,6 +74,20 @@ pub struct ServeArgs {
     /// Largest accepted GetValues request, in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     pub max_request_bytes: Option<usize>,
+    /// Serve plaintext lookups (v1 GetValues, v2 GetValuesHttp): true or false [default: true].
+    /// With false only ObliviousGetValues answers lookups, and the parent sees no key or value.
+    #[arg(long, value_name = "BOOL")]
+    pub plaintext_lookups: Option<bool>,
+    /// Seconds between HPKE key rotations (v2) [default: 86400].
+    #[arg(long, value_name = "SECS")]
+    pub key_rotation_secs: Option<u64>,
+    /// Seconds a rotated-out HPKE key still decrypts requests [default: 3600; at most the
+    /// rotation interval].
+    #[arg(long, value_name = "SECS")]
+    pub key_grace_secs: Option<u64>,
+    /// Most partitions in one v2 request [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_partitions: Option<usize>,
     /// Tombstones older than the newest commit time minus this (in commit-time units) are
     /// removed after each file; records that old are then ignored [default: 86400000000].
     #[arg(long, value_name = "TIME")]
@@ -100,10 +119,42 @@ pub struct FileConfig {
     pub max_request_bytes: Option<usize>,
     pub tombstone_retention: Option<i64>,
     pub log_format: Option<String>,
+    pub plaintext_lookups: Option<bool>,
+    /// `[v2]`: HPKE keys and limits of the v2 API.
+    pub v2: Option<V2FileConfig>,
     /// `[aws]`: S3 data source, egress proxy, SSM parameters.
     pub aws: Option<crate::s3::AwsFileConfig>,
     /// `[otlp]`: metrics, spans and logs to the collector.
     pub otlp: Option<crate::telemetry::OtlpFileConfig>,
+}
+
+/// `[v2]` in the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct V2FileConfig {
+    pub key_rotation_secs: Option<u64>,
+    pub key_grace_secs: Option<u64>,
+    pub max_partitions: Option<usize>,
+}
+
+/// The checked v2 settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V2Config {
+    /// A new HPKE key pair every this long.
+    pub key_rotation: Duration,
+    /// How long the previous key pair keeps decrypting after a rotation.
+    pub key_grace: Duration,
+    pub max_partitions: usize,
+}
+
+impl Default for V2Config {
+    fn default() -> Self {
+        V2Config {
+            key_rotation: Duration::from_secs(DEFAULT_KEY_ROTATION_SECS),
+            key_grace: Duration::from_secs(DEFAULT_KEY_GRACE_SECS),
+            max_partitions: DEFAULT_MAX_PARTITIONS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +192,9 @@ pub struct Config {
     pub source: DataSourceConfig,
     pub poll_interval: Duration,
     pub limits: Limits,
+    /// Whether v1 GetValues and v2 GetValuesHttp answer (false: only encrypted lookups).
+    pub plaintext_lookups: bool,
+    pub v2: V2Config,
     pub tombstone_retention: i64,
     pub log_format: LogFormat,
     pub initial_load_delay: Duration,
@@ -301,11 +355,48 @@ impl ServeArgs {
                 ));
             }
         };
+        let plaintext_lookups = self.plaintext_lookups.or(file.plaintext_lookups).unwrap_or(true);
+        let v2_file = file.v2.unwrap_or_default();
+        let v2_origin = |flag: &str, key: &str, from_flag: bool| match (&self.config, from_flag) {
+            (Some(path), false) => format!("{} key `v2.{key}`", path.display()),
+            _ => format!("--{flag}"),
+        };
+        let rotation =
+            self.key_rotation_secs.or(v2_file.key_rotation_secs).unwrap_or(DEFAULT_KEY_ROTATION_SECS);
+        if !(1..=31_536_000).contains(&rotation) {
+            return Err(invalid(
+                v2_origin("key-rotation-secs", "key_rotation_secs", self.key_rotation_secs.is_some()),
+                format!("{rotation} is outside 1..=31536000 seconds"),
+            ));
+        }
+        let grace =
+            self.key_grace_secs.or(v2_file.key_grace_secs).unwrap_or(DEFAULT_KEY_GRACE_SECS.min(rotation));
+        if grace > rotation {
+            return Err(invalid(
+                v2_origin("key-grace-secs", "key_grace_secs", self.key_grace_secs.is_some()),
+                format!(
+                    "{grace} is longer than the rotation interval ({rotation} s): one previous key is kept"
+                ),
+            ));
+        }
+        let max_partitions = self.max_partitions.or(v2_file.max_partitions).unwrap_or(DEFAULT_MAX_PARTITIONS);
+        if !(1..=100_000).contains(&max_partitions) {
+            return Err(invalid(
+                v2_origin("max-partitions", "max_partitions", self.max_partitions.is_some()),
+                format!("{max_partitions} is outside 1..=100000"),
+            ));
+        }
         Ok(Config {
             listen,
             source,
             poll_interval: Duration::from_millis(poll_ms),
             limits: Limits { max_keys_per_request: max_keys, max_request_bytes: max_bytes },
+            plaintext_lookups,
+            v2: V2Config {
+                key_rotation: Duration::from_secs(rotation),
+                key_grace: Duration::from_secs(grace),
+                max_partitions,
+            },
             tombstone_retention: retention,
             log_format,
             initial_load_delay: Duration::from_millis(self.test_initial_load_delay_ms.unwrap_or(0)),
@@ -357,6 +448,57 @@ mod tests {
         assert_eq!(config.source, DataSourceConfig::Sample);
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.poll_interval, Duration::from_secs(1));
+        assert!(config.plaintext_lookups, "plaintext lookups stay on by default (compatibility)");
+        assert_eq!(config.v2, V2Config::default());
+        assert_eq!(config.v2.key_rotation, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn plaintext_and_v2_settings_from_flags_and_file() {
+        let config = args(&["--sample-data", "--plaintext-lookups", "false", "--max-partitions", "3"])
+            .resolve()
+            .unwrap();
+        assert!(!config.plaintext_lookups);
+        assert_eq!(config.v2.max_partitions, 3);
+        let config = args(&["--sample-data", "--key-rotation-secs", "60"]).resolve().unwrap();
+        assert_eq!(
+            config.v2.key_grace,
+            Duration::from_secs(60),
+            "the default grace is capped by the rotation"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.toml");
+        std::fs::write(
+            &path,
+            "sample_data = true\nplaintext_lookups = false\n[v2]\nkey_rotation_secs = 600\nkey_grace_secs = 30\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let config = args(&["--config", p]).resolve().unwrap();
+        assert!(!config.plaintext_lookups);
+        assert_eq!(config.v2.key_rotation, Duration::from_secs(600));
+        assert_eq!(config.v2.key_grace, Duration::from_secs(30));
+        let config = args(&["--config", p, "--plaintext-lookups", "true"]).resolve().unwrap();
+        assert!(config.plaintext_lookups, "the flag wins over the file");
+
+        std::fs::write(&path, "sample_data = true\n[v2]\nkey_rotation_secs = 10\nkey_grace_secs = 20\n")
+            .unwrap();
+        let err = args(&["--config", p]).resolve().unwrap_err().to_string();
+        assert!(err.contains("kv.toml key `v2.key_grace_secs`") && err.contains("longer than"), "{err}");
+        std::fs::write(&path, "sample_data = true\n[v2]\nkeys = 1\n").unwrap();
+        let err = args(&["--config", p]).resolve().unwrap_err().to_string();
+        assert!(err.contains("kv.toml") && err.contains("keys"), "unknown [v2] keys are refused: {err}");
+        std::fs::write(&path, "sample_data = true\nplaintext_lookups = \"no\"\n").unwrap();
+        assert!(args(&["--config", p]).resolve().is_err());
+    }
+
+    #[test]
+    fn the_local_enclave_config_keeps_plaintext_lookups() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/enclave-local.toml");
+        let config =
+            args(&["--config", path]).resolve_with_parent_cid(None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.plaintext_lookups);
     }
 
     #[test]
@@ -368,6 +510,12 @@ mod tests {
             (&["--sample-data", "--max-request-bytes", "10"][..], "--max-request-bytes"),
             (&["--sample-data", "--poll-interval-ms", "0"][..], "--poll-interval-ms"),
             (&["--sample-data", "--log-format", "xml"][..], "--log-format"),
+            (&["--sample-data", "--key-rotation-secs", "0"][..], "--key-rotation-secs"),
+            (
+                &["--sample-data", "--key-rotation-secs", "60", "--key-grace-secs", "61"][..],
+                "--key-grace-secs",
+            ),
+            (&["--sample-data", "--max-partitions", "0"][..], "--max-partitions"),
             (&["--data-dir", "/nonexistent/kv-core-test"][..], "--data-dir"),
             (&[][..], "data source"),
         ] {
@@ -389,6 +537,7 @@ mod tests {
         let otlp = config.otlp.as_ref().expect("[otlp] is set");
         assert_eq!(otlp.endpoint.to_string(), "vsock://3:4317");
         assert_eq!(otlp.log_level, Some(tracing::Level::INFO));
+        assert!(!config.plaintext_lookups, "the enclave's reference config serves encrypted lookups only");
         // Under QEMU's nitro-enclave machine enclave-init hands over CID 2.
         let config = args(&["--config", path]).resolve_with_parent_cid(Some(OsStr::new("2"))).unwrap();
         let dialled: Vec<String> =

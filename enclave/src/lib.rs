@@ -11,8 +11,10 @@
 //! | [`loader`] | which files to load, in which order; rejection of bad files |
 //! | [`store`] | the in-memory map: newest commit time wins, tombstones |
 //! | [`query`] | `kv_server.v1.KeyValueService/GetValues` |
+//! | [`v2`] | `kv_server.v2.KeyValueService` (plaintext JSON and HPKE-encrypted lookups), `kv_server.v2.KeyService` |
+//! | [`keys`] | the enclave's HPKE key pairs: generated in-process, rotated, never exported |
 //! | [`health`] | `grpc.health.v1.Health` with the named load-balancer and autoscaler statuses |
-//! | [`attestation`] | `enclave.v1.Attestation`, documents from `/dev/nsm` only |
+//! | [`attestation`] | documents from `/dev/nsm` only, never over a caller's key; `enclave.v1.Attestation` |
 //! | [`telemetry`] | OTLP metrics and spans to the collector on the parent (off unless configured) |
 //! | [`server`] | `run(listener, app, shutdown)`: every service on one listener |
 #![forbid(unsafe_code)]
@@ -22,6 +24,7 @@ pub mod config;
 pub mod data;
 pub mod egress;
 pub mod health;
+pub mod keys;
 pub mod loader;
 pub mod query;
 pub mod s3;
@@ -31,12 +34,19 @@ pub mod source;
 pub mod ssm;
 pub mod store;
 pub mod telemetry;
+pub mod v2;
+
+/// The protocol crate, for the tests and tools that speak v2 through this crate.
+pub use kv_protocol;
 
 /// Code generated from `proto/` at the repository root (see `build.rs`).
 pub mod proto {
     pub mod kv_server {
         pub mod v1 {
             tonic::include_proto!("kv_server.v1");
+        }
+        pub mod v2 {
+            tonic::include_proto!("kv_server.v2");
         }
     }
     pub mod grpc {

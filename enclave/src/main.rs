@@ -101,7 +101,18 @@ async fn serve(
 
     let mut data = spawn_data_source(&config, store.clone(), health.clone(), loader_metrics, stopped.clone());
     let mut data_done = false;
-    let app = App { store, health, limits: config.limits };
+    let keys = Arc::new(kv_server::keys::KeyManager::new(&config.v2)?);
+    tokio::spawn(keys.clone().run(stopped()));
+    tracing::info!(plaintext_lookups = config.plaintext_lookups, "lookups");
+    let app = App {
+        store,
+        health,
+        limits: config.limits,
+        plaintext_lookups: config.plaintext_lookups,
+        v2: config.v2,
+        keys,
+        attester: Arc::new(kv_server::attestation::Nsm),
+    };
     let mut server = tokio::spawn(server::run(listener, app, stopped()));
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

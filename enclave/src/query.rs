@@ -32,11 +32,17 @@ const CODE_NOT_FOUND: i32 = 5;
 pub struct QueryService {
     store: Arc<Store>,
     limits: Limits,
+    plaintext_lookups: bool,
 }
 
 impl QueryService {
     pub fn new(store: Arc<Store>, limits: Limits) -> QueryService {
-        QueryService { store, limits }
+        QueryService { store, limits, plaintext_lookups: true }
+    }
+
+    /// With `false`, GetValues answers FAILED_PRECONDITION ([`crate::v2::PLAINTEXT_DISABLED`]).
+    pub fn with_plaintext_lookups(self, enabled: bool) -> QueryService {
+        QueryService { plaintext_lookups: enabled, ..self }
     }
 
     /// The tonic service, with a hard decoding cap well above the configured request limit so
@@ -104,7 +110,11 @@ impl KeyValueService for QueryService {
         request: Request<GetValuesRequest>,
     ) -> Result<Response<GetValuesResponse>, Status> {
         let started = crate::telemetry::request_started();
-        let result = self.answer(request.get_ref());
+        let result = if self.plaintext_lookups {
+            self.answer(request.get_ref())
+        } else {
+            Err(Status::failed_precondition(crate::v2::PLAINTEXT_DISABLED))
+        };
         crate::telemetry::record_get_values(started, request.metadata(), &result, |s| s.code() as i32);
         result.map(Response::new)
     }
@@ -236,6 +246,15 @@ mod tests {
 
     fn string_value(s: &str) -> Value {
         Value { kind: Some(Kind::StringValue(s.into())) }
+    }
+
+    #[tokio::test]
+    async fn plaintext_lookups_off_refuses_get_values() {
+        let svc = service(Limits::default()).with_plaintext_lookups(false);
+        let request = Request::new(GetValuesRequest { keys: vec!["a".into()], ..Default::default() });
+        let err = svc.get_values(request).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains("plaintext_lookups = false"), "{}", err.message());
     }
 
     #[test]

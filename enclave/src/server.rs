@@ -1,4 +1,4 @@
-//! The gRPC server: query API, health, attestation and reflection on one listener.
+//! The gRPC server: query API (v1, v2), keys, health, attestation and reflection on one listener.
 
 use std::io;
 use std::pin::Pin;
@@ -12,11 +12,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::Connected;
 use transport::{Listener, Stream};
 
-use crate::attestation::AttestationService;
-use crate::config::Limits;
+use crate::attestation::{AttestationService, Attester};
+use crate::config::{Limits, V2Config};
 use crate::health::Health;
+use crate::keys::KeyManager;
 use crate::query::QueryService;
 use crate::store::Store;
+use crate::v2::{KeyEndpoint, V2Service};
 
 /// Connections served at once; further clients wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -37,6 +39,13 @@ pub struct App {
     pub store: Arc<Store>,
     pub health: Arc<Health>,
     pub limits: Limits,
+    /// v1 GetValues and v2 GetValuesHttp answer only when true.
+    pub plaintext_lookups: bool,
+    pub v2: V2Config,
+    /// The enclave's HPKE keys (v2).
+    pub keys: Arc<KeyManager>,
+    /// Where attestation documents come from (the NSM).
+    pub attester: Arc<dyn Attester>,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, marks health NOT_SERVING, ends Watch
@@ -76,9 +85,18 @@ pub async fn run(
     };
 
     tonic::transport::Server::builder()
-        .add_service(QueryService::new(app.store.clone(), app.limits).into_service())
+        .add_service(
+            QueryService::new(app.store.clone(), app.limits)
+                .with_plaintext_lookups(app.plaintext_lookups)
+                .into_service(),
+        )
+        .add_service(
+            V2Service::new(app.store.clone(), app.limits, &app.v2, app.keys.clone(), app.plaintext_lookups)
+                .into_service(),
+        )
+        .add_service(KeyEndpoint::new(app.keys.clone(), app.attester.clone()).into_service())
         .add_service(app.health.clone().into_service())
-        .add_service(AttestationService.into_service())
+        .add_service(AttestationService::new(app.attester.clone()).into_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, drain)

@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{BIN, Server};
 use futures::StreamExt;
 use kv_server::proto::enclave::v1::GetAttestationDocumentRequest;
 use kv_server::proto::enclave::v1::attestation_client::AttestationClient;
@@ -20,73 +19,9 @@ use kv_server::proto::kv_server::v1::key_value_service_client::KeyValueServiceCl
 use kv_server::proto::kv_server::v1::v1_single_lookup_result::SingleLookupResult;
 use kv_server::proto::kv_server::v1::{GetValuesRequest, GetValuesResponse, V1SingleLookupResult};
 use prost_types::value::Kind;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// A running kv-server; killed on drop. Its stderr (the logs) is collected.
-struct Server {
-    child: Child,
-    endpoint: String,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start kv-server");
-        let logs = common::capture_stderr(&mut child);
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-        let endpoint = first
-            .trim()
-            .strip_prefix("kv-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}; logs: {:?}", logs.lock().unwrap()))
-            .to_string();
-        Server { child, endpoint, logs }
-    }
-
-    fn tcp(args: &[&str]) -> Server {
-        let mut all = vec!["--listen", "tcp://127.0.0.1:0"];
-        all.extend_from_slice(args);
-        Server::start(&all)
-    }
-
-    async fn channel(&self) -> Channel {
-        if let Some(path) = self.endpoint.strip_prefix("unix://") {
-            let path = path.to_string();
-            return Endpoint::from_static("http://kv-server.invalid")
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        let stream = tokio::net::UnixStream::connect(path).await?;
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                    }
-                }))
-                .await
-                .expect("connect over the Unix socket");
-        }
-        let address = self.endpoint.replace("tcp://", "http://");
-        Endpoint::from_shared(address).unwrap().connect().await.expect("connect over TCP")
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn string(s: &str) -> Option<SingleLookupResult> {
     Some(SingleLookupResult::Value(prost_types::Value { kind: Some(Kind::StringValue(s.into())) }))
@@ -268,8 +203,8 @@ async fn attestation_without_nsm_fails_with_failed_precondition() {
     let err = client
         .get_attestation_document(GetAttestationDocumentRequest {
             nonce: b"nonce".to_vec(),
-            public_key: Vec::new(),
             user_data: b"data".to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -538,8 +538,7 @@ async fn a_refused_ssm_call_is_retried_while_health_and_attestation_answer() {
         let err = AttestationClient::new(channel)
             .get_attestation_document(GetAttestationDocumentRequest {
                 nonce: b"nonce".to_vec(),
-                public_key: Vec::new(),
-                user_data: Vec::new(),
+                ..Default::default()
             })
             .await
             .unwrap_err();

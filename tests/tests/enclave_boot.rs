@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use e2e_tests::enclave::{Moto, Runner, TestImage, build_dist, build_test_eif, qemu_available};
 use e2e_tests::{Envoy, Proc, free_port, http_get, repo_root, run_vsockproxy, wait_until, workspace_bin};
+use kv_client::verify::{Expectations, SignatureCheck, VerifyOptions, verify_attestation};
 use kv_server::proto::enclave::v1::GetAttestationDocumentRequest;
 use kv_server::proto::enclave::v1::attestation_client::AttestationClient;
 use kv_server::proto::grpc::health::v1::HealthCheckRequest;
@@ -85,6 +86,11 @@ fn cose_payload(document: &[u8]) -> Vec<u8> {
     }
 }
 
+/// A test image with kv-server's `config`, no extra environment, and `init_args` for enclave-init.
+fn image_with(dir: &Path, config: &str, init_args: Option<&str>) -> std::path::PathBuf {
+    build_test_eif(&dir.join("image"), &TestImage { config, env: &[], init_args })
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -146,6 +152,16 @@ fn dist_is_reproducible_and_its_image_boots_and_attests_the_manifest_pcrs() {
             .into_inner()
             .document
     });
+    // kv-client's verifier accepts it against the manifest and the nonce; the emulated NSM signs
+    // nothing (a dummy chain and signature), so only with the loudly named insecure option.
+    let expect = Expectations::from_manifest(&a.join("aws/manifest.json"), nonce.clone()).unwrap();
+    let verified = verify_attestation(&document, &expect, &VerifyOptions::insecure_skip_chain())
+        .unwrap_or_else(|e| panic!("kv-client refuses the emulated NSM's document: {e}"));
+    assert_eq!(verified.signature, SignatureCheck::AbsentEmulatedNsm);
+    assert!(
+        verify_attestation(&document, &expect, &VerifyOptions::default()).is_err(),
+        "no chain: refused by default"
+    );
     let doc = aws_nitro_enclaves_nsm_api::api::AttestationDoc::from_binary(&cose_payload(&document))
         .expect("the COSE payload is an attestation document");
     assert_eq!(doc.nonce.as_ref().map(|n| n.to_vec()), Some(nonce.clone()), "the caller's nonce");
@@ -318,14 +334,8 @@ fn an_app_that_exits_is_reported_and_the_supervisor_exits_for_a_restart() {
     }
     let dir = tempfile::tempdir().unwrap();
     // A config kv-server refuses (unknown key): it exits 2 right after the boot.
-    let eif = build_test_eif(
-        &dir.path().join("image"),
-        &TestImage {
-            config: "listen = \"vsock://any:50051\"\nsample_data = true\nno_such_key = 1\n",
-            env: &[],
-            init_args: None,
-        },
-    );
+    let eif =
+        image_with(dir.path(), "listen = \"vsock://any:50051\"\nsample_data = true\nno_such_key = 1\n", None);
     let state = dir.path().join("state");
     let runner = Runner::new(&state);
     let mut cmd = runner.with_env(std::process::Command::new(repo_root().join("systemd/nitro-enclave-run")));
@@ -361,10 +371,7 @@ fn a_corrupt_eif_is_refused_before_anything_starts() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let eif = build_test_eif(
-        &dir.path().join("image"),
-        &TestImage { config: "sample_data = true\n", env: &[], init_args: None },
-    );
+    let eif = image_with(dir.path(), "sample_data = true\n", None);
     let mut bytes = std::fs::read(&eif).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
@@ -387,13 +394,10 @@ fn a_boot_without_heartbeat_fails_with_the_console_lines() {
     }
     let dir = tempfile::tempdir().unwrap();
     // enclave-init told to skip the heartbeat: the kernel boots, the runner hears nothing.
-    let eif = build_test_eif(
-        &dir.path().join("image"),
-        &TestImage {
-            config: "listen = \"vsock://any:50051\"\nsample_data = true\n",
-            env: &[],
-            init_args: Some("--no-heartbeat"),
-        },
+    let eif = image_with(
+        dir.path(),
+        "listen = \"vsock://any:50051\"\nsample_data = true\n",
+        Some("--no-heartbeat"),
     );
     let runner = Runner::new(&dir.path().join("state"));
     let out = runner.run_enclave(&eif, "silent", &dir.path().join("vm.vsock"), 40);

@@ -91,7 +91,16 @@ fn transcoder_settings_are_the_documented_ones() {
     assert_eq!(t["request_validation_options"]["reject_unknown_method"].as_bool(), Some(true));
     let mut svc = named_services();
     svc.sort();
-    assert_eq!(svc, ["enclave.v1.Attestation", "grpc.health.v1.Health", "kv_server.v1.KeyValueService"]);
+    assert_eq!(
+        svc,
+        [
+            "enclave.v1.Attestation",
+            "grpc.health.v1.Health",
+            "kv_server.v1.KeyValueService",
+            "kv_server.v2.KeyService",
+            "kv_server.v2.KeyValueService"
+        ]
+    );
 }
 
 #[test]
@@ -110,8 +119,46 @@ fn descriptor_set_contains_every_service_envoy_names_and_each_has_a_route() {
     }
     // The transcoder resolves HTTP rules through these imports: the set must carry them.
     let files: BTreeSet<&str> = set.file.iter().map(|f| f.name()).collect();
-    for f in ["google/api/annotations.proto", "google/api/http.proto", "google/protobuf/struct.proto"] {
+    for f in [
+        "google/api/annotations.proto",
+        "google/api/http.proto",
+        "google/api/httpbody.proto",
+        "google/protobuf/struct.proto",
+    ] {
         assert!(files.contains(f), "descriptor set lacks import {f}: {files:?}");
+    }
+}
+
+/// The v2 methods take and return google.api.HttpBody (what lets envoy carry ciphertext without
+/// looking into it), and their HTTP rules are the reference's routes (POST /v2/getvalues, POST
+/// /v2/oblivious_getvalues, body `raw_body`) plus GET /v2/keys.
+#[test]
+fn v2_methods_pass_http_bodies_on_the_reference_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = generate_descriptor_set(dir.path());
+    let set = decode(&path);
+    let method = |service: &str, name: &str| {
+        set.file
+            .iter()
+            .filter(|f| f.package() == "kv_server.v2")
+            .flat_map(|f| f.service.iter())
+            .filter(|s| s.name() == service)
+            .flat_map(|s| s.method.iter())
+            .find(|m| m.name() == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("kv_server.v2.{service}/{name} missing"))
+    };
+    for (service, name) in [
+        ("KeyValueService", "GetValuesHttp"),
+        ("KeyValueService", "ObliviousGetValues"),
+        ("KeyService", "GetPublicKeys"),
+    ] {
+        assert_eq!(method(service, name).output_type(), ".google.api.HttpBody", "{name}");
+    }
+    // The google.api.http options are extensions prost_types does not decode: look at the bytes.
+    let raw = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).to_string();
+    for route in ["/v2/getvalues", "/v2/oblivious_getvalues", "/v2/keys", "raw_body"] {
+        assert!(raw.contains(route), "{route} not in the descriptor set's HTTP rules");
     }
 }
 

@@ -42,6 +42,7 @@ use crate::config::ConfigError;
 use crate::loader::LoaderMetrics;
 use crate::store::Store;
 
+pub mod counters;
 pub mod histogram;
 pub mod logs;
 mod wire;
@@ -716,6 +717,27 @@ fn metrics_request(
         point(vec![str_attr("signal", "logs")], start_ns, now, int(load(&m.log_exports_failed))),
     ];
     let initial_load_ms = load(&loader.initial_load_ms);
+    let v2_requests: Vec<_> = counters::V2Method::ALL
+        .iter()
+        .map(|m| point(vec![str_attr("rpc.method", m.name())], start_ns, now, int(counters::v2_requests(*m))))
+        .collect();
+    let v2_errors: Vec<_> = counters::V2Method::ALL
+        .iter()
+        .flat_map(|m| counters::V2Error::ALL.iter().map(move |r| (*m, *r)))
+        .filter_map(|(m, r)| {
+            let n = counters::v2_errors(m, r);
+            (n > 0).then(|| {
+                let attributes = vec![str_attr("rpc.method", m.name()), str_attr("reason", r.label())];
+                point(attributes, start_ns, now, int(n))
+            })
+        })
+        .collect();
+    let refused: Vec<_> = counters::AttestationRefusal::ALL
+        .iter()
+        .map(|r| {
+            point(vec![str_attr("reason", r.label())], start_ns, now, int(counters::attestation_refusals(*r)))
+        })
+        .collect();
     let metrics = vec![
         counter("kv_server.requests", "GetValues calls by gRPC status code", "{request}", requests),
         counter(
@@ -729,6 +751,24 @@ fn metrics_request(
             "Keys answered with NOT_FOUND",
             "{key}",
             single(load(&m.keys_not_found)),
+        ),
+        counter(
+            "kv_server.v2.requests",
+            "v2 calls (and key endpoint calls) by method",
+            "{request}",
+            v2_requests,
+        ),
+        counter(
+            "kv_server.v2.errors",
+            "v2 calls refused, by method and reason (oblivious: decryption and later reasons in aggregate only)",
+            "{request}",
+            v2_errors,
+        ),
+        counter(
+            "kv_server.attestation.refused",
+            "GetAttestationDocument requests refused (a caller's public key, an oversized field)",
+            "{request}",
+            refused,
         ),
         histogram(
             "kv_server.request.duration",

@@ -1,0 +1,4 @@
+//! Shared by the integration tests; each test binary uses part of it.
+#![allow(dead_code)]
+
+pub mod test_nsm_signer;
