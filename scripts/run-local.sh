@@ -87,7 +87,8 @@ cleanup() {
   trap - INT TERM
   # The enclave first: its QEMU and vsock backend belong to enclave-runner's monitor.
   if ((${#runner[@]})); then
-    if "${runner[@]}" describe-enclaves 2>/dev/null | grep -q EnclaveName; then
+    # (Not `| grep -q`: under pipefail its early exit would fail the pipeline.)
+    if [[ $("${runner[@]}" describe-enclaves 2>/dev/null) == *EnclaveName* ]]; then
       log "terminating the enclave"
       "${runner[@]}" terminate-enclave --all >/dev/null 2>&1 || log "terminate-enclave failed"
     fi

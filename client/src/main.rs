@@ -1,4 +1,4 @@
-//! kv-client: verifies a nitro-kv enclave's attestation document (more verbs to come).
+//! kv-client: verifies a nitro-kv enclave's attestation document and makes encrypted v2 lookups.
 
 #![forbid(unsafe_code)]
 

@@ -1,8 +1,11 @@
 //! The `kv-client` command: its arguments, one module per verb, and the exit codes.
 //!
-//! Exit codes: 0 the verb succeeded; 1 the document (or, later, the answer) was refused, with
-//! the reason on stderr; 2 bad usage: a bad flag, an unreadable file, a bad manifest.
+//! Exit codes: 0 the verb succeeded; 1 the document, the key set or the answer was refused, or
+//! the server could not be reached or answered an error, with the reason on stderr; 2 bad usage:
+//! a bad flag, an unreadable file, a bad manifest.
 
+pub mod get;
+pub mod keys;
 pub mod verify_attestation;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +26,11 @@ pub struct Cli {
 pub enum Command {
     /// Verify an enclave's attestation document and print a JSON summary.
     VerifyAttestation(verify_attestation::Args),
+    /// Fetch the server's HPKE key set (GET /v2/keys), check its digest and, with --manifest,
+    /// its attestation document; print JSON.
+    Keys(keys::Args),
+    /// An encrypted v2 lookup through envoy (POST /v2/oblivious_getvalues); print the answer as JSON.
+    Get(get::Args),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +46,10 @@ pub enum CliError {
     /// The document was refused.
     #[error("attestation document refused: {0}")]
     Verify(#[from] VerifyError),
+    /// A v2 call failed; the message names the side (the URL, the server's status, the key
+    /// set, the attestation, decryption, a CBOR field).
+    #[error(transparent)]
+    V2(#[from] crate::v2::V2Error),
     /// stdout or stderr failed.
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
@@ -46,7 +58,8 @@ pub enum CliError {
 impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            CliError::Verify(_) | CliError::Output(_) => ExitCode::from(1),
+            CliError::V2(crate::v2::V2Error::Url { .. }) => ExitCode::from(2),
+            CliError::Verify(_) | CliError::V2(_) | CliError::Output(_) => ExitCode::from(1),
             CliError::Usage { .. } | CliError::Read { .. } | CliError::Manifest(_) => ExitCode::from(2),
         }
     }
@@ -56,6 +69,8 @@ impl CliError {
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CliError> {
     match cli.command {
         Command::VerifyAttestation(args) => verify_attestation::run(&args, out, err),
+        Command::Keys(args) => keys::run(&args, out, err),
+        Command::Get(args) => get::run(&args, out, err),
     }
 }
 
