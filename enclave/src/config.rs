@@ -22,6 +22,8 @@ pub const DEFAULT_MAX_KEYS_PER_REQUEST: usize = 1_000;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// One day, if commit times are in microseconds (the reference's data CLI default).
 pub const DEFAULT_TOMBSTONE_RETENTION: i64 = 86_400_000_000;
+/// One hour in microseconds: how far ahead of the enclave's clock a commit time may be.
+pub const DEFAULT_MAX_COMMIT_TIME_AHEAD: i64 = 3_600_000_000;
 /// One day.
 pub const DEFAULT_KEY_ROTATION_SECS: u64 = 86_400;
 /// One hour.
@@ -92,6 +94,10 @@ pub struct ServeArgs {
     /// removed after each file; records that old are then ignored [default: 86400000000].
     #[arg(long, value_name = "TIME")]
     pub tombstone_retention: Option<i64>,
+    /// A data file with a commit time (or a name) more than this ahead of the enclave's clock, in
+    /// microseconds, is rejected whole [default: 3600000000].
+    #[arg(long, value_name = "TIME")]
+    pub max_commit_time_ahead: Option<i64>,
     /// Log format: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -118,6 +124,7 @@ pub struct FileConfig {
     pub max_keys_per_request: Option<usize>,
     pub max_request_bytes: Option<usize>,
     pub tombstone_retention: Option<i64>,
+    pub max_commit_time_ahead: Option<i64>,
     pub log_format: Option<String>,
     pub plaintext_lookups: Option<bool>,
     /// `[v2]`: HPKE keys and limits of the v2 API.
@@ -196,6 +203,8 @@ pub struct Config {
     pub plaintext_lookups: bool,
     pub v2: V2Config,
     pub tombstone_retention: i64,
+    /// In commit-time units (microseconds).
+    pub max_commit_time_ahead: i64,
     pub log_format: LogFormat,
     pub initial_load_delay: Duration,
     /// `None`: no OTLP export.
@@ -345,6 +354,20 @@ impl ServeArgs {
                 format!("{retention} is negative"),
             ));
         }
+        let ahead = self
+            .max_commit_time_ahead
+            .or(file.max_commit_time_ahead)
+            .unwrap_or(DEFAULT_MAX_COMMIT_TIME_AHEAD);
+        if ahead < 0 {
+            return Err(invalid(
+                origin(
+                    "max-commit-time-ahead",
+                    "max_commit_time_ahead",
+                    self.max_commit_time_ahead.is_some(),
+                ),
+                format!("{ahead} is negative"),
+            ));
+        }
         let log_format = match self.log_format.clone().or(file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -398,6 +421,7 @@ impl ServeArgs {
                 max_partitions,
             },
             tombstone_retention: retention,
+            max_commit_time_ahead: ahead,
             log_format,
             initial_load_delay: Duration::from_millis(self.test_initial_load_delay_ms.unwrap_or(0)),
             otlp,
@@ -516,6 +540,7 @@ mod tests {
                 "--key-grace-secs",
             ),
             (&["--sample-data", "--max-partitions", "0"][..], "--max-partitions"),
+            (&["--sample-data", "--max-commit-time-ahead=-1"][..], "--max-commit-time-ahead"),
             (&["--data-dir", "/nonexistent/kv-core-test"][..], "--data-dir"),
             (&[][..], "data source"),
         ] {

@@ -9,7 +9,9 @@
 //! A file is parsed completely before anything is applied, so a file that fails to parse is
 //! rejected whole: nothing of it is applied, what was loaded stays served, the rejection is logged
 //! with the parser's message (file, record number, reason) and counted, and the file is not
-//! retried (a fixed file gets a new name). A source failure (listing or reading) is retried at the
+//! retried (a fixed file gets a new name). A file with a commit time (or a name) more than
+//! `max_commit_time_ahead` ahead of the enclave's clock is rejected the same way, and the
+//! tombstone floor never follows commit times past that clock. A source failure (listing or reading) is retried at the
 //! next poll. New files are found by polling at `poll_interval`: it works the same for a local
 //! directory, a bind mount and S3, costs one directory listing per interval, and needs no inotify
 //! (which does not see changes made on the other side of a shared mount).
@@ -88,8 +90,20 @@ pub enum LoadError {
 pub struct LoaderConfig {
     pub poll_interval: Duration,
     pub tombstone_retention: i64,
+    /// How far ahead of [`LoaderConfig::clock`] a commit time (or a file name's logical time) may
+    /// be, in commit-time units; a file with anything further ahead is rejected whole.
+    pub max_commit_time_ahead: i64,
+    /// The trusted clock, in commit-time units: [`unix_micros`] outside tests.
+    pub clock: fn() -> i64,
     /// Test hook: a pause before the initial load.
     pub initial_load_delay: Duration,
+}
+
+/// Microseconds since the Unix epoch by the enclave's own clock (the hypervisor's, not the
+/// parent's), the unit the reference data CLI writes commit times in.
+pub fn unix_micros() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
 }
 
 pub struct Loader<S: Source> {
@@ -222,6 +236,19 @@ impl<S: Source> Loader<S> {
     async fn load_file(&mut self, name: DataFileName) -> Result<FileOutcome, SourceError> {
         let full = full_name(&name);
         let started = Instant::now();
+        let limit = (self.config.clock)().saturating_add(self.config.max_commit_time_ahead);
+        if i128::from(name.logical_time) > i128::from(limit) {
+            // Not fetched, and not made the newest of its prefix: that would hide every later file.
+            let rejected = self.metrics.files_rejected.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::error!(
+                file = %full,
+                files_rejected_total = rejected,
+                "data file rejected: its name's logical time is further ahead of the enclave's clock than \
+                 max_commit_time_ahead allows"
+            );
+            self.handled.insert(name, FileOutcome::Rejected);
+            return Ok(FileOutcome::Rejected);
+        }
         let bytes = self.source.fetch(&full).await?;
         let size = bytes.len();
         let store = self.store.clone();
@@ -230,11 +257,16 @@ impl<S: Source> Loader<S> {
         let result = tokio::task::spawn_blocking(move || -> Result<_, data::DataError> {
             let records = data::parse_file(&file, &bytes)?;
             drop(bytes);
+            check_commit_times(&file, &records, limit)?;
             let count = records.len();
             Ok((count, store.apply(records)))
         })
         .await
-        .map_err(|e| LoadError::Task { file: full.clone(), reason: e.to_string() })
+        .map_err(|e| {
+            // Not the panic's message: it could quote what the file held.
+            let reason = if e.is_panic() { "the parse panicked" } else { "the parse was cancelled" };
+            LoadError::Task { file: full.clone(), reason: reason.into() }
+        })
         .and_then(|r| r.map_err(LoadError::from));
         self.metrics.file_load_duration.record(started.elapsed());
         let newest = self.newest.entry(name.prefix.clone()).or_insert_with(|| name.clone());
@@ -275,8 +307,11 @@ impl<S: Source> Loader<S> {
         Ok(outcome)
     }
 
+    /// Removes tombstones older than the retention. Measured from the newest commit time applied,
+    /// but never from past the trusted clock: a record ahead of the clock (within the allowed lead)
+    /// must not raise the floor below which every key's records are ignored.
     fn cleanup(&self) -> u64 {
-        let newest = self.store.max_commit_time();
+        let newest = self.store.max_commit_time().min((self.config.clock)());
         let cutoff = newest.saturating_sub(self.config.tombstone_retention);
         if newest == i64::MIN || cutoff <= self.store.cleanup_floor() {
             return 0;
@@ -284,6 +319,21 @@ impl<S: Source> Loader<S> {
         let removed = self.store.cleanup_tombstones(cutoff);
         self.metrics.tombstones_removed.fetch_add(removed, Ordering::Relaxed);
         removed
+    }
+}
+
+/// Rejects a file holding a commit time above `limit` (the trusted clock plus the allowed
+/// lead): one such record would otherwise make every later record of its key stale, and used to
+/// raise the tombstone floor for every key. The error names the record, never the value.
+fn check_commit_times(file: &str, records: &[data::Record], limit: i64) -> Result<(), data::DataError> {
+    match records.iter().position(|r| r.logical_commit_time > limit) {
+        None => Ok(()),
+        Some(i) => Err(data::DataError::record(
+            file,
+            i as u64 + 1,
+            "logical_commit_time is further ahead of the enclave's clock than max_commit_time_ahead allows \
+             (commit times are microseconds since the Unix epoch)",
+        )),
     }
 }
 
@@ -318,6 +368,10 @@ mod tests {
         }
     }
 
+    /// The tests' clock and bound, in commit-time units.
+    const NOW: i64 = 1_000_000;
+    const AHEAD: i64 = 1_000;
+
     const HEADER: &str = "key,mutation_type,logical_commit_time,value,value_type\n";
 
     fn put(source: &MemorySource, name: &str, rows: &str) {
@@ -330,6 +384,8 @@ mod tests {
         let config = LoaderConfig {
             poll_interval: Duration::from_millis(10),
             tombstone_retention: 100,
+            max_commit_time_ahead: AHEAD,
+            clock: || NOW,
             initial_load_delay: Duration::ZERO,
         };
         (Loader::new(source, store.clone(), Arc::new(Health::new()), metrics.clone(), config), store, metrics)
@@ -420,5 +476,58 @@ mod tests {
         assert_eq!(metrics.tombstones_removed.load(Ordering::Relaxed), 1);
         assert_eq!(store.stats().tombstones, 0);
         assert_eq!(store.cleanup_floor(), 100);
+    }
+
+    /// Issue 14 item 1: one record with a far-future commit time raised the tombstone floor so
+    /// that every later update and delete of every key was dropped as stale.
+    #[tokio::test]
+    async fn a_far_future_commit_time_is_rejected_and_never_moves_the_floor_past_the_clock() {
+        let source = Arc::new(MemorySource::default());
+        put(&source, "SNAPSHOT_0000000000000001", "a,UPDATE,10,ten,string\n");
+        put(
+            &source,
+            "DELTA_0000000000000002",
+            "x,UPDATE,20,ok,string\nx,UPDATE,9223372036854775807,max,string\n",
+        );
+        put(&source, "DELTA_0000000000000003", &format!("b,UPDATE,{},soon,string\n", NOW + AHEAD));
+        put(&source, "DELTA_9999999999999999", "c,UPDATE,1,named far ahead,string\n");
+        let (mut loader, store, metrics) = loader(source.clone());
+        loader.initial_load().await.unwrap();
+        assert_eq!(value(&store, "x"), None, "a file with a commit time far ahead is rejected whole");
+        assert_eq!(value(&store, "b").as_deref(), Some("soon"), "a commit time within the bound loads");
+        assert_eq!(value(&store, "c"), None, "a file named far ahead is rejected");
+        assert!(
+            !source.fetched.lock().unwrap().iter().any(|f| f.starts_with("DELTA_9999")),
+            "a file named far ahead is not even fetched"
+        );
+        assert_eq!(metrics.files_rejected.load(Ordering::Relaxed), 2);
+        assert!(
+            store.cleanup_floor() <= NOW - 100,
+            "the floor follows the clock, not the newest record: {}",
+            store.cleanup_floor()
+        );
+
+        // Later files still load, and an update older than the newest record but within the
+        // retention of the clock is applied.
+        put(&source, "DELTA_0000000000000004", &format!("a,UPDATE,{},recent,string\n", NOW - 50));
+        loader.poll_once().await.unwrap();
+        assert_eq!(value(&store, "a").as_deref(), Some("recent"));
+    }
+
+    #[test]
+    fn a_commit_time_too_far_ahead_names_the_file_record_and_field_but_not_the_value() {
+        let records = vec![
+            data::Record { key: "k".into(), logical_commit_time: 5, mutation: data::Mutation::Delete },
+            data::Record {
+                key: "secret-key".into(),
+                logical_commit_time: 123_456_789,
+                mutation: data::Mutation::Delete,
+            },
+        ];
+        let err = check_commit_times("p/DELTA_0000000000000002", &records, 1_000).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("p/DELTA_0000000000000002: record 2: logical_commit_time"), "{text}");
+        assert!(!text.contains("123456789") && !text.contains("secret"), "{text}");
+        assert!(check_commit_times("f", &records, 123_456_789).is_ok());
     }
 }

@@ -160,6 +160,8 @@ where
     let loader_config = |poll_interval| LoaderConfig {
         poll_interval,
         tombstone_retention: config.tombstone_retention,
+        max_commit_time_ahead: config.max_commit_time_ahead,
+        clock: kv_server::loader::unix_micros,
         initial_load_delay: config.initial_load_delay,
     };
     match config.source.clone() {

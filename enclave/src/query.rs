@@ -1,7 +1,8 @@
 //! `kv_server.v1.KeyValueService/GetValues`.
 //!
 //! Every repeated field may carry several keys in one comma-separated string (browsers send
-//! `?keys=a,b`); the pieces are split, empty pieces dropped and duplicates merged. Every requested
+//! `?keys=a,b`); the pieces are split, empty pieces dropped and duplicates merged. The
+//! `max_keys_per_request` limit counts the pieces as sent, before splitting. Every requested
 //! key gets an entry: its value, or a NOT_FOUND status. All namespaces (`keys`, `renderUrls`,
 //! `adComponentRenderUrls`, `kvInternal`, interest group names) are looked up in the one store;
 //! `subkey`/`hostname` are accepted and not used for lookups (as in the reference's v1 path without
@@ -61,20 +62,24 @@ impl QueryService {
                 self.limits.max_request_bytes
             )));
         }
-        let fields = [
-            split(&request.keys),
-            split(&request.render_urls),
-            split(&request.ad_component_render_urls),
-            split(&request.kv_internal),
-            split(&request.interest_group_names),
+        let all = [
+            &request.keys,
+            &request.render_urls,
+            &request.ad_component_render_urls,
+            &request.kv_internal,
+            &request.interest_group_names,
         ];
-        let total: usize = fields.iter().map(Vec::len).sum();
+        // Counted before anything is split or allocated: a field of millions of commas costs one
+        // vectorised byte count, not millions of pieces to sort and de-duplicate.
+        let total: usize = all.iter().map(|fields| pieces(fields)).sum();
         if total > self.limits.max_keys_per_request {
             return Err(Status::invalid_argument(format!(
-                "request asks for {total} keys; the limit is {} keys per request",
+                "request asks for {total} keys; the limit is {} keys per request (comma-separated \
+                 pieces as sent, empty pieces and duplicates included)",
                 self.limits.max_keys_per_request
             )));
         }
+        let fields = all.map(|fields| split(fields));
         let [keys, render_urls, ad_component_render_urls, kv_internal, interest_group_names] =
             fields.map(|keys| self.lookup(keys));
         Ok(GetValuesResponse {
@@ -118,6 +123,11 @@ impl KeyValueService for QueryService {
         crate::telemetry::record_get_values(started, request.metadata(), &result, |s| s.code() as i32);
         result.map(Response::new)
     }
+}
+
+/// How many comma-separated pieces `fields` hold as sent (an empty field is one empty piece).
+fn pieces(fields: &[String]) -> usize {
+    fields.iter().map(|f| f.bytes().filter(|&b| b == b',').count() + 1).sum()
 }
 
 /// Splits comma-separated keys, drops empty pieces and duplicates.
@@ -180,6 +190,7 @@ fn from_json(json: serde_json::Value) -> Value {
 mod tests {
     use super::*;
     use crate::data::{Mutation, Record, Value as DataValue};
+    use std::time::{Duration, Instant};
 
     fn service(limits: Limits) -> QueryService {
         let store = Arc::new(Store::new());
@@ -266,8 +277,11 @@ mod tests {
             ..Default::default()
         };
         assert!(svc.answer(&ok).is_ok());
-        let dup = GetValuesRequest { keys: vec!["a,a,a,a,b".into()], ..Default::default() };
-        assert!(svc.answer(&dup).is_ok(), "duplicates count once");
+        let dup = GetValuesRequest { keys: vec!["a,a,b".into()], ..Default::default() };
+        let answer = svc.answer(&dup).unwrap();
+        assert_eq!(answer.keys.len(), 2, "duplicates are answered once");
+        let dup = GetValuesRequest { keys: vec!["a,a,a,b".into()], ..Default::default() };
+        assert!(svc.answer(&dup).is_err(), "pieces count as sent, duplicates included");
         let many = GetValuesRequest {
             keys: vec!["a,b".into()],
             kv_internal: vec!["c,d".into()],
@@ -284,5 +298,26 @@ mod tests {
         let err = svc.answer(&big).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("limit is 1024 bytes"), "{}", err.message());
+    }
+
+    /// Issue 14 item 12: the limit was checked after splitting, sorting and de-duplicating, so
+    /// one 8 MB field of `a,a,a,...` cost millions of allocations and then passed as one key.
+    #[test]
+    fn a_request_with_millions_of_commas_is_refused_before_splitting() {
+        let svc = service(Limits { max_keys_per_request: 1_000, max_request_bytes: 64 << 20 });
+        let request = GetValuesRequest { keys: vec!["a,".repeat(4_000_000)], ..Default::default() };
+        let limit = if cfg!(debug_assertions) { Duration::from_secs(2) } else { Duration::from_millis(200) };
+        let started = Instant::now();
+        let err = svc.answer(&request).unwrap_err();
+        let elapsed = started.elapsed();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains("4000001 keys") && err.message().contains("limit is 1000"),
+            "{}",
+            err.message()
+        );
+        assert!(elapsed < limit, "refused in {elapsed:?}");
+        let empty_fields = GetValuesRequest { kv_internal: vec![String::new(); 2_000], ..Default::default() };
+        assert!(svc.answer(&empty_fields).is_err(), "an empty field is a piece too");
     }
 }

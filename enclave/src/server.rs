@@ -22,6 +22,23 @@ use crate::v2::{KeyEndpoint, V2Service};
 
 /// Connections served at once; further clients wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// HTTP/2 streams (calls) open at once on one connection, announced in SETTINGS (tonic's default
+/// is unlimited).
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Streams a client may open and reset before the server has accepted them, before the
+/// connection gets GOAWAY: the HTTP/2 rapid-reset mitigation (RUSTSEC-2024-0003), h2's default made
+/// explicit so that a tonic or hyper change cannot turn it off.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the server may reset for a client's protocol errors before GOAWAY.
+pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// An HTTP/2 PING after this long without a frame from the client; no answer within
+/// [`KEEPALIVE_TIMEOUT`] closes the connection, so a vanished peer frees its slot.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A unary call (or a stream's start) must be answered within this; a lookup takes microseconds.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request header block size, announced in SETTINGS.
+pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 /// How long a failed accept (e.g. out of file descriptors) pauses accepting.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -85,6 +102,13 @@ pub async fn run(
     };
 
     tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .timeout(REQUEST_TIMEOUT)
         .add_service(
             QueryService::new(app.store.clone(), app.limits)
                 .with_plaintext_lookups(app.plaintext_lookups)

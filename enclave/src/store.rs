@@ -11,13 +11,14 @@
 //!   acquisition (tens of microseconds), so a reader waits at most one chunk and readers of other
 //!   shards do not wait at all.
 //!
-//! Semantics: per key the newest `logical_commit_time` wins (ties keep what is stored); a delete
+//! Semantics: per key the newest `logical_commit_time` wins (at equal times a delete wins, then the
+//! larger value, so the result does not depend on arrival order); a delete
 //! stores a tombstone carrying its commit time, so an older update arriving later cannot bring the
 //! key back. Tombstones are removed by [`Store::cleanup_tombstones`] up to a cutoff time, and from
 //! then on every record at or below that cutoff is ignored (the same rule the reference server
 //! uses), which keeps the no-resurrection guarantee after the tombstone is gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -32,8 +33,9 @@ pub const WRITE_CHUNK: usize = 256;
 type Hasher = foldhash::fast::RandomState;
 
 /// A stored value: a string or a set of strings (kept in the order the file listed them, without
-/// duplicates).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// duplicates). The order (a string below any set, strings bytewise, sets member by member) is the
+/// tie-break between updates at one commit time: see [`newer`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum StoredValue {
     String(Box<str>),
     Set(Box<[Box<str>]>),
@@ -57,7 +59,7 @@ struct Shard {
 pub struct ApplyStats {
     /// Records that became the newest state of their key (updates and deletes).
     pub applied: u64,
-    /// Records ignored because the stored state is as new or newer, or because they are at or
+    /// Records ignored because the stored state wins over them (see [`newer`]), or because they are at or
     /// below the tombstone cleanup cutoff.
     pub stale: u64,
     /// The largest commit time in the batch (`i64::MIN` for an empty batch).
@@ -253,11 +255,26 @@ enum Outcome {
     Applied { live_delta: i64, bytes_delta: i64 },
 }
 
+/// Whether `new` replaces `old`: the later commit time wins; at equal times a delete wins, then
+/// the larger value. A total order, so the state of a key does not depend on the order its records
+/// arrive in (a start-up load and a running replica apply files in different orders).
+fn newer(new: &Entry, old: &Entry) -> bool {
+    match new.time.cmp(&old.time) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => match (&new.value, &old.value) {
+            (None, old) => old.is_some(),
+            (Some(_), None) => false,
+            (Some(new), Some(old)) => new > old,
+        },
+    }
+}
+
 fn apply_one(shard: &mut Shard, key: Box<str>, entry: Entry) -> Outcome {
     let new_live = entry.value.is_some();
     let new_bytes = value_bytes(&entry.value);
     match shard.map.get_mut(&key) {
-        Some(old) if old.time >= entry.time => Outcome::Stale,
+        Some(old) if !newer(&entry, old) => Outcome::Stale,
         Some(old) => {
             let old_live = old.value.is_some();
             let bytes_delta = new_bytes - value_bytes(&old.value);
@@ -286,20 +303,19 @@ fn apply_one(shard: &mut Shard, key: Box<str>, entry: Entry) -> Outcome {
     }
 }
 
-/// Keeps the first occurrence of each member (a set), in file order.
+/// Keeps the first occurrence of each member (a set), in file order. Linear: one hash-set probe
+/// per member (a scan of the members kept so far made one large row cost hours).
 fn dedup(members: Vec<String>) -> Box<[Box<str>]> {
-    let mut out: Vec<Box<str>> = Vec::with_capacity(members.len());
-    for m in members {
-        if !out.iter().any(|o| **o == *m) {
-            out.push(m.into_boxed_str());
-        }
-    }
-    out.into_boxed_slice()
+    let mut seen: HashSet<&str, Hasher> = HashSet::with_capacity_and_hasher(members.len(), Hasher::default());
+    let keep: Vec<bool> = members.iter().map(|m| seen.insert(m.as_str())).collect();
+    drop(seen);
+    members.into_iter().zip(keep).filter(|(_, keep)| *keep).map(|(m, _)| m.into_boxed_str()).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
 
     fn update(key: &str, time: i64, value: &str) -> Record {
         Record {
@@ -334,8 +350,8 @@ mod tests {
         assert_eq!((stats.applied, stats.stale, stats.max_commit_time), (2, 1, 9));
         store.apply(vec![update("k", 7, "seven")]);
         assert_eq!(store.get("k"), string("nine"), "an older update arriving later loses");
-        store.apply(vec![update("k", 9, "tie")]);
-        assert_eq!(store.get("k"), string("nine"), "a tie keeps the stored value");
+        store.apply(vec![update("k", 9, "aaa")]);
+        assert_eq!(store.get("k"), string("nine"), "a tie with a smaller value keeps the stored value");
         store.apply(vec![update("k", 10, "ten")]);
         assert_eq!(store.get("k"), string("ten"));
         assert_eq!(store.get("other"), None);
@@ -369,6 +385,83 @@ mod tests {
         assert_eq!(store.stats().bytes, 1 + 12, "a replaced value's bytes are given back");
         store.apply(vec![set("s", 3, &[])]);
         assert_eq!(store.get("s"), Some(StoredValue::Set(Box::new([]))));
+    }
+
+    /// Issue 14 item 7: de-duplication was quadratic, so one row with a million members stalled
+    /// the loader for hours. The bound is generous enough for a debug build on a busy machine and
+    /// far below what a quadratic pass needs (about 5 * 10^11 comparisons).
+    #[test]
+    fn a_set_with_a_million_members_is_applied_in_linear_time() {
+        const MEMBERS: usize = 1_000_000;
+        let limit = if cfg!(debug_assertions) { Duration::from_secs(20) } else { Duration::from_secs(1) };
+        // Every member twice, the second copy after all the first ones: half are duplicates.
+        let members: Vec<String> = (0..2 * MEMBERS).map(|i| format!("m{}", i % MEMBERS)).collect();
+        let record = Record {
+            key: "big".into(),
+            logical_commit_time: 1,
+            mutation: Mutation::Update(Value::StringSet(members)),
+        };
+        let (done, finished) = std::sync::mpsc::channel();
+        // On a thread, so a quadratic pass fails the test at the limit instead of hanging it.
+        std::thread::spawn(move || {
+            let store = Store::new();
+            let started = Instant::now();
+            store.apply(vec![record]);
+            let _ = done.send((started.elapsed(), store.get("big")));
+        });
+        let (elapsed, value) = finished
+            .recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("a {MEMBERS}-member set took more than {limit:?} to apply"));
+        let Some(StoredValue::Set(kept)) = value else { panic!("the set was not stored") };
+        assert_eq!(kept.len(), MEMBERS, "duplicates removed");
+        assert!(kept.iter().enumerate().all(|(i, m)| **m == *format!("m{i}")), "file order kept");
+        assert!(elapsed < limit);
+    }
+
+    /// Issue 14 item 3: records of one key at one commit time resolved by apply order, which
+    /// differs between a start-up load and a running replica. Now: a delete wins, then the larger
+    /// value (a set over a string, strings bytewise, sets member by member), in any order.
+    #[test]
+    fn equal_commit_times_resolve_the_same_in_every_apply_order() {
+        fn permutations(items: &[Record]) -> Vec<Vec<Record>> {
+            if items.len() <= 1 {
+                return vec![items.to_vec()];
+            }
+            let mut out = Vec::new();
+            for i in 0..items.len() {
+                let mut rest = items.to_vec();
+                let first = rest.remove(i);
+                for mut tail in permutations(&rest) {
+                    tail.insert(0, first.clone());
+                    out.push(tail);
+                }
+            }
+            out
+        }
+        let cases: [(Vec<Record>, Option<StoredValue>); 4] = [
+            (vec![update("k", 7, "b"), delete("k", 7), update("k", 7, "a"), set("k", 7, &["x"])], None),
+            (
+                vec![update("k", 7, "b"), update("k", 7, "a"), set("k", 7, &["x"]), set("k", 7, &["x", "y"])],
+                Some(StoredValue::Set(vec!["x".into(), "y".into()].into_boxed_slice())),
+            ),
+            (vec![update("k", 7, "b"), update("k", 7, "c"), update("k", 7, "a")], string("c")),
+            (vec![update("k", 7, "b"), update("k", 6, "z"), delete("k", 5)], string("b")),
+        ];
+        for (records, expected) in cases {
+            for order in permutations(&records) {
+                let one_batch = Store::new();
+                one_batch.apply(order.clone());
+                assert_eq!(one_batch.get("k"), expected, "one batch in the order {order:?}");
+                let one_by_one = Store::new();
+                for r in order.clone() {
+                    one_by_one.apply(vec![r]);
+                }
+                assert_eq!(one_by_one.get("k"), expected, "one file each in the order {order:?}");
+                let live = u64::from(expected.is_some());
+                assert_eq!(one_by_one.stats().live_keys, live);
+                assert_eq!(one_by_one.stats().tombstones, 1 - live);
+            }
+        }
     }
 
     #[test]

@@ -81,7 +81,7 @@ fn validate_names_the_bad_file_and_record_and_fails() {
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains(&format!(
-            "{}: record 4 (line 5): logical_commit_time \"later\" is not a 64-bit integer",
+            "{}: record 4 (line 5): logical_commit_time is not a 64-bit integer",
             bad_csv.display()
         )),
         "{stderr}"

@@ -248,6 +248,40 @@ async fn reflection_lists_every_service() {
     assert!(!files.file_descriptor_proto.is_empty());
 }
 
+/// Issue 14 item 12: tonic leaves HTTP/2 concurrent streams unlimited unless told. The server's
+/// first SETTINGS frame, read off a raw connection, must announce the cap.
+#[tokio::test]
+async fn the_http2_server_announces_a_concurrent_stream_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SETTINGS: u8 = 0x4;
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+
+    let server = Server::tcp(&["--sample-data"]);
+    let address = server.endpoint.strip_prefix("tcp://").unwrap().to_string();
+    let mut conn = tokio::net::TcpStream::connect(address).await.unwrap();
+    // The client preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    conn.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut header = [0u8; 9];
+    tokio::time::timeout(DEADLINE, conn.read_exact(&mut header)).await.unwrap().unwrap();
+    assert_eq!(header[3], SETTINGS, "the server's preface is a SETTINGS frame");
+    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    conn.read_exact(&mut payload).await.unwrap();
+    let settings: Vec<(u16, u32)> = payload
+        .chunks_exact(6)
+        .map(|c| (u16::from_be_bytes([c[0], c[1]]), u32::from_be_bytes([c[2], c[3], c[4], c[5]])))
+        .collect();
+    let value = |id| settings.iter().find(|(i, _)| *i == id).map(|(_, v)| *v);
+    assert_eq!(
+        value(MAX_CONCURRENT_STREAMS),
+        Some(kv_server::server::MAX_CONCURRENT_STREAMS),
+        "settings {settings:?}"
+    );
+    assert!(value(MAX_HEADER_LIST_SIZE).is_some_and(|v| v <= 16 * 1024), "settings {settings:?}");
+}
+
 #[test]
 fn descriptor_set_subcommand_writes_the_built_in_set() {
     let dir = tempfile::tempdir().unwrap();

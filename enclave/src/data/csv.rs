@@ -1,6 +1,9 @@
 //! CSV data files, as the reference data CLI reads them: a header row naming the columns
 //! `key, mutation_type, logical_commit_time, value, value_type` (any order, matched by name),
 //! RFC 4180 quoting, string-set members separated by `|` (an empty `value` is the empty set).
+//!
+//! Errors name the column (or header position), the set member's number and the reason, never
+//! what a field held: rejections are logged, and logs leave the enclave.
 
 use std::io::{self, Write};
 
@@ -74,14 +77,19 @@ pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> 
 /// For each of [`COLUMNS`], its position in the header.
 fn column_index(header: &csv::ByteRecord) -> Result<[usize; 5], String> {
     let mut index = [usize::MAX; 5];
+    // A file without its header row has a data row here: name positions, not what they hold.
     for (pos, raw) in header.iter().enumerate() {
         let name = String::from_utf8_lossy(raw);
         let name = name.trim();
         match COLUMNS.iter().position(|c| c.eq_ignore_ascii_case(name)) {
             Some(c) if index[c] == usize::MAX => index[c] = pos,
-            Some(_) => return Err(format!("header: column {name:?} appears twice")),
+            Some(c) => return Err(format!("header: column {} repeats {}", pos + 1, COLUMNS[c])),
             None => {
-                return Err(format!("header: unexpected column {name:?} (expected {})", COLUMNS.join(",")));
+                return Err(format!(
+                    "header: column {} is not a known column name (expected {})",
+                    pos + 1,
+                    COLUMNS.join(",")
+                ));
             }
         }
     }
@@ -107,10 +115,8 @@ fn parse_row(f: &[&[u8]; 5]) -> Result<Record, String> {
         return Err("empty key".into());
     }
     let time = utf8(f[COMMIT_TIME], "logical_commit_time")?;
-    let logical_commit_time = time
-        .trim()
-        .parse::<i64>()
-        .map_err(|_| format!("logical_commit_time {time:?} is not a 64-bit integer"))?;
+    let logical_commit_time =
+        time.trim().parse::<i64>().map_err(|_| "logical_commit_time is not a 64-bit integer".to_owned())?;
     let mutation = utf8(f[MUTATION_TYPE], "mutation_type")?;
     let value_type = utf8(f[VALUE_TYPE], "value_type")?;
     let mutation = if mutation.eq_ignore_ascii_case("update") {
@@ -122,7 +128,7 @@ fn parse_row(f: &[&[u8]; 5]) -> Result<Record, String> {
         }
         Mutation::Delete
     } else {
-        return Err(format!("unknown mutation_type {mutation:?} (expected UPDATE or DELETE)"));
+        return Err("mutation_type is unknown (expected UPDATE or DELETE)".to_owned());
     };
     Ok(Record { key: key.to_owned(), logical_commit_time, mutation })
 }
@@ -135,9 +141,10 @@ fn parse_value(raw: &[u8], value_type: &str) -> Result<Value, String> {
     // Number sets become string sets of canonical decimals, as the binary format's are read.
     let numbers = |max: u64, kind: &str| -> Result<Value, String> {
         members()
-            .map(|m| match m.trim().parse::<u64>() {
+            .enumerate()
+            .map(|(i, m)| match m.trim().parse::<u64>() {
                 Ok(n) if n <= max => Ok(n.to_string()),
-                _ => Err(format!("value: set member {m:?} is not a {kind}")),
+                _ => Err(format!("value: set member {} is not a {kind}", i + 1)),
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Value::StringSet)
@@ -151,10 +158,9 @@ fn parse_value(raw: &[u8], value_type: &str) -> Result<Value, String> {
     } else if value_type.eq_ignore_ascii_case("uint64_set") {
         numbers(u64::MAX, "uint64")
     } else {
-        Err(format!(
-            "unknown value_type {value_type:?} (expected string or string_set; uint32_set and uint64_set \
-             are read as string sets)"
-        ))
+        Err("value_type is unknown (expected string, string_set, uint32_set or uint64_set; number sets are \
+             read as string sets)"
+            .to_owned())
     }
 }
 
@@ -163,7 +169,7 @@ pub(super) fn write(records: &[Record], out: &mut impl Write) -> io::Result<()> 
     w.write_record(COLUMNS).map_err(io_error)?;
     let mut joined = String::new();
     let mut time = String::new();
-    for r in records {
+    for (number, r) in records.iter().enumerate() {
         time.clear();
         use std::fmt::Write as _;
         let _ = write!(time, "{}", r.logical_commit_time);
@@ -176,9 +182,10 @@ pub(super) fn write(records: &[Record], out: &mut impl Write) -> io::Result<()> 
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidInput,
                             format!(
-                                "key {:?}: set member {m:?} cannot be written to CSV (empty, or contains the \
+                                "record {}: set member {} cannot be written to CSV (empty, or contains the \
                                  separator {SET_SEPARATOR:?}); use the Avro format",
-                                r.key
+                                number + 1,
+                                i + 1
                             ),
                         ));
                     }

@@ -6,7 +6,8 @@
 //! - [`write_avro`] / [`write_csv`] produce the same formats.
 //!
 //! Every parser here takes untrusted bytes: failures are [`DataError`]s naming the file, the
-//! record (and CSV line) and the reason; nothing panics and no allocation is sized by a length
+//! record (and CSV line), the field and the reason, never a field's content (rejections are
+//! logged, and logs leave the enclave); nothing panics and no allocation is sized by a length
 //! field before that length is checked against the bytes that remain.
 //! Format details and operator workflow: `docs/data-files.md`.
 
@@ -120,7 +121,7 @@ pub fn write_avro(records: &[Record], out: &mut impl io::Write) -> io::Result<()
     avro::write(records, out)
 }
 
-/// Writes `records` as CSV with a header row. Fails (`InvalidInput`, naming the key) for a
+/// Writes `records` as CSV with a header row. Fails (`InvalidInput`, naming the record and member) for a
 /// set member that CSV cannot carry: one containing the separator `|`, or an empty member.
 pub fn write_csv(records: &[Record], out: &mut impl io::Write) -> io::Result<()> {
     csv::write(records, out)

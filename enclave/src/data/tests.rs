@@ -106,10 +106,10 @@ fn csv_with_crlf_line_ends_and_quoted_line_breaks() {
         ]
     );
     let e = parse_file("f.csv", format!("{text}c,UPDATE,x,v,string\r\n").as_bytes()).unwrap_err();
-    assert_eq!(e.to_string(), "f.csv: record 3 (line 5): logical_commit_time \"x\" is not a 64-bit integer");
+    assert_eq!(e.to_string(), "f.csv: record 3 (line 5): logical_commit_time is not a 64-bit integer");
     // Blank lines are skipped, and counted.
     let e = parse_file("f.csv", format!("{text}\r\n\nc,UPDATE,x,v,string\n").as_bytes()).unwrap_err();
-    assert_eq!(e.to_string(), "f.csv: record 3 (line 7): logical_commit_time \"x\" is not a 64-bit integer");
+    assert_eq!(e.to_string(), "f.csv: record 3 (line 7): logical_commit_time is not a 64-bit integer");
 }
 
 #[test]
@@ -124,41 +124,41 @@ fn csv_errors_name_file_record_line_and_reason() {
         ),
         (
             "key,mutation_type,logical_commit_time,value,value_type,extra\n",
-            "f.csv: line 1: header: unexpected column \"extra\" \
+            "f.csv: line 1: header: column 6 is not a known column name \
              (expected key,mutation_type,logical_commit_time,value,value_type)",
         ),
         (
             "key,key,mutation_type,logical_commit_time,value,value_type\n",
-            "f.csv: line 1: header: column \"key\" appears twice",
+            "f.csv: line 1: header: column 2 repeats key",
         ),
         ("a,UPDATE,1,v\n", "f.csv: record 1 (line 2): missing column(s): 4 fields, the header has 5"),
         ("a,UPDATE,1,v,string,x\n", "f.csv: record 1 (line 2): extra column(s): 6 fields, the header has 5"),
         (
             "a,UPDATE,1,v,string\nb,UPDATE,soon,v,string\n",
-            "f.csv: record 2 (line 3): logical_commit_time \"soon\" is not a 64-bit integer",
+            "f.csv: record 2 (line 3): logical_commit_time is not a 64-bit integer",
         ),
         (
             "a,UPDATE,99999999999999999999,v,string\n",
-            "f.csv: record 1 (line 2): logical_commit_time \"99999999999999999999\" is not a 64-bit integer",
+            "f.csv: record 1 (line 2): logical_commit_time is not a 64-bit integer",
         ),
         (
             "a,UPSERT,1,v,string\n",
-            "f.csv: record 1 (line 2): unknown mutation_type \"UPSERT\" (expected UPDATE or DELETE)",
+            "f.csv: record 1 (line 2): mutation_type is unknown (expected UPDATE or DELETE)",
         ),
         (
             "a,UPDATE,1,v,json\n",
-            "f.csv: record 1 (line 2): unknown value_type \"json\" (expected string or string_set; \
-             uint32_set and uint64_set are read as string sets)",
+            "f.csv: record 1 (line 2): value_type is unknown (expected string, string_set, uint32_set or \
+             uint64_set; number sets are read as string sets)",
         ),
         ("\"\",UPDATE,1,v,string\n", "f.csv: record 1 (line 2): empty key"),
         (
             "a,UPDATE,1,4294967296,uint32_set\n",
-            "f.csv: record 1 (line 2): value: set member \"4294967296\" is not a uint32",
+            "f.csv: record 1 (line 2): value: set member 1 is not a uint32",
         ),
         (
             "a,UPDATE,1,v,string\n\"multi\nline\",UPDATE,1,v,strin\n",
-            "f.csv: record 2 (line 3): unknown value_type \"strin\" (expected string or string_set; \
-             uint32_set and uint64_set are read as string sets)",
+            "f.csv: record 2 (line 3): value_type is unknown (expected string, string_set, uint32_set or \
+             uint64_set; number sets are read as string sets)",
         ),
     ];
     for (body, want) in cases {
@@ -176,13 +176,46 @@ fn csv_errors_name_file_record_line_and_reason() {
     );
 }
 
+/// Issue 14 item 10: rejection messages go to the logs (CloudWatch), so they name the file, the
+/// record, the field and the reason, never what a field held.
+#[test]
+fn rejected_row_errors_never_quote_field_values() {
+    const H: &str = "key,mutation_type,logical_commit_time,value,value_type\n";
+    let cases: &[(&str, &str)] = &[
+        ("SECRET-key,UPDATE,SECRET-time,v,string\n", "record 1 (line 2): logical_commit_time"),
+        ("k,SECRET-mutation,1,v,string\n", "record 1 (line 2): mutation_type"),
+        ("k,UPDATE,1,v,SECRET-type\n", "record 1 (line 2): value_type"),
+        ("k,UPDATE,1,1|SECRET-member,uint32_set\n", "record 1 (line 2): value: set member 2"),
+        ("k,UPDATE,1,1|99999999999999999999,uint64_set\n", "record 1 (line 2): value: set member 2"),
+        ("k,DELETE,1,SECRET-member,uint32_set\n", "record 1 (line 2): value: set member 1"),
+    ];
+    for (row, names) in cases {
+        let text = err("p/DELTA_0000000000000001", format!("{H}{row}").as_bytes());
+        assert!(text.starts_with(&format!("p/DELTA_0000000000000001: {names}")), "{text}");
+        assert!(!text.contains("SECRET") && !text.contains("999999"), "a value is quoted: {text}");
+    }
+    // A file without its header row: the first data row is read as the header.
+    for first in ["SECRET-key,UPDATE,1,SECRET-value,string\n", "key,key,SECRET,value,value_type\n"] {
+        let text = err("f", first.as_bytes());
+        assert!(text.starts_with("f: line 1: header: column"), "{text}");
+        assert!(!text.contains("SECRET"), "a value is quoted: {text}");
+    }
+    // The CSV writer (kv-data convert) names the record and member, not the key or member.
+    let mut out = Vec::new();
+    let records =
+        [delete("a", 1), update("SECRET-key", 1, Value::StringSet(vec!["ok".into(), "SECRET|x".into()]))];
+    let e = write_csv(&records, &mut out).unwrap_err().to_string();
+    assert!(e.starts_with("record 2: set member 2 cannot be written to CSV"), "{e}");
+    assert!(!e.contains("SECRET"), "a value is quoted: {e}");
+}
+
 #[test]
 fn csv_writer_refuses_members_it_cannot_represent() {
     for members in [vec!["a|b".to_string()], vec![String::new()]] {
         let mut out = Vec::new();
         let e = write_csv(&[update("k", 1, Value::StringSet(members))], &mut out).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
-        assert!(e.to_string().contains("key \"k\""), "{e}");
+        assert!(e.to_string().starts_with("record 1: set member 1 cannot be written"), "{e}");
     }
 }
 
