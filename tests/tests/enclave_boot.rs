@@ -8,6 +8,10 @@
 //! `NITRO_KV_REQUIRE_QEMU` is set (scripts/test.sh sets it). nextest runs them one at a time
 //! (`.config/nextest.toml`, group `qemu`): each boot keeps a core busy.
 
+#[path = "support/guest.rs"]
+mod guest;
+use guest::{cose_payload, wait_for_grpc};
+
 // Shared with observability.rs, which uses more of it.
 #[allow(dead_code)]
 #[path = "support/otlp_receiver.rs"]
@@ -71,21 +75,6 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-/// The COSE_Sign1 array (optionally tagged 18) of an attestation document: its payload.
-fn cose_payload(document: &[u8]) -> Vec<u8> {
-    let value: serde_cbor::Value = serde_cbor::from_slice(document).expect("the document is CBOR");
-    let array = match value {
-        serde_cbor::Value::Tag(18, inner) => *inner,
-        v => v,
-    };
-    let serde_cbor::Value::Array(items) = array else { panic!("COSE_Sign1 is not an array: {array:?}") };
-    assert_eq!(items.len(), 4, "COSE_Sign1 has protected, unprotected, payload, signature");
-    match &items[2] {
-        serde_cbor::Value::Bytes(b) => b.clone(),
-        other => panic!("COSE_Sign1 payload is not a byte string: {other:?}"),
-    }
-}
-
 /// A test image with kv-server's `config`, no extra environment, and `init_args` for enclave-init.
 fn image_with(dir: &Path, config: &str, init_args: Option<&str>) -> std::path::PathBuf {
     build_test_eif(&dir.join("image"), &TestImage { config, env: &[], init_args })
@@ -133,7 +122,7 @@ fn dist_is_reproducible_and_its_image_boots_and_attests_the_manifest_pcrs() {
     let nonce = b"nitro-kv-boot-test-nonce".to_vec();
     let document = runtime().block_on(async {
         let url = format!("http://{ingress}");
-        let channel = wait_for_grpc(&url).await;
+        let channel = wait_for_grpc(&url, SERVING).await;
         let mut health = HealthClient::new(channel.clone());
         let autoscaler = health
             .check(HealthCheckRequest { service: "autoscaler-healthcheck".into() })
@@ -188,22 +177,6 @@ fn dist_is_reproducible_and_its_image_boots_and_attests_the_manifest_pcrs() {
     assert_eq!(runner.describe(), serde_json::json!([]));
     let left = wait_until(Duration::from_secs(20), || runner.processes().is_empty().then_some(()));
     assert!(left.is_some(), "processes left after terminate-enclave: {:?}", runner.processes());
-}
-
-async fn wait_for_grpc(url: &str) -> tonic::transport::Channel {
-    let deadline = tokio::time::Instant::now() + SERVING;
-    loop {
-        if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.to_string())
-            && let Ok(channel) = endpoint.connect_timeout(Duration::from_secs(5)).connect().await
-        {
-            let mut health = HealthClient::new(channel.clone());
-            if health.check(HealthCheckRequest { service: "autoscaler-healthcheck".into() }).await.is_ok() {
-                return channel;
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "kv-server in the guest never answered at {url}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 #[test]

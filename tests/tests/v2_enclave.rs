@@ -7,6 +7,10 @@
 //! Skips with one line where QEMU with `nitro-enclave` is not installed, except when
 //! `NITRO_KV_REQUIRE_QEMU` is set; nextest runs it in the `qemu` group (`.config/nextest.toml`).
 
+#[path = "support/guest.rs"]
+mod guest;
+use guest::{cose_payload, wait_for_grpc};
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -19,8 +23,6 @@ use kv_server::kv_protocol::{client, framing, suite};
 use kv_server::proto::enclave::v1::GetAttestationDocumentRequest;
 use kv_server::proto::enclave::v1::attestation_client::AttestationClient;
 use kv_server::proto::google::api::HttpBody;
-use kv_server::proto::grpc::health::v1::HealthCheckRequest;
-use kv_server::proto::grpc::health::v1::health_client::HealthClient;
 use kv_server::proto::kv_server::v1::GetValuesRequest;
 use kv_server::proto::kv_server::v1::key_value_service_client::KeyValueServiceClient as V1Client;
 use kv_server::proto::kv_server::v2::key_service_client::KeyServiceClient;
@@ -36,36 +38,6 @@ fn proxy_config(uds: &Path, ingress: SocketAddr, admin: SocketAddr) -> String {
         "[admin]\nlisten = \"tcp://{admin}\"\n\n[[ingress]]\nname = \"kv\"\nlisten = \"tcp://{ingress}\"\n\
          upstream = \"vsock-hybrid://{uds}:50051\"\n"
     )
-}
-
-/// The payload of a COSE_Sign1 (optionally tagged 18).
-fn cose_payload(document: &[u8]) -> Vec<u8> {
-    let value: serde_cbor::Value = serde_cbor::from_slice(document).expect("the document is CBOR");
-    let array = match value {
-        serde_cbor::Value::Tag(18, inner) => *inner,
-        v => v,
-    };
-    let serde_cbor::Value::Array(items) = array else { panic!("COSE_Sign1 is not an array") };
-    match &items[2] {
-        serde_cbor::Value::Bytes(b) => b.clone(),
-        _ => panic!("COSE_Sign1 payload is not a byte string"),
-    }
-}
-
-async fn wait_for_grpc(url: &str) -> tonic::transport::Channel {
-    let deadline = tokio::time::Instant::now() + SERVING;
-    loop {
-        if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.to_string())
-            && let Ok(channel) = endpoint.connect_timeout(Duration::from_secs(5)).connect().await
-        {
-            let mut health = HealthClient::new(channel.clone());
-            if health.check(HealthCheckRequest { service: "autoscaler-healthcheck".into() }).await.is_ok() {
-                return channel;
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "kv-server in the guest never answered at {url}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 #[test]
@@ -91,7 +63,7 @@ fn the_vms_key_endpoint_binds_its_key_set_in_the_nsm_document_and_serves_encrypt
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let channel = wait_for_grpc(&format!("http://{ingress}")).await;
+        let channel = wait_for_grpc(&format!("http://{ingress}"), SERVING).await;
         let nonce = b"nitro-kv-v2-nonce";
         let nonce_hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
         let body = KeyServiceClient::new(channel.clone())
