@@ -12,7 +12,7 @@
 //! shrink it).
 
 mod common;
-use common::run_load;
+use common::{KEY_LEN, VALUE_LEN, env_or, key, records, run_load};
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_server::data::{self, Mutation, Record, Value};
+use kv_server::data;
 use kv_server::proto::grpc::health::v1::HealthCheckRequest;
 use kv_server::proto::grpc::health::v1::health_check_response::ServingStatus;
 use kv_server::proto::grpc::health::v1::health_client::HealthClient;
@@ -29,42 +29,6 @@ use kv_server::proto::kv_server::v1::key_value_service_client::KeyValueServiceCl
 use tonic::transport::{Channel, Endpoint};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
-const KEY_LEN: usize = 16;
-const VALUE_LEN: usize = 100;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn key(i: u64) -> String {
-    let k = format!("key-{i:012}");
-    debug_assert_eq!(k.len(), KEY_LEN);
-    k
-}
-
-fn value(i: u64) -> String {
-    // Deterministic, not compressible to nothing, never JSON (starts with a letter other than t/f/n).
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut s = String::with_capacity(VALUE_LEN);
-    s.push('v');
-    while s.len() < VALUE_LEN {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.push((b'a' + (x % 26) as u8) as char);
-    }
-    s
-}
-
-fn records(n: u64) -> Vec<Record> {
-    (0..n)
-        .map(|i| Record {
-            key: key(i),
-            logical_commit_time: 1,
-            mutation: Mutation::Update(Value::String(value(i))),
-        })
-        .collect()
-}
 
 struct Server {
     child: Child,

@@ -20,7 +20,7 @@
 //! `KV_BENCH_SECONDS` [3, at most 60] per row).
 
 mod common;
-use common::{Figures, run_load};
+use common::{Figures, KEY_LEN, VALUE_LEN, env_or, key, records, run_load};
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use kv_server::data::{self, Mutation, Record, Value};
+use kv_server::data;
 use kv_server::kv_protocol::cbor::{self, Argument, Partition, Request as V2Request};
 use kv_server::kv_protocol::keys::{PublicKey, PublicKeySet};
 use kv_server::kv_protocol::{client, framing, suite};
@@ -45,45 +45,9 @@ use kv_server::proto::kv_server::v2::{GetPublicKeysRequest, ObliviousGetValuesRe
 use tonic::transport::{Channel, Endpoint};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
-const KEY_LEN: usize = 16;
-const VALUE_LEN: usize = 100;
 const KEYS_PER_REQUEST: u64 = 10;
 /// Bound on a decompressed compression group (a 10-key answer is about 1.3 KB).
 const MAX_GROUP_LEN: usize = 1 << 20;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn key(i: u64) -> String {
-    let k = format!("key-{i:012}");
-    debug_assert_eq!(k.len(), KEY_LEN);
-    k
-}
-
-/// As in benches/kv_server.rs: deterministic, not compressible to nothing, never JSON.
-fn value(i: u64) -> String {
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut s = String::with_capacity(VALUE_LEN);
-    s.push('v');
-    while s.len() < VALUE_LEN {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.push((b'a' + (x % 26) as u8) as char);
-    }
-    s
-}
-
-fn records(n: u64) -> Vec<Record> {
-    (0..n)
-        .map(|i| Record {
-            key: key(i),
-            logical_commit_time: 1,
-            mutation: Mutation::Update(Value::String(value(i))),
-        })
-        .collect()
-}
 
 /// The 10 keys of call `i`.
 fn keys_for(i: u64, n: u64) -> Vec<String> {

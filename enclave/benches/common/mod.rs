@@ -1,7 +1,46 @@
-//! What the load benchmarks share: a bounded closed-loop load and its figures.
+//! What the load benchmarks share: the generated records and a bounded closed-loop load.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use kv_server::data::{Mutation, Record, Value};
+
+pub const KEY_LEN: usize = 16;
+pub const VALUE_LEN: usize = 100;
+
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+pub fn key(i: u64) -> String {
+    let k = format!("key-{i:012}");
+    debug_assert_eq!(k.len(), KEY_LEN);
+    k
+}
+
+pub fn value(i: u64) -> String {
+    // Deterministic, not compressible to nothing, never JSON (starts with a letter other than t/f/n).
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut s = String::with_capacity(VALUE_LEN);
+    s.push('v');
+    while s.len() < VALUE_LEN {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push((b'a' + (x % 26) as u8) as char);
+    }
+    s
+}
+
+pub fn records(n: u64) -> Vec<Record> {
+    (0..n)
+        .map(|i| Record {
+            key: key(i),
+            logical_commit_time: 1,
+            mutation: Mutation::Update(Value::String(value(i))),
+        })
+        .collect()
+}
 
 pub struct Figures {
     pub requests: u64,
