@@ -25,6 +25,10 @@ pub const DEFAULT_TOMBSTONE_RETENTION: i64 = 86_400_000_000;
 /// One hour in microseconds: how far ahead of the enclave's clock a commit time may be.
 pub const DEFAULT_MAX_COMMIT_TIME_AHEAD: i64 = 3_600_000_000;
 /// One day.
+/// Fetch attempts of one data file before it is rejected (about 4 minutes at a 1 s poll).
+pub const DEFAULT_MAX_FETCH_ATTEMPTS: u32 = 10;
+/// Age of the last complete sync beyond which `kv-data-freshness` is NOT_SERVING.
+pub const DEFAULT_MAX_STALENESS_SECS: u64 = 300;
 pub const DEFAULT_KEY_ROTATION_SECS: u64 = 86_400;
 /// One hour.
 pub const DEFAULT_KEY_GRACE_SECS: u64 = 3_600;
@@ -98,6 +102,14 @@ pub struct ServeArgs {
     /// microseconds, is rejected whole [default: 3600000000].
     #[arg(long, value_name = "TIME")]
     pub max_commit_time_ahead: Option<i64>,
+    /// Fetch attempts of one data file (retried with a doubling backoff from the poll interval
+    /// up to 60 s) before it is rejected and its prefix moves on [default: 10].
+    #[arg(long, value_name = "N")]
+    pub max_fetch_attempts: Option<u32>,
+    /// The `kv-data-freshness` health status is NOT_SERVING when the last poll that handled
+    /// every listed file is older than this, in seconds [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pub max_staleness_secs: Option<u64>,
     /// Log format: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -125,6 +137,8 @@ pub struct FileConfig {
     pub max_request_bytes: Option<usize>,
     pub tombstone_retention: Option<i64>,
     pub max_commit_time_ahead: Option<i64>,
+    pub max_fetch_attempts: Option<u32>,
+    pub max_staleness_secs: Option<u64>,
     pub log_format: Option<String>,
     pub plaintext_lookups: Option<bool>,
     /// `[v2]`: HPKE keys and limits of the v2 API.
@@ -205,6 +219,8 @@ pub struct Config {
     pub tombstone_retention: i64,
     /// In commit-time units (microseconds).
     pub max_commit_time_ahead: i64,
+    pub max_fetch_attempts: u32,
+    pub max_staleness: Duration,
     pub log_format: LogFormat,
     pub initial_load_delay: Duration,
     /// `None`: no OTLP export.
@@ -368,6 +384,22 @@ impl ServeArgs {
                 format!("{ahead} is negative"),
             ));
         }
+        let max_fetch_attempts =
+            self.max_fetch_attempts.or(file.max_fetch_attempts).unwrap_or(DEFAULT_MAX_FETCH_ATTEMPTS);
+        if !(1..=1000).contains(&max_fetch_attempts) {
+            return Err(invalid(
+                origin("max-fetch-attempts", "max_fetch_attempts", self.max_fetch_attempts.is_some()),
+                format!("{max_fetch_attempts} is outside 1..=1000"),
+            ));
+        }
+        let max_staleness_secs =
+            self.max_staleness_secs.or(file.max_staleness_secs).unwrap_or(DEFAULT_MAX_STALENESS_SECS);
+        if !(1..=31_536_000).contains(&max_staleness_secs) {
+            return Err(invalid(
+                origin("max-staleness-secs", "max_staleness_secs", self.max_staleness_secs.is_some()),
+                format!("{max_staleness_secs} is outside 1..=31536000 seconds"),
+            ));
+        }
         let log_format = match self.log_format.clone().or(file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -422,6 +454,8 @@ impl ServeArgs {
             },
             tombstone_retention: retention,
             max_commit_time_ahead: ahead,
+            max_fetch_attempts,
+            max_staleness: Duration::from_secs(max_staleness_secs),
             log_format,
             initial_load_delay: Duration::from_millis(self.test_initial_load_delay_ms.unwrap_or(0)),
             otlp,

@@ -5,6 +5,7 @@
 //! | `autoscaler-healthcheck` | from start until shutdown (the process is alive) |
 //! | `loadbalancer-healthcheck` | once the initial data load has finished, until shutdown |
 //! | `""` (the whole server), `kv_server.v1.KeyValueService` | same as `loadbalancer-healthcheck` |
+//! | `kv-data-freshness` | the last poll that handled every listed data file is at most `max_staleness` old, until shutdown |
 //!
 //! The names are those the reference server reports, so autoscaling and load balancer health
 //! checks configured for it keep working. An unknown name is NOT_FOUND for Check and
@@ -26,6 +27,9 @@ use crate::proto::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
 pub const AUTOSCALER: &str = "autoscaler-healthcheck";
 pub const LOADBALANCER: &str = "loadbalancer-healthcheck";
 pub const KEY_VALUE_SERVICE: &str = "kv_server.v1.KeyValueService";
+/// Whether the data is in sync with the source (for alarms: the load balancer's check does not
+/// follow it, so an unreachable source does not take the whole fleet out of service).
+pub const DATA_FRESHNESS: &str = "kv-data-freshness";
 
 /// Which statuses follow the data load.
 const FOLLOW_LOAD: [&str; 3] = ["", LOADBALANCER, KEY_VALUE_SERVICE];
@@ -47,7 +51,7 @@ impl Health {
     pub fn new() -> Health {
         let mut statuses = HashMap::new();
         statuses.insert(AUTOSCALER, watch::channel(ServingStatus::Serving).0);
-        for name in FOLLOW_LOAD {
+        for name in FOLLOW_LOAD.into_iter().chain([DATA_FRESHNESS]) {
             statuses.insert(name, watch::channel(ServingStatus::NotServing).0);
         }
         Health { statuses, draining: watch::channel(false).0 }
@@ -62,6 +66,24 @@ impl Health {
             self.statuses[name].send_replace(ServingStatus::Serving);
         }
         tracing::info!("initial data load finished; {LOADBALANCER} is SERVING");
+    }
+
+    /// Whether the data is in sync with its source (`kv-data-freshness`); logs each change.
+    pub fn set_data_fresh(&self, fresh: bool) {
+        if *self.draining.borrow() {
+            return;
+        }
+        let status = if fresh { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let previous = self.statuses[DATA_FRESHNESS].send_replace(status);
+        if previous != status {
+            if fresh {
+                tracing::info!("data in sync with its source: {DATA_FRESHNESS} is SERVING");
+            } else {
+                tracing::warn!(
+                    "data not in sync with its source for longer than max_staleness: {DATA_FRESHNESS} is NOT_SERVING"
+                );
+            }
+        }
     }
 
     /// Shutdown began: everything NOT_SERVING, and open Watch streams end.

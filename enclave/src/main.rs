@@ -161,6 +161,8 @@ where
         poll_interval,
         tombstone_retention: config.tombstone_retention,
         max_commit_time_ahead: config.max_commit_time_ahead,
+        max_fetch_attempts: config.max_fetch_attempts,
+        max_staleness: config.max_staleness,
         clock: kv_server::loader::unix_micros,
         initial_load_delay: config.initial_load_delay,
     };

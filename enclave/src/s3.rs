@@ -24,7 +24,7 @@ use serde::Deserialize;
 use transport::Endpoint;
 
 use crate::config::ConfigError;
-use crate::data::DataFileName;
+use crate::data::{DataFileName, FileKind};
 use crate::egress::{self, EgressHttpClient};
 use crate::source::{Source, SourceError};
 use crate::ssm::{self, SsmSettings};
@@ -463,24 +463,27 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-impl Source for S3Source {
-    fn location(&self) -> String {
-        format!("s3://{}/{}", self.bucket, self.key_prefix)
-    }
-
-    async fn list(&self) -> Result<Vec<String>, SourceError> {
+impl S3Source {
+    /// Data file names (relative to the source's prefix) of the keys under `key_prefix`, after
+    /// `start_after` (a whole key), sorted.
+    async fn list_keys(
+        &self,
+        key_prefix: &str,
+        start_after: Option<String>,
+    ) -> Result<Vec<String>, SourceError> {
         let mut names = Vec::new();
         let mut pages = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
-            .prefix(&self.key_prefix)
+            .prefix(key_prefix)
+            .set_start_after(start_after)
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| SourceError::List {
                 location: self.location(),
-                source: Box::new(self.error("ListObjectsV2", &self.key_prefix, &e)),
+                source: Box::new(self.error("ListObjectsV2", key_prefix, &e)),
             })?;
             for object in page.contents() {
                 let Some(name) = object.key().and_then(|k| k.strip_prefix(self.key_prefix.as_str())) else {
@@ -493,6 +496,31 @@ impl Source for S3Source {
             }
         }
         names.sort();
+        Ok(names)
+    }
+}
+
+impl Source for S3Source {
+    fn location(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.key_prefix)
+    }
+
+    async fn list(&self) -> Result<Vec<String>, SourceError> {
+        self.list_keys(&self.key_prefix, None).await
+    }
+
+    async fn list_newer(
+        &self,
+        prefix: &str,
+        kind: FileKind,
+        after: Option<&str>,
+    ) -> Result<Vec<String>, SourceError> {
+        let dir =
+            if prefix.is_empty() { self.key_prefix.clone() } else { format!("{}{prefix}/", self.key_prefix) };
+        let start_after = after.map(|a| format!("{dir}{a}"));
+        let mut names = self.list_keys(&format!("{dir}{}", kind.name_prefix()), start_after).await?;
+        // Only files directly in `prefix` (a key could nest below a name-like folder).
+        names.retain(|n| DataFileName::parse(n).is_some_and(|d| d.prefix == prefix && d.kind == kind));
         Ok(names)
     }
 

@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
+use crate::data::{DataFileName, FileKind};
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A failure of the data source (not of the data): the loader retries at the next poll.
@@ -27,6 +29,17 @@ pub trait Source: Send + Sync + 'static {
     /// `prefix/DELTA_0000000000000002`. Names that are not data files may be included; the
     /// loader ignores them.
     fn list(&self) -> impl Future<Output = Result<Vec<String>, SourceError>> + Send;
+
+    /// The names of the data files of kind `kind` directly in `prefix` (`""` is the top level)
+    /// whose base name sorts after `after` (a base name of that kind), in order: what a poll
+    /// asks for (S3 `ListObjectsV2` with `StartAfter`), so that its cost does not grow with the
+    /// files already handled.
+    fn list_newer(
+        &self,
+        prefix: &str,
+        kind: FileKind,
+        after: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<String>, SourceError>> + Send;
 
     /// The bytes of one file named by [`Source::list`].
     fn fetch(&self, name: &str) -> impl Future<Output = Result<Vec<u8>, SourceError>> + Send;
@@ -89,6 +102,39 @@ impl Source for LocalDir {
             .map_err(|e| SourceError::List { location: self.location(), source: e.into() })
     }
 
+    async fn list_newer(
+        &self,
+        prefix: &str,
+        kind: FileKind,
+        after: Option<&str>,
+    ) -> Result<Vec<String>, SourceError> {
+        let list_err = |source: BoxError| SourceError::List { location: self.location(), source };
+        if prefix.split('/').any(|part| part == "." || part == "..") {
+            return Err(list_err(format!("prefix {prefix:?} is not a relative path").into()));
+        }
+        let dir = if prefix.is_empty() { self.root.clone() } else { self.root.join(prefix) };
+        let (prefix, after) = (prefix.to_owned(), after.map(str::to_owned));
+        let names = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<String>> {
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let Some(base) = entry.file_name().to_str().map(str::to_owned) else { continue };
+                if !base.starts_with(kind.name_prefix()) || after.as_ref().is_some_and(|a| base <= *a) {
+                    continue;
+                }
+                if DataFileName::parse(&base).is_some() && std::fs::metadata(entry.path())?.is_file() {
+                    names.push(if prefix.is_empty() { base } else { format!("{prefix}/{base}") });
+                }
+            }
+            names.sort();
+            Ok(names)
+        })
+        .await
+        .map_err(|e| list_err(e.into()))?
+        .map_err(|e| list_err(e.into()))?;
+        Ok(names)
+    }
+
     async fn fetch(&self, name: &str) -> Result<Vec<u8>, SourceError> {
         let fetch_err = |source: BoxError| SourceError::Fetch {
             location: self.location(),
@@ -122,5 +168,13 @@ mod tests {
         assert!(err.contains("../etc/passwd"), "{err}");
         let err = source.fetch("DELTA_0000000000000009").await.unwrap_err().to_string();
         assert!(err.contains("DELTA_0000000000000009"), "{err}");
+
+        std::fs::write(dir.path().join("shard1/DELTA_0000000000000005"), b"d").unwrap();
+        std::fs::write(dir.path().join("shard1/SNAPSHOT_0000000000000004"), b"e").unwrap();
+        let newer =
+            source.list_newer("shard1", FileKind::Delta, Some("DELTA_0000000000000002")).await.unwrap();
+        assert_eq!(newer, ["shard1/DELTA_0000000000000005"], "only deltas, only after the given name");
+        let all = source.list_newer("", FileKind::Snapshot, None).await.unwrap();
+        assert_eq!(all, ["SNAPSHOT_0000000000000001"], "top level only");
     }
 }

@@ -131,7 +131,13 @@ impl Store {
     /// Applies records (from one file, already parsed completely). Never fails: the caller
     /// decides beforehand whether a file is accepted.
     pub fn apply(&self, records: Vec<Record>) -> ApplyStats {
-        let floor = self.cleanup_floor.load(Ordering::Acquire);
+        self.apply_above(records, i64::MIN)
+    }
+
+    /// [`Store::apply`], with records at or below `floor` (the floor of the file's prefix: see
+    /// the loader) stale as well as those at or below the store's cleanup floor.
+    pub fn apply_above(&self, records: Vec<Record>, floor: i64) -> ApplyStats {
+        let floor = floor.max(self.cleanup_floor.load(Ordering::Acquire));
         let mut stats = ApplyStats { max_commit_time: i64::MIN, ..Default::default() };
         let mut per_shard: Vec<Vec<(Box<str>, Entry)>> = (0..SHARDS).map(|_| Vec::new()).collect();
         for record in records {

@@ -824,6 +824,27 @@ fn metrics_request(
             loader.file_load_duration.data_point(Vec::new(), start_ns, now),
         ),
         counter(
+            "kv_server.data.files_unfetchable",
+            "Data files rejected because every fetch attempt failed (also in files_rejected)",
+            "{file}",
+            single(load(&loader.files_unfetchable)),
+        ),
+        gauge(
+            "kv_server.data.files_pending",
+            "Data files listed and waiting behind a file whose fetch is being retried",
+            "{file}",
+            single(load(&loader.files_pending)),
+        ),
+        gauge(
+            "kv_server.data.sync_age",
+            "Seconds since the last poll that handled every listed data file (absent before the first)",
+            "s",
+            match loader.sync_age(now / 1_000_000) {
+                None => Vec::new(),
+                Some(age) => vec![point(Vec::new(), start_ns, now, AsDouble(age.as_secs_f64()))],
+            },
+        ),
+        counter(
             "kv_server.data.source_errors",
             "Failed listings or reads of the data source",
             "{error}",
