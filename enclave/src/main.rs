@@ -19,8 +19,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// How long in-flight calls may take to finish after a shutdown signal.
+/// How long in-flight calls (and the data loader) may take to finish after a shutdown signal;
+/// the unit's and the runner's stop timeouts leave room after it.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long blocking work (a data file's parse) may delay the exit once serving stopped.
+const BLOCKING_TASKS_DEADLINE: Duration = Duration::from_millis(500);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -61,7 +64,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, log_queue)) {
+    let outcome = runtime.block_on(serve(config, log_queue));
+    // A parse still running on a blocking thread (the loader abandoned it at shutdown) must not
+    // hold the exit: dropping the runtime would wait for it.
+    runtime.shutdown_timeout(BLOCKING_TASKS_DEADLINE);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "kv-server failed");
@@ -134,10 +141,13 @@ async fn serve(
         }
     };
     let _ = stop_tx.send(true);
-    if !data_done {
-        let _ = data.await;
+    // One deadline for everything: the loader stops at once (it abandons a file being loaded),
+    // in-flight calls get what is left.
+    let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+    if !data_done && tokio::time::timeout_at(deadline, data).await.is_err() {
+        tracing::warn!("the data loader did not stop before the drain deadline");
     }
-    match tokio::time::timeout(DRAIN_DEADLINE, server).await {
+    match tokio::time::timeout_at(deadline, server).await {
         Ok(result) => result??,
         Err(_) => tracing::warn!(deadline_s = DRAIN_DEADLINE.as_secs(), "drain deadline passed; exiting"),
     }

@@ -592,3 +592,51 @@ async fn settings_are_read_once_the_egress_proxy_comes_up() {
     let logs = server.proc.logs();
     assert!(logs.lines().any(|l| l.contains("S3 data source") && l.contains("bucket=late-bucket")), "{logs}");
 }
+
+/// Issue 14 item 16: SIGTERM while a data load was running waited for the load (here a listing
+/// that S3 never answers: the SDK's 30 s read timeout, then its retries) instead of the drain
+/// deadline, so the supervisor's SIGKILL would race it.
+#[tokio::test]
+async fn sigterm_during_a_stalled_load_exits_within_the_drain_deadline() {
+    // An S3 endpoint that accepts connections and never answers.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = blackhole.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in blackhole.incoming() {
+            held.push(stream);
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let proxy = Proxy::allowing_only(port);
+    let mut server = KvServer::start(&[
+        "--s3-bucket",
+        "kv-data",
+        "--egress-socks5",
+        &proxy.endpoint(),
+        "--aws-endpoint-url",
+        &format!("http://127.0.0.1:{port}"),
+        "--s3-force-path-style",
+    ]);
+    let started = Instant::now();
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the listing never reached the endpoint: {}",
+            server.proc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = Instant::now();
+    let status = server.terminate().await;
+    let took = stopping.elapsed();
+    assert!(status.success(), "{status}: {}", server.proc.logs());
+    assert!(
+        took < Duration::from_secs(5),
+        "SIGTERM took {took:?} during a stalled load: {}",
+        server.proc.logs()
+    );
+}
