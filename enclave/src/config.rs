@@ -29,6 +29,8 @@ pub const DEFAULT_MAX_COMMIT_TIME_AHEAD: i64 = 3_600_000_000;
 pub const DEFAULT_MAX_FETCH_ATTEMPTS: u32 = 10;
 /// Age of the last complete sync beyond which `kv-data-freshness` is NOT_SERVING.
 pub const DEFAULT_MAX_STALENESS_SECS: u64 = 300;
+/// A connection without a call for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_KEY_ROTATION_SECS: u64 = 86_400;
 /// One hour.
 pub const DEFAULT_KEY_GRACE_SECS: u64 = 3_600;
@@ -102,6 +104,10 @@ pub struct ServeArgs {
     /// microseconds, is rejected whole [default: 3600000000].
     #[arg(long, value_name = "TIME")]
     pub max_commit_time_ahead: Option<i64>,
+    /// Seconds a client connection may stay open without a call before it is closed (HTTP/2
+    /// PINGs do not count) [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout_secs: Option<u64>,
     /// Fetch attempts of one data file (retried with a doubling backoff from the poll interval
     /// up to 60 s) before it is rejected and its prefix moves on [default: 10].
     #[arg(long, value_name = "N")]
@@ -139,6 +145,7 @@ pub struct FileConfig {
     pub max_commit_time_ahead: Option<i64>,
     pub max_fetch_attempts: Option<u32>,
     pub max_staleness_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
     pub log_format: Option<String>,
     pub plaintext_lookups: Option<bool>,
     /// `[v2]`: HPKE keys and limits of the v2 API.
@@ -195,11 +202,14 @@ pub enum LogFormat {
 pub struct Limits {
     pub max_keys_per_request: usize,
     pub max_request_bytes: usize,
+    /// A connection without a call for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
+            idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
             max_keys_per_request: DEFAULT_MAX_KEYS_PER_REQUEST,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
@@ -400,6 +410,14 @@ impl ServeArgs {
                 format!("{max_staleness_secs} is outside 1..=31536000 seconds"),
             ));
         }
+        let idle_timeout_secs =
+            self.idle_timeout_secs.or(file.idle_timeout_secs).unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
+        if !(1..=86_400).contains(&idle_timeout_secs) {
+            return Err(invalid(
+                origin("idle-timeout-secs", "idle_timeout_secs", self.idle_timeout_secs.is_some()),
+                format!("{idle_timeout_secs} is outside 1..=86400 seconds"),
+            ));
+        }
         let log_format = match self.log_format.clone().or(file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -445,7 +463,11 @@ impl ServeArgs {
             listen,
             source,
             poll_interval: Duration::from_millis(poll_ms),
-            limits: Limits { max_keys_per_request: max_keys, max_request_bytes: max_bytes },
+            limits: Limits {
+                max_keys_per_request: max_keys,
+                max_request_bytes: max_bytes,
+                idle_timeout: Duration::from_secs(idle_timeout_secs),
+            },
             plaintext_lookups,
             v2: V2Config {
                 key_rotation: Duration::from_secs(rotation),

@@ -17,6 +17,7 @@
 //! | [`attestation`] | documents from `/dev/nsm` only, never over a caller's key; `enclave.v1.Attestation` |
 //! | [`telemetry`] | OTLP metrics and spans to the collector on the parent (off unless configured) |
 //! | [`server`] | `run(listener, app, shutdown)`: every service on one listener |
+//! | [`idle`] | closing connections that carry no call for 5 minutes |
 #![forbid(unsafe_code)]
 
 pub mod attestation;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod data;
 pub mod egress;
 pub mod health;
+pub mod idle;
 pub mod keys;
 pub mod loader;
 pub mod query;

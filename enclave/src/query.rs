@@ -25,7 +25,7 @@ use crate::proto::google::rpc;
 use crate::proto::kv_server::v1::key_value_service_server::{KeyValueService, KeyValueServiceServer};
 use crate::proto::kv_server::v1::v1_single_lookup_result::SingleLookupResult;
 use crate::proto::kv_server::v1::{GetValuesRequest, GetValuesResponse, V1SingleLookupResult};
-use crate::store::{Store, StoredValue};
+use crate::store::{ReadView, Store, StoredValue};
 
 /// google.rpc.Code NOT_FOUND.
 const CODE_NOT_FOUND: i32 = 5;
@@ -80,8 +80,10 @@ impl QueryService {
             )));
         }
         let fields = all.map(|fields| split(fields));
+        // One view for the whole request: it never mixes two data files.
+        let view = self.store.read();
         let [keys, render_urls, ad_component_render_urls, kv_internal, interest_group_names] =
-            fields.map(|keys| self.lookup(keys));
+            fields.map(|keys| lookup(&view, keys));
         Ok(GetValuesResponse {
             keys,
             render_urls,
@@ -90,22 +92,22 @@ impl QueryService {
             per_interest_group_data: interest_group_names,
         })
     }
+}
 
-    fn lookup(&self, keys: Vec<&str>) -> HashMap<String, V1SingleLookupResult> {
-        keys.into_iter()
-            .map(|key| {
-                let result = match self.store.get(key) {
-                    Some(value) => SingleLookupResult::Value(to_proto_value(value)),
-                    None => SingleLookupResult::Status(rpc::Status {
-                        code: CODE_NOT_FOUND,
-                        message: "Key not found".into(),
-                        details: Vec::new(),
-                    }),
-                };
-                (key.to_string(), V1SingleLookupResult { single_lookup_result: Some(result) })
-            })
-            .collect()
-    }
+fn lookup(view: &ReadView<'_>, keys: Vec<&str>) -> HashMap<String, V1SingleLookupResult> {
+    keys.into_iter()
+        .map(|key| {
+            let result = match view.get(key) {
+                Some(value) => SingleLookupResult::Value(to_proto_value(value)),
+                None => SingleLookupResult::Status(rpc::Status {
+                    code: CODE_NOT_FOUND,
+                    message: "Key not found".into(),
+                    details: Vec::new(),
+                }),
+            };
+            (key.to_string(), V1SingleLookupResult { single_lookup_result: Some(result) })
+        })
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -270,7 +272,7 @@ mod tests {
 
     #[test]
     fn limits_give_invalid_argument() {
-        let svc = service(Limits { max_keys_per_request: 3, max_request_bytes: 1024 });
+        let svc = service(Limits { max_keys_per_request: 3, max_request_bytes: 1024, ..Limits::default() });
         let ok = GetValuesRequest {
             keys: vec!["a,b".into()],
             render_urls: vec!["c".into()],
@@ -304,7 +306,8 @@ mod tests {
     /// one 8 MB field of `a,a,a,...` cost millions of allocations and then passed as one key.
     #[test]
     fn a_request_with_millions_of_commas_is_refused_before_splitting() {
-        let svc = service(Limits { max_keys_per_request: 1_000, max_request_bytes: 64 << 20 });
+        let svc =
+            service(Limits { max_keys_per_request: 1_000, max_request_bytes: 64 << 20, ..Limits::default() });
         let request = GetValuesRequest { keys: vec!["a,".repeat(4_000_000)], ..Default::default() };
         let limit = if cfg!(debug_assertions) { Duration::from_secs(2) } else { Duration::from_millis(200) };
         let started = Instant::now();

@@ -15,6 +15,7 @@ use transport::{Listener, Stream};
 use crate::attestation::{AttestationService, Attester};
 use crate::config::{Limits, V2Config};
 use crate::health::Health;
+use crate::idle::{Activity, ConnInfo, IdleTimer, TrackCallsLayer};
 use crate::keys::KeyManager;
 use crate::query::QueryService;
 use crate::store::Store;
@@ -80,10 +81,15 @@ pub async fn run(
         .build_v1alpha()?;
 
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let incoming = futures::stream::unfold((listener, permits), |(listener, permits)| async move {
+    let idle_timeout = app.limits.idle_timeout;
+    let incoming = futures::stream::unfold((listener, permits), move |(listener, permits)| async move {
         let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
         let accepted = match listener.accept().await {
-            Ok((stream, _peer)) => Ok(Conn { stream, _permit: permit }),
+            Ok((stream, _peer)) => {
+                let activity = Activity::new();
+                let idle = IdleTimer::new(activity.clone(), idle_timeout);
+                Ok(Conn { stream, _permit: permit, activity, idle })
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -109,6 +115,7 @@ pub async fn run(
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
         .timeout(REQUEST_TIMEOUT)
+        .layer(TrackCallsLayer)
         .add_service(
             QueryService::new(app.store.clone(), app.limits)
                 .with_plaintext_lookups(app.plaintext_lookups)
@@ -128,17 +135,20 @@ pub async fn run(
     Ok(())
 }
 
-/// An accepted stream holding one connection permit until it closes.
+/// An accepted stream holding one connection permit until it closes, and ending itself once it
+/// has carried no call for the idle timeout.
 struct Conn {
     stream: Stream,
     _permit: OwnedSemaphorePermit,
+    activity: Arc<Activity>,
+    idle: IdleTimer,
 }
 
 impl Connected for Conn {
-    type ConnectInfo = <Stream as Connected>::ConnectInfo;
+    type ConnectInfo = ConnInfo;
 
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+    fn connect_info(&self) -> ConnInfo {
+        ConnInfo { peer: self.stream.connect_info(), activity: self.activity.clone() }
     }
 }
 
@@ -148,6 +158,11 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.idle.poll_idle(cx).is_ready() {
+            // End of stream: the HTTP/2 connection ends and its slot is free.
+            tracing::debug!("closing a connection that carried no call for the idle timeout");
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }

@@ -11,6 +11,14 @@
 //!   acquisition (tens of microseconds), so a reader waits at most one chunk and readers of other
 //!   shards do not wait at all.
 //!
+//! Files are applied atomically for readers (a generation swap): a file's entries go to each
+//! shard's `staged` map first, which readers of the current generation do not look at; once all are
+//! staged, the generation is bumped (one atomic store) and readers that start from then on look at
+//! `staged` before `map`. When the readers of the previous generation have left (a [`ReadView`]
+//! lives for one request's lookups), the staged entries are moved into `map`, chunk by chunk. So
+//! every lookup made through one [`ReadView`] sees the store between two files, never inside one.
+//! The cost: one more hash-map insert and removal per record applied (measured in BENCHMARKS.md).
+//!
 //! Semantics: per key the newest `logical_commit_time` wins (at equal times a delete wins, then the
 //! larger value, so the result does not depend on arrival order); a delete
 //! stores a tombstone carrying its commit time, so an older update arriving later cannot bring the
@@ -20,8 +28,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use crate::data::{Mutation, Record, Value};
 
@@ -51,8 +59,27 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Shard {
     map: HashMap<Box<str>, Entry, Hasher>,
+    /// Entries of the file being applied (generation [`Store::staged_generation`]): visible only
+    /// to readers of that generation or later, moved into `map` once older readers have left.
+    staged: HashMap<Box<str>, Entry, Hasher>,
+    /// Tombstones in `map` and `staged` together (as they will be once merged).
     tombstones: usize,
 }
+
+impl Shard {
+    /// The entry a reader of `visible_staged` sees for `key`.
+    fn lookup(&self, key: &str, visible_staged: bool) -> Option<&Entry> {
+        if visible_staged && let Some(entry) = self.staged.get(key) {
+            return Some(entry);
+        }
+        self.map.get(key)
+    }
+}
+
+/// A padded counter, so the two reader counters do not share a cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
 
 /// What applying a batch of records did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +114,37 @@ pub struct Store {
     max_commit_time: AtomicI64,
     live_keys: AtomicU64,
     data_bytes: AtomicU64,
+    /// Files applied so far: the generation a new reader sees.
+    committed: AtomicU64,
+    /// The generation the entries in the shards' `staged` maps belong to.
+    staged_generation: AtomicU64,
+    /// Readers inside a [`ReadView`], by the parity of their generation.
+    readers: [Padded; 2],
+    /// One writer at a time (apply, cleanup).
+    writer: Mutex<()>,
+}
+
+/// A consistent view for one request's lookups: every [`ReadView::get`] sees the store as it was
+/// after the same file. Hold it for the lookups only (never across an `.await`): the next file's
+/// apply waits for it to be dropped before it finishes.
+pub struct ReadView<'a> {
+    store: &'a Store,
+    generation: u64,
+}
+
+impl ReadView<'_> {
+    /// The value of `key`, if it has one (a tombstone or an unknown key is `None`).
+    pub fn get(&self, key: &str) -> Option<StoredValue> {
+        let shard = self.store.shard(self.store.shard_of(key));
+        let visible_staged = self.generation >= self.store.staged_generation.load(Ordering::Acquire);
+        shard.lookup(key, visible_staged).and_then(|e| e.value.clone())
+    }
+}
+
+impl Drop for ReadView<'_> {
+    fn drop(&mut self) {
+        self.store.readers[(self.generation & 1) as usize].0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Default for Store {
@@ -104,6 +162,25 @@ impl Store {
             max_commit_time: AtomicI64::new(i64::MIN),
             live_keys: AtomicU64::new(0),
             data_bytes: AtomicU64::new(0),
+            committed: AtomicU64::new(0),
+            staged_generation: AtomicU64::new(u64::MAX),
+            readers: Default::default(),
+            writer: Mutex::new(()),
+        }
+    }
+
+    /// A view for one request's lookups (see [`ReadView`]).
+    pub fn read(&self) -> ReadView<'_> {
+        loop {
+            let generation = self.committed.load(Ordering::SeqCst);
+            let counter = &self.readers[(generation & 1) as usize].0;
+            counter.fetch_add(1, Ordering::SeqCst);
+            // Registered before the writer looked at the counter, or it would miss us: if the
+            // generation moved meanwhile, register again under the new one.
+            if self.committed.load(Ordering::SeqCst) == generation {
+                return ReadView { store: self, generation };
+            }
+            counter.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -122,10 +199,10 @@ impl Store {
         self.shards[index].write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The current value of `key`, if it has one (a tombstone or an unknown key is `None`).
+    /// The current value of `key`, if it has one (a tombstone or an unknown key is `None`). For
+    /// several keys of one request, use one [`Store::read`] view.
     pub fn get(&self, key: &str) -> Option<StoredValue> {
-        let shard = self.shard(self.shard_of(key));
-        shard.map.get(key).and_then(|e| e.value.clone())
+        self.read().get(key)
     }
 
     /// Applies records (from one file, already parsed completely). Never fails: the caller
@@ -137,6 +214,7 @@ impl Store {
     /// [`Store::apply`], with records at or below `floor` (the floor of the file's prefix: see
     /// the loader) stale as well as those at or below the store's cleanup floor.
     pub fn apply_above(&self, records: Vec<Record>, floor: i64) -> ApplyStats {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let floor = floor.max(self.cleanup_floor.load(Ordering::Acquire));
         let mut stats = ApplyStats { max_commit_time: i64::MIN, ..Default::default() };
         let mut per_shard: Vec<Vec<(Box<str>, Entry)>> = (0..SHARDS).map(|_| Vec::new()).collect();
@@ -155,15 +233,18 @@ impl Store {
             per_shard[index]
                 .push((record.key.into_boxed_str(), Entry { time: record.logical_commit_time, value }));
         }
+        // Stage: invisible to readers until the generation below is committed.
+        let generation = self.committed.load(Ordering::SeqCst) + 1;
+        self.staged_generation.store(generation, Ordering::SeqCst);
         let mut live_delta: i64 = 0;
         let mut bytes_delta: i64 = 0;
         for (index, batch) in per_shard.into_iter().enumerate() {
             let mut batch = batch.into_iter().peekable();
             while batch.peek().is_some() {
                 let mut shard = self.shard_mut(index);
-                shard.map.reserve(WRITE_CHUNK.min(batch.len()));
+                shard.staged.reserve(WRITE_CHUNK.min(batch.len()));
                 for (key, entry) in batch.by_ref().take(WRITE_CHUNK) {
-                    match apply_one(&mut shard, key, entry) {
+                    match stage_one(&mut shard, key, entry) {
                         Outcome::Stale => stats.stale += 1,
                         Outcome::Applied { live_delta: d, bytes_delta: b } => {
                             stats.applied += 1;
@@ -174,9 +255,37 @@ impl Store {
                 }
             }
         }
+        // Commit: readers from now on see the whole file.
+        self.committed.store(generation, Ordering::SeqCst);
         add_signed(&self.live_keys, live_delta);
         add_signed(&self.data_bytes, bytes_delta);
         self.max_commit_time.fetch_max(stats.max_commit_time, Ordering::AcqRel);
+        // Readers of the previous generation must leave before `map` changes under them.
+        let previous = &self.readers[((generation - 1) & 1) as usize].0;
+        let mut spins = 0u32;
+        while previous.load(Ordering::SeqCst) != 0 {
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        for index in 0..SHARDS {
+            loop {
+                let mut shard = self.shard_mut(index);
+                let Shard { map, staged, .. } = &mut *shard;
+                if staged.is_empty() {
+                    // Give the staging table's memory back.
+                    *staged = HashMap::default();
+                    break;
+                }
+                map.reserve(WRITE_CHUNK.min(staged.len()));
+                for (key, entry) in staged.extract_if(|_, _| true).take(WRITE_CHUNK) {
+                    map.insert(key, entry);
+                }
+            }
+        }
         stats
     }
 
@@ -188,6 +297,8 @@ impl Store {
     /// Removes tombstones with a commit time at or below `cutoff` and raises the floor below
     /// which records are ignored to `cutoff`. Returns how many tombstones were removed.
     pub fn cleanup_tombstones(&self, cutoff: i64) -> u64 {
+        // After any apply in progress: `staged` is empty from here on.
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         // Raise the floor first: from now on no record at or below the cutoff can be applied, so
         // removing the tombstones cannot let an older update resurrect its key.
         self.cleanup_floor.fetch_max(cutoff, Ordering::AcqRel);
@@ -276,37 +387,35 @@ fn newer(new: &Entry, old: &Entry) -> bool {
     }
 }
 
-fn apply_one(shard: &mut Shard, key: Box<str>, entry: Entry) -> Outcome {
+/// Stages one entry: compared with what the key holds once the staged entries are merged (its
+/// staged entry, else its entry in `map`).
+fn stage_one(shard: &mut Shard, key: Box<str>, entry: Entry) -> Outcome {
     let new_live = entry.value.is_some();
     let new_bytes = value_bytes(&entry.value);
-    match shard.map.get_mut(&key) {
-        Some(old) if !newer(&entry, old) => Outcome::Stale,
-        Some(old) => {
-            let old_live = old.value.is_some();
-            let bytes_delta = new_bytes - value_bytes(&old.value);
-            *old = entry;
-            let live_delta = match (old_live, new_live) {
-                (true, false) => {
-                    shard.tombstones += 1;
-                    -1
-                }
-                (false, true) => {
-                    shard.tombstones -= 1;
-                    1
-                }
-                _ => 0,
-            };
-            Outcome::Applied { live_delta, bytes_delta }
+    let Shard { map, staged, tombstones } = shard;
+    let (old_live, bytes_delta) = match staged.get(&key).or_else(|| map.get(&key)) {
+        Some(old) if !newer(&entry, old) => return Outcome::Stale,
+        Some(old) => (Some(old.value.is_some()), new_bytes - value_bytes(&old.value)),
+        None => (None, key.len() as i64 + new_bytes),
+    };
+    staged.insert(key, entry);
+    let live_delta = match (old_live, new_live) {
+        (Some(true), false) => {
+            *tombstones += 1;
+            -1
         }
-        None => {
-            let bytes_delta = key.len() as i64 + new_bytes;
-            shard.map.insert(key, entry);
-            if !new_live {
-                shard.tombstones += 1;
-            }
-            Outcome::Applied { live_delta: i64::from(new_live), bytes_delta }
+        (Some(false), true) => {
+            *tombstones -= 1;
+            1
         }
-    }
+        (None, false) => {
+            *tombstones += 1;
+            0
+        }
+        (None, true) => 1,
+        _ => 0,
+    };
+    Outcome::Applied { live_delta, bytes_delta }
 }
 
 /// Keeps the first occurrence of each member (a set), in file order. Linear: one hash-set probe
@@ -514,6 +623,55 @@ mod tests {
         assert_eq!(store.cleanup_tombstones(20_000), 5_000);
         let bytes = key_bytes(5_000..10_000) + value_bytes(5_000..10_000);
         assert_eq!(store.stats(), StoreStats { live_keys: 5_000, tombstones: 0, bytes });
+    }
+
+    /// Issue 14 item 4: readers saw part of a file while it was applied, so one request could
+    /// mix two versions of the data. Every file here sets both keys (in different shards, with
+    /// filler records between them) to the file's number: a reader must always see them equal.
+    #[test]
+    fn a_reader_never_sees_part_of_a_file() {
+        let store = std::sync::Arc::new(Store::new());
+        let (a, b) = two_keys_in_different_shards(&store);
+        let version = {
+            let (a, b) = (a.clone(), b.clone());
+            move |v: i64| -> Vec<Record> {
+                let mut records = vec![update(&a, v, &v.to_string())];
+                records.extend((0..20_000).map(|i| update(&format!("filler-{i}"), v, "x")));
+                records.push(update(&b, v, &v.to_string()));
+                records
+            }
+        };
+        store.apply(version(1));
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for v in 2..=30 {
+                    store.apply(version(v));
+                }
+            })
+        };
+        let mut reads = 0u64;
+        while !writer.is_finished() {
+            let (first, second) = read_pair(&store, &a, &b);
+            assert_eq!(first, second, "one read mixed two files (after {reads} consistent reads)");
+            reads += 1;
+        }
+        writer.join().unwrap();
+        assert_eq!(store.get(&a), string("30"));
+        assert!(reads > 0);
+    }
+
+    /// Two keys of one request, read as one request reads them.
+    fn read_pair(store: &Store, a: &str, b: &str) -> (Option<StoredValue>, Option<StoredValue>) {
+        let view = store.read();
+        (view.get(a), view.get(b))
+    }
+
+    fn two_keys_in_different_shards(store: &Store) -> (String, String) {
+        let a = "key-a".to_string();
+        let b =
+            (0..).map(|i| format!("key-b{i}")).find(|k| store.shard_of(k) > store.shard_of(&a) + 8).unwrap();
+        (a, b)
     }
 
     #[test]

@@ -123,6 +123,8 @@ impl Lookup {
             ));
         }
         let mut groups: Vec<(u64, Vec<PartitionOutput>)> = Vec::new();
+        // One view for the whole request: it never mixes two data files.
+        let view = self.store.read();
         for partition in partitions {
             let output = PartitionOutput {
                 id: partition.id,
@@ -136,7 +138,7 @@ impl Lookup {
                             .data
                             .iter()
                             .filter_map(|key| {
-                                self.store.get(key).map(|v| (key.clone(), KeyValue { value: render(v) }))
+                                view.get(key).map(|v| (key.clone(), KeyValue { value: render(v) }))
                             })
                             .collect();
                         (!key_values.is_empty()).then(|| KeyGroupOutput { tags: a.tags.clone(), key_values })

@@ -282,6 +282,39 @@ async fn the_http2_server_announces_a_concurrent_stream_limit() {
     assert!(value(MAX_HEADER_LIST_SIZE).is_some_and(|v| v <= 16 * 1024), "settings {settings:?}");
 }
 
+/// Issue 14 item 12: a connection without calls held its slot forever (it answers the
+/// keepalive PINGs), so idle clients could hold all connection slots. Now a connection that
+/// carries no call for `idle_timeout_secs` is closed, while one with an open call (a health Watch
+/// stream) stays.
+#[tokio::test]
+async fn a_connection_without_calls_is_closed_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::tcp(&["--sample-data", "--idle-timeout-secs", "1"]);
+    let address = server.endpoint.strip_prefix("tcp://").unwrap().to_string();
+
+    let mut watch = HealthClient::new(server.channel().await)
+        .watch(HealthCheckRequest { service: "autoscaler-healthcheck".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+
+    let mut idle = tokio::net::TcpStream::connect(address).await.unwrap();
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    idle.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).await.unwrap();
+    let opened = Instant::now();
+    let mut sink = Vec::new();
+    // Everything the server sends (its SETTINGS, the ack), then the end of the stream.
+    let read = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut sink)).await;
+    let closed_after = opened.elapsed();
+    assert!(read.is_ok(), "the idle connection was still open after 10 s");
+    assert!(closed_after >= Duration::from_millis(900), "closed too early: {closed_after:?}");
+
+    // The Watch stream's connection is past the timeout too, but carries a call: still open.
+    let next = tokio::time::timeout(Duration::from_millis(500), watch.message()).await;
+    assert!(next.is_err(), "the Watch stream ended or failed: {next:?}");
+}
+
 #[test]
 fn descriptor_set_subcommand_writes_the_built_in_set() {
     let dir = tempfile::tempdir().unwrap();
