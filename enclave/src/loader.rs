@@ -890,6 +890,9 @@ mod tests {
         put(&source, "p/DELTA_0000000000000001", "p,UPDATE,1,p,string\n");
         source.unfetchable.lock().unwrap().insert("SNAPSHOT_0000000000000002".into());
         let (mut loader, store, metrics, health) = loader_with_health(source.clone());
+        // The backoff starts at the poll interval: long enough that the check below that a retry
+        // waits for it does not depend on how fast this machine is.
+        loader.config.poll_interval = Duration::from_millis(100);
         assert!(!loader.initial_load().await.unwrap(), "the snapshot waits for its retry");
         assert_eq!(value(&store, "p").as_deref(), Some("p"), "other prefixes load meanwhile");
         assert_eq!(value(&store, "a"), None, "no fallback before the retries are spent");
@@ -911,7 +914,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(attempts(), 3, "max_fetch_attempts");
-        assert!(started.elapsed() >= Duration::from_millis(30), "backoff: 10 ms, then 20 ms");
+        assert!(started.elapsed() >= Duration::from_millis(300), "backoff: 100 ms, then 200 ms");
         assert_eq!(value(&store, "a").as_deref(), Some("one"), "fell back to the snapshot before it");
         assert_eq!(value(&store, "b").as_deref(), Some("three"));
         assert_eq!(metrics.files_unfetchable.load(Ordering::Relaxed), 1);
@@ -939,7 +942,7 @@ mod tests {
         source.unfetchable.lock().unwrap().insert("DELTA_0000000000000006".into());
         loader.poll_once().await.unwrap();
         source.unfetchable.lock().unwrap().clear();
-        tokio::time::sleep(Duration::from_millis(15)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
         loader.poll_once().await.unwrap();
         assert_eq!(value(&store, "e").as_deref(), Some("six"));
         assert_eq!(metrics.files_unfetchable.load(Ordering::Relaxed), 2);

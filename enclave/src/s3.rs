@@ -116,8 +116,9 @@ pub fn resolve(
         return Ok(None);
     }
     if let Some(b) = &bucket {
-        check_bucket(b)
-            .map_err(|reason| invalid(origin("s3-bucket", "s3_bucket", args.s3_bucket.is_some()), reason))?;
+        check_bucket(b).map_err(|reason| {
+            invalid(origin("s3-bucket", "s3_bucket", args.s3_bucket.is_some()), format!("{b:?} {reason}"))
+        })?;
     }
     if let Some(p) = &ssm_prefix {
         ssm::check_prefix(p).map_err(|reason| {
@@ -126,8 +127,9 @@ pub fn resolve(
     }
     let prefix = args.s3_prefix.clone().or(file.s3_prefix);
     if let Some(p) = &prefix {
-        check_prefix(p)
-            .map_err(|reason| invalid(origin("s3-prefix", "s3_prefix", args.s3_prefix.is_some()), reason))?;
+        check_prefix(p).map_err(|reason| {
+            invalid(origin("s3-prefix", "s3_prefix", args.s3_prefix.is_some()), format!("{p:?} {reason}"))
+        })?;
     }
     let egress_setting = origin("egress-socks5", "egress_socks5", args.egress_socks5.is_some());
     let egress_text = args.egress_socks5.clone().or(file.egress_socks5).ok_or_else(|| {
@@ -149,8 +151,9 @@ pub fn resolve(
     }
     let region = args.aws_region.clone().or(file.region);
     if let Some(r) = &region {
-        check_region(r)
-            .map_err(|reason| invalid(origin("aws-region", "region", args.aws_region.is_some()), reason))?;
+        check_region(r).map_err(|reason| {
+            invalid(origin("aws-region", "region", args.aws_region.is_some()), format!("{r:?} {reason}"))
+        })?;
     }
     let endpoint_url = args.aws_endpoint_url.clone().or(file.endpoint_url);
     if let Some(url) = &endpoint_url {
@@ -183,22 +186,24 @@ pub fn check_bucket(name: &str) -> Result<(), String> {
         || !ends_ok(name.as_bytes().first())
         || !ends_ok(name.as_bytes().last())
     {
-        return Err(format!(
-            "{name:?} is not an S3 bucket name (3-63 characters of a-z, 0-9, '.', '-', starting and ending with a letter or digit)"
-        ));
+        return Err(
+            "is not an S3 bucket name (3-63 characters of a-z, 0-9, '.', '-', starting and ending with a letter or digit)"
+                .into(),
+        );
     }
     Ok(())
 }
 
+/// The checks below return a reason without the value (`is not ...`): a flag's error quotes its
+/// value in front of it, an SSM parameter's names only the parameter (its value may be secret).
+///
 /// A key prefix: no empty segments, no `.`/`..`, at most 512 bytes.
 pub fn check_prefix(prefix: &str) -> Result<(), String> {
     let trimmed = prefix.trim_matches('/');
     if trimmed.len() > 512
         || (!trimmed.is_empty() && trimmed.split('/').any(|s| s.is_empty() || s == "." || s == ".."))
     {
-        return Err(format!(
-            "{prefix:?} is not a key prefix (segments separated by single '/', no '.' or '..')"
-        ));
+        return Err("is not a key prefix (segments separated by single '/', no '.' or '..')".into());
     }
     Ok(())
 }
@@ -208,7 +213,7 @@ pub fn check_region(region: &str) -> Result<(), String> {
     let ok = !region.is_empty()
         && region.len() <= 64
         && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok { Ok(()) } else { Err(format!("{region:?} is not an AWS region name (e.g. us-east-1)")) }
+    if ok { Ok(()) } else { Err("is not an AWS region name (e.g. us-east-1)".into()) }
 }
 
 /// Why the S3 source could not be set up. Transient ones are retried while the server serves;

@@ -99,7 +99,8 @@ pub fn parse(
     let mut settings = SsmSettings::default();
     match get(DATA_BUCKET_ID) {
         Some((full, value)) => {
-            s3::check_bucket(&value).map_err(|reason| invalid(full.clone(), reason))?;
+            s3::check_bucket(&value)
+                .map_err(|reason| invalid(full.clone(), format!("the value {reason}")))?;
             settings.bucket = Some(value);
             settings.found.push(full);
         }
@@ -113,18 +114,18 @@ pub fn parse(
     }
     if let Some((full, value)) = get(BACKUP_POLL_FREQUENCY_SECS) {
         let secs = value.parse::<u64>().ok().filter(|s| (1..=3600).contains(s)).ok_or_else(|| {
-            invalid(full.clone(), format!("{value:?} is not a whole number of seconds in 1..=3600"))
+            invalid(full.clone(), "the value is not a whole number of seconds in 1..=3600".into())
         })?;
         settings.poll_interval = Some(Duration::from_secs(secs));
         settings.found.push(full);
     }
     if let Some((full, value)) = get(DATA_PREFIX) {
-        s3::check_prefix(&value).map_err(|reason| invalid(full.clone(), reason))?;
+        s3::check_prefix(&value).map_err(|reason| invalid(full.clone(), format!("the value {reason}")))?;
         settings.prefix = Some(value);
         settings.found.push(full);
     }
     if let Some((full, value)) = get(REGION) {
-        s3::check_region(&value).map_err(|reason| invalid(full.clone(), reason))?;
+        s3::check_region(&value).map_err(|reason| invalid(full.clone(), format!("the value {reason}")))?;
         settings.region = Some(value);
         settings.found.push(full);
     }
@@ -170,6 +171,19 @@ mod tests {
         ] {
             let err = parse("p", &values(&[(name, value)]), false).unwrap_err().to_string();
             assert!(err.contains(name), "{name}={value}: {err}");
+        }
+    }
+
+    /// Issue 14 item 10: a rejected SSM value was quoted in the error, which is logged (and logs
+    /// go to CloudWatch); a SecureString put in the wrong parameter would leak. The error names
+    /// the parameter and the reason only.
+    #[test]
+    fn a_rejected_value_is_never_quoted() {
+        for name in ["p-data-bucket-id", "p-backup-poll-frequency-secs", "p-data-prefix", "p-region"] {
+            let secret = "Secret/../Value With Spaces";
+            let err = parse("p", &values(&[(name, secret)]), false).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+            assert!(!err.contains("Secret") && !err.contains("Spaces"), "{name}: {err}");
         }
     }
 

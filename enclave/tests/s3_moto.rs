@@ -504,9 +504,10 @@ async fn a_missing_or_invalid_ssm_parameter_ends_the_process_non_zero() {
     let (status, logs) = run_until_exit(&moto, &proxy, "kv-server-badpoll");
     assert_eq!(status.code(), Some(1), "{logs}");
     assert!(
-        logs.contains("SSM parameter kv-server-badpoll-backup-poll-frequency-secs: \"soon\" is not"),
+        logs.contains("SSM parameter kv-server-badpoll-backup-poll-frequency-secs: the value is not"),
         "{logs}"
     );
+    assert!(!logs.contains("soon"), "an SSM value reached the logs: {logs}");
 }
 
 #[tokio::test]
