@@ -7,7 +7,7 @@
 
 use std::io::{self, Write};
 
-use super::{DataError, Mutation, Record, SET_SEPARATOR, Value};
+use super::{Budget, DataError, Mutation, Record, SET_SEPARATOR, Value};
 
 const COLUMNS: [&str; 5] = ["key", "mutation_type", "logical_commit_time", "value", "value_type"];
 const KEY: usize = 0;
@@ -17,7 +17,18 @@ const VALUE: usize = 3;
 const VALUE_TYPE: usize = 4;
 const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
 
-pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> {
+pub(super) fn parse(name: &str, bytes: &[u8], budget: &Budget) -> Result<Vec<Record>, DataError> {
+    // CSV is not compressed: its text is what it decodes from.
+    if bytes.len() as u64 > budget.max_inflated_bytes {
+        return Err(DataError::header(
+            name,
+            format!(
+                "the file is {} bytes of CSV, more than max_file_inflated_bytes ({} bytes)",
+                bytes.len(),
+                budget.max_inflated_bytes
+            ),
+        ));
+    }
     let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
     let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(bytes);
     let mut row = csv::ByteRecord::new();
@@ -30,7 +41,9 @@ pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> 
     let index = column_index(&row).map_err(header_err)?;
 
     // Rows are about 1/2 to 1/10 of a 200-byte line; a cheap guess that avoids regrowth.
-    let mut records = Vec::with_capacity(bytes.len() / 128);
+    let mut records = Vec::with_capacity(
+        (bytes.len() / 128).min(usize::try_from(budget.max_records).unwrap_or(usize::MAX)),
+    );
     loop {
         let number = records.len() as u64 + 1;
         // The csv crate's line numbers skip line breaks inside quoted fields, and its byte offset
@@ -59,6 +72,9 @@ pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> 
                 let line = line_at(e.position());
                 return Err(DataError { line, ..DataError::record(name, number, format!("CSV: {e}")) });
             }
+        }
+        if number > budget.max_records {
+            return Err(at_row(&row, format!("more than max_file_records ({}) records", budget.max_records)));
         }
         if row.len() != COLUMNS.len() {
             let what = if row.len() < COLUMNS.len() { "missing column(s)" } else { "extra column(s)" };

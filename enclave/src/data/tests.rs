@@ -368,6 +368,78 @@ fn avro_rejects_records_kv_server_cannot_load() {
     );
 }
 
+fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut z, data).unwrap();
+    z.finish().unwrap()
+}
+
+fn budget(max_inflated_bytes: u64, max_records: u64) -> Budget {
+    Budget { max_inflated_bytes, max_records, ..Budget::default() }
+}
+
+/// Issue 14 item 5: the deflate cap was per block and the blocks unlimited, so a small file of
+/// many blocks, each under the cap, inflated to gigabytes.
+#[test]
+fn avro_blocks_each_under_the_block_cap_are_charged_against_one_budget_per_file() {
+    // 8 deflate blocks of 100 records, each inflating to about 17 KB and compressing to far less.
+    let records: Vec<Record> =
+        (0..100).map(|i| update(&format!("key{i:03}"), i, Value::String("v".repeat(100)))).collect();
+    let data: Vec<u8> = records.iter().flat_map(datum).collect();
+    let compressed = deflate(&data);
+    assert!(compressed.len() * 10 < data.len(), "{} -> {}", data.len(), compressed.len());
+    let blocks: Vec<(i64, Vec<u8>)> = (0..8).map(|_| (100, compressed.clone())).collect();
+    let file = container(&[SCHEMA, (b"avro.codec", b"deflate")], &[3; 16], &blocks);
+    let total = 8 * data.len() as u64;
+    assert_eq!(parse_file_with("f", &file, &budget(total, 800)).unwrap().len(), 800, "exactly the budget");
+
+    let limit = 4 * data.len() as u64 + 10;
+    let e =
+        parse_file_with("p/DELTA_0000000000000001", &file, &budget(limit, 800)).map(|r| r.len()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "p/DELTA_0000000000000001: record 401: Avro block 5: the blocks inflate to more than \
+             max_file_inflated_bytes ({limit} bytes) in all"
+        )
+    );
+    // Null-codec blocks are charged the same.
+    let plain: Vec<(i64, Vec<u8>)> = (0..8).map(|_| (100, data.clone())).collect();
+    let file = container(&[SCHEMA], &[3; 16], &plain);
+    let e = parse_file_with("f", &file, &budget(limit, 800)).map(|r| r.len()).unwrap_err();
+    assert!(e.to_string().starts_with("f: record 401: Avro block 5: the blocks inflate to more than"), "{e}");
+    // CSV text is what a CSV file decodes from.
+    let csv = csv_of(&records);
+    let e = parse_file_with("f.csv", &csv, &budget(csv.len() as u64 - 1, 800)).map(|r| r.len()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "f.csv: the file is {} bytes of CSV, more than max_file_inflated_bytes ({} bytes)",
+            csv.len(),
+            csv.len() - 1
+        )
+    );
+    assert_eq!(parse_file_with("f.csv", &csv, &budget(csv.len() as u64, 800)).unwrap(), records);
+}
+
+#[test]
+fn records_per_file_are_capped_in_both_formats() {
+    let records: Vec<Record> =
+        (0..4).map(|i| update(&format!("k{i}"), i, Value::String("v".into()))).collect();
+    let three = budget(u64::MAX, 3);
+    for (file, want) in [
+        (avro_of(&records), "f: record 4: more than max_file_records (3) records"),
+        (csv_of(&records), "f: record 4 (line 5): more than max_file_records (3) records"),
+    ] {
+        assert_eq!(parse_file_with("f", &file, &three).map(|r| r.len()).unwrap_err().to_string(), want);
+        assert_eq!(parse_file_with("f", &file, &budget(u64::MAX, 4)).unwrap(), records);
+    }
+    // A block's claimed object count reserves no more than the records left in the budget.
+    let many: Vec<Record> = (0..1000).map(|i| delete(&format!("k{i}"), i)).collect();
+    let e = parse_file_with("f", &avro_of(&many), &budget(u64::MAX, 10)).map(|r| r.len()).unwrap_err();
+    assert_eq!(e.to_string(), "f: record 11: more than max_file_records (10) records");
+}
+
 #[test]
 fn data_error_display_forms() {
     let e = DataError { file: "x".into(), record: Some(3), line: Some(4), reason: "bad".into() };
