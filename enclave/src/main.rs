@@ -162,7 +162,7 @@ where
         tombstone_retention: config.tombstone_retention,
         max_commit_time_ahead: config.max_commit_time_ahead,
         clock: kv_server::loader::unix_micros,
-        budget: kv_server::data::Budget::default(),
+        budget: config.budget,
         initial_load_delay: config.initial_load_delay,
     };
     match config.source.clone() {
