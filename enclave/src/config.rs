@@ -109,6 +109,10 @@ pub struct ServeArgs {
     /// Most records in one data file; a file with more is rejected [default: 10000000].
     #[arg(long, value_name = "N")]
     pub max_file_records: Option<u64>,
+    /// Most members of one set value in a data file; a file with a larger set is rejected
+    /// [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_set_members: Option<u64>,
     /// Log format: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -139,6 +143,7 @@ pub struct FileConfig {
     pub max_file_bytes: Option<u64>,
     pub max_file_inflated_bytes: Option<u64>,
     pub max_file_records: Option<u64>,
+    pub max_set_members: Option<u64>,
     pub log_format: Option<String>,
     pub plaintext_lookups: Option<bool>,
     /// `[v2]`: HPKE keys and limits of the v2 API.
@@ -219,7 +224,7 @@ pub struct Config {
     pub tombstone_retention: i64,
     /// In commit-time units (microseconds).
     pub max_commit_time_ahead: i64,
-    /// What one data file may cost (size, inflated bytes, records).
+    /// What one data file may cost (size, inflated bytes, records, set members).
     pub budget: crate::data::Budget,
     pub log_format: LogFormat,
     pub initial_load_delay: Duration,
@@ -386,7 +391,7 @@ impl ServeArgs {
         }
         let defaults = crate::data::Budget::default();
         let mut budget = defaults;
-        for (flag, key, from_flag, from_file, default, field) in [
+        for (flag, key, from_flag, from_file, default, field, zero_rejects) in [
             (
                 "max-file-bytes",
                 "max_file_bytes",
@@ -394,6 +399,7 @@ impl ServeArgs {
                 file.max_file_bytes,
                 defaults.max_file_bytes,
                 &mut budget.max_file_bytes,
+                "every file",
             ),
             (
                 "max-file-inflated-bytes",
@@ -402,6 +408,7 @@ impl ServeArgs {
                 file.max_file_inflated_bytes,
                 defaults.max_inflated_bytes,
                 &mut budget.max_inflated_bytes,
+                "every file",
             ),
             (
                 "max-file-records",
@@ -410,13 +417,23 @@ impl ServeArgs {
                 file.max_file_records,
                 defaults.max_records,
                 &mut budget.max_records,
+                "every file",
+            ),
+            (
+                "max-set-members",
+                "max_set_members",
+                self.max_set_members,
+                file.max_set_members,
+                defaults.max_set_members,
+                &mut budget.max_set_members,
+                "every file with a non-empty set",
             ),
         ] {
             *field = from_flag.or(from_file).unwrap_or(default);
             if *field == 0 {
                 return Err(invalid(
                     origin(flag, key, from_flag.is_some()),
-                    "0 would reject every data file; the least is 1".into(),
+                    format!("0 would reject {zero_rejects}; the least is 1"),
                 ));
             }
         }
@@ -533,23 +550,38 @@ mod tests {
 
     #[test]
     fn data_file_limits_from_flags_and_file() {
-        let config = args(&["--sample-data", "--max-file-bytes", "1000", "--max-file-records", "7"])
-            .resolve()
-            .unwrap();
+        let config = args(&[
+            "--sample-data",
+            "--max-file-bytes",
+            "1000",
+            "--max-file-records",
+            "7",
+            "--max-set-members",
+            "3",
+        ])
+        .resolve()
+        .unwrap();
         assert_eq!(config.budget.max_file_bytes, 1000);
         assert_eq!(config.budget.max_records, 7);
+        assert_eq!(config.budget.max_set_members, 3);
         assert_eq!(config.budget.max_inflated_bytes, crate::data::DEFAULT_MAX_INFLATED_BYTES);
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kv.toml");
         std::fs::write(
             &path,
-            "sample_data = true\nmax_file_bytes = 5\nmax_file_inflated_bytes = 6\nmax_file_records = 8\n",
+            "sample_data = true\nmax_file_bytes = 5\nmax_file_inflated_bytes = 6\nmax_file_records = 8\n\
+             max_set_members = 9\n",
         )
         .unwrap();
         let p = path.to_str().unwrap();
         let config = args(&["--config", p]).resolve().unwrap();
-        let want = crate::data::Budget { max_file_bytes: 5, max_inflated_bytes: 6, max_records: 8 };
+        let want = crate::data::Budget {
+            max_file_bytes: 5,
+            max_inflated_bytes: 6,
+            max_records: 8,
+            max_set_members: 9,
+        };
         assert_eq!(config.budget, want);
         let config = args(&["--config", p, "--max-file-inflated-bytes", "60"]).resolve().unwrap();
         assert_eq!(config.budget.max_inflated_bytes, 60, "the flag wins over the file");
@@ -629,6 +661,7 @@ mod tests {
             (&["--sample-data", "--max-file-bytes", "0"][..], "--max-file-bytes"),
             (&["--sample-data", "--max-file-inflated-bytes", "0"][..], "--max-file-inflated-bytes"),
             (&["--sample-data", "--max-file-records", "0"][..], "--max-file-records"),
+            (&["--sample-data", "--max-set-members", "0"][..], "--max-set-members"),
             (&["--data-dir", "/nonexistent/kv-core-test"][..], "--data-dir"),
             (&[][..], "data source"),
         ] {

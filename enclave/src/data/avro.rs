@@ -10,7 +10,8 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Read, Write};
 
-use super::flatbuf::{Encoder, decode};
+use super::budget::{memory, memory_exceeded};
+use super::flatbuf::{Encoder, decode_within};
 use super::{Budget, DataError, Record};
 
 pub(super) const MAGIC: [u8; 4] = *b"Obj\x01";
@@ -151,6 +152,8 @@ pub(super) fn parse(name: &str, bytes: &[u8], budget: &Budget) -> Result<Vec<Rec
     // The bytes of every block so far, after deflate: what the file has spent of
     // `budget.max_inflated_bytes`.
     let mut spent = 0u64;
+    // The memory of the keys and values decoded so far, against the same budget.
+    let mut in_memory = 0u64;
     let mut block_no = 0u64;
     while c.remaining() > 0 {
         block_no += 1;
@@ -212,8 +215,12 @@ pub(super) fn parse(name: &str, bytes: &[u8], budget: &Budget) -> Result<Vec<Rec
             }
             let datum =
                 d.bytes("datum").map_err(|e| DataError::record(name, n, format!("Avro datum: {e}")))?;
-            let record =
-                decode(datum).map_err(|e| DataError::record(name, n, format!("FlatBuffers record: {e}")))?;
+            let record = decode_within(datum, budget.max_set_members)
+                .map_err(|e| DataError::record(name, n, format!("FlatBuffers record: {e}")))?;
+            in_memory = in_memory.saturating_add(memory(&record));
+            if in_memory > budget.max_inflated_bytes {
+                return Err(DataError::record(name, n, memory_exceeded(budget)));
+            }
             records.push(record);
         }
         if d.remaining() != 0 {

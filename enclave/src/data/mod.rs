@@ -21,7 +21,9 @@ mod name;
 #[cfg(test)]
 mod tests;
 
-pub use budget::{Budget, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_INFLATED_BYTES, DEFAULT_MAX_RECORDS};
+pub use budget::{
+    Budget, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_INFLATED_BYTES, DEFAULT_MAX_RECORDS, DEFAULT_MAX_SET_MEMBERS,
+};
 pub use name::{DataFileName, FileKind};
 
 use std::fmt;
