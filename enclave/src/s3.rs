@@ -26,7 +26,7 @@ use transport::Endpoint;
 use crate::config::ConfigError;
 use crate::data::DataFileName;
 use crate::egress::{self, EgressHttpClient};
-use crate::source::{Source, SourceError};
+use crate::source::{Source, SourceError, initial_capacity};
 use crate::ssm::{self, SsmSettings};
 
 /// S3 and SSM flags (part of `kv-server`'s command line).
@@ -523,7 +523,7 @@ impl Source for S3Source {
                 format!("Content-Length {len} bytes"),
             ));
         }
-        let mut bytes = Vec::with_capacity(usize::try_from(stated.unwrap_or(0)).unwrap_or(0));
+        let mut bytes = Vec::with_capacity(initial_capacity(stated.unwrap_or(0)));
         while let Some(chunk) = object.body.next().await {
             let chunk = chunk.map_err(|e| {
                 fetch_err(Box::new(S3Error {
@@ -613,6 +613,8 @@ mod tests {
         Length { stated: u64, body: Vec<u8> },
         /// No length: the body ends when the connection closes.
         UntilClose(Vec<u8>),
+        /// `Content-Length` as given, then `body`, then the connection closes.
+        Truncated { stated: u64, body: Vec<u8> },
         /// `Transfer-Encoding: chunked` and a `Content-Length` that lies (HTTP lets the chunks
         /// win, so the client sees no length); 64 KiB chunks.
         ChunkedWithFalseLength { stated: u64, body: Vec<u8> },
@@ -646,6 +648,12 @@ mod tests {
                             stream.write_all(&body).await?;
                             // Hold the connection: a client that waited for the stated bytes would hang.
                             tokio::time::sleep(Duration::from_secs(60)).await;
+                        }
+                        Answer::Truncated { stated, body } => {
+                            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {stated}\r\n\r\n");
+                            stream.write_all(head.as_bytes()).await?;
+                            stream.write_all(&body).await?;
+                            stream.shutdown().await?;
                         }
                         Answer::UntilClose(body) => {
                             stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").await?;
@@ -728,6 +736,21 @@ mod tests {
                 )
             );
         }
+    }
+
+    /// A Content-Length is a claim: the buffer is not sized by it (an allocation of 8 EiB aborts
+    /// the process), also when the limit is set as high as it goes.
+    #[tokio::test]
+    async fn a_huge_stated_length_within_the_limit_allocates_nothing_up_front() {
+        let egress =
+            fake_s3(Answer::Truncated { stated: i64::MAX as u64, body: b"three bytes".to_vec() }).await;
+        let source = source_through(egress);
+        let result =
+            tokio::time::timeout(Duration::from_secs(20), source.fetch("DELTA_0000000000000001", u64::MAX))
+                .await
+                .expect("the fetch ends when the connection does");
+        let err = result.map(|b| b.len()).unwrap_err();
+        assert!(matches!(err, SourceError::Fetch { .. }), "a cut body is a source error, retried: {err}");
     }
 
     fn args(list: &[&str]) -> AwsArgs {

@@ -41,6 +41,14 @@ impl SourceError {
     }
 }
 
+/// The capacity to start a file's buffer with: its stated length (already within the limit), but
+/// at most 64 MiB up front. A length is a claim (a server's Content-Length, a file that shrinks
+/// while read) and the limit may be set very high: beyond that, the buffer grows with what
+/// arrives.
+pub(crate) fn initial_capacity(stated: u64) -> usize {
+    usize::try_from(stated.min(64 << 20)).unwrap_or(0)
+}
+
 /// A place holding data files.
 pub trait Source: Send + Sync + 'static {
     /// Where the files are, for logs (`/data`, `s3://bucket/prefix`).
@@ -132,7 +140,7 @@ impl Source for LocalDir {
         }
         // The length may change under us (a writer appending instead of renaming): read no
         // further than the limit allows either way.
-        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        let mut bytes = Vec::with_capacity(initial_capacity(len));
         (&mut file)
             .take(max_bytes.saturating_add(1))
             .read_to_end(&mut bytes)
