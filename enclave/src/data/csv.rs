@@ -41,9 +41,9 @@ pub(super) fn parse(name: &str, bytes: &[u8], budget: &Budget) -> Result<Vec<Rec
     }
     let index = column_index(&row).map_err(header_err)?;
 
-    // Rows are about 1/2 to 1/10 of a 200-byte line; a cheap guess that avoids regrowth.
     // The memory of the keys and values decoded so far: one-byte members take 24 bytes and more.
     let mut in_memory = 0u64;
+    // Rows are about 1/2 to 1/10 of a 200-byte line; a cheap guess that avoids regrowth.
     let mut records = Vec::with_capacity(
         (bytes.len() / 128).min(usize::try_from(budget.max_records).unwrap_or(usize::MAX)),
     );
@@ -158,7 +158,8 @@ fn parse_row(f: &[&[u8]; 5], max_set_members: u64) -> Result<Record, String> {
 
 fn parse_value(raw: &[u8], value_type: &str, max_set_members: u64) -> Result<Value, String> {
     let value = utf8(raw, "value")?;
-    let is_set = !value_type.eq_ignore_ascii_case("string");
+    let is_set =
+        ["string_set", "uint32_set", "uint64_set"].iter().any(|t| value_type.eq_ignore_ascii_case(t));
     if is_set && !value.is_empty() {
         let count = value.bytes().filter(|&b| b == SET_SEPARATOR as u8).count() as u64 + 1;
         check_set_members(count, max_set_members)?;

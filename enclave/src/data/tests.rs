@@ -587,6 +587,11 @@ fn set_members_are_capped_in_both_formats() {
             );
         }
     }
+    // Not a set: the value is a string however many separators it holds.
+    assert!(parse_file_with("f", row(&eleven, "string", "UPDATE").as_bytes(), &ten).is_ok());
+    let e =
+        parse_file_with("f", row(&eleven, "json", "UPDATE").as_bytes(), &ten).map(|r| r.len()).unwrap_err();
+    assert!(e.to_string().starts_with("f: record 1 (line 2): value_type is unknown"), "{e}");
 }
 
 #[test]
