@@ -116,6 +116,21 @@ pub struct ServeArgs {
     /// every listed file is older than this, in seconds [default: 300].
     #[arg(long, value_name = "SECS")]
     pub max_staleness_secs: Option<u64>,
+    /// Largest data file, in bytes as stored; a larger one is rejected without being read whole
+    /// [default: 1073741824].
+    #[arg(long, value_name = "BYTES")]
+    pub max_file_bytes: Option<u64>,
+    /// Most bytes one data file may inflate to (Avro blocks after deflate, or CSV text); a file
+    /// over it is rejected [default: 1073741824].
+    #[arg(long, value_name = "BYTES")]
+    pub max_file_inflated_bytes: Option<u64>,
+    /// Most records in one data file; a file with more is rejected [default: 10000000].
+    #[arg(long, value_name = "N")]
+    pub max_file_records: Option<u64>,
+    /// Most members of one set value in a data file; a file with a larger set is rejected
+    /// [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_set_members: Option<u64>,
     /// Log format: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -146,6 +161,10 @@ pub struct FileConfig {
     pub max_fetch_attempts: Option<u32>,
     pub max_staleness_secs: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
+    pub max_file_bytes: Option<u64>,
+    pub max_file_inflated_bytes: Option<u64>,
+    pub max_file_records: Option<u64>,
+    pub max_set_members: Option<u64>,
     pub log_format: Option<String>,
     pub plaintext_lookups: Option<bool>,
     /// `[v2]`: HPKE keys and limits of the v2 API.
@@ -231,6 +250,8 @@ pub struct Config {
     pub max_commit_time_ahead: i64,
     pub max_fetch_attempts: u32,
     pub max_staleness: Duration,
+    /// What one data file may cost (size, inflated bytes, records, set members).
+    pub budget: crate::data::Budget,
     pub log_format: LogFormat,
     pub initial_load_delay: Duration,
     /// `None`: no OTLP export.
@@ -418,6 +439,54 @@ impl ServeArgs {
                 format!("{idle_timeout_secs} is outside 1..=86400 seconds"),
             ));
         }
+        let defaults = crate::data::Budget::default();
+        let mut budget = defaults;
+        for (flag, key, from_flag, from_file, default, field, zero_rejects) in [
+            (
+                "max-file-bytes",
+                "max_file_bytes",
+                self.max_file_bytes,
+                file.max_file_bytes,
+                defaults.max_file_bytes,
+                &mut budget.max_file_bytes,
+                "every file",
+            ),
+            (
+                "max-file-inflated-bytes",
+                "max_file_inflated_bytes",
+                self.max_file_inflated_bytes,
+                file.max_file_inflated_bytes,
+                defaults.max_inflated_bytes,
+                &mut budget.max_inflated_bytes,
+                "every file",
+            ),
+            (
+                "max-file-records",
+                "max_file_records",
+                self.max_file_records,
+                file.max_file_records,
+                defaults.max_records,
+                &mut budget.max_records,
+                "every file",
+            ),
+            (
+                "max-set-members",
+                "max_set_members",
+                self.max_set_members,
+                file.max_set_members,
+                defaults.max_set_members,
+                &mut budget.max_set_members,
+                "every file with a non-empty set",
+            ),
+        ] {
+            *field = from_flag.or(from_file).unwrap_or(default);
+            if *field == 0 {
+                return Err(invalid(
+                    origin(flag, key, from_flag.is_some()),
+                    format!("0 would reject {zero_rejects}; the least is 1"),
+                ));
+            }
+        }
         let log_format = match self.log_format.clone().or(file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -478,6 +547,7 @@ impl ServeArgs {
             max_commit_time_ahead: ahead,
             max_fetch_attempts,
             max_staleness: Duration::from_secs(max_staleness_secs),
+            budget,
             log_format,
             initial_load_delay: Duration::from_millis(self.test_initial_load_delay_ms.unwrap_or(0)),
             otlp,
@@ -531,6 +601,53 @@ mod tests {
         assert!(config.plaintext_lookups, "plaintext lookups stay on by default (compatibility)");
         assert_eq!(config.v2, V2Config::default());
         assert_eq!(config.v2.key_rotation, Duration::from_secs(86_400));
+        assert_eq!(config.budget, crate::data::Budget::default());
+    }
+
+    #[test]
+    fn data_file_limits_from_flags_and_file() {
+        let config = args(&[
+            "--sample-data",
+            "--max-file-bytes",
+            "1000",
+            "--max-file-records",
+            "7",
+            "--max-set-members",
+            "3",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(config.budget.max_file_bytes, 1000);
+        assert_eq!(config.budget.max_records, 7);
+        assert_eq!(config.budget.max_set_members, 3);
+        assert_eq!(config.budget.max_inflated_bytes, crate::data::DEFAULT_MAX_INFLATED_BYTES);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.toml");
+        std::fs::write(
+            &path,
+            "sample_data = true\nmax_file_bytes = 5\nmax_file_inflated_bytes = 6\nmax_file_records = 8\n\
+             max_set_members = 9\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let config = args(&["--config", p]).resolve().unwrap();
+        let want = crate::data::Budget {
+            max_file_bytes: 5,
+            max_inflated_bytes: 6,
+            max_records: 8,
+            max_set_members: 9,
+        };
+        assert_eq!(config.budget, want);
+        let config = args(&["--config", p, "--max-file-inflated-bytes", "60"]).resolve().unwrap();
+        assert_eq!(config.budget.max_inflated_bytes, 60, "the flag wins over the file");
+
+        std::fs::write(&path, "sample_data = true\nmax_file_records = 0\n").unwrap();
+        let err = args(&["--config", p]).resolve().unwrap_err().to_string();
+        assert!(err.contains("kv.toml key `max_file_records`") && err.contains("the least is 1"), "{err}");
+        std::fs::write(&path, "sample_data = true\nmax_file_size = 1\n").unwrap();
+        let err = args(&["--config", p]).resolve().unwrap_err().to_string();
+        assert!(err.contains("max_file_size"), "unknown keys are still refused: {err}");
     }
 
     #[test]
@@ -597,6 +714,10 @@ mod tests {
             ),
             (&["--sample-data", "--max-partitions", "0"][..], "--max-partitions"),
             (&["--sample-data", "--max-commit-time-ahead=-1"][..], "--max-commit-time-ahead"),
+            (&["--sample-data", "--max-file-bytes", "0"][..], "--max-file-bytes"),
+            (&["--sample-data", "--max-file-inflated-bytes", "0"][..], "--max-file-inflated-bytes"),
+            (&["--sample-data", "--max-file-records", "0"][..], "--max-file-records"),
+            (&["--sample-data", "--max-set-members", "0"][..], "--max-set-members"),
             (&["--data-dir", "/nonexistent/kv-core-test"][..], "--data-dir"),
             (&[][..], "data source"),
         ] {

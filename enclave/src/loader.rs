@@ -33,6 +33,9 @@
 //! is older than `max_staleness`. `loadbalancer-healthcheck` turns SERVING only once a file has
 //! been applied (or the source holds no data file at all): a source whose files were all rejected
 //! does not make the server look ready with an empty store.
+//!
+//! A file over the [`data::Budget`] (its size, which the source checks before reading it whole,
+//! what it inflates to, its records) is rejected the same way as one that fails to parse.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -145,6 +148,9 @@ pub struct LoaderConfig {
     pub max_staleness: Duration,
     /// The trusted clock, in commit-time units: [`unix_micros`] outside tests.
     pub clock: fn() -> i64,
+    /// What one file may cost: its size (the source refuses a larger one), what it inflates to
+    /// and its records. A file over it is rejected.
+    pub budget: data::Budget,
     /// Test hook: a pause before the initial load.
     pub initial_load_delay: Duration,
 }
@@ -472,10 +478,15 @@ impl<S: Source> Loader<S> {
         {
             return Step::Waiting;
         }
-        let bytes = match self.source.fetch(&full).await {
+        let fetched = match self.source.fetch(&full, self.config.budget.max_file_bytes).await {
             Ok(bytes) => {
                 state.retry = None;
-                bytes
+                Ok(bytes)
+            }
+            // The file's fault, not the source's: rejected below like a file that fails to parse.
+            Err(SourceError::TooLarge(e)) => {
+                state.retry = None;
+                Err(e)
             }
             Err(e) => {
                 self.metrics.source_errors.fetch_add(1, Ordering::Relaxed);
@@ -510,13 +521,15 @@ impl<S: Source> Loader<S> {
                 return Step::Done(FileOutcome::Rejected);
             }
         };
-        let size = bytes.len();
+        let size = fetched.as_ref().map_or(0, Vec::len);
         let store = self.store.clone();
         let file = full.clone();
         let floor = state.floor;
+        let budget = self.config.budget;
         // Parsing and applying are CPU work: keep them off the async workers serving requests.
         let result = tokio::task::spawn_blocking(move || -> Result<_, data::DataError> {
-            let records = data::parse_file(&file, &bytes)?;
+            let bytes = fetched?;
+            let records = data::parse_file_with(&file, &bytes, &budget)?;
             drop(bytes);
             check_commit_times(&file, &records, limit)?;
             let count = records.len();
@@ -665,7 +678,7 @@ mod tests {
                 .collect())
         }
 
-        async fn fetch(&self, name: &str) -> Result<Vec<u8>, SourceError> {
+        async fn fetch(&self, name: &str, max_bytes: u64) -> Result<Vec<u8>, SourceError> {
             self.fetched.lock().unwrap().push(name.to_string());
             if self.unfetchable.lock().unwrap().contains(name) {
                 return Err(SourceError::Fetch {
@@ -674,7 +687,11 @@ mod tests {
                     source: "HTTP 403 AccessDenied".into(),
                 });
             }
-            Ok(self.files.lock().unwrap()[name].clone())
+            let bytes = self.files.lock().unwrap()[name].clone();
+            if bytes.len() as u64 > max_bytes {
+                return Err(SourceError::too_large(name, format!("memory:{name}"), max_bytes, bytes.len()));
+            }
+            Ok(bytes)
         }
     }
 
@@ -705,6 +722,7 @@ mod tests {
             max_fetch_attempts: 3,
             max_staleness: Duration::from_secs(300),
             clock: || NOW,
+            budget: data::Budget::default(),
             initial_load_delay: Duration::ZERO,
         };
         let health = Arc::new(Health::new());
@@ -1029,6 +1047,38 @@ mod tests {
             loader.poll_once().await.unwrap();
         }
         assert_eq!(value(&store, "q").as_deref(), Some("x"));
+    }
+
+    /// Issue 14 item 5: a file over the budget is the file's fault, not the source's: rejected,
+    /// counted and never fetched again (not retried at every poll), and the files after it load.
+    #[tokio::test]
+    async fn a_file_over_the_budget_is_rejected_counted_not_retried_and_later_files_load() {
+        let source = Arc::new(MemorySource::default());
+        put(&source, "SNAPSHOT_0000000000000001", "a,UPDATE,1,one,string\n");
+        put(&source, "DELTA_0000000000000002", &"b,UPDATE,2,two,string\n".repeat(20));
+        put(&source, "DELTA_0000000000000003", "c,UPDATE,3,three,string\n");
+        let (mut loader, store, metrics) = loader(source.clone());
+        loader.config.budget.max_file_bytes = 200;
+        loader.config.budget.max_records = 3;
+        assert!(loader.initial_load().await.expect("an over-size file is not a source error"));
+        assert_eq!(value(&store, "a").as_deref(), Some("one"));
+        assert_eq!(value(&store, "b"), None, "nothing of the over-size file is applied");
+        assert_eq!(value(&store, "c").as_deref(), Some("three"), "the file after it loads");
+        assert_eq!(metrics.files_rejected.load(Ordering::Relaxed), 1);
+
+        // Within max_file_bytes but over max_records: rejected the same way.
+        put(&source, "DELTA_0000000000000004", &"d,UPDATE,4,four,string\n".repeat(4));
+        put(&source, "DELTA_0000000000000005", "e,UPDATE,5,five,string\n");
+        loader.poll_once().await.unwrap();
+        loader.poll_once().await.unwrap();
+        assert_eq!(value(&store, "d"), None);
+        assert_eq!(value(&store, "e").as_deref(), Some("five"));
+        assert_eq!(metrics.files_rejected.load(Ordering::Relaxed), 2);
+        assert_eq!(metrics.files_loaded.load(Ordering::Relaxed), 3);
+        let fetched = source.fetched.lock().unwrap().clone();
+        for file in ["DELTA_0000000000000002", "DELTA_0000000000000004"] {
+            assert_eq!(fetched.iter().filter(|f| *f == file).count(), 1, "{file} fetched once: {fetched:?}");
+        }
     }
 
     #[test]

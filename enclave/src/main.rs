@@ -174,6 +174,7 @@ where
         max_fetch_attempts: config.max_fetch_attempts,
         max_staleness: config.max_staleness,
         clock: kv_server::loader::unix_micros,
+        budget: config.budget,
         initial_load_delay: config.initial_load_delay,
     };
     match config.source.clone() {

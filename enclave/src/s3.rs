@@ -26,7 +26,7 @@ use transport::Endpoint;
 use crate::config::ConfigError;
 use crate::data::{DataFileName, FileKind};
 use crate::egress::{self, EgressHttpClient};
-use crate::source::{Source, SourceError};
+use crate::source::{Source, SourceError, initial_capacity};
 use crate::ssm::{self, SsmSettings};
 
 /// S3 and SSM flags (part of `kv-server`'s command line).
@@ -529,14 +529,15 @@ impl Source for S3Source {
         Ok(names)
     }
 
-    async fn fetch(&self, name: &str) -> Result<Vec<u8>, SourceError> {
+    async fn fetch(&self, name: &str, max_bytes: u64) -> Result<Vec<u8>, SourceError> {
         let key = format!("{}{name}", self.key_prefix);
         let fetch_err = |source: crate::source::BoxError| SourceError::Fetch {
             location: self.location(),
             file: name.to_string(),
             source,
         };
-        let object = self
+        let object_url = || format!("s3://{}/{key}", self.bucket);
+        let mut object = self
             .client
             .get_object()
             .bucket(&self.bucket)
@@ -544,15 +545,38 @@ impl Source for S3Source {
             .send()
             .await
             .map_err(|e| fetch_err(Box::new(self.error("GetObject", &key, &e))))?;
-        let body = object.body.collect().await.map_err(|e| {
-            fetch_err(Box::new(S3Error {
-                operation: "GetObject",
-                bucket: self.bucket.clone(),
-                key: key.clone(),
-                detail: format!("reading the body failed: {}", chain(&e)),
-            }))
-        })?;
-        Ok(body.into_bytes().to_vec())
+        // The stated length first, so that an object known to be too large is not read at all;
+        // then the bytes as they arrive, since the length may be absent (chunked) or wrong.
+        let stated = object.content_length().and_then(|n| u64::try_from(n).ok());
+        if let Some(len) = stated.filter(|len| *len > max_bytes) {
+            return Err(SourceError::too_large(
+                name,
+                object_url(),
+                max_bytes,
+                format!("Content-Length {len} bytes"),
+            ));
+        }
+        let mut bytes = Vec::with_capacity(initial_capacity(stated.unwrap_or(0)));
+        while let Some(chunk) = object.body.next().await {
+            let chunk = chunk.map_err(|e| {
+                fetch_err(Box::new(S3Error {
+                    operation: "GetObject",
+                    bucket: self.bucket.clone(),
+                    key: key.clone(),
+                    detail: format!("reading the body failed: {}", chain(&e)),
+                }))
+            })?;
+            if (bytes.len() + chunk.len()) as u64 > max_bytes {
+                return Err(SourceError::too_large(
+                    name,
+                    object_url(),
+                    max_bytes,
+                    "more bytes arrived than that (the Content-Length was missing or wrong)",
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
     }
 }
 
@@ -612,6 +636,154 @@ mod tests {
         .expect("shutdown ends the retries");
         assert!(matches!(result, Ok(None)), "{:?}", result.err());
         held.abort();
+    }
+
+    /// What the fake S3 answers to every GET, after its SOCKS5 handshake (it is the egress proxy
+    /// and the endpoint in one).
+    #[derive(Clone)]
+    enum Answer {
+        /// `Content-Length` as given, then `body`; the connection stays open afterwards.
+        Length { stated: u64, body: Vec<u8> },
+        /// No length: the body ends when the connection closes.
+        UntilClose(Vec<u8>),
+        /// `Content-Length` as given, then `body`, then the connection closes.
+        Truncated { stated: u64, body: Vec<u8> },
+        /// `Transfer-Encoding: chunked` and a `Content-Length` that lies (HTTP lets the chunks
+        /// win, so the client sees no length); 64 KiB chunks.
+        ChunkedWithFalseLength { stated: u64, body: Vec<u8> },
+    }
+
+    /// Serves `answer` on loopback; returns the endpoint to give as the egress proxy.
+    async fn fake_s3(answer: Answer) -> Endpoint {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = transport::Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let endpoint = listener.local_endpoint().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    transport::socks5::server_handshake(&mut stream).await.map_err(std::io::Error::other)?;
+                    transport::socks5::send_reply(&mut stream, transport::socks5::ReplyCode::Succeeded, None)
+                        .await?;
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut byte = [0u8; 1];
+                        if stream.read(&mut byte).await? == 0 {
+                            return Ok(());
+                        }
+                        head.push(byte[0]);
+                    }
+                    assert!(head.starts_with(b"GET /kv-data/kv/DELTA_0000000000000001"), "{head:?}");
+                    match answer {
+                        Answer::Length { stated, body } => {
+                            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {stated}\r\n\r\n");
+                            stream.write_all(head.as_bytes()).await?;
+                            stream.write_all(&body).await?;
+                            // Hold the connection: a client that waited for the stated bytes would hang.
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                        }
+                        Answer::Truncated { stated, body } => {
+                            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {stated}\r\n\r\n");
+                            stream.write_all(head.as_bytes()).await?;
+                            stream.write_all(&body).await?;
+                            stream.shutdown().await?;
+                        }
+                        Answer::UntilClose(body) => {
+                            stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").await?;
+                            stream.write_all(&body).await?;
+                            stream.shutdown().await?;
+                        }
+                        Answer::ChunkedWithFalseLength { stated, body } => {
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {stated}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            );
+                            stream.write_all(head.as_bytes()).await?;
+                            for chunk in body.chunks(64 * 1024) {
+                                stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await?;
+                                stream.write_all(chunk).await?;
+                                stream.write_all(b"\r\n").await?;
+                            }
+                            stream.write_all(b"0\r\n\r\n").await?;
+                        }
+                    }
+                    Ok::<_, std::io::Error>(())
+                });
+            }
+        });
+        endpoint
+    }
+
+    fn source_through(egress: Endpoint) -> S3Source {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "test"))
+            .endpoint_url("http://s3.test")
+            .force_path_style(true)
+            .http_client(EgressHttpClient::shared(egress))
+            .build();
+        S3Source::new(aws_sdk_s3::Client::from_conf(config), "kv-data".into(), "kv")
+    }
+
+    /// Issue 14 item 5: the body was collected whole, whatever its size. An object over the limit
+    /// is refused by its Content-Length before its body is read, and by counting the bytes when
+    /// the length is absent or false; either way the error names the object and the limit.
+    #[tokio::test]
+    async fn an_object_over_the_limit_is_refused_whether_its_length_is_stated_absent_or_false() {
+        const FILE: &str = "DELTA_0000000000000001";
+        const LIMIT: u64 = 1024 * 1024;
+        let big = vec![b'x'; 3 * LIMIT as usize];
+        let fetch = |answer: Answer| async move {
+            let source = source_through(fake_s3(answer).await);
+            tokio::time::timeout(Duration::from_secs(20), source.fetch(FILE, LIMIT))
+                .await
+                .expect("the fetch ends without the rest of the body")
+        };
+
+        let small = fetch(Answer::Length { stated: 5, body: b"hello".to_vec() }).await.unwrap();
+        assert_eq!(small, b"hello");
+        let exact = fetch(Answer::UntilClose(big[..LIMIT as usize].to_vec())).await.unwrap();
+        assert_eq!(exact.len() as u64, LIMIT);
+
+        let cases = [
+            (
+                Answer::Length { stated: 50_000_000, body: b"only the start".to_vec() },
+                "Content-Length 50000000 bytes",
+            ),
+            (
+                Answer::UntilClose(big.clone()),
+                "more bytes arrived than that (the Content-Length was missing or wrong)",
+            ),
+            (
+                Answer::ChunkedWithFalseLength { stated: 100, body: big.clone() },
+                "more bytes arrived than that (the Content-Length was missing or wrong)",
+            ),
+        ];
+        for (answer, found) in cases {
+            let err = fetch(answer).await.map(|b| b.len()).unwrap_err();
+            assert!(matches!(err, SourceError::TooLarge(_)), "{err}");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{FILE}: s3://kv-data/kv/{FILE} is larger than max_file_bytes ({LIMIT} bytes): {found}"
+                )
+            );
+        }
+    }
+
+    /// A Content-Length is a claim: the buffer is not sized by it (an allocation of 8 EiB aborts
+    /// the process), also when the limit is set as high as it goes.
+    #[tokio::test]
+    async fn a_huge_stated_length_within_the_limit_allocates_nothing_up_front() {
+        let egress =
+            fake_s3(Answer::Truncated { stated: i64::MAX as u64, body: b"three bytes".to_vec() }).await;
+        let source = source_through(egress);
+        let result =
+            tokio::time::timeout(Duration::from_secs(20), source.fetch("DELTA_0000000000000001", u64::MAX))
+                .await
+                .expect("the fetch ends when the connection does");
+        let err = result.map(|b| b.len()).unwrap_err();
+        assert!(matches!(err, SourceError::Fetch { .. }), "a cut body is a source error, retried: {err}");
     }
 
     fn args(list: &[&str]) -> AwsArgs {

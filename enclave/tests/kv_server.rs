@@ -193,6 +193,42 @@ async fn a_corrupt_delta_is_rejected_whole_while_older_data_stays_served() {
     assert_eq!(check(&mut health, "loadbalancer-healthcheck").await, ServingStatus::Serving);
 }
 
+/// Issue 14 item 5, end to end: `--max-file-bytes` reaches the loader; an oversize file is
+/// rejected and counted like a corrupt one, and the files after it load.
+#[tokio::test]
+async fn a_file_over_max_file_bytes_is_rejected_and_later_files_load() {
+    let dir = tempfile::tempdir().unwrap();
+    put_file(dir.path(), "SNAPSHOT_0000000000000001", &format!("{HEADER}a,UPDATE,1,one,string\n"));
+    put_file(
+        dir.path(),
+        "DELTA_0000000000000002",
+        &format!("{HEADER}{}", "b,UPDATE,2,two,string\n".repeat(20)),
+    );
+    put_file(dir.path(), "DELTA_0000000000000003", &format!("{HEADER}c,UPDATE,3,three,string\n"));
+    let server = Server::tcp(&["--data-dir", dir.path().to_str().unwrap(), "--max-file-bytes", "200"]);
+    let mut kv = KeyValueServiceClient::new(server.channel().await);
+    let started = Instant::now();
+    while result(&get(&mut kv, "c").await.keys, "c") != string("three") {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the file after the oversize one was not loaded: {}",
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = get(&mut kv, "a,b").await;
+    assert_eq!(result(&response.keys, "a"), string("one"));
+    assert!(is_not_found(result(&response.keys, "b")), "nothing of the oversize file applied");
+    let logs = server.logs();
+    let rejection = logs
+        .lines()
+        .find(|l| l.contains("data file rejected"))
+        .unwrap_or_else(|| panic!("no rejection logged: {logs}"));
+    assert!(rejection.contains("DELTA_0000000000000002"), "{rejection}");
+    assert!(rejection.contains("larger than max_file_bytes (200 bytes)"), "{rejection}");
+    assert!(rejection.contains("files_rejected_total=1"), "{rejection}");
+}
+
 #[tokio::test]
 async fn attestation_without_nsm_fails_with_failed_precondition() {
     if Path::new("/dev/nsm").exists() {

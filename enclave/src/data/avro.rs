@@ -10,15 +10,17 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Read, Write};
 
-use super::flatbuf::{Encoder, decode};
-use super::{DataError, Record};
+use super::budget::{memory, memory_exceeded};
+use super::flatbuf::{Encoder, decode_within};
+use super::{Budget, DataError, Record};
 
 pub(super) const MAGIC: [u8; 4] = *b"Obj\x01";
 const SYNC_LEN: usize = 16;
 /// Rows per written block are bounded by bytes: the reference writes 16 KiB blocks; larger
 /// blocks cost nothing here and cut per-block overhead.
 pub(super) const WRITE_BLOCK_BYTES: usize = 64 * 1024;
-/// Largest block that a deflate block may expand to: bounds memory on a "zip bomb".
+/// Largest block that a deflate block may expand to, whatever the file's budget: bounds the one
+/// buffer that holds an inflated block.
 const MAX_INFLATED_BLOCK: u64 = 64 * 1024 * 1024;
 
 #[derive(Clone, Copy)]
@@ -141,12 +143,17 @@ fn read_header<'a>(c: &mut Cursor<'a>) -> Result<(Codec, &'a [u8]), String> {
     Ok((codec, sync))
 }
 
-pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> {
+pub(super) fn parse(name: &str, bytes: &[u8], budget: &Budget) -> Result<Vec<Record>, DataError> {
     let mut c = Cursor { buf: bytes, pos: 0 };
     let (codec, sync) =
         read_header(&mut c).map_err(|e| DataError::header(name, format!("Avro header: {e}")))?;
     let mut records = Vec::new();
     let mut inflated = Vec::new();
+    // The bytes of every block so far, after deflate: what the file has spent of
+    // `budget.max_inflated_bytes`.
+    let mut spent = 0u64;
+    // The memory of the keys and values decoded so far, against the same budget.
+    let mut in_memory = 0u64;
     let mut block_no = 0u64;
     while c.remaining() > 0 {
         block_no += 1;
@@ -161,15 +168,25 @@ pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> 
         let data = match codec {
             Codec::Null => data,
             Codec::Deflate => {
-                inflated.clear();
-                let mut d = flate2::read::DeflateDecoder::new(data).take(MAX_INFLATED_BLOCK + 1);
-                d.read_to_end(&mut inflated).map_err(|e| err(format!("deflate: {e}")))?;
+                // Inflate no further than the file's budget allows: a bomb stops here, having
+                // cost at most what is left of the budget.
+                let left = budget.max_inflated_bytes.saturating_sub(spent);
+                let d = flate2::read::DeflateDecoder::new(data);
+                read_capped(d, &mut inflated, MAX_INFLATED_BLOCK.min(left))
+                    .map_err(|e| err(format!("deflate: {e}")))?;
                 if inflated.len() as u64 > MAX_INFLATED_BLOCK {
                     return Err(err(format!("inflates to more than {MAX_INFLATED_BLOCK} bytes")));
                 }
                 &inflated[..]
             }
         };
+        spent = spent.saturating_add(data.len() as u64);
+        if spent > budget.max_inflated_bytes {
+            return Err(err(format!(
+                "the blocks inflate to more than max_file_inflated_bytes ({} bytes) in all",
+                budget.max_inflated_bytes
+            )));
+        }
         // Each datum takes at least one byte.
         let count = match usize::try_from(count) {
             Ok(n) if n <= data.len() => n,
@@ -183,14 +200,27 @@ pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> 
         // A valid record takes far more than 64 bytes: reserving by the block's bytes rather than
         // by its claimed count keeps a lying count from reserving memory (deflate: 1 KiB of
         // input may claim a million objects).
-        records.reserve(count.min(data.len() / 64 + 1));
+        let records_left = budget.max_records.saturating_sub(records.len() as u64);
+        records
+            .reserve(count.min(data.len() / 64 + 1).min(usize::try_from(records_left).unwrap_or(usize::MAX)));
         let mut d = Cursor { buf: data, pos: 0 };
         for _ in 0..count {
             let n = records.len() as u64 + 1;
+            if n > budget.max_records {
+                return Err(DataError::record(
+                    name,
+                    n,
+                    format!("more than max_file_records ({}) records", budget.max_records),
+                ));
+            }
             let datum =
                 d.bytes("datum").map_err(|e| DataError::record(name, n, format!("Avro datum: {e}")))?;
-            let record =
-                decode(datum).map_err(|e| DataError::record(name, n, format!("FlatBuffers record: {e}")))?;
+            let record = decode_within(datum, budget.max_set_members)
+                .map_err(|e| DataError::record(name, n, format!("FlatBuffers record: {e}")))?;
+            in_memory = in_memory.saturating_add(memory(&record));
+            if in_memory > budget.max_inflated_bytes {
+                return Err(DataError::record(name, n, memory_exceeded(budget)));
+            }
             records.push(record);
         }
         if d.remaining() != 0 {
@@ -198,6 +228,39 @@ pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> 
         }
     }
     Ok(records)
+}
+
+/// Reads `r` to its end into `out` (emptied first), but never more than `limit + 1` bytes: a
+/// length past `limit` tells the caller that the limit was passed. `out` grows with what
+/// actually arrives, doubling, and never beyond `limit + 1` bytes (its capacity from earlier
+/// calls is reused).
+fn read_capped(r: impl Read, out: &mut Vec<u8>, limit: u64) -> io::Result<()> {
+    const FIRST: usize = 64 * 1024;
+    let cap = usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX);
+    let mut r = r.take(cap as u64);
+    out.clear();
+    let mut filled = 0;
+    loop {
+        if filled == out.len() {
+            if filled >= cap {
+                break;
+            }
+            let grow = filled.max(FIRST).min(cap - filled);
+            out.reserve_exact(grow);
+            out.resize(filled + grow, 0);
+        }
+        match r.read(&mut out[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                out.truncate(filled);
+                return Err(e);
+            }
+        }
+    }
+    out.truncate(filled);
+    Ok(())
 }
 
 pub(super) fn put_long(out: &mut Vec<u8>, v: i64) {
@@ -290,5 +353,19 @@ mod tests {
         assert!(c.long().unwrap_err().contains("truncated varint"));
         let mut c = Cursor { buf: &[0xff; 11], pos: 0 };
         assert!(c.long().unwrap_err().contains("overflows 64 bits"));
+    }
+
+    #[test]
+    fn read_capped_stops_one_byte_past_the_limit_and_allocates_no_further() {
+        let mut out = Vec::new();
+        read_capped(&[7u8; 1000][..], &mut out, 2000).unwrap();
+        assert_eq!(out, [7u8; 1000]);
+        read_capped(io::repeat(1), &mut out, 300_000).unwrap();
+        assert_eq!(out.len(), 300_001);
+        assert!(out.capacity() <= 300_001 + 64 * 1024, "capacity {}", out.capacity());
+        read_capped(io::repeat(1), &mut out, 0).unwrap();
+        assert_eq!(out.len(), 1);
+        read_capped(&[][..], &mut out, 10).unwrap();
+        assert!(out.is_empty());
     }
 }

@@ -7,7 +7,8 @@
 
 use std::io::{self, Write};
 
-use super::{DataError, Mutation, Record, SET_SEPARATOR, Value};
+use super::budget::{check_set_members, memory, memory_exceeded};
+use super::{Budget, DataError, Mutation, Record, SET_SEPARATOR, Value};
 
 const COLUMNS: [&str; 5] = ["key", "mutation_type", "logical_commit_time", "value", "value_type"];
 const KEY: usize = 0;
@@ -17,7 +18,18 @@ const VALUE: usize = 3;
 const VALUE_TYPE: usize = 4;
 const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
 
-pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> {
+pub(super) fn parse(name: &str, bytes: &[u8], budget: &Budget) -> Result<Vec<Record>, DataError> {
+    // CSV is not compressed: its text is what it decodes from.
+    if bytes.len() as u64 > budget.max_inflated_bytes {
+        return Err(DataError::header(
+            name,
+            format!(
+                "the file is {} bytes of CSV, more than max_file_inflated_bytes ({} bytes)",
+                bytes.len(),
+                budget.max_inflated_bytes
+            ),
+        ));
+    }
     let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
     let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(bytes);
     let mut row = csv::ByteRecord::new();
@@ -29,8 +41,12 @@ pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> 
     }
     let index = column_index(&row).map_err(header_err)?;
 
+    // The memory of the keys and values decoded so far: one-byte members take 24 bytes and more.
+    let mut in_memory = 0u64;
     // Rows are about 1/2 to 1/10 of a 200-byte line; a cheap guess that avoids regrowth.
-    let mut records = Vec::with_capacity(bytes.len() / 128);
+    let mut records = Vec::with_capacity(
+        (bytes.len() / 128).min(usize::try_from(budget.max_records).unwrap_or(usize::MAX)),
+    );
     loop {
         let number = records.len() as u64 + 1;
         // The csv crate's line numbers skip line breaks inside quoted fields, and its byte offset
@@ -60,6 +76,9 @@ pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> 
                 return Err(DataError { line, ..DataError::record(name, number, format!("CSV: {e}")) });
             }
         }
+        if number > budget.max_records {
+            return Err(at_row(&row, format!("more than max_file_records ({}) records", budget.max_records)));
+        }
         if row.len() != COLUMNS.len() {
             let what = if row.len() < COLUMNS.len() { "missing column(s)" } else { "extra column(s)" };
             return Err(at_row(
@@ -68,7 +87,11 @@ pub(super) fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> 
             ));
         }
         let fields: [&[u8]; 5] = index.map(|i| &row[i]);
-        let record = parse_row(&fields).map_err(|reason| at_row(&row, reason))?;
+        let record = parse_row(&fields, budget.max_set_members).map_err(|reason| at_row(&row, reason))?;
+        in_memory = in_memory.saturating_add(memory(&record));
+        if in_memory > budget.max_inflated_bytes {
+            return Err(at_row(&row, memory_exceeded(budget)));
+        }
         records.push(record);
     }
     Ok(records)
@@ -109,7 +132,7 @@ fn utf8<'a>(field: &'a [u8], column: &str) -> Result<&'a str, String> {
     std::str::from_utf8(field).map_err(|e| format!("{column}: invalid UTF-8: {e}"))
 }
 
-fn parse_row(f: &[&[u8]; 5]) -> Result<Record, String> {
+fn parse_row(f: &[&[u8]; 5], max_set_members: u64) -> Result<Record, String> {
     let key = utf8(f[KEY], "key")?;
     if key.is_empty() {
         return Err("empty key".into());
@@ -120,11 +143,11 @@ fn parse_row(f: &[&[u8]; 5]) -> Result<Record, String> {
     let mutation = utf8(f[MUTATION_TYPE], "mutation_type")?;
     let value_type = utf8(f[VALUE_TYPE], "value_type")?;
     let mutation = if mutation.eq_ignore_ascii_case("update") {
-        Mutation::Update(parse_value(f[VALUE], value_type)?)
+        Mutation::Update(parse_value(f[VALUE], value_type, max_set_members)?)
     } else if mutation.eq_ignore_ascii_case("delete") {
         // A delete removes the key; its value (if any) must still be well-formed.
         if !value_type.is_empty() {
-            parse_value(f[VALUE], value_type)?;
+            parse_value(f[VALUE], value_type, max_set_members)?;
         }
         Mutation::Delete
     } else {
@@ -133,8 +156,14 @@ fn parse_row(f: &[&[u8]; 5]) -> Result<Record, String> {
     Ok(Record { key: key.to_owned(), logical_commit_time, mutation })
 }
 
-fn parse_value(raw: &[u8], value_type: &str) -> Result<Value, String> {
+fn parse_value(raw: &[u8], value_type: &str, max_set_members: u64) -> Result<Value, String> {
     let value = utf8(raw, "value")?;
+    let is_set =
+        ["string_set", "uint32_set", "uint64_set"].iter().any(|t| value_type.eq_ignore_ascii_case(t));
+    if is_set && !value.is_empty() {
+        let count = value.bytes().filter(|&b| b == SET_SEPARATOR as u8).count() as u64 + 1;
+        check_set_members(count, max_set_members)?;
+    }
     let members = || -> Box<dyn Iterator<Item = &str>> {
         if value.is_empty() { Box::new(std::iter::empty()) } else { Box::new(value.split(SET_SEPARATOR)) }
     };

@@ -8,6 +8,7 @@
 
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
+use super::budget::{MEMBER_OVERHEAD, SET_MEMORY_FACTOR, check_set_members};
 use super::{Mutation, Record, Value};
 
 // vtable byte offsets of the fields (4 + 2 * field index; a union takes two indices).
@@ -92,8 +93,15 @@ fn string_value(
     fbb.end_table(start)
 }
 
-/// Decodes and verifies one serialized `DataRecord`. The error is the reason only.
+/// [`decode_within`] with no cap on set members.
+#[cfg(test)]
 pub(super) fn decode(buf: &[u8]) -> Result<Record, String> {
+    decode_within(buf, u64::MAX)
+}
+
+/// Decodes and verifies one serialized `DataRecord`, whose sets may have at most
+/// `max_set_members` members. The error is the reason only.
+pub(super) fn decode_within(buf: &[u8], max_set_members: u64) -> Result<Record, String> {
     let b = Buf(buf);
     let root = b.table(b.uoffset(0).map_err(|e| format!("root offset: {e}"))?)?;
     let record_type = b.scalar_u8(&root, DATA_RECORD_RECORD_TYPE)?;
@@ -125,7 +133,7 @@ pub(super) fn decode(buf: &[u8]) -> Result<Record, String> {
     let value = match (value_type, value_table) {
         (0, _) => None,
         (t, None) => return Err(format!("value of type {t} not set")),
-        (t, Some(v)) => Some(b.value(t, &v)?),
+        (t, Some(v)) => Some(b.value(t, &v, max_set_members)?),
     };
     let mutation = match mutation_type {
         MUTATION_UPDATE => Mutation::Update(value.ok_or("update without a value")?),
@@ -270,7 +278,7 @@ impl<'a> Buf<'a> {
         }
     }
 
-    fn value(&self, value_type: u8, v: &Table) -> Result<Value, String> {
+    fn value(&self, value_type: u8, v: &Table, max_set_members: u64) -> Result<Value, String> {
         let field = |what: &str| -> Result<usize, String> {
             match self.field(v, SINGLE_VALUE, 4)? {
                 Some(p) => self.uoffset(p),
@@ -284,19 +292,32 @@ impl<'a> Buf<'a> {
             }
             VALUE_STRING_SET => {
                 let (len, start) = self.vector(field("StringSet")?, 4)?;
+                check_set_members(len as u64, max_set_members)?;
                 let mut members = Vec::with_capacity(len);
                 // Offsets may alias one string many times over: copying the members out of the
-                // buffer must not turn a small row into gigabytes, so their total is bounded by
-                // the row's size (set members are distinct, so real writers never share them).
-                let mut budget = self.0.len();
+                // buffer must not turn a small row into gigabytes. Their bytes are bounded by the
+                // row's size (set members are distinct, so real writers never share them), and
+                // their memory, a `String` each, by SET_MEMORY_FACTOR times it (empty members
+                // aliasing one empty string have no bytes but 24 bytes of memory each).
+                let mut bytes_left = self.0.len();
+                let mut memory_left = SET_MEMORY_FACTOR * self.0.len() as u64;
                 for i in 0..len {
                     let s = self
                         .uoffset(start + 4 * i)
                         .and_then(|p| self.string(p))
                         .map_err(|e| format!("set member {}: {e}", i + 1))?;
-                    budget = budget.checked_sub(s.len()).ok_or_else(|| {
+                    bytes_left = bytes_left.checked_sub(s.len()).ok_or_else(|| {
                         format!(
-                            "set members total more bytes than the record holds (aliased strings, at member {})",
+                            "value: set members total more bytes than the record holds (aliased strings, at \
+                             member {})",
+                            i + 1
+                        )
+                    })?;
+                    memory_left = memory_left.checked_sub(MEMBER_OVERHEAD + s.len() as u64).ok_or_else(|| {
+                        format!(
+                            "value: set members would take more than {SET_MEMORY_FACTOR} times the record's {} \
+                             bytes in memory (aliased strings, at member {})",
+                            self.0.len(),
                             i + 1
                         )
                     })?;
@@ -304,9 +325,11 @@ impl<'a> Buf<'a> {
                 }
                 Ok(Value::StringSet(members))
             }
-            // kv-server values are strings: number sets become sets of decimal strings.
+            // kv-server values are strings: number sets become sets of decimal strings. They
+            // cannot alias; what their decimals cost in memory counts against the file's budget.
             VALUE_UINT32_SET => {
                 let (len, start) = self.vector(field("UInt32Set")?, 4)?;
+                check_set_members(len as u64, max_set_members)?;
                 (0..len)
                     .map(|i| Ok(self.u32_at(start + 4 * i)?.to_string()))
                     .collect::<Result<_, String>>()
@@ -314,6 +337,7 @@ impl<'a> Buf<'a> {
             }
             VALUE_UINT64_SET => {
                 let (len, start) = self.vector(field("UInt64Set")?, 8)?;
+                check_set_members(len as u64, max_set_members)?;
                 self.aligned(start, 8)?;
                 (0..len)
                     .map(|i| Ok(u64::from_le_bytes(self.bytes(start + 8 * i)?).to_string()))

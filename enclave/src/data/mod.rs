@@ -12,6 +12,7 @@
 //! Format details and operator workflow: `docs/data-files.md`.
 
 mod avro;
+mod budget;
 mod csv;
 mod flatbuf;
 #[cfg(test)]
@@ -20,6 +21,9 @@ mod name;
 #[cfg(test)]
 mod tests;
 
+pub use budget::{
+    Budget, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_INFLATED_BYTES, DEFAULT_MAX_RECORDS, DEFAULT_MAX_SET_MEMBERS,
+};
 pub use name::{DataFileName, FileKind};
 
 use std::fmt;
@@ -98,22 +102,27 @@ pub fn detect_format(bytes: &[u8]) -> Format {
     if bytes.starts_with(&avro::MAGIC) { Format::Avro } else { Format::Csv }
 }
 
-/// Parses a whole data file. `name` is only used in error messages.
+/// Parses a whole data file within the default [`Budget`]. `name` is only used in error messages.
 pub fn parse_file(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> {
+    parse_file_with(name, bytes, &Budget::default())
+}
+
+/// Parses a whole data file; a file over `budget` is rejected with an error naming the limit.
+pub fn parse_file_with(name: &str, bytes: &[u8], budget: &Budget) -> Result<Vec<Record>, DataError> {
     match detect_format(bytes) {
-        Format::Avro => avro::parse(name, bytes),
-        Format::Csv => csv::parse(name, bytes),
+        Format::Avro => avro::parse(name, bytes, budget),
+        Format::Csv => csv::parse(name, bytes, budget),
     }
 }
 
 /// Parses `bytes` as an Avro container of FlatBuffers records, whatever they start with.
-pub fn parse_avro(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> {
-    avro::parse(name, bytes)
+pub fn parse_avro(name: &str, bytes: &[u8], budget: &Budget) -> Result<Vec<Record>, DataError> {
+    avro::parse(name, bytes, budget)
 }
 
 /// Parses `bytes` as CSV, whatever they start with.
-pub fn parse_csv(name: &str, bytes: &[u8]) -> Result<Vec<Record>, DataError> {
-    csv::parse(name, bytes)
+pub fn parse_csv(name: &str, bytes: &[u8], budget: &Budget) -> Result<Vec<Record>, DataError> {
+    csv::parse(name, bytes, budget)
 }
 
 /// Writes `records` as an Avro Object Container (codec null) of FlatBuffers `DataRecord` rows.

@@ -368,6 +368,232 @@ fn avro_rejects_records_kv_server_cannot_load() {
     );
 }
 
+fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut z, data).unwrap();
+    z.finish().unwrap()
+}
+
+fn budget(max_inflated_bytes: u64, max_records: u64) -> Budget {
+    Budget { max_inflated_bytes, max_records, ..Budget::default() }
+}
+
+/// Issue 14 item 5: the deflate cap was per block and the blocks unlimited, so a small file of
+/// many blocks, each under the cap, inflated to gigabytes.
+#[test]
+fn avro_blocks_each_under_the_block_cap_are_charged_against_one_budget_per_file() {
+    // 8 deflate blocks of 100 records, each inflating to about 17 KB and compressing to far less.
+    let records: Vec<Record> =
+        (0..100).map(|i| update(&format!("key{i:03}"), i, Value::String("v".repeat(100)))).collect();
+    let data: Vec<u8> = records.iter().flat_map(datum).collect();
+    let compressed = deflate(&data);
+    assert!(compressed.len() * 10 < data.len(), "{} -> {}", data.len(), compressed.len());
+    let blocks: Vec<(i64, Vec<u8>)> = (0..8).map(|_| (100, compressed.clone())).collect();
+    let file = container(&[SCHEMA, (b"avro.codec", b"deflate")], &[3; 16], &blocks);
+    let total = 8 * data.len() as u64;
+    assert_eq!(parse_file_with("f", &file, &budget(total, 800)).unwrap().len(), 800, "exactly the budget");
+
+    let limit = 4 * data.len() as u64 + 10;
+    let e =
+        parse_file_with("p/DELTA_0000000000000001", &file, &budget(limit, 800)).map(|r| r.len()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "p/DELTA_0000000000000001: record 401: Avro block 5: the blocks inflate to more than \
+             max_file_inflated_bytes ({limit} bytes) in all"
+        )
+    );
+    // Null-codec blocks are charged the same.
+    let plain: Vec<(i64, Vec<u8>)> = (0..8).map(|_| (100, data.clone())).collect();
+    let file = container(&[SCHEMA], &[3; 16], &plain);
+    let e = parse_file_with("f", &file, &budget(limit, 800)).map(|r| r.len()).unwrap_err();
+    assert!(e.to_string().starts_with("f: record 401: Avro block 5: the blocks inflate to more than"), "{e}");
+    // CSV text is what a CSV file decodes from.
+    let csv = csv_of(&records);
+    let e = parse_file_with("f.csv", &csv, &budget(csv.len() as u64 - 1, 800)).map(|r| r.len()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "f.csv: the file is {} bytes of CSV, more than max_file_inflated_bytes ({} bytes)",
+            csv.len(),
+            csv.len() - 1
+        )
+    );
+    assert_eq!(parse_file_with("f.csv", &csv, &budget(csv.len() as u64, 800)).unwrap(), records);
+}
+
+#[test]
+fn records_per_file_are_capped_in_both_formats() {
+    let records: Vec<Record> =
+        (0..4).map(|i| update(&format!("k{i}"), i, Value::String("v".into()))).collect();
+    let three = budget(u64::MAX, 3);
+    for (file, want) in [
+        (avro_of(&records), "f: record 4: more than max_file_records (3) records"),
+        (csv_of(&records), "f: record 4 (line 5): more than max_file_records (3) records"),
+    ] {
+        assert_eq!(parse_file_with("f", &file, &three).map(|r| r.len()).unwrap_err().to_string(), want);
+        assert_eq!(parse_file_with("f", &file, &budget(u64::MAX, 4)).unwrap(), records);
+    }
+    // A block's claimed object count reserves no more than the records left in the budget.
+    let many: Vec<Record> = (0..1000).map(|i| delete(&format!("k{i}"), i)).collect();
+    let e = parse_file_with("f", &avro_of(&many), &budget(u64::MAX, 10)).map(|r| r.len()).unwrap_err();
+    assert_eq!(e.to_string(), "f: record 11: more than max_file_records (10) records");
+}
+
+/// A `DataRecord` updating key `k` with a set of `n` members built straight with the flatbuffers
+/// builder, as no honest writer would: `Value` union id 2 with every offset at one empty string,
+/// 3 with `u32::MAX` members, 4 with `0u64` members.
+fn set_row(value_type: u8, n: usize) -> Vec<u8> {
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let key = fbb.create_string("k");
+    let vector = match value_type {
+        2 => {
+            let empty = fbb.create_string("");
+            fbb.create_vector(&vec![empty; n]).as_union_value()
+        }
+        3 => fbb.create_vector(&vec![u32::MAX; n]).as_union_value(),
+        4 => fbb.create_vector(&vec![0u64; n]).as_union_value(),
+        t => panic!("no set type {t}"),
+    };
+    let start = fbb.start_table();
+    fbb.push_slot_always(4, vector);
+    let set = fbb.end_table(start);
+    let start = fbb.start_table();
+    fbb.push_slot::<i64>(6, 1, 0);
+    fbb.push_slot_always(8, key);
+    fbb.push_slot_always(12, set);
+    fbb.push_slot::<u8>(10, value_type, 0);
+    let kv = fbb.end_table(start);
+    let start = fbb.start_table();
+    fbb.push_slot_always(6, kv);
+    fbb.push_slot::<u8>(4, 1, 0);
+    let root = fbb.end_table(start);
+    fbb.finish_minimal(root);
+    fbb.finished_data().to_vec()
+}
+
+fn avro_of_row(row: &[u8]) -> Vec<u8> {
+    let mut d = Vec::new();
+    avro::put_bytes(&mut d, row);
+    container(&[SCHEMA], &[0; 16], &[(1, d)])
+}
+
+/// What a parsed value takes in memory: a set member is a `String` and its bytes.
+fn value_memory(record: &Record) -> usize {
+    match &record.mutation {
+        Mutation::Update(Value::StringSet(members)) => {
+            members.iter().map(|m| std::mem::size_of::<String>() + m.len()).sum()
+        }
+        Mutation::Update(Value::String(s)) => s.len(),
+        Mutation::Delete => 0,
+    }
+}
+
+/// Issue 14 item 6: the set budget counted only member bytes, so empty members (offsets aliasing
+/// one empty string, 4 bytes each in the record) cost nothing, and number sets were not counted
+/// at all: 6x and more in memory.
+#[test]
+fn a_set_takes_at_most_four_times_its_record_in_memory_or_is_rejected() {
+    const N: usize = 10_000;
+    let mut rejected = Vec::new();
+    for (value_type, what) in [(2, "aliased empty strings"), (4, "u64 zeros")] {
+        let row = set_row(value_type, N);
+        match parse_file_with("p/DELTA_0000000000000001", &avro_of_row(&row), &Budget::default()) {
+            Ok(records) => {
+                let memory = value_memory(&records[0]);
+                assert!(
+                    memory <= 4 * row.len(),
+                    "{what}: {memory} bytes in memory from a {}-byte record",
+                    row.len()
+                );
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.starts_with(
+                        "p/DELTA_0000000000000001: record 1: FlatBuffers record: value: set members"
+                    ),
+                    "{what}: {e}"
+                );
+                rejected.push(what);
+            }
+        }
+    }
+    // 24 bytes of memory from every 4 of the record are rejected; 25 from every 8 (3.1x) are not.
+    assert_eq!(rejected, ["aliased empty strings"]);
+}
+
+/// Issue 14 item 6: decimal members of a number set (and CSV members of a byte or two) take far
+/// more memory than the file spends on them, whatever a row may take: they count against the
+/// file's budget at their in-memory size.
+#[test]
+fn set_members_count_at_their_memory_size_against_the_file_budget() {
+    // 10,000 u32 members: 40 KB in the record, 340 KB as decimal strings.
+    let file = avro_of_row(&set_row(3, 10_000));
+    let tight = Budget { max_inflated_bytes: 100_000, ..Budget::default() };
+    let e = parse_file_with("f", &file, &tight).map(|r| r.len()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "f: record 1: the keys and values so far take more than max_file_inflated_bytes (100000 bytes) in \
+         memory (a set member counts 24 bytes besides its text)"
+    );
+    let roomy = Budget { max_inflated_bytes: 400_000, ..Budget::default() };
+    assert_eq!(parse_file_with("f", &file, &roomy).map(|r| value_memory(&r[0])), Ok(340_000));
+
+    // CSV: 100,000 empty members from 100 KB of separators take 2.4 MB.
+    let csv = format!(
+        "key,mutation_type,logical_commit_time,value,value_type\nk,UPDATE,1,{},string_set\n",
+        "|".repeat(99_999)
+    );
+    let b = Budget { max_inflated_bytes: 1_000_000, ..Budget::default() };
+    let e = parse_file_with("f.csv", csv.as_bytes(), &b).map(|r| r.len()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "f.csv: record 1 (line 2): the keys and values so far take more than max_file_inflated_bytes \
+         (1000000 bytes) in memory (a set member counts 24 bytes besides its text)"
+    );
+}
+
+#[test]
+fn set_members_are_capped_in_both_formats() {
+    let ten = Budget { max_set_members: 10, ..Budget::default() };
+    for value_type in [2, 3, 4] {
+        assert!(parse_file_with("f", &avro_of_row(&set_row(value_type, 10)), &ten).is_ok(), "{value_type}");
+        let e =
+            parse_file_with("f", &avro_of_row(&set_row(value_type, 11)), &ten).map(|r| r.len()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "f: record 1: FlatBuffers record: value: set of 11 members, more than max_set_members (10)",
+            "{value_type}"
+        );
+    }
+    let row = |value: &str, value_type: &str, mutation: &str| {
+        format!(
+            "key,mutation_type,logical_commit_time,value,value_type\nk,{mutation},1,{value},{value_type}\n"
+        )
+    };
+    let ten_members = ["7"; 10].join("|");
+    let eleven = ["7"; 11].join("|");
+    for value_type in ["string_set", "uint32_set", "uint64_set"] {
+        assert!(parse_file_with("f", row(&ten_members, value_type, "UPDATE").as_bytes(), &ten).is_ok());
+        for mutation in ["UPDATE", "DELETE"] {
+            let e = parse_file_with("f", row(&eleven, value_type, mutation).as_bytes(), &ten)
+                .map(|r| r.len())
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "f: record 1 (line 2): value: set of 11 members, more than max_set_members (10)",
+                "{value_type} {mutation}"
+            );
+        }
+    }
+    // Not a set: the value is a string however many separators it holds.
+    assert!(parse_file_with("f", row(&eleven, "string", "UPDATE").as_bytes(), &ten).is_ok());
+    let e =
+        parse_file_with("f", row(&eleven, "json", "UPDATE").as_bytes(), &ten).map(|r| r.len()).unwrap_err();
+    assert!(e.to_string().starts_with("f: record 1 (line 2): value_type is unknown"), "{e}");
+}
+
 #[test]
 fn data_error_display_forms() {
     let e = DataError { file: "x".into(), record: Some(3), line: Some(4), reason: "bad".into() };
