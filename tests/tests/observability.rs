@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e_tests::{
-    EnvoyTarget, Proc, envoy_bin, free_port, http_get, render_envoy_config, run_vsockproxy, wait_until,
-    workspace_bin,
+    EnvoyTarget, Proc, envoy_bin, free_port, http_get, render_envoy_config, run_vsockproxy, system_tool,
+    wait_until, workspace_bin,
 };
 use kv_server::proto::kv_server::v1::GetValuesRequest;
 use kv_server::proto::kv_server::v1::key_value_service_client::KeyValueServiceClient;
@@ -260,6 +260,16 @@ fn start_envoy(dir: &std::path::Path, upstream_port: u16, collector: SocketAddr)
     let live =
         wait_until(Duration::from_secs(30), || (http_get(admin, "/ready").ok()?.status == 200).then_some(()));
     assert!(live.is_some(), "envoy never LIVE; log:\n{}", proc.logs());
+    // envoy.yaml traces 1 % of requests; this test follows every one, through the runtime
+    // override an operator would use (a whole percentage).
+    let set = Command::new(system_tool("curl"))
+        .args(["-fsS", "-X", "POST"])
+        .arg(format!("http://{admin}/runtime_modify?tracing.random_sampling=100"))
+        .output()
+        .expect("run curl");
+    assert!(set.status.success(), "runtime_modify: {}", String::from_utf8_lossy(&set.stderr));
+    let runtime = http_get(admin, "/runtime").expect("GET /runtime").body;
+    assert!(runtime.contains("tracing.random_sampling"), "{runtime}");
     (proc, listen)
 }
 
