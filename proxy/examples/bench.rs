@@ -1,4 +1,5 @@
-//! Side-by-side benchmark: direct loopback, socat and vsockproxy, in one run.
+//! Side-by-side benchmark: direct loopback, socat, HAProxy (splice on), envoy's `tcp_proxy` and
+//! vsockproxy, in one run.
 //!
 //! ```sh
 //! cargo build --release -p vsockproxy --bins --examples
@@ -6,10 +7,14 @@
 //! ```
 //! (`proxy/bench/run.sh` does both.) Shapes: TCP->TCP (one hop) and TCP->Unix->TCP (the
 //! ingress and egress shapes chained: an ingress listener dials a Unix socket on which a
-//! mapping listens). Figures: bulk throughput with 1 and 8 streams, 1 KiB echo latency
-//! p50/p99 at concurrency 1 and 64, new connections per second, and the proxy's RSS with
-//! 10,000 idle connections. All traffic is on 127.0.0.1 and Unix sockets; every load loop is
-//! bounded in time. Prints a Markdown table.
+//! mapping listens; each proxy does both hops in one process). Figures: bulk throughput with 1
+//! and 8 streams and the proxy's CPU seconds per GB moved, 1 KiB echo latency p50/p99 at
+//! concurrency 1 and 64, new connections per second and CPU seconds per 1,000 of them, and the
+//! proxy's RSS with 10,000 idle connections. CPU is the proxy processes' user + system time
+//! (children included: socat forks one per connection) from `/proc/PID/stat`. HAProxy is
+//! Debian's package (`apt-get install haproxy`; its rows are skipped with a note when it is
+//! missing), envoy the project-local one (`scripts/setup-test-deps.sh --envoy-only`). All traffic
+//! is on 127.0.0.1 and Unix sockets; every load loop is bounded in time. Prints Markdown tables.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,6 +49,24 @@ impl Drop for Peer {
 }
 
 impl Peer {
+    /// User + system CPU seconds of the peer's processes so far, their waited-for children
+    /// included.
+    fn cpu_seconds(&self) -> f64 {
+        let ticks: u64 = self
+            .children
+            .iter()
+            .filter_map(|c| {
+                let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok()?;
+                // Fields after the command name (which may hold spaces): state is field 3;
+                // utime, stime, cutime, cstime are fields 14-17.
+                let rest = stat.rsplit_once(')')?.1;
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                Some(fields.get(11..15)?.iter().filter_map(|f| f.parse::<u64>().ok()).sum::<u64>())
+            })
+            .sum();
+        ticks as f64 / clock_ticks_per_second()
+    }
+
     fn rss_kib(&self) -> Option<u64> {
         let pid = self.children.first()?.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -56,6 +79,13 @@ impl Peer {
             .parse()
             .ok()
     }
+}
+
+#[allow(unsafe_code)]
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no memory side effects.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 fn free_port() -> u16 {
@@ -143,6 +173,86 @@ fn start_socat(dir: &Path, name: &str, server: SocketAddr, unix_hop: bool) -> Pe
     Peer { entry, children }
 }
 
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+/// HAProxy in TCP mode with splice on, two threads (one per core, as vsockproxy's runtime), both
+/// hops in one process for the Unix shape.
+fn start_haproxy(dir: &Path, name: &str, server: SocketAddr, unix_hop: bool) -> Peer {
+    let port = free_port();
+    let sock = dir.join(format!("{name}.sock"));
+    let _ = std::fs::remove_file(&sock);
+    let mut config = format!(
+        "global\n  maxconn 40000\n  nbthread 2\n  log stderr local0 emerg\n\
+         defaults\n  mode tcp\n  option splice-auto\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n  maxconn 40000\n\
+         frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n"
+    );
+    if unix_hop {
+        config.push_str(&format!(
+            "backend be\n  server s1 {s}\n\
+             frontend fe_unix\n  bind {s}\n  default_backend be_tcp\n\
+             backend be_tcp\n  server s2 {server}\n",
+            s = sock.display()
+        ));
+    } else {
+        config.push_str(&format!("backend be\n  server s1 {server}\n"));
+    }
+    let path = dir.join(format!("{name}.cfg"));
+    std::fs::write(&path, config).unwrap();
+    let child =
+        Command::new("haproxy").arg("-db").arg("-f").arg(&path).stderr(Stdio::null()).spawn().unwrap();
+    let entry = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_port(entry);
+    Peer { entry, children: vec![child] }
+}
+
+/// envoy with `tcp_proxy` listeners, two worker threads, both hops in one process for the Unix
+/// shape (a `pipe` listener and cluster).
+fn start_envoy(dir: &Path, name: &str, server: SocketAddr, unix_hop: bool) -> Peer {
+    let port = free_port();
+    let sock = dir.join(format!("{name}.sock"));
+    let _ = std::fs::remove_file(&sock);
+    let listener = |lname: &str, address: String, cluster: &str| {
+        format!(
+            "  - name: {lname}\n    address: {address}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: {lname}\n          cluster: {cluster}\n"
+        )
+    };
+    let cluster = |cname: &str, address: String| {
+        format!(
+            "  - name: {cname}\n    type: STATIC\n    connect_timeout: 5s\n    load_assignment:\n      cluster_name: {cname}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address: {address}\n"
+        )
+    };
+    let tcp = |addr: SocketAddr| {
+        format!("{{socket_address: {{address: {}, port_value: {}}}}}", addr.ip(), addr.port())
+    };
+    let pipe = format!("{{pipe: {{path: {}}}}}", sock.display());
+    let entry = SocketAddr::from(([127, 0, 0, 1], port));
+    let (listeners, clusters) = if unix_hop {
+        (
+            listener("front", tcp(entry), "to_unix") + &listener("back", pipe.clone(), "to_server"),
+            cluster("to_unix", pipe) + &cluster("to_server", tcp(server)),
+        )
+    } else {
+        (listener("front", tcp(entry), "to_server"), cluster("to_server", tcp(server)))
+    };
+    let config = format!("static_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}");
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new("envoy")
+        .arg("-c")
+        .arg(&path)
+        .args(["--concurrency", "2", "--log-level", "critical", "--disable-hot-restart"])
+        .arg("--base-id")
+        .arg((std::process::id() % 50_000 + port as u32).to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("envoy on PATH (scripts/setup-test-deps.sh --envoy-only; source scripts/env.sh)");
+    wait_port(entry);
+    Peer { entry, children: vec![child] }
+}
+
 /// A server that echoes (for latency, connection rate, idle) or discards (for throughput).
 async fn server(echo: bool) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -169,7 +279,8 @@ async fn server(echo: bool) -> SocketAddr {
     addr
 }
 
-async fn throughput(entry: SocketAddr, streams: usize) -> f64 {
+/// Gbit/s after the warm-up, and every byte moved (warm-up included, for CPU per GB).
+async fn throughput(entry: SocketAddr, streams: usize) -> (f64, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let bytes = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -198,7 +309,7 @@ async fn throughput(entry: SocketAddr, streams: usize) -> f64 {
     for t in tasks {
         let _ = t.await;
     }
-    moved as f64 * 8.0 / elapsed.as_secs_f64() / 1e9
+    (moved as f64 * 8.0 / elapsed.as_secs_f64() / 1e9, bytes.load(Ordering::Relaxed))
 }
 
 /// 1 KiB request/response round trips; returns (p50, p99) in microseconds.
@@ -245,8 +356,8 @@ async fn latency(entry: SocketAddr, concurrency: usize) -> (f64, f64) {
     (pct(0.50), pct(0.99))
 }
 
-/// New connections per second: connect, 1-byte echo, close; 8 at a time.
-async fn conn_rate(entry: SocketAddr) -> f64 {
+/// New connections per second (connect, 1-byte echo, close; 8 at a time), and how many.
+async fn conn_rate(entry: SocketAddr) -> (f64, u64) {
     let until = Instant::now() + secs();
     let done = Arc::new(AtomicU64::new(0));
     let t = Instant::now();
@@ -271,7 +382,8 @@ async fn conn_rate(entry: SocketAddr) -> f64 {
     for t in tasks {
         let _ = t.await;
     }
-    done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+    let n = done.load(Ordering::Relaxed);
+    (n as f64 / t.elapsed().as_secs_f64(), n)
 }
 
 /// RSS of the proxy with `n` idle connections open through it (each with its upstream leg).
@@ -326,81 +438,104 @@ async fn main() {
     let sink = server(false).await;
     let echo = server(true).await;
     println!("# vsockproxy benchmark ({} s per figure, RLIMIT_NOFILE {nofile})\n", secs().as_secs_f64());
-    println!("| path | 1 stream Gbit/s | 8 streams Gbit/s | c=1 p50/p99 µs | c=64 p50/p99 µs | new conn/s |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| path | 1 stream Gbit/s | 8 streams Gbit/s | CPU s/GB | c=1 p50/p99 µs | c=64 p50/p99 µs | new conn/s | CPU s/1k conn |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     type Start = Box<dyn Fn(SocketAddr) -> Option<Peer>>;
     let d = dir.path().to_path_buf();
-    let shapes: Vec<(&str, Start)> = vec![
-        ("direct loopback", Box::new(|_| None)),
-        (
-            "socat TCP->TCP",
-            Box::new({
-                let d = d.clone();
-                move |s| Some(start_socat(&d, "socat-tcp", s, false))
+    let haproxy = have("haproxy");
+    let envoy = have("envoy");
+    let mut shapes: Vec<(&str, Start)> = vec![("direct loopback", Box::new(|_| None))];
+    for unix_hop in [false, true] {
+        let shape = |tcp: &'static str, unix: &'static str| if unix_hop { unix } else { tcp };
+        let d1 = d.clone();
+        shapes.push((
+            shape("socat TCP->TCP", "socat TCP->Unix->TCP"),
+            Box::new(move |s| {
+                Some(start_socat(&d1, if unix_hop { "socat-unix" } else { "socat-tcp" }, s, unix_hop))
             }),
-        ),
-        (
-            "vsockproxy TCP->TCP (splice)",
-            Box::new({
-                let d = d.clone();
-                move |s| Some(start_vsockproxy(&d, "vp-tcp", s, false, "splice"))
-            }),
-        ),
-        (
-            "vsockproxy TCP->TCP (copy)",
-            Box::new({
-                let d = d.clone();
-                move |s| Some(start_vsockproxy(&d, "vp-tcp-copy", s, false, "copy"))
-            }),
-        ),
-        (
-            "socat TCP->Unix->TCP",
-            Box::new({
-                let d = d.clone();
-                move |s| Some(start_socat(&d, "socat-unix", s, true))
-            }),
-        ),
-        (
-            "vsockproxy TCP->Unix->TCP (splice)",
-            Box::new({
-                let d = d.clone();
-                move |s| Some(start_vsockproxy(&d, "vp-unix", s, true, "splice"))
-            }),
-        ),
-    ];
-    let mut rows: Vec<(&str, f64, f64)> = Vec::new(); // (label, 1-stream Gbit/s, c=1 p99 µs)
+        ));
+        if haproxy {
+            let d1 = d.clone();
+            shapes.push((
+                shape("HAProxy TCP->TCP", "HAProxy TCP->Unix->TCP"),
+                Box::new(move |s| {
+                    Some(start_haproxy(&d1, if unix_hop { "ha-unix" } else { "ha-tcp" }, s, unix_hop))
+                }),
+            ));
+        }
+        if envoy {
+            let d1 = d.clone();
+            shapes.push((
+                shape("envoy tcp_proxy TCP->TCP", "envoy tcp_proxy TCP->Unix->TCP"),
+                Box::new(move |s| {
+                    Some(start_envoy(&d1, if unix_hop { "envoy-unix" } else { "envoy-tcp" }, s, unix_hop))
+                }),
+            ));
+        }
+        for mode in ["splice", "copy"] {
+            let d1 = d.clone();
+            let label = match (unix_hop, mode) {
+                (false, "splice") => "vsockproxy TCP->TCP (splice)",
+                (false, _) => "vsockproxy TCP->TCP (copy)",
+                (true, "splice") => "vsockproxy TCP->Unix->TCP (splice)",
+                (true, _) => "vsockproxy TCP->Unix->TCP (copy)",
+            };
+            let name = format!("vp-{}-{mode}", if unix_hop { "unix" } else { "tcp" });
+            shapes.push((label, Box::new(move |s| Some(start_vsockproxy(&d1, &name, s, unix_hop, mode)))));
+        }
+    }
+    if !haproxy {
+        println!("(HAProxy rows skipped: `haproxy` is not installed; apt-get install haproxy)\n");
+    }
+    // (label, 1-stream Gbit/s, c=1 p99 µs, CPU s/GB, conn/s, CPU s/1k conn, c=64 p50 µs)
+    let mut rows: Vec<(&str, f64, f64, f64, f64, f64, f64)> = Vec::new();
     for (label, start) in &shapes {
         let tp_peer = start(sink);
         let tp_entry = tp_peer.as_ref().map(|p| p.entry).unwrap_or(sink);
-        let tp1 = throughput(tp_entry, 1).await;
-        let tp8 = throughput(tp_entry, 8).await;
+        let cpu0 = tp_peer.as_ref().map_or(0.0, Peer::cpu_seconds);
+        let (tp1, b1) = throughput(tp_entry, 1).await;
+        let (tp8, b8) = throughput(tp_entry, 8).await;
+        let cpu_gb =
+            tp_peer.as_ref().map_or(f64::NAN, |p| (p.cpu_seconds() - cpu0) / ((b1 + b8) as f64 / 1e9));
         drop(tp_peer);
         let peer = start(echo);
         let entry = peer.as_ref().map(|p| p.entry).unwrap_or(echo);
         let (p50_1, p99_1) = latency(entry, 1).await;
         let (p50_64, p99_64) = latency(entry, 64).await;
-        let rate = conn_rate(entry).await;
+        let cpu0 = peer.as_ref().map_or(0.0, Peer::cpu_seconds);
+        let (rate, conns) = conn_rate(entry).await;
+        let cpu_kconn =
+            peer.as_ref().map_or(f64::NAN, |p| (p.cpu_seconds() - cpu0) / (conns.max(1) as f64 / 1000.0));
         drop(peer);
         println!(
-            "| {label} | {tp1:.2} | {tp8:.2} | {p50_1:.0} / {p99_1:.0} | {p50_64:.0} / {p99_64:.0} | {rate:.0} |"
+            "| {label} | {tp1:.2} | {tp8:.2} | {cpu_gb:.3} | {p50_1:.0} / {p99_1:.0} | {p50_64:.0} / {p99_64:.0} | {rate:.0} | {cpu_kconn:.3} |"
         );
-        rows.push((label, tp1, p99_1));
+        rows.push((label, tp1, p99_1, cpu_gb, rate, cpu_kconn, p50_64));
     }
-    let get = |name: &str| rows.iter().find(|r| r.0 == name).copied().unwrap();
-    let direct = get("direct loopback");
+    let get = |name: &str| rows.iter().find(|r| r.0 == name).copied();
+    let direct = get("direct loopback").unwrap();
     println!();
-    for (vp, so) in [
-        ("vsockproxy TCP->TCP (splice)", "socat TCP->TCP"),
-        ("vsockproxy TCP->TCP (copy)", "socat TCP->TCP"),
-        ("vsockproxy TCP->Unix->TCP (splice)", "socat TCP->Unix->TCP"),
-    ] {
-        let (v, s) = (get(vp), get(so));
-        println!(
-            "- {vp}: 1-stream {:.2}x direct, {:.2}x {so}; added p99 at c=1: {:.0} µs",
-            v.1 / direct.1,
-            v.1 / s.1,
-            v.2 - direct.2
-        );
+    for unix_hop in [false, true] {
+        let (shape, vp) = if unix_hop {
+            ("TCP->Unix->TCP", "vsockproxy TCP->Unix->TCP (splice)")
+        } else {
+            ("TCP->TCP", "vsockproxy TCP->TCP (splice)")
+        };
+        let Some(v) = get(vp) else { continue };
+        println!("- {vp}: 1-stream {:.2}x direct, added p99 at c=1 {:.0} µs", v.1 / direct.1, v.2 - direct.2);
+        for peer in ["socat", "HAProxy", "envoy tcp_proxy"] {
+            let Some(p) = get(&format!("{peer} {shape}")) else { continue };
+            println!(
+                "  - vs {peer}: 1-stream {:.2}x, CPU/GB {:.2}x, new conn/s {:.2}x, CPU/1k conn {:.2}x, c=64 p50 {:.2}x",
+                v.1 / p.1,
+                v.3 / p.3,
+                v.4 / p.4,
+                v.5 / p.5,
+                v.6 / p.6
+            );
+        }
     }
     // socat forks a process per connection: 10,000 idle connections would be 10,000
     // processes, so only vsockproxy is measured here. The echo server runs in a child process
@@ -417,16 +552,31 @@ async fn main() {
         .unwrap();
     let remote_echo: SocketAddr = line.trim().parse().unwrap();
     let n = IDLE_CONNS.min((nofile as usize).saturating_sub(300) / 6);
-    let peer = start_vsockproxy(&d, "vp-idle", remote_echo, false, "splice");
-    let measured = idle_rss(&peer, n).await;
+    println!();
+    type StartIdle<'a> = Box<dyn Fn() -> Peer + 'a>;
+    let mut idle: Vec<(&str, StartIdle)> =
+        vec![("vsockproxy", Box::new(|| start_vsockproxy(&d, "vp-idle", remote_echo, false, "splice")))];
+    if haproxy {
+        idle.push(("HAProxy", Box::new(|| start_haproxy(&d, "ha-idle", remote_echo, false))));
+    }
+    if envoy {
+        idle.push(("envoy tcp_proxy", Box::new(|| start_envoy(&d, "envoy-idle", remote_echo, false))));
+    }
+    for (name, start) in idle {
+        let peer = start();
+        match idle_rss(&peer, n).await {
+            Some((n, before, after)) => println!(
+                "- {name} RSS with {n} idle connections (TCP->TCP): {:.1} MiB (idle process: {:.1} MiB), {:.2} KiB per connection",
+                after as f64 / 1024.0,
+                before as f64 / 1024.0,
+                after.saturating_sub(before) as f64 / n.max(1) as f64
+            ),
+            None => println!("- {name} idle RSS: not measured"),
+        }
+        drop(peer);
+        // Let the closed connections drain before the next proxy opens its own.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let _ = echo_child.kill();
     let _ = echo_child.wait();
-    match measured {
-        Some((n, before, after)) => println!(
-            "\nvsockproxy RSS with {n} idle connections (TCP->TCP): {:.1} MiB (idle process: {:.1} MiB)",
-            after as f64 / 1024.0,
-            before as f64 / 1024.0
-        ),
-        None => println!("\nvsockproxy idle RSS: not measured"),
-    }
 }
