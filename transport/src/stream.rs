@@ -188,12 +188,6 @@ impl Stream {
             Stream::Vsock(s) => s.try_write(buf),
         }
     }
-
-    /// Every stream kind tracks readiness now (vsock through [`FdStream`]); kept until the
-    /// forwarding engine drops its fallback path.
-    pub fn supports_readiness(&self) -> bool {
-        true
-    }
 }
 
 #[allow(unsafe_code)]
