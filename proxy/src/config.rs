@@ -173,7 +173,8 @@ impl Default for TimeoutsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ForwardMode {
-    /// Zero-copy `splice(2)` through a pipe per direction (TCP and Unix sockets).
+    /// Zero-copy `splice(2)` through a pipe per direction; a direction whose socket the kernel
+    /// will not splice (some kernels for vsock) copies instead.
     Splice,
     /// Read/write through a user-space buffer per direction.
     Copy,

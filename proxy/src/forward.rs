@@ -5,32 +5,33 @@
 //! reply. The connection ends when both directions have ended, on the first error (the other
 //! side of a TCP peer then sees a reset, not a clean end), or after `idle` without a byte.
 //!
-//! Three engines, same behaviour:
+//! One engine for every stream kind (TCP, Unix, vsock: all have tokio readiness, see
+//! [`transport::FdStream`]), in two modes, same behaviour:
 //! - `splice`: `splice(2)` socket -> pipe -> socket, no copy through user space;
 //! - `copy`: non-blocking read/write through one buffer per direction;
 //! - both wait on tokio readiness and allocate their pipe or buffer only when the first byte
 //!   arrives, so idle connections cost two sockets and a task.
-//! - vsock streams have no readiness API in tokio-vsock: those connections use a poll-based
-//!   copy through `AsyncRead`/`AsyncWrite`, whose first read takes one byte into the stack and
-//!   allocates the buffer only then, so idle vsock connections are as cheap.
+//!
+//! A direction whose first splice the kernel refuses for that socket (`EINVAL`,
+//! `EOPNOTSUPP`: a socket family without splice support, which may be vsock on some kernels)
+//! goes on in copy mode, with whatever the pipe already held written out first; counted in
+//! [`SpliceCounters`] (`refused_read`, `refused_write`).
 //!
 //! Per-direction buffering is bounded by `buffer_size`: a slow reader stops the reads on the
 //! other side (backpressure) instead of growing memory.
 //!
 //! A splice direction whose pipe cannot be created (out of descriptors) goes on through a
 //! buffer instead of cutting the transfer, and a pipe the kernel will not enlarge to
-//! `buffer_size` keeps its 64 KiB; both are counted ([`PipeErrors`]) and logged at most once per
-//! [`PIPE_LOG_EVERY`].
+//! `buffer_size` keeps its 64 KiB; both are counted ([`SpliceCounters`]) and logged at most once
+//! per [`PIPE_LOG_EVERY`].
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-use tracing::warn;
+use tokio::io::Interest;
+use tracing::{debug, info, warn};
 use transport::Stream;
 
 use crate::config::ForwardMode;
@@ -94,30 +95,61 @@ impl Tally<'_> {
 /// The shortest time between two warnings about pipe failures.
 pub const PIPE_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Failures of the splice engine's pipes, for `vsockproxy_splice_pipe_errors_total{op}`.
+/// What the splice mode could not do as asked: pipe failures, for
+/// `vsockproxy_splice_pipe_errors_total{op}`, and directions the kernel would not splice, for
+/// `vsockproxy_splice_fallbacks_total{op}`.
 #[derive(Debug)]
-pub struct PipeErrors {
+pub struct SpliceCounters {
     /// `pipe2` failed; that direction was forwarded through a buffer instead.
     pub create: AtomicU64,
     /// `F_SETPIPE_SZ` failed; the pipe kept its default capacity.
     pub resize: AtomicU64,
+    /// splice(socket -> pipe) was refused (`EINVAL`/`EOPNOTSUPP`); the direction went on in
+    /// copy mode.
+    pub refused_read: AtomicU64,
+    /// splice(pipe -> socket) was refused; the pipe was emptied through a buffer and the
+    /// direction went on in copy mode.
+    pub refused_write: AtomicU64,
     since: Instant,
     /// When the last warning was logged (ms since `since`), `u64::MAX` before the first.
     last_log_ms: AtomicU64,
+    /// Whether a refused splice was logged at info yet (once per process; debug after that).
+    refusal_logged: AtomicBool,
 }
 
-impl Default for PipeErrors {
+impl Default for SpliceCounters {
     fn default() -> Self {
-        PipeErrors {
+        SpliceCounters {
             create: AtomicU64::new(0),
             resize: AtomicU64::new(0),
+            refused_read: AtomicU64::new(0),
+            refused_write: AtomicU64::new(0),
             since: Instant::now(),
             last_log_ms: AtomicU64::new(u64::MAX),
+            refusal_logged: AtomicBool::new(false),
         }
     }
 }
 
-impl PipeErrors {
+impl SpliceCounters {
+    /// A splice the kernel refused for this pair of files: counted; logged at info the first
+    /// time (it is a property of the kernel and socket family, not an incident), then at debug.
+    fn refused(&self, op: &'static str, side: Side, error: &io::Error) {
+        let counter = if op == "read" { &self.refused_read } else { &self.refused_write };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if !self.refusal_logged.swap(true, Ordering::Relaxed) {
+            info!(
+                op,
+                side = side.label(),
+                %error,
+                "the kernel does not splice this socket; copying through a buffer instead for \
+                 such connections (counted in vsockproxy_splice_fallbacks_total, logged once)"
+            );
+        } else {
+            debug!(op, side = side.label(), %error, "splice refused; copying instead");
+        }
+    }
+
     fn record(&self, op: &'static str, size: usize, error: &io::Error) {
         let counter = if op == "create" { &self.create } else { &self.resize };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -156,7 +188,7 @@ pub async fn forward(
     counters: &Counters,
     c2u_total: &AtomicU64,
     u2c_total: &AtomicU64,
-    pipe_errors: &PipeErrors,
+    splice: &SpliceCounters,
 ) -> Result<(), ForwardError> {
     let c2u = Tally { conn: &counters.client_to_upstream, total: c2u_total };
     let u2c = Tally { conn: &counters.upstream_to_client, total: u2c_total };
@@ -166,35 +198,16 @@ pub async fn forward(
             None => std::future::pending().await,
         }
     };
-    let readiness = client.supports_readiness() && upstream.supports_readiness();
-    let result = if readiness {
-        let both = async {
-            tokio::try_join!(
-                pump(&client, &upstream, Side::Client, Side::Upstream, opts, c2u, pipe_errors),
-                pump(&upstream, &client, Side::Upstream, Side::Client, opts, u2c, pipe_errors),
-            )
-            .map(|_| ())
-        };
-        tokio::select! {
-            r = both => r,
-            e = idle => Err(e),
-        }
-    } else {
-        let (mut client, mut upstream) = (client, upstream);
-        let result = {
-            let mut c2u_dir = PollDir::new(Side::Client, Side::Upstream, c2u, opts.buffer_size);
-            let mut u2c_dir = PollDir::new(Side::Upstream, Side::Client, u2c, opts.buffer_size);
-            let both = std::future::poll_fn(|cx| {
-                let a = c2u_dir.poll(cx, &mut client, &mut upstream)?;
-                let b = u2c_dir.poll(cx, &mut upstream, &mut client)?;
-                if a.is_ready() && b.is_ready() { Poll::Ready(Ok(())) } else { Poll::Pending }
-            });
-            tokio::select! {
-                r = both => r,
-                e = idle => Err(e),
-            }
-        };
-        return finish(result, &client, &upstream);
+    let both = async {
+        tokio::try_join!(
+            pump(&client, &upstream, Side::Client, Side::Upstream, opts, c2u, splice),
+            pump(&upstream, &client, Side::Upstream, Side::Client, opts, u2c, splice),
+        )
+        .map(|_| ())
+    };
+    let result = tokio::select! {
+        r = both => r,
+        e = idle => Err(e),
     };
     finish(result, &client, &upstream)
 }
@@ -243,71 +256,96 @@ async fn pump(
     dst_side: Side,
     opts: Options,
     tally: Tally<'_>,
-    pipe_errors: &PipeErrors,
+    splice: &SpliceCounters,
 ) -> Result<(), ForwardError> {
     let rd = |source| ForwardError::Io { side: src_side, source };
     let wr = |source| ForwardError::Io { side: dst_side, source };
-    match opts.mode {
-        ForwardMode::Copy => pump_copy(src, dst, src_side, dst_side, opts.buffer_size, tally).await,
-        ForwardMode::Splice => {
-            let mut pipe: Option<sys::Pipe> = None;
-            loop {
-                src.readable().await.map_err(rd)?;
-                let p = match &pipe {
-                    Some(p) => p,
-                    None => {
-                        if !confirm_readable(src).map_err(rd)? {
-                            continue;
-                        }
-                        match sys::Pipe::new() {
-                            Ok(p) => {
-                                if opts.buffer_size != sys::DEFAULT_PIPE_SIZE
-                                    && let Err(e) = p.resize(opts.buffer_size)
-                                {
-                                    pipe_errors.record("resize", opts.buffer_size, &e);
-                                }
-                                pipe.insert(p)
-                            }
-                            Err(e) => {
-                                // Nothing was read yet: the bytes wait in the socket for the
-                                // buffer engine, and the transfer goes on.
-                                pipe_errors.record("create", opts.buffer_size, &e);
-                                return pump_copy(src, dst, src_side, dst_side, opts.buffer_size, tally)
-                                    .await;
-                            }
-                        }
-                    }
-                };
-                let n = match src.try_io(Interest::READABLE, || {
-                    sys::splice(src.as_raw_fd(), p.write_fd(), opts.buffer_size)
-                }) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(rd(e)),
-                };
-                if n == 0 {
-                    let _ = dst.shutdown_write();
-                    return Ok(());
+    let copy = |buf| pump_copy(src, dst, src_side, dst_side, opts.buffer_size, tally, buf);
+    if opts.mode == ForwardMode::Copy {
+        return copy(Vec::new()).await;
+    }
+    let mut pipe: Option<sys::Pipe> = None;
+    // Whether a byte went through the pipe yet: only the first transfer may find the kernel
+    // unwilling to splice this socket; a refusal after that is an error like any other.
+    let mut moved = false;
+    loop {
+        src.readable().await.map_err(rd)?;
+        let p = match &pipe {
+            Some(p) => p,
+            None => {
+                if !confirm_readable(src).map_err(rd)? {
+                    continue;
                 }
-                let mut left = n;
-                while left > 0 {
-                    match dst.try_io(Interest::WRITABLE, || sys::splice(p.read_fd(), dst.as_raw_fd(), left)) {
-                        Ok(k) => left -= k,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            dst.writable().await.map_err(wr)?
+                match sys::Pipe::new() {
+                    Ok(p) => {
+                        if opts.buffer_size != sys::DEFAULT_PIPE_SIZE
+                            && let Err(e) = p.resize(opts.buffer_size)
+                        {
+                            splice.record("resize", opts.buffer_size, &e);
                         }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(wr(e)),
+                        pipe.insert(p)
+                    }
+                    Err(e) => {
+                        // Nothing was read yet: the bytes wait in the socket for the
+                        // buffer engine, and the transfer goes on.
+                        splice.record("create", opts.buffer_size, &e);
+                        return copy(Vec::new()).await;
                     }
                 }
-                tally.add(n);
+            }
+        };
+        let n = match src.try_io(Interest::READABLE, || {
+            sys::splice_to_pipe(src.as_raw_fd(), p.write_fd(), opts.buffer_size)
+        }) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if !moved && sys::splice_unsupported(&e) => {
+                // Nothing was taken from the socket; the copy engine reads it from the start.
+                splice.refused("read", src_side, &e);
+                return copy(Vec::new()).await;
+            }
+            Err(e) => return Err(rd(e)),
+        };
+        if n == 0 {
+            let _ = dst.shutdown_write();
+            return Ok(());
+        }
+        let mut left = n;
+        while left > 0 {
+            match dst.try_io(Interest::WRITABLE, || sys::splice_from_pipe(p.read_fd(), dst.as_raw_fd(), left))
+            {
+                Ok(k) => left -= k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await.map_err(wr)?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if !moved && sys::splice_unsupported(&e) => {
+                    // The bytes already read wait in the pipe: write them out through the
+                    // buffer the copy engine then goes on with.
+                    splice.refused("write", dst_side, &e);
+                    let mut buf = vec![0; opts.buffer_size.max(left)];
+                    let mut got = 0;
+                    while got < left {
+                        match p.read(&mut buf[got..left]) {
+                            Ok(0) => return Err(ForwardError::Local(io::ErrorKind::UnexpectedEof.into())),
+                            Ok(k) => got += k,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(ForwardError::Local(e)),
+                        }
+                    }
+                    write_all(dst, &buf[..left]).await.map_err(wr)?;
+                    tally.add(n);
+                    return copy(buf).await;
+                }
+                Err(e) => return Err(wr(e)),
             }
         }
+        moved = true;
+        tally.add(n);
     }
 }
 
-/// One direction through a user-space buffer, allocated when the first byte is there.
+/// One direction through a user-space buffer, allocated when the first byte is there (unless
+/// the caller hands one over).
 async fn pump_copy(
     src: &Stream,
     dst: &Stream,
@@ -315,10 +353,10 @@ async fn pump_copy(
     dst_side: Side,
     buffer_size: usize,
     tally: Tally<'_>,
+    mut buf: Vec<u8>,
 ) -> Result<(), ForwardError> {
     let rd = |source| ForwardError::Io { side: src_side, source };
     let wr = |source| ForwardError::Io { side: dst_side, source };
-    let mut buf: Vec<u8> = Vec::new();
     loop {
         src.readable().await.map_err(rd)?;
         if buf.is_empty() {
@@ -337,114 +375,23 @@ async fn pump_copy(
             let _ = dst.shutdown_write();
             return Ok(());
         }
-        let mut off = 0;
-        while off < n {
-            match dst.try_write(&buf[off..n]) {
-                Ok(k) => off += k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await.map_err(wr)?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(wr(e)),
-            }
-        }
+        write_all(dst, &buf[..n]).await.map_err(wr)?;
         tally.add(n);
     }
 }
 
-/// One direction of the poll-based engine (streams without a readiness API).
-struct PollDir<'a> {
-    src_side: Side,
-    dst_side: Side,
-    tally: Tally<'a>,
-    size: usize,
-    /// Allocated when the first byte arrives.
-    buf: Vec<u8>,
-    pos: usize,
-    cap: usize,
-    eof: bool,
-    done: bool,
-}
-
-impl<'a> PollDir<'a> {
-    fn new(src_side: Side, dst_side: Side, tally: Tally<'a>, size: usize) -> PollDir<'a> {
-        PollDir { src_side, dst_side, tally, size, buf: Vec::new(), pos: 0, cap: 0, eof: false, done: false }
-    }
-
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-        src: &mut Stream,
-        dst: &mut Stream,
-    ) -> Poll<Result<(), ForwardError>> {
-        let (src_side, dst_side) = (self.src_side, self.dst_side);
-        let rd = move |source| ForwardError::Io { side: src_side, source };
-        let wr = move |source| ForwardError::Io { side: dst_side, source };
-        loop {
-            if self.done {
-                return Poll::Ready(Ok(()));
-            }
-            if self.pos == self.cap && !self.eof {
-                let n = if self.buf.is_empty() {
-                    // The first read takes one byte into the stack: it waits (and clears a
-                    // spurious readiness) like any read, and the buffer is allocated only once
-                    // a byte has arrived.
-                    let mut first = [0u8; 1];
-                    let mut rb = ReadBuf::new(&mut first);
-                    ready!(Pin::new(&mut *src).poll_read(cx, &mut rb)).map_err(rd)?;
-                    let n = rb.filled().len();
-                    if n == 1 {
-                        self.buf = vec![0; self.size];
-                        self.buf[0] = first[0];
-                    }
-                    n
-                } else {
-                    let mut rb = ReadBuf::new(&mut self.buf);
-                    ready!(Pin::new(&mut *src).poll_read(cx, &mut rb)).map_err(rd)?;
-                    rb.filled().len()
-                };
-                if n == 0 {
-                    self.eof = true;
-                } else {
-                    (self.pos, self.cap) = (0, n);
-                }
-            }
-            while self.pos < self.cap {
-                let n =
-                    ready!(Pin::new(&mut *dst).poll_write(cx, &self.buf[self.pos..self.cap])).map_err(wr)?;
-                if n == 0 {
-                    return Poll::Ready(Err(wr(io::ErrorKind::WriteZero.into())));
-                }
-                self.pos += n;
-                self.tally.add(n);
-            }
-            if self.eof {
-                // Half-close; the peer may already be gone, which must not fail the other way.
-                let _ = ready!(Pin::new(&mut *dst).poll_shutdown(cx));
-                self.done = true;
-            }
+/// Writes all of `data`, waiting for room as needed.
+async fn write_all(dst: &Stream, data: &[u8]) -> io::Result<()> {
+    let mut off = 0;
+    while off < data.len() {
+        match dst.try_write(&data[off..]) {
+            Ok(k) => off += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
-}
-
-/// Test hook: forces the poll-based engine on streams that do support readiness.
-#[cfg(test)]
-pub(crate) async fn forward_polled(
-    client: Stream,
-    upstream: Stream,
-    opts: Options,
-    counters: &Counters,
-) -> Result<(), ForwardError> {
-    let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
-    let c2u = Tally { conn: &counters.client_to_upstream, total: &t1 };
-    let u2c = Tally { conn: &counters.upstream_to_client, total: &t2 };
-    let (mut client, mut upstream) = (client, upstream);
-    let mut a = PollDir::new(Side::Client, Side::Upstream, c2u, opts.buffer_size);
-    let mut b = PollDir::new(Side::Upstream, Side::Client, u2c, opts.buffer_size);
-    std::future::poll_fn(|cx| {
-        let x = a.poll(cx, &mut client, &mut upstream)?;
-        let y = b.poll(cx, &mut upstream, &mut client)?;
-        if x.is_ready() && y.is_ready() { Poll::Ready(Ok(())) } else { Poll::Pending }
-    })
-    .await
+    Ok(())
 }
 
 #[cfg(test)]
@@ -470,7 +417,9 @@ mod tests {
             let task = tokio::spawn(async move {
                 let c = Counters::default();
                 let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
-                forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &PipeErrors::default()).await.unwrap();
+                forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &SpliceCounters::default())
+                    .await
+                    .unwrap();
                 (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
             });
             let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
@@ -488,18 +437,19 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn poll_engine_forwards_and_half_closes() {
-        let (mut client, proxy_client) = pair().await;
-        let (proxy_up, mut up) = pair().await;
-        let opts = Options { mode: ForwardMode::Copy, buffer_size: 4096, idle: None };
-        let task = tokio::spawn(async move {
-            let c = Counters::default();
-            forward_polled(proxy_client, proxy_up, opts, &c).await.unwrap();
-            (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
-        });
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
-        let d2 = data.clone();
+    /// A stream in the wrapper vsock streams use ([`transport::FdStream`]), over a socketpair
+    /// standing for the vsock connection, and the plain Unix stream at its other end.
+    fn fd_pair() -> (Stream, Stream) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let wrapped = transport::FdStream::new(std::os::fd::OwnedFd::from(a)).unwrap();
+        (Stream::Vsock(wrapped), Stream::Unix(tokio::net::UnixStream::from_std(b).unwrap()))
+    }
+
+    /// Sends `data` from `client` and a reply back from `up` through a running `forward`, each
+    /// side half-closing, and checks both arrive whole.
+    async fn exchange(mut client: Stream, mut up: Stream, data: &[u8], reply: &[u8]) {
+        let d2 = data.to_vec();
         let writer = tokio::spawn(async move {
             client.write_all(&d2).await.unwrap();
             client.shutdown_write().unwrap();
@@ -507,14 +457,107 @@ mod tests {
         });
         let mut got = Vec::new();
         up.read_to_end(&mut got).await.unwrap();
-        assert!(got == data);
+        assert!(got == data, "{} of {} bytes arrived", got.len(), data.len());
         let mut client = writer.await.unwrap();
-        up.write_all(b"done").await.unwrap();
-        drop(up);
+        up.write_all(reply).await.unwrap();
+        up.shutdown_write().unwrap();
         let mut back = Vec::new();
         client.read_to_end(&mut back).await.unwrap();
-        assert_eq!(back, b"done");
-        assert_eq!(task.await.unwrap(), (300_000, 4));
+        assert_eq!(back, reply);
+    }
+
+    /// vsock streams run through the same engine as TCP and Unix, in both modes and on either
+    /// side (client: SOCKS5 and mappings; upstream: ingress).
+    #[tokio::test]
+    async fn vsock_wrapped_streams_forward_in_both_modes_on_either_side() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        for mode in [ForwardMode::Splice, ForwardMode::Copy] {
+            for vsock_is_client in [true, false] {
+                let (client, proxy_client, proxy_up, up) = if vsock_is_client {
+                    let (proxy_client, client) = fd_pair();
+                    let (proxy_up, up) = pair().await;
+                    (client, proxy_client, proxy_up, up)
+                } else {
+                    let (client, proxy_client) = pair().await;
+                    let (proxy_up, up) = fd_pair();
+                    (client, proxy_client, proxy_up, up)
+                };
+                let opts = Options { mode, buffer_size: 16384, idle: None };
+                let errors = Arc::new(SpliceCounters::default());
+                let errs = errors.clone();
+                let task = tokio::spawn(async move {
+                    let c = Counters::default();
+                    let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
+                    forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &errs).await.unwrap();
+                    (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
+                });
+                exchange(client, up, &data, b"done").await;
+                assert_eq!(task.await.unwrap(), (300_000, 4), "{mode} vsock client {vsock_is_client}");
+                // A socketpair splices: no fallback here.
+                assert_eq!(errors.refused_read.load(Ordering::Relaxed), 0);
+                assert_eq!(errors.refused_write.load(Ordering::Relaxed), 0);
+            }
+        }
+    }
+
+    /// A kernel that will not splice a socket (EINVAL) into or out of a pipe: each direction
+    /// goes on by copy, the bytes already in the pipe included, and the fallback is counted.
+    #[tokio::test]
+    async fn a_refused_splice_falls_back_to_copy_and_is_counted() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 239) as u8).collect();
+        // (into pipe, out of pipe) refusals: both directions' first read, then first write.
+        for (refuse, read, write) in [((2, 0), 2, 0), ((0, 2), 0, 2)] {
+            let (proxy_client, client) = fd_pair();
+            let (proxy_up, up) = pair().await;
+            let opts = Options { mode: ForwardMode::Splice, buffer_size: 8192, idle: None };
+            let errors = Arc::new(SpliceCounters::default());
+            let errs = errors.clone();
+            let task = tokio::spawn(async move {
+                sys::refuse_next_splices(refuse.0, refuse.1);
+                let c = Counters::default();
+                let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
+                forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &errs).await.unwrap();
+                (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
+            });
+            exchange(client, up, &data, b"reply").await;
+            assert_eq!(task.await.unwrap(), (200_000, 5), "{refuse:?}");
+            assert_eq!(errors.refused_read.load(Ordering::Relaxed), read, "{refuse:?}");
+            assert_eq!(errors.refused_write.load(Ordering::Relaxed), write, "{refuse:?}");
+            assert_eq!(errors.create.load(Ordering::Relaxed), 0);
+        }
+    }
+
+    /// Once bytes went through the pipe, a refused splice is a broken stream, not a fallback.
+    #[tokio::test]
+    async fn a_splice_refused_after_the_first_transfer_is_an_error() {
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_up, mut up) = pair().await;
+        let opts = Options { mode: ForwardMode::Splice, buffer_size: 8192, idle: None };
+        let errors = Arc::new(SpliceCounters::default());
+        let errs = errors.clone();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let c = Counters::default();
+            let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
+            let fwd = forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &errs);
+            tokio::pin!(fwd);
+            // Run until the first chunk went through, then refuse the next read splice.
+            tokio::select! {
+                r = &mut fwd => panic!("ended early: {r:?}"),
+                _ = go_rx => {}
+            }
+            sys::refuse_next_splices(1, 0);
+            fwd.await
+        });
+        client.write_all(b"first").await.unwrap();
+        let mut got = [0u8; 5];
+        up.read_exact(&mut got).await.unwrap();
+        go_tx.send(()).unwrap();
+        tokio::task::yield_now().await;
+        client.write_all(b"second").await.unwrap();
+        let r = task.await.unwrap();
+        assert!(matches!(r, Err(ForwardError::Io { side: Side::Client, .. })), "{r:?}");
+        assert_eq!(errors.refused_read.load(Ordering::Relaxed), 0);
     }
 
     /// Out of descriptors (or pipe pages) for a pipe: the direction goes on through a buffer,
@@ -524,7 +567,7 @@ mod tests {
         let (mut client, proxy_client) = pair().await;
         let (proxy_up, mut up) = pair().await;
         let opts = Options { mode: ForwardMode::Splice, buffer_size: 8192, idle: None };
-        let errors = Arc::new(PipeErrors::default());
+        let errors = Arc::new(SpliceCounters::default());
         let errs = errors.clone();
         let task = tokio::spawn(async move {
             // Both directions' pipes fail (EMFILE), as under a full descriptor table.
@@ -557,7 +600,7 @@ mod tests {
         let opts =
             Options { mode: ForwardMode::Copy, buffer_size: 8192, idle: Some(Duration::from_millis(50)) };
         let (c, t1, t2) = (Counters::default(), AtomicU64::new(0), AtomicU64::new(0));
-        let r = forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &PipeErrors::default()).await;
+        let r = forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &SpliceCounters::default()).await;
         assert!(matches!(r, Err(ForwardError::Idle(_))), "{r:?}");
     }
 }

@@ -115,7 +115,7 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     /// Reloads that left a section's change out until a restart, by section.
     reload_not_applied: Mutex<BTreeMap<&'static str, u64>>,
-    pub pipe_errors: crate::forward::PipeErrors,
+    pub splice: crate::forward::SpliceCounters,
 }
 
 impl Metrics {
@@ -211,10 +211,21 @@ impl Metrics {
             "# HELP vsockproxy_splice_pipe_errors_total splice pipes the kernel refused: create (forwarded through a buffer instead) or resize (kept the default size).\n",
         );
         out.push_str("# TYPE vsockproxy_splice_pipe_errors_total counter\n");
-        for (op, v) in [("create", &self.pipe_errors.create), ("resize", &self.pipe_errors.resize)] {
+        for (op, v) in [("create", &self.splice.create), ("resize", &self.splice.resize)] {
             let _ = writeln!(
                 out,
                 "vsockproxy_splice_pipe_errors_total{{op=\"{op}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP vsockproxy_splice_fallbacks_total Directions the kernel would not splice (EINVAL, EOPNOTSUPP), forwarded by copy instead: read (socket to pipe) or write (pipe to socket).\n",
+        );
+        out.push_str("# TYPE vsockproxy_splice_fallbacks_total counter\n");
+        for (op, v) in [("read", &self.splice.refused_read), ("write", &self.splice.refused_write)] {
+            let _ = writeln!(
+                out,
+                "vsockproxy_splice_fallbacks_total{{op=\"{op}\"}} {}",
                 v.load(Ordering::Relaxed)
             );
         }
@@ -289,5 +300,9 @@ mod tests {
         assert!(text.contains("vsockproxy_connect_seconds_bucket{phase=\"dns\",le=\"0.0005\"} 1"));
         assert!(text.contains("vsockproxy_connect_seconds_bucket{phase=\"dns\",le=\"0.00025\"} 0"));
         assert!(text.contains("vsockproxy_dns_cache_total{result=\"hit\"} 4"));
+        m.splice.refused_write.fetch_add(1, Ordering::Relaxed);
+        let text = m.render(&Limit::new(9), (4, 2));
+        assert!(text.contains("vsockproxy_splice_fallbacks_total{op=\"read\"} 0"), "{text}");
+        assert!(text.contains("vsockproxy_splice_fallbacks_total{op=\"write\"} 1"), "{text}");
     }
 }

@@ -605,7 +605,7 @@ async fn pipe(client: Stream, upstream: Stream, conn: &Conn<'_>, dest: &str, set
         &counters,
         &state.metrics.client_to_upstream,
         &state.metrics.upstream_to_client,
-        &shared.metrics.pipe_errors,
+        &shared.metrics.splice,
     )
     .await;
     let up = counters.client_to_upstream.load(Ordering::Relaxed);

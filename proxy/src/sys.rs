@@ -28,6 +28,32 @@ pub fn fail_next_pipes(n: usize) {
     FAIL_PIPES.with(|f| f.set(n));
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Test hook: how many of the next splices into / out of a pipe on this thread fail with
+    /// EINVAL, as on a socket whose kernel has no splice support for it.
+    static REFUSE_SPLICES: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Test hook: makes the next `into_pipe` [`splice_to_pipe`] and `out_of_pipe`
+/// [`splice_from_pipe`] calls on this thread fail with EINVAL.
+#[cfg(test)]
+pub fn refuse_next_splices(into_pipe: usize, out_of_pipe: usize) {
+    REFUSE_SPLICES.with(|r| r.set((into_pipe, out_of_pipe)));
+}
+
+#[cfg(test)]
+fn refused(out: bool) -> bool {
+    REFUSE_SPLICES.with(|r| {
+        let (mut into, mut from) = r.get();
+        let n = if out { &mut from } else { &mut into };
+        let hit = *n > 0;
+        *n = n.saturating_sub(1);
+        r.set((into, from));
+        hit
+    })
+}
+
 impl Pipe {
     /// Creates a non-blocking pipe of the default capacity ([`DEFAULT_PIPE_SIZE`]). Fails with
     /// EMFILE/ENFILE when out of descriptors.
@@ -66,6 +92,38 @@ impl Pipe {
     pub fn write_fd(&self) -> RawFd {
         self.write.as_raw_fd()
     }
+
+    /// Reads what the pipe holds, up to `buf.len()` bytes, without waiting.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for `buf.len()` bytes of writes; the fd is our open pipe end.
+        let n = unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
+}
+
+/// `splice` from a socket into a pipe's write end.
+pub fn splice_to_pipe(socket: RawFd, pipe: RawFd, len: usize) -> io::Result<usize> {
+    #[cfg(test)]
+    if refused(false) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    splice(socket, pipe, len)
+}
+
+/// `splice` from a pipe's read end into a socket.
+pub fn splice_from_pipe(pipe: RawFd, socket: RawFd, len: usize) -> io::Result<usize> {
+    #[cfg(test)]
+    if refused(true) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    splice(pipe, socket, len)
+}
+
+/// Whether a failed `splice` means the kernel does not splice this kind of file (`EINVAL`,
+/// `EOPNOTSUPP`/`ENOTSUP`: no `splice_read` or `splice_write` for the socket family), rather
+/// than that the stream broke.
+pub fn splice_unsupported(e: &io::Error) -> bool {
+    e.raw_os_error().is_some_and(|c| c == libc::EINVAL || c == libc::EOPNOTSUPP || c == libc::ENOTSUP)
 }
 
 /// Moves up to `len` bytes from `from` to `to` without copying through user space; one of the
@@ -172,6 +230,30 @@ mod tests {
         fail_next_pipes(1);
         assert_eq!(Pipe::new().unwrap_err().raw_os_error(), Some(libc::EMFILE));
         assert!(Pipe::new().is_ok());
+    }
+
+    #[test]
+    fn the_splice_test_hook_refuses_then_recovers() {
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (c, mut d) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.write_all(b"hi").unwrap();
+        let pipe = Pipe::new().unwrap();
+        refuse_next_splices(1, 1);
+        let e = splice_to_pipe(b.as_raw_fd(), pipe.write_fd(), 16).unwrap_err();
+        assert!(splice_unsupported(&e), "{e}");
+        assert_eq!(splice_to_pipe(b.as_raw_fd(), pipe.write_fd(), 16).unwrap(), 2);
+        assert!(splice_unsupported(&splice_from_pipe(pipe.read_fd(), c.as_raw_fd(), 2).unwrap_err()));
+        // The refused splice left the bytes in the pipe.
+        let mut buf = [0u8; 8];
+        assert_eq!(pipe.read(&mut buf).unwrap(), 2);
+        assert_eq!(&buf[..2], b"hi");
+        a.write_all(b"yo").unwrap();
+        assert_eq!(splice_to_pipe(b.as_raw_fd(), pipe.write_fd(), 16).unwrap(), 2);
+        assert_eq!(splice_from_pipe(pipe.read_fd(), c.as_raw_fd(), 2).unwrap(), 2);
+        let mut got = [0u8; 2];
+        d.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"yo");
+        assert!(!splice_unsupported(&io::Error::from_raw_os_error(libc::EPIPE)));
     }
 
     #[test]

@@ -45,6 +45,11 @@ async fn pipe_resize_failures_are_counted_and_logged() {
     let resize = d.metric("vsockproxy_splice_pipe_errors_total{op=\"resize\"}").unwrap_or(0.0);
     assert!(resize >= 6.0, "two pipes per connection, three connections: {resize}\n{}", d.log_text());
     assert_eq!(d.metric("vsockproxy_splice_pipe_errors_total{op=\"create\"}"), Some(0.0));
+    // TCP sockets splice both ways: no direction fell back to copy.
+    for op in ["read", "write"] {
+        let series = format!("vsockproxy_splice_fallbacks_total{{op=\"{op}\"}}");
+        assert_eq!(d.metric(&series), Some(0.0), "{series}");
+    }
     let logged = d
         .logs()
         .iter()

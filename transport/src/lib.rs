@@ -11,16 +11,19 @@
 //! | `vsock-hybrid:///path/to/uds:PORT` (Firecracker / vhost-device-vsock host side) | no | yes |
 //!
 //! [`Listener`] and [`Stream`] hide the transport so that servers and tests run the same code
-//! over Unix and TCP sockets where no vsock device exists.
+//! over Unix and TCP sockets where no vsock device exists. Every [`Stream`] kind has tokio
+//! readiness (vsock through [`FdStream`], which registers the socket's fd with the reactor).
 #![deny(unsafe_code)]
 
 mod endpoint;
+mod fd_stream;
 mod hybrid;
 mod listener;
 pub mod socks5;
 mod stream;
 
 pub use endpoint::{CID_ANY, Endpoint, EndpointError, Host, PARENT_CID, VsockCid};
+pub use fd_stream::FdStream;
 pub use hybrid::HybridError;
 pub use listener::{BindError, Listener};
 pub use stream::{ConnectError, PeerAddr, Stream};

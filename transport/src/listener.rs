@@ -9,6 +9,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_vsock::{VsockAddr, VsockListener};
 
 use crate::endpoint::{Endpoint, Host};
+use crate::fd_stream::FdStream;
 use crate::stream::{PeerAddr, Stream};
 
 /// A bound listener on any transport.
@@ -83,8 +84,12 @@ impl Listener {
                 Ok((Stream::Unix(s), PeerAddr::Unix(addr.as_pathname().map(PathBuf::from))))
             }
             Listener::Vsock(l) => {
-                let (s, addr) = l.accept().await?;
-                Ok((Stream::Vsock(s), PeerAddr::Vsock { cid: addr.cid(), port: addr.port() }))
+                // The std-level accept hands over a socket not yet in any reactor, so it is
+                // registered once, in our `FdStream` (which has readiness; tokio-vsock's stream
+                // has none).
+                let (s, addr) = std::future::poll_fn(|cx| l.poll_accept_std(cx)).await?;
+                let stream = FdStream::new(std::os::fd::OwnedFd::from(s))?;
+                Ok((Stream::Vsock(stream), PeerAddr::Vsock { cid: addr.cid(), port: addr.port() }))
             }
         }
     }

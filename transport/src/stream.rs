@@ -1,4 +1,9 @@
 //! A connected byte stream over TCP, a Unix socket or vsock, and the dialer for each endpoint.
+//!
+//! Every kind offers the same readiness API (`readable`, `writable`, `try_io`, `try_read`,
+//! `try_write`) besides `AsyncRead`/`AsyncWrite`: TCP and Unix through tokio's own types, vsock
+//! through [`FdStream`] (its fd registered in tokio's reactor), so the forwarding engines need no
+//! per-kind path.
 
 use std::fmt;
 use std::io;
@@ -8,11 +13,12 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use socket2::{Domain, SockAddr};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
-use tokio_vsock::{VsockAddr, VsockStream};
 
 use crate::endpoint::{Endpoint, Host, VsockCid};
+use crate::fd_stream::FdStream;
 use crate::hybrid::{self, HybridError};
 
 /// Who is on the other end of an accepted or dialed stream.
@@ -39,7 +45,9 @@ impl fmt::Display for PeerAddr {
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
-    Vsock(VsockStream),
+    /// A vsock socket in tokio's reactor. [`FdStream`] takes any connected stream socket, so
+    /// tests build this variant from a socketpair to run the vsock path without `/dev/vsock`.
+    Vsock(FdStream),
 }
 
 /// Why dialing an endpoint failed.
@@ -97,7 +105,8 @@ impl Stream {
             }
             // An unresolved `parent` dials Nitro's parent CID (`VsockCid::raw`).
             Endpoint::Vsock { cid: cid @ (VsockCid::Id(_) | VsockCid::Parent), port } => {
-                let stream = VsockStream::connect(VsockAddr::new(cid.raw(), *port)).await.map_err(io_err)?;
+                let addr = SockAddr::vsock(cid.raw(), *port);
+                let stream = FdStream::connect(Domain::VSOCK, &addr).await.map_err(io_err)?;
                 Ok(Stream::Vsock(stream))
             }
             Endpoint::HybridVsock { path, port } => {
@@ -120,10 +129,7 @@ impl Stream {
         Ok(match self {
             Stream::Tcp(s) => PeerAddr::Tcp(s.peer_addr()?),
             Stream::Unix(s) => PeerAddr::Unix(s.peer_addr()?.as_pathname().map(PathBuf::from)),
-            Stream::Vsock(s) => {
-                let addr = s.peer_addr()?;
-                PeerAddr::Vsock { cid: addr.cid(), port: addr.port() }
-            }
+            Stream::Vsock(s) => s.peer_addr()?,
         })
     }
 
@@ -137,7 +143,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.readable().await,
             Stream::Unix(s) => s.readable().await,
-            Stream::Vsock(s) => vsock_ready(s, tokio::io::Interest::READABLE).await,
+            Stream::Vsock(s) => s.readable().await,
         }
     }
 
@@ -146,7 +152,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.writable().await,
             Stream::Unix(s) => s.writable().await,
-            Stream::Vsock(s) => vsock_ready(s, tokio::io::Interest::WRITABLE).await,
+            Stream::Vsock(s) => s.writable().await,
         }
     }
 
@@ -159,44 +165,29 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.try_io(interest, f),
             Stream::Unix(s) => s.try_io(interest, f),
-            // tokio-vsock exposes no readiness API; the caller falls back to buffered copy.
-            Stream::Vsock(_) => f(),
+            Stream::Vsock(s) => s.try_io(interest, f),
         }
     }
 
     /// Reads what is available without waiting (`WouldBlock` when nothing is), clearing the
-    /// read readiness in that case; pairs with [`readable`](Self::readable). vsock: `Unsupported`.
+    /// read readiness in that case; pairs with [`readable`](Self::readable).
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_read(buf),
             Stream::Unix(s) => s.try_read(buf),
-            Stream::Vsock(_) => {
-                Err(io::Error::new(io::ErrorKind::Unsupported, "vsock streams have no try_read"))
-            }
+            Stream::Vsock(s) => s.try_read(buf),
         }
     }
 
     /// Writes what fits without waiting (`WouldBlock` when nothing does), clearing the write
-    /// readiness in that case; pairs with [`writable`](Self::writable). vsock: `Unsupported`.
+    /// readiness in that case; pairs with [`writable`](Self::writable).
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_write(buf),
             Stream::Unix(s) => s.try_write(buf),
-            Stream::Vsock(_) => {
-                Err(io::Error::new(io::ErrorKind::Unsupported, "vsock streams have no try_write"))
-            }
+            Stream::Vsock(s) => s.try_write(buf),
         }
     }
-
-    /// Whether [`readable`](Self::readable)/[`try_io`](Self::try_io) track readiness precisely,
-    /// which zero-copy forwarding needs.
-    pub fn supports_readiness(&self) -> bool {
-        !matches!(self, Stream::Vsock(_))
-    }
-}
-
-async fn vsock_ready(_s: &VsockStream, _interest: tokio::io::Interest) -> io::Result<()> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "vsock streams have no readiness API"))
 }
 
 #[allow(unsafe_code)]
