@@ -9,6 +9,7 @@
 //! | [`data_csv`] | a CSV data file |
 //! | [`data_avro`] | an Avro data file (the magic is prepended when absent) |
 //! | [`v2_request`] | an encapsulated v2 request, or a framed plaintext |
+//! | [`store_apply`] | a byte-coded sequence of record batches and tombstone cleanups |
 #![forbid(unsafe_code)]
 
 pub mod data_avro;
@@ -17,6 +18,7 @@ pub mod inflation;
 pub mod policy_name;
 pub mod socks5_greeting;
 pub mod socks5_request;
+pub mod store_apply;
 pub mod v2_request;
 
 /// A target's checks on one input: they panic when an invariant does not hold.
@@ -30,4 +32,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("data_csv", data_csv::run),
     ("data_avro", data_avro::run),
     ("v2_request", v2_request::run),
+    ("store_apply", store_apply::run),
 ];
