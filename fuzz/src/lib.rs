@@ -10,6 +10,7 @@
 //! | [`data_avro`] | an Avro data file (the magic is prepended when absent) |
 //! | [`v2_request`] | an encapsulated v2 request, or a framed plaintext |
 //! | [`store_apply`] | a byte-coded sequence of record batches and tombstone cleanups |
+//! | [`socks5_policy`] | policy rules, a SOCKS5 request, then what DNS answers |
 #![forbid(unsafe_code)]
 
 pub mod data_avro;
@@ -17,6 +18,7 @@ pub mod data_csv;
 pub mod inflation;
 pub mod policy_name;
 pub mod socks5_greeting;
+pub mod socks5_policy;
 pub mod socks5_request;
 pub mod store_apply;
 pub mod v2_request;
@@ -33,4 +35,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("data_avro", data_avro::run),
     ("v2_request", v2_request::run),
     ("store_apply", store_apply::run),
+    ("socks5_policy", socks5_policy::run),
 ];
