@@ -1,5 +1,7 @@
 //! The fuzz targets' checks, one module per target (docs/fuzzing.md). `fuzz_targets/NAME.rs` is
-//! a one-line libFuzzer entry point calling `NAME::run`; [`TARGETS`] lists them.
+//! a one-line libFuzzer entry point calling `NAME::run`; [`TARGETS`] lists them for the seed
+//! replay (`tests/replay.rs`), and the modules' encoders write the seeds
+//! (`examples/gen_seeds.rs`).
 //!
 //! | module | input |
 //! |---|---|
