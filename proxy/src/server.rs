@@ -631,6 +631,32 @@ fn literal_ip(name: &str) -> Option<IpAddr> {
     }
 }
 
+/// Where a SOCKS5 CONNECT goes after the policy's check before DNS ([`egress_target`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EgressTarget<'a> {
+    /// An address (given as one, or a name that is an IP literal in any spelling): checked with
+    /// `check_ip(None, ..)`, never resolved.
+    Ip(IpAddr, u16),
+    /// A name that passed [`Policy::check_name`]: resolved next, and every address it resolves
+    /// to checked with `check_ip(Some(name), ..)`.
+    Name(&'a str, u16),
+}
+
+/// The policy's decision on a SOCKS5 destination before DNS: a refused name is never resolved.
+/// Pure, so the fuzz target `socks5_policy` runs exactly what `egress_connect` runs.
+pub fn egress_target<'a>(policy: &Policy, dest: &'a Address) -> Result<EgressTarget<'a>, policy::Denied> {
+    match dest {
+        Address::Ip(sa) => Ok(EgressTarget::Ip(sa.ip(), sa.port())),
+        Address::Domain(name, port) => {
+            policy.check_name(name, *port)?;
+            Ok(match literal_ip(name) {
+                Some(ip) => EgressTarget::Ip(ip, *port),
+                None => EgressTarget::Name(name, *port),
+            })
+        }
+    }
+}
+
 /// Policy check, resolution and connect for one SOCKS5 request.
 async fn egress_connect(
     shared: &Shared,
@@ -638,18 +664,12 @@ async fn egress_connect(
     dest: &Address,
 ) -> Result<TcpStream, DialError> {
     let budget = settings.connect_timeout();
-    let (name, port, ips): (Option<&str>, u16, Arc<[IpAddr]>) = match dest {
-        Address::Ip(sa) => (None, sa.port(), Arc::from([sa.ip()])),
-        Address::Domain(name, port) => {
-            // Before DNS: a refused name is never resolved. IP literals are checked as addresses.
-            if let Err(d) = settings.policy.check_name(name, *port) {
-                shared.metrics.denied(d.kind());
-                return Err(DialError::Denied { dest: d.to_string(), kind: d.kind() });
-            }
-            match literal_ip(name) {
-                Some(ip) => (None, *port, Arc::from([ip])),
-                None => (Some(name.as_str()), *port, resolve(shared, name, budget).await?),
-            }
+    let (name, port, ips): (Option<&str>, u16, Arc<[IpAddr]>) = match egress_target(&settings.policy, dest) {
+        Ok(EgressTarget::Ip(ip, port)) => (None, port, Arc::from([ip])),
+        Ok(EgressTarget::Name(name, port)) => (Some(name), port, resolve(shared, name, budget).await?),
+        Err(d) => {
+            shared.metrics.denied(d.kind());
+            return Err(DialError::Denied { dest: d.to_string(), kind: d.kind() });
         }
     };
     let allowed = allowed_addrs(shared, Some(&settings.policy), name, &ips, port)?;
@@ -732,6 +752,41 @@ mod tests {
         for (err, reply, reason) in cases {
             assert_eq!((err.reply(), err.reason()), (reply, reason), "{err}");
         }
+    }
+
+    #[test]
+    fn egress_target_checks_names_before_dns_and_turns_literals_into_addresses() {
+        let config = policy::PolicyConfig {
+            allow: vec![policy::RuleConfig {
+                host: Some("*.amazonaws.com".into()),
+                ports: vec!["443".into()],
+                ..Default::default()
+            }],
+        };
+        let policy = Policy::new(&config).unwrap();
+        let domain = |name: &str, port| Address::Domain(name.into(), port);
+        let kms = domain("kms.us-east-1.amazonaws.com", 443);
+        assert_eq!(egress_target(&policy, &kms), Ok(EgressTarget::Name("kms.us-east-1.amazonaws.com", 443)));
+        assert_eq!(
+            egress_target(&policy, &domain("kms.us-east-1.amazonaws.com", 80)).unwrap_err().kind(),
+            "port"
+        );
+        assert_eq!(egress_target(&policy, &domain("example.com", 443)).unwrap_err().kind(), "no_rule");
+        // IMDS spelled as a name is judged as the address, and no host rule opens it.
+        assert_eq!(egress_target(&policy, &domain("0xa9fea9fe", 443)).unwrap_err().kind(), "special_address");
+        let imds: IpAddr = "169.254.169.254".parse().unwrap();
+        let allow_imds = Policy::new(&policy::PolicyConfig {
+            allow: vec![policy::RuleConfig {
+                ip: Some(imds.to_string()),
+                ports: vec!["80".into()],
+                ..Default::default()
+            }],
+        })
+        .unwrap();
+        assert_eq!(egress_target(&allow_imds, &domain("169.254.43518", 80)), Ok(EgressTarget::Ip(imds, 80)));
+        // A given address is left to check_ip.
+        let given = Address::Ip(SocketAddr::new(imds, 80));
+        assert_eq!(egress_target(&policy, &given), Ok(EgressTarget::Ip(imds, 80)));
     }
 
     #[test]

@@ -1,8 +1,4 @@
-//! The newc parser used by `describe`-side checks and tests: no panic on any input.
+//! The checks are in `src/lib.rs` (`cpio_parse`), so that the seed replay runs them without libFuzzer.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let _ = packaging::cpio::parse(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| packaging_fuzz::cpio_parse::run(data));
