@@ -38,3 +38,6 @@ export NITRO_KV_REQUIRE_QEMU=1
 step "tests"
 cargo nextest run --workspace --locked --no-fail-fast
 cargo test --workspace --doc --locked
+
+step "fuzz smoke: every fuzz target a few seconds from its seeds (docs/fuzzing.md)"
+scripts/fuzz-smoke.sh

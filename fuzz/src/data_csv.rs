@@ -14,7 +14,12 @@ pub fn run(data: &[u8]) {
     let budget = fuzz_budget();
     let parsed = parse_csv("fuzz.csv", data, &budget);
     if data.len() as u64 > budget.max_inflated_bytes {
-        assert!(parsed.is_err(), "{} bytes of CSV pass a budget of {}", data.len(), budget.max_inflated_bytes);
+        assert!(
+            parsed.is_err(),
+            "{} bytes of CSV pass a budget of {}",
+            data.len(),
+            budget.max_inflated_bytes
+        );
     }
     let Ok(records) = parsed else { return };
     check(&records, &budget);

@@ -16,7 +16,12 @@ pub fn fuzz_budget() -> Budget {
 
 /// No limit: for re-parsing what the writers produced.
 pub fn unlimited() -> Budget {
-    Budget { max_inflated_bytes: u64::MAX, max_records: u64::MAX, max_set_members: u64::MAX, ..Budget::default() }
+    Budget {
+        max_inflated_bytes: u64::MAX,
+        max_records: u64::MAX,
+        max_set_members: u64::MAX,
+        ..Budget::default()
+    }
 }
 
 /// The memory of a record's key and value as the reader charges it.
