@@ -247,6 +247,14 @@ fn confirm_readable(src: &Stream) -> io::Result<bool> {
     }
 }
 
+/// Bytes a direction copies through a buffer before it starts splicing (splice mode): less
+/// than this is cheaper to copy than to splice (no pipe to create and close). HAProxy's
+/// `splice-auto` makes the same call.
+pub const SPLICE_AFTER: usize = 64 * 1024;
+/// The buffer those first bytes go through: small, as it is allocated (and zeroed) for every
+/// connection that carries data.
+const SMALL_BUFFER: usize = 16 * 1024;
+
 /// One direction over readiness: read (or splice) from `src` and write all of it to `dst`
 /// before reading again.
 async fn pump(
@@ -263,6 +271,10 @@ async fn pump(
     let copy = |buf| pump_copy(src, dst, src_side, dst_side, opts.buffer_size, tally, buf);
     if opts.mode == ForwardMode::Copy {
         return copy(Vec::new()).await;
+    }
+    // The first SPLICE_AFTER bytes go through a small buffer (see `copy_first`).
+    if copy_first(src, dst, src_side, dst_side, opts.buffer_size, tally).await? {
+        return Ok(());
     }
     let mut pipe: Option<sys::Pipe> = None;
     // Whether a byte went through the pipe yet: only the first transfer may find the kernel
@@ -344,6 +356,54 @@ async fn pump(
     }
 }
 
+/// Splice mode's start: the first [`SPLICE_AFTER`] bytes of a direction go through a small
+/// buffer. A direction that carries less (a request, an answer, a handshake) never pays for a
+/// pipe (two descriptors, their closes) and the splices into and out of it, which cost more
+/// syscalls than a read and a write when the data is small; past that, the direction is a bulk
+/// transfer and splices. Returns whether the direction ended (end of stream) meanwhile. Its own
+/// future, so that its buffer and count share memory with the splice loop's state (an idle
+/// connection's footprint).
+async fn copy_first(
+    src: &Stream,
+    dst: &Stream,
+    src_side: Side,
+    dst_side: Side,
+    buffer_size: usize,
+    tally: Tally<'_>,
+) -> Result<bool, ForwardError> {
+    let rd = |source| ForwardError::Io { side: src_side, source };
+    let wr = |source| ForwardError::Io { side: dst_side, source };
+    let mut small: Vec<u8> = Vec::new();
+    let mut copied = 0usize;
+    while copied < SPLICE_AFTER {
+        src.readable().await.map_err(rd)?;
+        if small.is_empty() {
+            small = vec![0; SMALL_BUFFER.min(buffer_size)];
+        }
+        let n = match read_once(src, &mut small) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // A readiness with nothing behind it (tokio may report a fresh socket readable):
+                // an idle connection holds no buffer.
+                if copied == 0 {
+                    small = Vec::new();
+                }
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(rd(e)),
+        };
+        if n == 0 {
+            let _ = dst.shutdown_write();
+            return Ok(true);
+        }
+        write_all(dst, &small[..n]).await.map_err(wr)?;
+        tally.add(n);
+        copied += n;
+    }
+    Ok(false)
+}
+
 /// One direction through a user-space buffer, allocated when the first byte is there (unless
 /// the caller hands one over).
 async fn pump_copy(
@@ -365,7 +425,7 @@ async fn pump_copy(
             }
             buf = vec![0; buffer_size];
         }
-        let n = match src.try_read(&mut buf) {
+        let n = match read_once(src, &mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -377,6 +437,22 @@ async fn pump_copy(
         }
         write_all(dst, &buf[..n]).await.map_err(wr)?;
         tally.add(n);
+    }
+}
+
+/// One read into `buf`. A short read (fewer bytes than `buf` holds) also clears the read
+/// readiness, as tokio's own `poll_read` does: the socket was drained, so the next wait waits
+/// instead of costing a read that finds nothing. (tokio only clears the readiness it saw before
+/// the read: data that arrived meanwhile wakes the next wait again.)
+fn read_once(src: &Stream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    let result = src.try_io(Interest::READABLE, || {
+        got = sys::recv(src.as_raw_fd(), buf)?;
+        if got > 0 && got < buf.len() { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(got) }
+    });
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
     }
 }
 
@@ -505,6 +581,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_splice_falls_back_to_copy_and_is_counted() {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 239) as u8).collect();
+        let reply: Vec<u8> = (0..100_000u32).map(|i| (i % 233) as u8).collect();
         // (into pipe, out of pipe) refusals: both directions' first read, then first write.
         for (refuse, read, write) in [((2, 0), 2, 0), ((0, 2), 0, 2)] {
             let (proxy_client, client) = fd_pair();
@@ -519,8 +596,9 @@ mod tests {
                 forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &errs).await.unwrap();
                 (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
             });
-            exchange(client, up, &data, b"reply").await;
-            assert_eq!(task.await.unwrap(), (200_000, 5), "{refuse:?}");
+            // Both directions are bulk (past SPLICE_AFTER), so both splice.
+            exchange(client, up, &data, &reply).await;
+            assert_eq!(task.await.unwrap(), (200_000, reply.len() as u64), "{refuse:?}");
             assert_eq!(errors.refused_read.load(Ordering::Relaxed), read, "{refuse:?}");
             assert_eq!(errors.refused_write.load(Ordering::Relaxed), write, "{refuse:?}");
             assert_eq!(errors.create.load(Ordering::Relaxed), 0);
@@ -549,8 +627,10 @@ mod tests {
             sys::refuse_next_splices(1, 0);
             fwd.await
         });
-        client.write_all(b"first").await.unwrap();
-        let mut got = [0u8; 5];
+        // Past SPLICE_AFTER: the tail of this goes through the pipe.
+        let first = vec![7u8; SPLICE_AFTER + 50_000];
+        client.write_all(&first).await.unwrap();
+        let mut got = vec![0u8; first.len()];
         up.read_exact(&mut got).await.unwrap();
         go_tx.send(()).unwrap();
         tokio::task::yield_now().await;
@@ -558,6 +638,41 @@ mod tests {
         let r = task.await.unwrap();
         assert!(matches!(r, Err(ForwardError::Io { side: Side::Client, .. })), "{r:?}");
         assert_eq!(errors.refused_read.load(Ordering::Relaxed), 0);
+    }
+
+    /// Issue 15 item 2: a short connection (a request and an answer) paid for two pipes (four
+    /// descriptors, their closes, several splices) it never needed. Under SPLICE_AFTER bytes a
+    /// direction copies; no pipe is created, so a failing pipe2 is never even tried.
+    #[tokio::test]
+    async fn a_short_exchange_in_splice_mode_creates_no_pipe() {
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_up, mut up) = pair().await;
+        let opts = Options { mode: ForwardMode::Splice, buffer_size: 65536, idle: None };
+        let errors = Arc::new(SpliceCounters::default());
+        let errs = errors.clone();
+        let task = tokio::spawn(async move {
+            sys::fail_next_pipes(2);
+            let c = Counters::default();
+            let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
+            let r = forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &errs).await;
+            // Leave no armed failure behind for another test on this thread.
+            sys::fail_next_pipes(0);
+            r.unwrap();
+            (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
+        });
+        let request = vec![1u8; 4000];
+        client.write_all(&request).await.unwrap();
+        client.shutdown_write().unwrap();
+        let mut got = Vec::new();
+        up.read_to_end(&mut got).await.unwrap();
+        assert!(got == request);
+        up.write_all(b"answer").await.unwrap();
+        up.shutdown_write().unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"answer");
+        assert_eq!(task.await.unwrap(), (4000, 6));
+        assert_eq!(errors.create.load(Ordering::Relaxed), 0, "no pipe was asked for");
     }
 
     /// Out of descriptors (or pipe pages) for a pipe: the direction goes on through a buffer,
@@ -583,12 +698,13 @@ mod tests {
         let mut got = Vec::new();
         up.read_to_end(&mut got).await.unwrap();
         assert!(got == data);
-        up.write_all(b"reply").await.unwrap();
+        let reply: Vec<u8> = (0..100_000u32).map(|i| (i % 229) as u8).collect();
+        up.write_all(&reply).await.unwrap();
         up.shutdown_write().unwrap();
         let mut back = Vec::new();
         client.read_to_end(&mut back).await.unwrap();
-        assert_eq!(back, b"reply");
-        assert_eq!(task.await.unwrap(), (200_000, 5));
+        assert!(back == reply);
+        assert_eq!(task.await.unwrap(), (200_000, 100_000));
         assert_eq!(errors.create.load(Ordering::Relaxed), 2);
         assert_eq!(errors.resize.load(Ordering::Relaxed), 0);
     }

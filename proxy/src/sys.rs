@@ -154,6 +154,13 @@ pub fn peek(fd: RawFd) -> io::Result<()> {
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// One `recv(2)` into `buf` (the socket is non-blocking: `WouldBlock` when nothing is there).
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid, writable buffer of `buf.len()` bytes for the duration of the call.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+}
+
 /// Makes the next close of this TCP socket send a reset instead of a FIN, so that a peer
 /// learns that the stream was cut rather than complete. Harmless on other socket types.
 pub fn set_linger_zero(fd: RawFd) {
