@@ -32,6 +32,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("query_api_descriptor_set.pb"))
         .compile_with_config(config, &protos, &includes)?;
 
+    // GetValues's server again, answering with `crate::query::EncodedResponse`: a response the
+    // server writes straight from the stored bytes, the same bytes on the wire as
+    // `GetValuesResponse` (clients keep the proto-generated client and decode that).
+    let get_values = tonic_build::manual::Method::builder()
+        .name("get_values")
+        .route_name("GetValues")
+        .input_type("crate::proto::kv_server::v1::GetValuesRequest")
+        .output_type("crate::query::EncodedResponse")
+        .codec_path("tonic_prost::ProstCodec")
+        .build();
+    let service = tonic_build::manual::Service::builder()
+        .name("KeyValueService")
+        .package("kv_server.v1")
+        .method(get_values)
+        .build();
+    tonic_build::manual::Builder::new().build_client(false).out_dir(&out_dir).compile(&[service]);
+
     println!("cargo:rerun-if-changed={}", proto_root.display());
     for entry in walk(&proto_root)? {
         println!("cargo:rerun-if-changed={}", entry.display());

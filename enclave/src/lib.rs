@@ -10,6 +10,7 @@
 //! | [`ssm`] | settings from SSM parameters `<prefix>-<name>` |
 //! | [`loader`] | which files to load, in which order; rejection of bad files |
 //! | [`store`] | the in-memory map: newest commit time wins, tombstones |
+//! | [`pbvalue`] | stored values as `google.protobuf.Value`, written from the stored bytes |
 //! | [`query`] | `kv_server.v1.KeyValueService/GetValues` |
 //! | [`v2`] | `kv_server.v2.KeyValueService` (plaintext JSON and HPKE-encrypted lookups), `kv_server.v2.KeyService` |
 //! | [`keys`] | the enclave's HPKE key pairs: generated in-process, rotated, never exported |
@@ -28,6 +29,7 @@ pub mod health;
 pub mod idle;
 pub mod keys;
 pub mod loader;
+pub mod pbvalue;
 pub mod query;
 pub mod s3;
 pub mod sample;

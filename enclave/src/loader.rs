@@ -734,10 +734,7 @@ mod tests {
     }
 
     fn value(store: &Store, key: &str) -> Option<String> {
-        match store.get(key) {
-            Some(crate::store::StoredValue::String(s)) => Some(s.into()),
-            _ => None,
-        }
+        store.get(key).and_then(|v| v.as_str().map(String::from))
     }
 
     #[tokio::test]

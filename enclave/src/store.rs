@@ -5,7 +5,8 @@
 //! 1.5x the memory for 100-byte values) and dashmap is the same sharded-RwLock design with less
 //! control over write-section length. Here the guarantees come from how writes are done:
 //!
-//! - a reader takes one shard's read lock for one hash lookup plus a clone of the value;
+//! - a reader takes one shard's read lock for one hash lookup plus the encoding of its answer
+//!   (query.rs writes it straight from the stored bytes);
 //! - a load never holds a lock across I/O or parsing: a file is parsed completely first, then its
 //!   records are applied shard by shard in chunks of [`WRITE_CHUNK`] inserts per write-lock
 //!   acquisition (tens of microseconds), so a reader waits at most one chunk and readers of other
@@ -41,12 +42,72 @@ pub const WRITE_CHUNK: usize = 256;
 type Hasher = foldhash::fast::RandomState;
 
 /// A stored value: a string or a set of strings (kept in the order the file listed them, without
-/// duplicates). The order (a string below any set, strings bytewise, sets member by member) is the
-/// tie-break between updates at one commit time: see [`newer`].
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// duplicates). Whether a string is JSON is decided once, when it is stored
+/// ([`StoredValue::from_string`]). The order (a string below any set, strings bytewise whether
+/// JSON or not, sets member by member) is the tie-break between updates at one commit time: see
+/// [`newer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoredValue {
+    /// A string that is not JSON.
     String(Box<str>),
+    /// A string that is JSON (boxed: a rarer, larger variant must not grow every entry).
+    Json(Box<JsonString>),
     Set(Box<[Box<str>]>),
+}
+
+/// A JSON string and the `google.protobuf.Value` GetValues answers it with, made at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonString {
+    pub text: Box<str>,
+    /// The encoded `google.protobuf.Value` ([`crate::pbvalue::json_value`]).
+    pub value: Box<[u8]>,
+}
+
+impl StoredValue {
+    /// A string value, JSON or not (decided here, once).
+    pub fn from_string(s: String) -> StoredValue {
+        match crate::pbvalue::json_value(&s) {
+            Some(value) => StoredValue::Json(Box::new(JsonString { text: s.into_boxed_str(), value })),
+            None => StoredValue::String(s.into_boxed_str()),
+        }
+    }
+
+    /// The text of a string value (JSON or not); `None` for a set.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            StoredValue::String(s) => Some(s),
+            StoredValue::Json(j) => Some(&j.text),
+            StoredValue::Set(_) => None,
+        }
+    }
+
+    /// Bytes held for the value: text, members, and the encoding kept for a JSON string.
+    fn bytes(&self) -> usize {
+        match self {
+            StoredValue::String(s) => s.len(),
+            StoredValue::Json(j) => j.text.len() + j.value.len(),
+            StoredValue::Set(members) => members.iter().map(|m| m.len()).sum(),
+        }
+    }
+}
+
+impl Ord for StoredValue {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        use std::cmp::Ordering::{Greater, Less};
+        match (self, other) {
+            (StoredValue::Set(a), StoredValue::Set(b)) => a.cmp(b),
+            (StoredValue::Set(_), _) => Greater,
+            (_, StoredValue::Set(_)) => Less,
+            // Two strings: bytewise on the text (the JSON decision follows from the text).
+            _ => self.as_str().cmp(&other.as_str()),
+        }
+    }
+}
+
+impl PartialOrd for StoredValue {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 #[derive(Debug)]
@@ -135,9 +196,15 @@ pub struct ReadView<'a> {
 impl ReadView<'_> {
     /// The value of `key`, if it has one (a tombstone or an unknown key is `None`).
     pub fn get(&self, key: &str) -> Option<StoredValue> {
+        self.with(key, |value| value.cloned())
+    }
+
+    /// Calls `f` with the value of `key` without copying it, under the key's shard read lock: keep
+    /// `f` short (encoding one answer), it delays the next file's apply to that shard.
+    pub fn with<R>(&self, key: &str, f: impl FnOnce(Option<&StoredValue>) -> R) -> R {
         let shard = self.store.shard(self.store.shard_of(key));
         let visible_staged = self.generation >= self.store.staged_generation.load(Ordering::Acquire);
-        shard.lookup(key, visible_staged).and_then(|e| e.value.clone())
+        f(shard.lookup(key, visible_staged).and_then(|e| e.value.as_ref()))
     }
 }
 
@@ -226,7 +293,7 @@ impl Store {
             }
             let value = match record.mutation {
                 Mutation::Delete => None,
-                Mutation::Update(Value::String(s)) => Some(StoredValue::String(s.into_boxed_str())),
+                Mutation::Update(Value::String(s)) => Some(StoredValue::from_string(s)),
                 Mutation::Update(Value::StringSet(members)) => Some(StoredValue::Set(dedup(members))),
             };
             let index = self.shard_of(&record.key);
@@ -360,11 +427,7 @@ fn add_signed(counter: &AtomicU64, delta: i64) {
 
 /// Bytes of the value an entry holds (0 for a tombstone).
 fn value_bytes(value: &Option<StoredValue>) -> i64 {
-    match value {
-        None => 0,
-        Some(StoredValue::String(s)) => s.len() as i64,
-        Some(StoredValue::Set(members)) => members.iter().map(|m| m.len() as i64).sum(),
-    }
+    value.as_ref().map_or(0, |v| v.bytes() as i64)
 }
 
 enum Outcome {
@@ -453,7 +516,7 @@ mod tests {
     }
 
     fn string(s: &str) -> Option<StoredValue> {
-        Some(StoredValue::String(s.into()))
+        Some(StoredValue::from_string(s.into()))
     }
 
     #[test]
@@ -537,6 +600,18 @@ mod tests {
     /// differs between a start-up load and a running replica. Now: a delete wins, then the larger
     /// value (a set over a string, strings bytewise, sets member by member), in any order.
     #[test]
+    fn a_json_string_is_decided_at_load_and_its_encoding_counted() {
+        let store = Store::new();
+        store.apply(vec![update("j", 1, " {\"x\":1}"), update("p", 1, "{x")]);
+        let Some(StoredValue::Json(json)) = store.get("j") else { panic!("JSON kept as JSON") };
+        assert_eq!(&*json.text, " {\"x\":1}", "the text is kept as loaded");
+        assert_eq!(Some(json.value.clone()), crate::pbvalue::json_value(" {\"x\":1}"));
+        assert_eq!(store.get("p"), Some(StoredValue::String("{x".into())));
+        let expected = (1 + json.text.len() + json.value.len()) + (1 + 2);
+        assert_eq!(store.stats().bytes, expected as u64);
+    }
+
+    #[test]
     fn equal_commit_times_resolve_the_same_in_every_apply_order() {
         fn permutations(items: &[Record]) -> Vec<Vec<Record>> {
             if items.len() <= 1 {
@@ -553,7 +628,7 @@ mod tests {
             }
             out
         }
-        let cases: [(Vec<Record>, Option<StoredValue>); 4] = [
+        let cases: [(Vec<Record>, Option<StoredValue>); 5] = [
             (vec![update("k", 7, "b"), delete("k", 7), update("k", 7, "a"), set("k", 7, &["x"])], None),
             (
                 vec![update("k", 7, "b"), update("k", 7, "a"), set("k", 7, &["x"]), set("k", 7, &["x", "y"])],
@@ -561,6 +636,8 @@ mod tests {
             ),
             (vec![update("k", 7, "b"), update("k", 7, "c"), update("k", 7, "a")], string("c")),
             (vec![update("k", 7, "b"), update("k", 6, "z"), delete("k", 5)], string("b")),
+            // JSON strings ("12", "[1]") and plain ones compare by their text alone.
+            (vec![update("k", 7, "12"), update("k", 7, "abc"), update("k", 7, "[1]")], string("abc")),
         ];
         for (records, expected) in cases {
             for order in permutations(&records) {

@@ -159,6 +159,7 @@ impl Lookup {
 fn render(value: StoredValue) -> String {
     match value {
         StoredValue::String(s) => String::from(s),
+        StoredValue::Json(json) => String::from(json.text),
         StoredValue::Set(members) => {
             let members: Vec<String> = members.into_vec().into_iter().map(String::from).collect();
             serde_json::Value::from(members).to_string()

@@ -256,7 +256,10 @@ impl Model {
             .map(|(k, e)| {
                 let value = match &e.value {
                     None => 0,
-                    Some(ModelValue::String(s)) => s.len(),
+                    // A JSON string is also held as its google.protobuf.Value encoding.
+                    Some(ModelValue::String(s)) => {
+                        s.len() + kv_server::pbvalue::json_value(s).map_or(0, |v| v.len())
+                    }
                     Some(ModelValue::Set(m)) => m.iter().map(String::len).sum(),
                 };
                 (k.len() + value) as u64
@@ -270,8 +273,8 @@ impl Model {
         for key in keys {
             let expected = self.map.get(key).and_then(|e| e.value.clone());
             let got = store.get(key).map(|v| match v {
-                StoredValue::String(s) => ModelValue::String(s.into()),
                 StoredValue::Set(m) => ModelValue::Set(m.iter().map(|m| m.to_string()).collect()),
+                string => ModelValue::String(string.as_str().unwrap_or_default().into()),
             });
             assert_eq!(got, expected, "{what}: the value of {key:?}");
         }

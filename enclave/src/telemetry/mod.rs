@@ -275,41 +275,13 @@ pub fn request_started() -> Option<Instant> {
 }
 
 /// Records one GetValues call: counters, latency, and a span (parent from `traceparent`).
-pub fn record_get_values<T>(
-    started: Option<Instant>,
-    metadata: &MetadataMap,
-    result: &Result<crate::proto::kv_server::v1::GetValuesResponse, T>,
-    code_of: impl Fn(&T) -> i32,
-) {
+/// `outcome` is the keys answered and how many of them were not found, or the gRPC status code.
+pub fn record_get_values(started: Option<Instant>, metadata: &MetadataMap, outcome: Result<(u64, u64), i32>) {
     let (Some(started), Some(t)) = (started, TELEMETRY.get()) else { return };
     let elapsed = started.elapsed();
-    let (code, keys, not_found) = match result {
-        Ok(response) => {
-            let maps = [
-                &response.keys,
-                &response.render_urls,
-                &response.ad_component_render_urls,
-                &response.kv_internal,
-                &response.per_interest_group_data,
-            ];
-            let keys: usize = maps.iter().map(|m| m.len()).sum();
-            let not_found: usize = maps
-                .iter()
-                .flat_map(|m| m.values())
-                .filter(|r| {
-                    matches!(
-                        r.single_lookup_result,
-                        Some(
-                            crate::proto::kv_server::v1::v1_single_lookup_result::SingleLookupResult::Status(
-                                _
-                            )
-                        )
-                    )
-                })
-                .count();
-            (0, keys as u64, not_found as u64)
-        }
-        Err(e) => (code_of(e), 0, 0),
+    let (code, keys, not_found) = match outcome {
+        Ok((keys, not_found)) => (0, keys, not_found),
+        Err(code) => (code, 0, 0),
     };
     let m = &t.metrics;
     m.by_code[code.clamp(0, 16) as usize].fetch_add(1, Ordering::Relaxed);
