@@ -6,7 +6,10 @@
 //! 2. Queries: GetValues with 1, 10 and 100 keys per request at concurrency 1 and 64 over loopback
 //!    gRPC (TCP), bounded by time; throughput, p50 and p99. The peer in the same run is
 //!    `grpc.health.v1.Health/Check` on the same server and connection: the cost of a gRPC call that
-//!    does no lookup, so the ratio shows what the store and the response building add.
+//!    does no lookup, so the ratio shows what the store and the response building add. The client
+//!    sends requests encoded before the load and does not decode the answers (it runs on the same
+//!    cores, and decoding 10 map entries into prost types cost it more than the server spent), and
+//!    the server's own CPU time per request is read from `/proc` around each row.
 //!
 //!    A further `KV_BENCH_JSON_RECORDS` (default 10,000) records hold JSON objects of about 100
 //!    bytes (keys `json-NNNNNNNNNNN`): the "10 JSON keys" rows answer those.
@@ -27,11 +30,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_server::data::{self, Mutation, Record, Value};
-use kv_server::proto::grpc::health::v1::HealthCheckRequest;
 use kv_server::proto::grpc::health::v1::health_check_response::ServingStatus;
 use kv_server::proto::grpc::health::v1::health_client::HealthClient;
-use kv_server::proto::kv_server::v1::GetValuesRequest;
-use kv_server::proto::kv_server::v1::key_value_service_client::KeyValueServiceClient;
+use kv_server::proto::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
+use kv_server::proto::kv_server::v1::v1_single_lookup_result::SingleLookupResult;
+use kv_server::proto::kv_server::v1::{GetValuesRequest, GetValuesResponse};
+use prost::Message;
+use prost::bytes::{Buf, BufMut, Bytes};
 use tonic::transport::{Channel, Endpoint};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
@@ -96,6 +101,15 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// utime + stime of process `pid` from `/proc/PID/stat` (clock ticks of 10 ms).
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
 }
 
 async fn wait_serving(server: &Server) -> Duration {
@@ -195,21 +209,25 @@ fn main() {
         println!(
             "\nqueries over loopback TCP gRPC, {seconds} s per row, one HTTP/2 connection per caller group"
         );
-        println!("| server | request | concurrency | requests | req/s | p50 | p99 | req/s vs Health/Check |");
-        println!("|---|---|---|---|---|---|---|---|");
+        println!(
+            "| server | request | concurrency | requests | req/s | p50 | p99 | server CPU per request | req/s vs Health/Check |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
         let duration = Duration::from_secs(seconds);
         let mut ratios = Vec::new();
         for concurrency in [1usize, 64] {
             let mut rows = Vec::new();
-            for (name, channel) in [("baseline", base.as_ref()), ("this build", Some(&this))] {
-                let Some(channel) = channel else { continue };
-                rows.push((name, query_rows(channel, concurrency, duration, n, json_n).await));
+            let servers = [("baseline", base.as_ref(), baseline.as_ref()), ("this build", Some(&this), Some(&server))];
+            for (name, channel, process) in servers {
+                let (Some(channel), Some(process)) = (channel, process) else { continue };
+                let pid = process.child.id();
+                rows.push((name, query_rows(channel, move || cpu_of(pid), concurrency, duration, n, json_n).await));
             }
             for (name, figures) in &rows {
                 let peer = figures[0].1.per_second;
-                for (label, f) in figures {
+                for (label, f, cpu_us) in figures {
                     println!(
-                        "| {name} | {label} | {concurrency} | {} | {:.0} | {} us | {} us | {:.2} |",
+                        "| {name} | {label} | {concurrency} | {} | {:.0} | {} us | {} us | {cpu_us:.1} us | {:.2} |",
                         f.requests,
                         f.per_second,
                         f.p50_us,
@@ -219,19 +237,20 @@ fn main() {
                 }
             }
             if let [(_, before), (_, after)] = &rows[..] {
-                for ((label, b), (_, a)) in before.iter().zip(after) {
+                for ((label, b, b_cpu), (_, a, a_cpu)) in before.iter().zip(after) {
                     ratios.push(format!(
-                        "| {label} | {concurrency} | {:.2} | {:.2} |",
+                        "| {label} | {concurrency} | {:.2} | {:.2} | {:.2} |",
                         a.per_second / b.per_second,
-                        a.p99_us as f64 / b.p99_us.max(1) as f64
+                        a.p99_us as f64 / b.p99_us.max(1) as f64,
+                        a_cpu / b_cpu
                     ));
                 }
             }
         }
         if !ratios.is_empty() {
             println!("\nthis build vs baseline, same run");
-            println!("| request | concurrency | req/s ratio | p99 ratio |");
-            println!("|---|---|---|---|");
+            println!("| request | concurrency | req/s ratio | p99 ratio | server CPU per request ratio |");
+            println!("|---|---|---|---|---|");
             for r in ratios {
                 println!("{r}");
             }
@@ -240,48 +259,123 @@ fn main() {
 }
 
 /// The rows for one server at one concurrency: the Health/Check peer first.
+/// The client's codec: requests encoded once before the load, responses taken as bytes and not
+/// decoded, so the client (on the same 2 cores) costs little and about the same for every row.
+/// Every row decodes its first response and checks it.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// One unary call with [`RawCodec`].
+async fn raw_call(channel: &Channel, path: &'static str, body: Bytes) -> Bytes {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(body), path, RawCodec).await.unwrap().into_inner()
+}
+
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+const GET_VALUES: &str = "/kv_server.v1.KeyValueService/GetValues";
+
+/// Each row: its label, the client's figures, the server's CPU microseconds per request.
 async fn query_rows(
     channel: &Channel,
+    cpu: impl Fn() -> Duration,
     concurrency: usize,
     duration: Duration,
     n: u64,
     json_n: u64,
-) -> Vec<(String, common::Figures)> {
+) -> Vec<(String, common::Figures, f64)> {
     let mut rows = Vec::new();
+    let cpu_per_request = |before: Duration, figures: &common::Figures| {
+        (cpu() - before).as_secs_f64() * 1e6 / figures.requests.max(1) as f64
+    };
+    let before = cpu();
     // The peer: a call with no lookup, on the same server.
-    let health = HealthClient::new(channel.clone());
+    let health = Bytes::from(HealthCheckRequest { service: String::new() }.encode_to_vec());
+    let answer = raw_call(channel, HEALTH_CHECK, health.clone()).await;
+    assert_eq!(HealthCheckResponse::decode(answer).unwrap().status(), ServingStatus::Serving);
+    let peer_channel = channel.clone();
     let peer = run_load(concurrency, duration, move |_| {
-        let mut c = health.clone();
+        let (channel, body) = (peer_channel.clone(), health.clone());
         async move {
-            c.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+            raw_call(&channel, HEALTH_CHECK, body).await;
         }
     })
     .await;
-    rows.push(("Health/Check".to_string(), peer));
+    let peer_cpu = cpu_per_request(before, &peer);
+    rows.push(("Health/Check".to_string(), peer, peer_cpu));
     let shapes: [(u64, bool); 4] = [(1, false), (10, false), (100, false), (10, true)];
     for (keys, json) in shapes {
-        let client = KeyValueServiceClient::new(channel.clone());
+        // 1,024 different requests per row, encoded before the load starts.
+        let requests: Arc<Vec<Bytes>> = Arc::new(
+            (0..1024u64)
+                .map(|i| {
+                    let joined = if json {
+                        let first = (i * keys * 7919) % json_n;
+                        (0..keys).map(|k| json_key((first + k) % json_n)).collect::<Vec<_>>().join(",")
+                    } else {
+                        let first = (i * keys * 7919) % n;
+                        (0..keys).map(|k| key((first + k) % n)).collect::<Vec<_>>().join(",")
+                    };
+                    Bytes::from(GetValuesRequest { keys: vec![joined], ..Default::default() }.encode_to_vec())
+                })
+                .collect(),
+        );
+        let first =
+            GetValuesResponse::decode(raw_call(channel, GET_VALUES, requests[0].clone()).await).unwrap();
+        let expected = keys.min(if json { json_n } else { n });
+        assert_eq!(first.keys.len() as u64, expected, "keys answered");
+        assert!(
+            first.keys.values().all(|r| matches!(r.single_lookup_result, Some(SingleLookupResult::Value(_)))),
+            "every key found"
+        );
+        let load_channel = channel.clone();
+        let before = cpu();
         let figures = run_load(concurrency, duration, move |i| {
-            let mut c = client.clone();
-            let joined = if json {
-                let first = (i * keys * 7919) % json_n;
-                (0..keys).map(|k| json_key((first + k) % json_n)).collect::<Vec<_>>().join(",")
-            } else {
-                let first = (i * keys * 7919) % n;
-                (0..keys).map(|k| key((first + k) % n)).collect::<Vec<_>>().join(",")
-            };
+            let (channel, body) = (load_channel.clone(), requests[(i % 1024) as usize].clone());
             async move {
-                let response = c
-                    .get_values(GetValuesRequest { keys: vec![joined], ..Default::default() })
-                    .await
-                    .unwrap();
-                assert_eq!(response.get_ref().keys.len() as u64, keys.min(if json { json_n } else { n }));
+                raw_call(&channel, GET_VALUES, body).await;
             }
         })
         .await;
         let label =
             if json { format!("GetValues {keys} JSON keys") } else { format!("GetValues {keys} keys") };
-        rows.push((label, figures));
+        let server_cpu = cpu_per_request(before, &figures);
+        rows.push((label, figures, server_cpu));
     }
     rows
 }
