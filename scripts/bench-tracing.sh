@@ -41,7 +41,7 @@ trap cleanup EXIT
 
 envoy_port=51052
 admin_port=9902
-scripts/run-local.sh >"$work/stack.log" 2>&1 &
+scripts/run-local.sh --release >"$work/stack.log" 2>&1 &
 stack_pid=$!
 for _ in $(seq 1 600); do
   grep -q "The stack is up" "$work/stack.log" && break

@@ -15,7 +15,7 @@
 # prints example requests, answers one, then runs until Ctrl-C (or SIGTERM), which stops
 # everything. See docs/runtime.md and docs/local-enclave.md.
 #
-# Usage: scripts/run-local.sh [--enclave [--eif FILE]] [--no-envoy] [--once] [--no-build]
+# Usage: scripts/run-local.sh [--enclave [--eif FILE]] [--no-envoy] [--once] [--no-build] [--release]
 #                             [--envoy-port N] [--envoy-admin-port N]
 #                             [--ingress-port N] [--proxy-admin-port N]
 #   --enclave    boot the enclave image (dist/local/server_enclave_image.eif: the shipped
@@ -26,6 +26,7 @@
 #   --no-envoy   no envoy: query gRPC through the proxy's ingress directly
 #   --once       start, answer the example query, stop (exit status says whether it worked)
 #   --no-build   use the binaries (and with --enclave the image) already built
+#   --release    build and run the release binaries (benchmarks; the default is the debug build)
 set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -38,6 +39,7 @@ proxy_admin_port=9901
 with_envoy=1
 once=0
 build=1
+profile=debug
 enclave=0
 eif_arg=""
 
@@ -59,6 +61,7 @@ while (($#)); do
     --no-envoy) with_envoy=0 ;;
     --once) once=1 ;;
     --no-build) build=0 ;;
+    --release) profile=release ;;
     --envoy-port) port_arg "$1" "${2:-}"; envoy_port=$2; shift ;;
     --envoy-admin-port) port_arg "$1" "${2:-}"; envoy_admin_port=$2; shift ;;
     --ingress-port) port_arg "$1" "${2:-}"; ingress_port=$2; shift ;;
@@ -164,7 +167,9 @@ fi
 
 # --- build and tools ---------------------------------------------------------------------
 command -v curl >/dev/null 2>&1 || { log "curl is needed (readiness checks, the example query): install it"; exit 1; }
-bin="$CARGO_TARGET_DIR/debug"
+bin="$CARGO_TARGET_DIR/$profile"
+cargo_profile=()
+[[ $profile == release ]] && cargo_profile=(--release)
 eif=${eif_arg:-dist/local/server_enclave_image.eif}
 if [[ -n $eif_arg ]] && ((!enclave)); then
   echo "run-local: --eif needs --enclave" >&2
@@ -173,13 +178,13 @@ fi
 if ((build)); then
   log "building kv-server and vsockproxy (cargo build, target dir $CARGO_TARGET_DIR)"
   if ((enclave)); then
-    cargo build --quiet -p kv-server -p vsockproxy -p enclave-runner
+    cargo build --quiet "${cargo_profile[@]}" -p kv-server -p vsockproxy -p enclave-runner
     if [[ -z $eif_arg ]]; then
       log "building the enclave image $eif (scripts/build-dist.sh)"
       scripts/build-dist.sh --out dist/local --enclave-config enclave/examples/enclave-local.toml --eif-only
     fi
   else
-    cargo build --quiet -p kv-server -p vsockproxy
+    cargo build --quiet "${cargo_profile[@]}" -p kv-server -p vsockproxy
   fi
 fi
 wanted=(kv-server vsockproxy)
