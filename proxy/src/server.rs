@@ -11,6 +11,7 @@
 //! Every failure ends only its own connection, is counted with a reason, and is logged on the
 //! connection's close line; SOCKS5 clients also get the matching reply code.
 
+use std::fmt::Display;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -607,7 +608,7 @@ async fn serve_route(client: Stream, peer: PeerAddr, state: &ListenerState, shar
     match dial_fixed(shared, &upstream, policy, settings.connect_timeout()).await {
         Ok(up) => {
             let conn = Conn { peer: &peer, started, state, shared };
-            pipe(client, up, &conn, &upstream.to_string(), &settings).await
+            pipe(client, up, &conn, &upstream, &settings, &[]).await
         }
         Err(e) => {
             state.metrics.refused(e.reason());
@@ -625,29 +626,47 @@ struct Conn<'a> {
     shared: &'a Shared,
 }
 
-async fn pipe(client: Stream, upstream: Stream, conn: &Conn<'_>, dest: &str, settings: &Settings) {
+/// `dest` is spelled out only for the close line, when that is logged (a string field, as it
+/// always was). `early`: bytes the client sent with its SOCKS5 request, for the upstream first.
+async fn pipe(
+    client: Stream,
+    upstream: Stream,
+    conn: &Conn<'_>,
+    dest: &(dyn Display + Sync),
+    settings: &Settings,
+    early: &[u8],
+) {
     let Conn { peer, started, state, shared } = conn;
     let counters = Counters::default();
-    let result = forward::forward(
-        client,
-        upstream,
-        settings.forward_options(),
-        &counters,
-        &state.metrics.client_to_upstream,
-        &state.metrics.upstream_to_client,
-        &shared.metrics.splice,
-    )
-    .await;
+    let c2u = &state.metrics.client_to_upstream;
+    let result = match forward::send_early(&upstream, early, &counters, c2u).await {
+        Ok(()) => {
+            forward::forward(
+                client,
+                upstream,
+                settings.forward_options(),
+                &counters,
+                c2u,
+                &state.metrics.upstream_to_client,
+                &shared.metrics.splice,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     let up = counters.client_to_upstream.load(Ordering::Relaxed);
     let down = counters.upstream_to_client.load(Ordering::Relaxed);
     let duration_ms = started.elapsed().as_millis() as u64;
+    let dest = || dest.to_string();
     match result {
-        Ok(()) => info!(%peer, dest, bytes_up = up, bytes_down = down, duration_ms, "close"),
+        Ok(()) => {
+            info!(%peer, dest = dest().as_str(), bytes_up = up, bytes_down = down, duration_ms, "close")
+        }
         Err(ForwardError::Idle(_)) => {
-            info!(%peer, dest, bytes_up = up, bytes_down = down, duration_ms, "close: idle timeout")
+            info!(%peer, dest = dest().as_str(), bytes_up = up, bytes_down = down, duration_ms, "close: idle timeout")
         }
         Err(e) => {
-            info!(%peer, dest, bytes_up = up, bytes_down = down, duration_ms, error = %e, "close")
+            info!(%peer, dest = dest().as_str(), bytes_up = up, bytes_down = down, duration_ms, error = %e, "close")
         }
     }
 }
@@ -655,7 +674,7 @@ async fn pipe(client: Stream, upstream: Stream, conn: &Conn<'_>, dest: &str, set
 /// A SOCKS5 "domain" that is an IP literal in any spelling (`127.1`, `0x7f000001`,
 /// `[::ffff:127.0.0.1]`) is that address: it skips DNS (the policy already checked it as one).
 fn literal_ip(name: &str) -> Option<IpAddr> {
-    match policy::parse_ip_literal(&policy::normalise_name(name)) {
+    match policy::parse_ip_literal(&policy::normalised(name)) {
         Some(Ok(ip)) => Some(ip),
         _ => None,
     }
@@ -709,47 +728,47 @@ async fn egress_connect(
 async fn serve_socks5(mut client: Stream, peer: PeerAddr, state: &ListenerState, shared: &Shared) {
     let started = Instant::now();
     let handshake = Duration::from_millis(shared.settings().timeouts.handshake_ms);
-    let request = match tokio::time::timeout(handshake, socks5::server_handshake(&mut client)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            state.metrics.refused("handshake");
-            info!(%peer, error = %e, "close: bad SOCKS5 handshake");
-            return;
-        }
-        Err(_) => {
-            state.metrics.refused("handshake_timeout");
-            info!(%peer, after_ms = handshake.as_millis() as u64, "close: SOCKS5 handshake timed out");
-            return;
-        }
-    };
+    // One read per message; what the client sent past its request waits for the upstream.
+    let (request, early) =
+        match tokio::time::timeout(handshake, socks5::server_handshake_early(&mut client)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                state.metrics.refused("handshake");
+                info!(%peer, error = %e, "close: bad SOCKS5 handshake");
+                return;
+            }
+            Err(_) => {
+                state.metrics.refused("handshake_timeout");
+                info!(%peer, after_ms = handshake.as_millis() as u64, "close: SOCKS5 handshake timed out");
+                return;
+            }
+        };
     // The request is decided under the settings in force now, not at accept: a SIGHUP that
     // revoked a rule while this client was in its handshake applies to it.
     let settings = shared.settings();
-    let dest = match &request.dest {
-        Address::Ip(sa) => sa.to_string(),
-        Address::Domain(name, port) => format!("{name}:{port}"),
-    };
+    // `HOST:PORT` in the log lines (a string field), spelled out only for a line that is logged.
+    let dest = || request.dest.to_string();
     if !matches!(request.command, Command::Connect) {
         state.metrics.refused("command");
         let _ = socks5::send_reply(&mut client, ReplyCode::CommandNotSupported, None).await;
-        info!(%peer, dest, command = ?request.command, "close: command not supported");
+        info!(%peer, dest = dest().as_str(), command = ?request.command, "close: command not supported");
         return;
     }
-    info!(%peer, dest, "open");
+    info!(%peer, dest = dest().as_str(), "open");
     match egress_connect(shared, &settings, &request.dest).await {
         Ok(up) => {
             let bound = up.local_addr().ok();
             if let Err(e) = socks5::send_reply(&mut client, ReplyCode::Succeeded, bound).await {
-                info!(%peer, dest, error = %e, "close: client gone before the reply");
+                info!(%peer, dest = dest().as_str(), error = %e, "close: client gone before the reply");
                 return;
             }
             let conn = Conn { peer: &peer, started, state, shared };
-            pipe(client, Stream::Tcp(up), &conn, &dest, &settings).await;
+            pipe(client, Stream::Tcp(up), &conn, &request.dest, &settings, &early).await;
         }
         Err(e) => {
             state.metrics.refused(e.reason());
             let _ = socks5::send_reply(&mut client, e.reply(), None).await;
-            warn!(%peer, dest, reason = e.reason(), reply = ?e.reply(), error = %e,
+            warn!(%peer, dest = dest().as_str(), reason = e.reason(), reply = ?e.reply(), error = %e,
                 duration_ms = started.elapsed().as_millis() as u64, "close");
         }
     }

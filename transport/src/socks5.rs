@@ -522,6 +522,76 @@ where
     }
 }
 
+/// The longest greeting (2 + 255 methods) and the longest request, back to back: the room a
+/// client that sends both at once needs.
+const HANDSHAKE_BUFFER: usize = 2 + 255 + MAX_REQUEST_LEN;
+
+/// [`server_handshake`] with one read per message instead of two or three: each read takes what
+/// the client has sent, up to [`HANDSHAKE_BUFFER`] bytes, so it may take bytes past the request
+/// (a client that sends data before the reply, which RFC 1928 does not ask it to wait for). Those
+/// are returned with the request: they belong to the tunnel and go to the destination first.
+pub async fn server_handshake_early<S>(s: &mut S) -> Result<(Request, Vec<u8>), Socks5Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = [0u8; HANDSHAKE_BUFFER];
+    let mut have = 0;
+    let (greeting, used) = read_buffered(s, &mut buf, &mut have, parse_greeting)
+        .await
+        .map_err(Socks5Error::ClientIo)?
+        .map_err(Socks5Error::ClientGreeting)?;
+    if !greeting.offers_no_auth() {
+        let _ = s.write_all(&[VERSION, METHOD_NONE_ACCEPTABLE]).await;
+        let _ = s.flush().await;
+        return Err(Socks5Error::NoAcceptableAuth { offered: greeting.methods });
+    }
+    buf.copy_within(used..have, 0);
+    have -= used;
+    s.write_all(&[VERSION, METHOD_NO_AUTH]).await.map_err(Socks5Error::ClientIo)?;
+    s.flush().await.map_err(Socks5Error::ClientIo)?;
+
+    match read_buffered(s, &mut buf, &mut have, parse_request).await.map_err(Socks5Error::ClientIo)? {
+        Ok((request, used)) => Ok((request, buf[used..have].to_vec())),
+        Err(e @ ParseError::AddressType(_)) => {
+            let _ = send_reply(s, ReplyCode::AddressTypeNotSupported, None).await;
+            Err(Socks5Error::ClientRequest(e))
+        }
+        Err(e) => {
+            let _ = send_reply(s, ReplyCode::GeneralFailure, None).await;
+            Err(Socks5Error::ClientRequest(e))
+        }
+    }
+}
+
+/// Reads into `buf[*have..]` until `parse` finds a whole message at the start of `buf[..*have]`;
+/// returns it with its length (what follows it stays in `buf`).
+async fn read_buffered<S, T>(
+    s: &mut S,
+    buf: &mut [u8],
+    have: &mut usize,
+    parse: Parser<T>,
+) -> Result<Result<(T, usize), ParseError>, io::Error>
+where
+    S: AsyncRead + Unpin,
+{
+    loop {
+        match parse(&buf[..*have]) {
+            Ok(Some(message)) => return Ok(Ok(message)),
+            Ok(None) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+        if *have == buf.len() {
+            // Room for the longest messages was made: a bug here, not bad input.
+            return Err(io::Error::other("SOCKS5 message longer than the handshake buffer"));
+        }
+        match s.read(&mut buf[*have..]).await? {
+            // As `read_exact` reports a stream that ends inside a message.
+            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "early eof")),
+            n => *have += n,
+        }
+    }
+}
+
 /// Sends the reply to a request; `bound` is the proxy's local address of the upstream connection
 /// when known (0.0.0.0:0 otherwise).
 pub async fn send_reply<S>(s: &mut S, code: ReplyCode, bound: Option<SocketAddr>) -> io::Result<()>
@@ -719,6 +789,66 @@ mod tests {
         let mut rest = [0u8; 18];
         server.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b"GET / HTTP/1.0\r\n\r\n");
+    }
+
+    /// The one-read-per-message handshake hands back what an optimistic client sent after its
+    /// request, and copes with messages that arrive a byte at a time.
+    #[tokio::test]
+    async fn the_early_handshake_returns_the_bytes_after_the_request() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let mut bytes = vec![5, 2, 2, 0, 5, 1, 0, 3, 7];
+        bytes.extend_from_slice(b"a.b.com");
+        bytes.extend_from_slice(&[0, 80]);
+        bytes.extend_from_slice(b"GET / HTTP/1.0\r\n\r\n");
+        client.write_all(&bytes).await.unwrap();
+        let (request, early) = server_handshake_early(&mut server).await.unwrap();
+        assert_eq!(
+            request,
+            Request { command: Command::Connect, dest: Address::Domain("a.b.com".into(), 80) }
+        );
+        assert_eq!(early, b"GET / HTTP/1.0\r\n\r\n");
+        let mut choice = [0u8; 2];
+        client.read_exact(&mut choice).await.unwrap();
+        assert_eq!(choice, [VERSION, METHOD_NO_AUTH]);
+
+        let (mut client, mut server) = tokio::io::duplex(1);
+        let server_task = tokio::spawn(async move { server_handshake_early(&mut server).await });
+        let dest = Address::Ip("192.0.2.7:443".parse().unwrap());
+        client_connect_no_reply(&mut client, &dest).await;
+        let (request, early) = server_task.await.unwrap().unwrap();
+        assert_eq!((request.dest, early), (dest, Vec::new()));
+    }
+
+    /// The client side of a handshake up to its request (the reply is left unread).
+    async fn client_connect_no_reply(s: &mut tokio::io::DuplexStream, dest: &Address) {
+        s.write_all(&[VERSION, 1, METHOD_NO_AUTH]).await.unwrap();
+        let mut choice = [0u8; 2];
+        s.read_exact(&mut choice).await.unwrap();
+        let request = encode_request(&Request { command: Command::Connect, dest: dest.clone() }).unwrap();
+        s.write_all(&request).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_early_handshake_refuses_as_the_exact_one_does() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(&[5, 1, 2]).await.unwrap();
+        let err = server_handshake_early(&mut server).await.unwrap_err();
+        assert!(matches!(err, Socks5Error::NoAcceptableAuth { .. }), "{err}");
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(&[5, 1, 0, 5, 1, 0, 2]).await.unwrap();
+        let err = server_handshake_early(&mut server).await.unwrap_err();
+        assert!(matches!(err, Socks5Error::ClientRequest(ParseError::AddressType(2))), "{err}");
+        let mut reply = [0u8; 12];
+        client.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply[2..4], [5, ReplyCode::AddressTypeNotSupported as u8]);
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(&[5, 1]).await.unwrap();
+        drop(client);
+        let err = server_handshake_early(&mut server).await.unwrap_err();
+        assert!(
+            matches!(&err, Socks5Error::ClientIo(e) if e.kind() == io::ErrorKind::UnexpectedEof),
+            "{err}"
+        );
     }
 
     #[tokio::test]
