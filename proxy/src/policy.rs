@@ -601,12 +601,15 @@ fn special_ranges() -> impl Iterator<Item = (Net, &'static str)> {
 /// The most specific special range containing `ip` (already canonical), with its description.
 /// Only the list of `ip`'s family is searched: a range never contains an address of the other.
 fn narrowest_special(ip: IpAddr) -> Option<(Net, &'static str)> {
-    let narrowest = |ranges: &mut dyn Iterator<Item = (Net, &'static str)>| {
+    fn narrowest(
+        ranges: impl Iterator<Item = (Net, &'static str)>,
+        ip: IpAddr,
+    ) -> Option<(Net, &'static str)> {
         ranges.filter(|(net, _)| net.contains(ip)).max_by_key(|(net, _)| net.prefix)
-    };
+    }
     match ip {
-        IpAddr::V4(_) => narrowest(&mut special_v4()),
-        IpAddr::V6(_) => narrowest(&mut special_v6()),
+        IpAddr::V4(_) => narrowest(special_v4(), ip),
+        IpAddr::V6(_) => narrowest(special_v6(), ip),
     }
 }
 
