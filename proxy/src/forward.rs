@@ -212,19 +212,6 @@ pub async fn forward(
     finish(result, &client, &upstream)
 }
 
-/// Writes what the client sent before its tunnel existed (read along with its SOCKS5 request)
-/// to the upstream, counted as client-to-upstream bytes; [`forward`] goes on from there.
-pub async fn send_early(
-    upstream: &Stream,
-    data: &[u8],
-    counters: &Counters,
-    c2u_total: &AtomicU64,
-) -> Result<(), ForwardError> {
-    write_all(upstream, data).await.map_err(|source| ForwardError::Io { side: Side::Upstream, source })?;
-    Tally { conn: &counters.client_to_upstream, total: c2u_total }.add(data.len());
-    Ok(())
-}
-
 /// On an error, make sure the other end learns that the stream was cut (TCP reset) rather
 /// than seeing a clean end that looks like a complete transfer.
 fn finish(result: Result<(), ForwardError>, client: &Stream, upstream: &Stream) -> Result<(), ForwardError> {

@@ -608,7 +608,7 @@ async fn serve_route(client: Stream, peer: PeerAddr, state: &ListenerState, shar
     match dial_fixed(shared, &upstream, policy, settings.connect_timeout()).await {
         Ok(up) => {
             let conn = Conn { peer: &peer, started, state, shared };
-            pipe(client, up, &conn, &upstream, &settings, &[]).await
+            pipe(client, up, &conn, &upstream, &settings).await
         }
         Err(e) => {
             state.metrics.refused(e.reason());
@@ -627,33 +627,26 @@ struct Conn<'a> {
 }
 
 /// `dest` is spelled out only for the close line, when that is logged (a string field, as it
-/// always was). `early`: bytes the client sent with its SOCKS5 request, for the upstream first.
+/// always was).
 async fn pipe(
     client: Stream,
     upstream: Stream,
     conn: &Conn<'_>,
     dest: &(dyn Display + Sync),
     settings: &Settings,
-    early: &[u8],
 ) {
     let Conn { peer, started, state, shared } = conn;
     let counters = Counters::default();
-    let c2u = &state.metrics.client_to_upstream;
-    let result = match forward::send_early(&upstream, early, &counters, c2u).await {
-        Ok(()) => {
-            forward::forward(
-                client,
-                upstream,
-                settings.forward_options(),
-                &counters,
-                c2u,
-                &state.metrics.upstream_to_client,
-                &shared.metrics.splice,
-            )
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    let result = forward::forward(
+        client,
+        upstream,
+        settings.forward_options(),
+        &counters,
+        &state.metrics.client_to_upstream,
+        &state.metrics.upstream_to_client,
+        &shared.metrics.splice,
+    )
+    .await;
     let up = counters.client_to_upstream.load(Ordering::Relaxed);
     let down = counters.upstream_to_client.load(Ordering::Relaxed);
     let duration_ms = started.elapsed().as_millis() as u64;
@@ -728,21 +721,19 @@ async fn egress_connect(
 async fn serve_socks5(mut client: Stream, peer: PeerAddr, state: &ListenerState, shared: &Shared) {
     let started = Instant::now();
     let handshake = Duration::from_millis(shared.settings().timeouts.handshake_ms);
-    // One read per message; what the client sent past its request waits for the upstream.
-    let (request, early) =
-        match tokio::time::timeout(handshake, socks5::server_handshake_early(&mut client)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                state.metrics.refused("handshake");
-                info!(%peer, error = %e, "close: bad SOCKS5 handshake");
-                return;
-            }
-            Err(_) => {
-                state.metrics.refused("handshake_timeout");
-                info!(%peer, after_ms = handshake.as_millis() as u64, "close: SOCKS5 handshake timed out");
-                return;
-            }
-        };
+    let request = match tokio::time::timeout(handshake, socks5::server_handshake(&mut client)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            state.metrics.refused("handshake");
+            info!(%peer, error = %e, "close: bad SOCKS5 handshake");
+            return;
+        }
+        Err(_) => {
+            state.metrics.refused("handshake_timeout");
+            info!(%peer, after_ms = handshake.as_millis() as u64, "close: SOCKS5 handshake timed out");
+            return;
+        }
+    };
     // The request is decided under the settings in force now, not at accept: a SIGHUP that
     // revoked a rule while this client was in its handshake applies to it.
     let settings = shared.settings();
@@ -763,7 +754,7 @@ async fn serve_socks5(mut client: Stream, peer: PeerAddr, state: &ListenerState,
                 return;
             }
             let conn = Conn { peer: &peer, started, state, shared };
-            pipe(client, Stream::Tcp(up), &conn, &request.dest, &settings, &early).await;
+            pipe(client, Stream::Tcp(up), &conn, &request.dest, &settings).await;
         }
         Err(e) => {
             state.metrics.refused(e.reason());

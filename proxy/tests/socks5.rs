@@ -248,8 +248,8 @@ async fn a_rule_revoked_by_reload_during_the_handshake_is_not_honoured() {
 }
 
 /// An optimistic client sends greeting, request and its first data in one write, before any
-/// reply. The handshake reads what is there (one read per message), so the data is read with
-/// the request: it must still reach the destination first, in order, and be counted.
+/// reply: the handshake must leave the data for the tunnel, which delivers it first, in order,
+/// and counts it.
 #[tokio::test]
 async fn data_sent_with_the_request_reaches_the_destination_first() {
     let echo = echo_server().await;
