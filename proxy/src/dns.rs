@@ -29,7 +29,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use crate::policy::{normalise_name, parse_ip_literal, validate_name};
+use crate::policy::{normalise_name, normalised, parse_ip_literal, validate_name};
 
 /// The Amazon-provided DNS server, reachable from every VPC instance.
 const AWS_VPC_RESOLVER: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 169, 253));
@@ -218,7 +218,7 @@ impl Resolver {
     /// All A and AAAA addresses of `name` (IPv4 first), from the cache, `static_hosts`, the
     /// hosts file or DNS. An IP literal is returned as itself without a lookup.
     pub async fn lookup(&self, name: &str) -> Result<Arc<[IpAddr]>, DnsError> {
-        let key = normalise_name(name);
+        let key = normalised(name);
         match parse_ip_literal(&key) {
             Some(Ok(ip)) => return Ok(Arc::from([ip])),
             Some(Err(reason)) => return Err(DnsError::InvalidName { name: name.to_owned(), reason }),
@@ -226,7 +226,7 @@ impl Resolver {
         }
         validate_name(&key).map_err(|reason| DnsError::InvalidName { name: name.to_owned(), reason })?;
         let inner = &self.inner;
-        if let Some(addrs) = inner.static_hosts.get(&key) {
+        if let Some(addrs) = inner.static_hosts.get(&*key) {
             inner.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(addrs.clone());
         }

@@ -251,8 +251,8 @@ fn confirm_readable(src: &Stream) -> io::Result<bool> {
 /// than this is cheaper to copy than to splice (no pipe to create and close). HAProxy's
 /// `splice-auto` makes the same call.
 pub const SPLICE_AFTER: usize = 64 * 1024;
-/// The buffer those first bytes go through: small, as it is allocated (and zeroed) for every
-/// connection that carries data.
+/// The buffer those first bytes go through: small, as it is allocated for every connection that
+/// carries data (never zeroed: see [`sys::recv_into`]).
 const SMALL_BUFFER: usize = 16 * 1024;
 
 /// One direction over readiness: read (or splice) from `src` and write all of it to `dst`
@@ -377,8 +377,8 @@ async fn copy_first(
     let mut copied = 0usize;
     while copied < SPLICE_AFTER {
         src.readable().await.map_err(rd)?;
-        if small.is_empty() {
-            small = vec![0; SMALL_BUFFER.min(buffer_size)];
+        if small.capacity() == 0 {
+            small = Vec::with_capacity(SMALL_BUFFER.min(buffer_size));
         }
         let n = match read_once(src, &mut small) {
             Ok(n) => n,
@@ -397,7 +397,7 @@ async fn copy_first(
             let _ = dst.shutdown_write();
             return Ok(true);
         }
-        write_all(dst, &small[..n]).await.map_err(wr)?;
+        write_all(dst, &small).await.map_err(wr)?;
         tally.add(n);
         copied += n;
     }
@@ -405,7 +405,7 @@ async fn copy_first(
 }
 
 /// One direction through a user-space buffer, allocated when the first byte is there (unless
-/// the caller hands one over).
+/// the caller hands one over: its capacity is what counts, its contents are overwritten).
 async fn pump_copy(
     src: &Stream,
     dst: &Stream,
@@ -419,11 +419,11 @@ async fn pump_copy(
     let wr = |source| ForwardError::Io { side: dst_side, source };
     loop {
         src.readable().await.map_err(rd)?;
-        if buf.is_empty() {
+        if buf.capacity() == 0 {
             if !confirm_readable(src).map_err(rd)? {
                 continue;
             }
-            buf = vec![0; buffer_size];
+            buf = Vec::with_capacity(buffer_size);
         }
         let n = match read_once(src, &mut buf) {
             Ok(n) => n,
@@ -435,20 +435,21 @@ async fn pump_copy(
             let _ = dst.shutdown_write();
             return Ok(());
         }
-        write_all(dst, &buf[..n]).await.map_err(wr)?;
+        write_all(dst, &buf).await.map_err(wr)?;
         tally.add(n);
     }
 }
 
-/// One read into `buf`. A short read (fewer bytes than `buf` holds) also clears the read
-/// readiness, as tokio's own `poll_read` does: the socket was drained, so the next wait waits
-/// instead of costing a read that finds nothing. (tokio only clears the readiness it saw before
-/// the read: data that arrived meanwhile wakes the next wait again.)
-fn read_once(src: &Stream, buf: &mut [u8]) -> io::Result<usize> {
+/// One read into the capacity of `buf` (which then holds what was read). A short read (fewer
+/// bytes than `buf` can hold) also clears the read readiness, as tokio's own `poll_read` does:
+/// the socket was drained, so the next wait waits instead of costing a read that finds nothing.
+/// (tokio only clears the readiness it saw before the read: data that arrived meanwhile wakes
+/// the next wait again.)
+fn read_once(src: &Stream, buf: &mut Vec<u8>) -> io::Result<usize> {
     let mut got = 0;
     let result = src.try_io(Interest::READABLE, || {
-        got = sys::recv(src.as_raw_fd(), buf)?;
-        if got > 0 && got < buf.len() { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(got) }
+        got = sys::recv_into(src.as_raw_fd(), buf)?;
+        if got > 0 && got < buf.capacity() { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(got) }
     });
     match result {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),

@@ -30,6 +30,7 @@
 //! (`::ffff:0:a.b.c.d`), IPv4-compatible (`::a.b.c.d`) and NAT64 (`64:ff9b::a.b.c.d`) IPv6
 //! addresses are checked as the IPv4 address they carry.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -160,9 +161,9 @@ impl Policy {
     /// is checked as that address (see [`Policy::check_ip`]); after a pass the caller still checks
     /// every resolved address with `check_ip(Some(host), ..)`.
     pub fn check_name(&self, host: &str, port: u16) -> Result<(), Denied> {
-        let name = normalise_name(host);
+        let name = normalised(host);
         match parse_ip_literal(&name) {
-            Some(Ok(ip)) => return self.check_addr(None, &format!("{host}:{port} (= {ip})"), ip, port),
+            Some(Ok(ip)) => return self.check_addr(None, || format!("{host}:{port} (= {ip})"), ip, port),
             Some(Err(reason)) => return Err(Denied::InvalidName { name: host.to_owned(), reason }),
             None => {}
         }
@@ -183,15 +184,23 @@ impl Policy {
     /// Checks an address: an IP destination (`name` = `None`) or an address that `name` resolved
     /// to. `host` rules apply through `name`; `ip`/`cidr` rules through the address.
     pub fn check_ip(&self, name: Option<&str>, ip: IpAddr, port: u16) -> Result<(), Denied> {
-        let name = name.map(normalise_name);
-        let dest = match &name {
+        let name = name.map(normalised);
+        // Spelled out only for a refusal: every connection is checked, few are refused.
+        let dest = || match &name {
             Some(name) => format!("{name}:{port} (resolved to {ip})"),
             None => format_socket(ip, port),
         };
-        self.check_addr(name.as_deref(), &dest, ip, port)
+        self.check_addr(name.as_deref(), dest, ip, port)
     }
 
-    fn check_addr(&self, name: Option<&str>, dest: &str, ip: IpAddr, port: u16) -> Result<(), Denied> {
+    /// `dest` names the destination in a refusal.
+    fn check_addr(
+        &self,
+        name: Option<&str>,
+        dest: impl FnOnce() -> String,
+        ip: IpAddr,
+        port: u16,
+    ) -> Result<(), Denied> {
         let ip = canonical_ip(ip);
         let special = narrowest_special(ip);
         let mut wrong_port = false;
@@ -212,7 +221,7 @@ impl Policy {
             }
             wrong_port = true;
         }
-        let dest = dest.to_owned();
+        let dest = dest();
         Err(match special {
             _ if wrong_port => Denied::Port { dest, port },
             Some((block, range)) => Denied::SpecialAddress { dest, ip, range, block: block.to_string() },
@@ -329,8 +338,18 @@ fn parse_ports(spec: &str) -> Result<(u16, u16), String> {
 
 /// Lowercase, without one trailing dot (`Example.COM.` and `example.com` are the same name).
 pub fn normalise_name(name: &str) -> String {
+    normalised(name).into_owned()
+}
+
+/// [`normalise_name`] without a copy when `name` is already normal (the usual case: checked
+/// and looked up for every SOCKS5 connection).
+pub(crate) fn normalised(name: &str) -> Cow<'_, str> {
     let name = name.strip_suffix('.').unwrap_or(name);
-    name.to_ascii_lowercase()
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 /// Checks a normalised name: 1-253 bytes, labels of 1-63 bytes of `a-z 0-9 - _`.
@@ -566,15 +585,32 @@ pub const SPECIAL_V6: &[([u16; 8], u8, &str)] = &[
     ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8, "a multicast address"),
 ];
 
+fn special_v4() -> impl Iterator<Item = (Net, &'static str)> {
+    SPECIAL_V4.iter().map(|&(a, prefix, what)| (Net { addr: IpAddr::from(a), prefix }, what))
+}
+
+fn special_v6() -> impl Iterator<Item = (Net, &'static str)> {
+    SPECIAL_V6.iter().map(|&(a, prefix, what)| (Net { addr: IpAddr::from(a), prefix }, what))
+}
+
+#[cfg(test)]
 fn special_ranges() -> impl Iterator<Item = (Net, &'static str)> {
-    let v4 = SPECIAL_V4.iter().map(|&(a, prefix, what)| (Net { addr: IpAddr::from(a), prefix }, what));
-    let v6 = SPECIAL_V6.iter().map(|&(a, prefix, what)| (Net { addr: IpAddr::from(a), prefix }, what));
-    v4.chain(v6)
+    special_v4().chain(special_v6())
 }
 
 /// The most specific special range containing `ip` (already canonical), with its description.
+/// Only the list of `ip`'s family is searched: a range never contains an address of the other.
 fn narrowest_special(ip: IpAddr) -> Option<(Net, &'static str)> {
-    special_ranges().filter(|(net, _)| net.contains(ip)).max_by_key(|(net, _)| net.prefix)
+    fn narrowest(
+        ranges: impl Iterator<Item = (Net, &'static str)>,
+        ip: IpAddr,
+    ) -> Option<(Net, &'static str)> {
+        ranges.filter(|(net, _)| net.contains(ip)).max_by_key(|(net, _)| net.prefix)
+    }
+    match ip {
+        IpAddr::V4(_) => narrowest(special_v4(), ip),
+        IpAddr::V6(_) => narrowest(special_v6(), ip),
+    }
 }
 
 /// What kind of special address `ip` (already canonical) is, if any (the narrowest range's name).

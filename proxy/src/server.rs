@@ -11,6 +11,7 @@
 //! Every failure ends only its own connection, is counted with a reason, and is logged on the
 //! connection's close line; SOCKS5 clients also get the matching reply code.
 
+use std::fmt::Display;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,8 +19,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 use transport::socks5::{self, Address, Command, ReplyCode};
 use transport::{Endpoint, Host, Listener, PeerAddr, Stream};
@@ -183,8 +185,15 @@ pub struct Proxy {
     /// The accept loops' check-ins for the watchdog.
     pub heartbeats: Arc<Heartbeats>,
     pending: Vec<Listener>,
-    stop: watch::Sender<bool>,
+    /// Cancelled at the drain: the accept loops end and their listeners close.
+    stop: CancellationToken,
+    /// The accept loops.
     tasks: Vec<JoinHandle<()>>,
+    /// Every connection task, so the drain wakes when the last one ends (not on a poll).
+    connections: TaskTracker,
+    /// How often the loops check in with the watchdog (set by [`start`](Self::start)); the
+    /// drain checks in as often while it waits.
+    beat_every: Option<Duration>,
 }
 
 impl Proxy {
@@ -237,17 +246,33 @@ impl Proxy {
             listeners.push(Arc::new(ListenerState { name, listen, bound, role, metrics }));
             pending.push(listener);
         }
-        let (stop, _) = watch::channel(false);
-        Ok(Proxy { shared, listeners, pending, stop, tasks: Vec::new(), heartbeats: Heartbeats::new() })
+        Ok(Proxy {
+            shared,
+            listeners,
+            pending,
+            stop: CancellationToken::new(),
+            tasks: Vec::new(),
+            connections: TaskTracker::new(),
+            beat_every: None,
+            heartbeats: Heartbeats::new(),
+        })
     }
 
     /// Starts the accept loops; with `beat_every`, each checks in with [`Proxy::heartbeats`]
     /// that often (from inside its loop, so a wedged loop stops checking in).
     pub fn start(&mut self, beat_every: Option<Duration>) {
+        self.beat_every = beat_every;
         for (listener, state) in self.pending.drain(..).zip(self.listeners.iter()) {
             let beat =
                 beat_every.map(|every| (self.heartbeats.register(format!("accept {}", state.name)), every));
-            let task = accept_loop(listener, state.clone(), self.shared.clone(), self.stop.subscribe(), beat);
+            let task = accept_loop(
+                listener,
+                state.clone(),
+                self.shared.clone(),
+                self.stop.clone(),
+                self.connections.clone(),
+                beat,
+            );
             self.tasks.push(tokio::spawn(task));
         }
     }
@@ -333,24 +358,29 @@ impl Proxy {
     }
 
     /// Stops accepting (listeners close), then waits up to `deadline` for in-flight
-    /// connections to finish, checking in with `beat` as it waits. Returns how many were still
-    /// open at the deadline.
+    /// connections to finish, checking in with `beat` as it waits (as often as the accept loops
+    /// did). Returns as soon as the last connection ends (0), or at the deadline with how many
+    /// were still open.
     pub async fn drain(mut self, deadline: Duration, beat: Option<&Beat>) -> usize {
         self.shared.draining.store(true, Ordering::SeqCst);
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
-        let until = Instant::now() + deadline;
+        // No accept loop is left to spawn a connection task: the tracker only empties from now.
+        self.connections.close();
+        let until = tokio::time::sleep(deadline);
+        tokio::pin!(until);
+        let mut timer = watchdog::beat_timer(beat.and(self.beat_every));
         loop {
             if let Some(b) = beat {
                 b.beat();
             }
-            let active = self.shared.global.active();
-            if active == 0 || Instant::now() >= until {
-                return active;
+            tokio::select! {
+                () = self.connections.wait() => return 0,
+                () = &mut until => return self.connections.len(),
+                () = watchdog::next_tick(&mut timer) => {}
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -359,14 +389,15 @@ async fn accept_loop(
     listener: Listener,
     state: Arc<ListenerState>,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
+    connections: TaskTracker,
     beat: Option<(Beat, Duration)>,
 ) {
     let mut timer = watchdog::beat_timer(beat.as_ref().map(|(_, every)| *every));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = stop.changed() => break,
+            () = stop.cancelled() => break,
             // Checked in from inside this loop: it beats only while the loop is being run.
             () = watchdog::next_tick(&mut timer) => {
                 if let Some((b, _)) = &beat {
@@ -398,7 +429,7 @@ async fn accept_loop(
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("conn", id, listener = %state.name);
         let (state, shared) = (state.clone(), shared.clone());
-        tokio::spawn(
+        connections.spawn(
             async move {
                 let _permit = permit;
                 match &state.role {
@@ -577,7 +608,7 @@ async fn serve_route(client: Stream, peer: PeerAddr, state: &ListenerState, shar
     match dial_fixed(shared, &upstream, policy, settings.connect_timeout()).await {
         Ok(up) => {
             let conn = Conn { peer: &peer, started, state, shared };
-            pipe(client, up, &conn, &upstream.to_string(), &settings).await
+            pipe(client, up, &conn, &upstream, &settings).await
         }
         Err(e) => {
             state.metrics.refused(e.reason());
@@ -595,7 +626,15 @@ struct Conn<'a> {
     shared: &'a Shared,
 }
 
-async fn pipe(client: Stream, upstream: Stream, conn: &Conn<'_>, dest: &str, settings: &Settings) {
+/// `dest` is spelled out only for the close line, when that is logged (a string field, as it
+/// always was).
+async fn pipe(
+    client: Stream,
+    upstream: Stream,
+    conn: &Conn<'_>,
+    dest: &(dyn Display + Sync),
+    settings: &Settings,
+) {
     let Conn { peer, started, state, shared } = conn;
     let counters = Counters::default();
     let result = forward::forward(
@@ -611,13 +650,16 @@ async fn pipe(client: Stream, upstream: Stream, conn: &Conn<'_>, dest: &str, set
     let up = counters.client_to_upstream.load(Ordering::Relaxed);
     let down = counters.upstream_to_client.load(Ordering::Relaxed);
     let duration_ms = started.elapsed().as_millis() as u64;
+    let dest = || dest.to_string();
     match result {
-        Ok(()) => info!(%peer, dest, bytes_up = up, bytes_down = down, duration_ms, "close"),
+        Ok(()) => {
+            info!(%peer, dest = dest().as_str(), bytes_up = up, bytes_down = down, duration_ms, "close")
+        }
         Err(ForwardError::Idle(_)) => {
-            info!(%peer, dest, bytes_up = up, bytes_down = down, duration_ms, "close: idle timeout")
+            info!(%peer, dest = dest().as_str(), bytes_up = up, bytes_down = down, duration_ms, "close: idle timeout")
         }
         Err(e) => {
-            info!(%peer, dest, bytes_up = up, bytes_down = down, duration_ms, error = %e, "close")
+            info!(%peer, dest = dest().as_str(), bytes_up = up, bytes_down = down, duration_ms, error = %e, "close")
         }
     }
 }
@@ -625,7 +667,7 @@ async fn pipe(client: Stream, upstream: Stream, conn: &Conn<'_>, dest: &str, set
 /// A SOCKS5 "domain" that is an IP literal in any spelling (`127.1`, `0x7f000001`,
 /// `[::ffff:127.0.0.1]`) is that address: it skips DNS (the policy already checked it as one).
 fn literal_ip(name: &str) -> Option<IpAddr> {
-    match policy::parse_ip_literal(&policy::normalise_name(name)) {
+    match policy::parse_ip_literal(&policy::normalised(name)) {
         Some(Ok(ip)) => Some(ip),
         _ => None,
     }
@@ -695,31 +737,29 @@ async fn serve_socks5(mut client: Stream, peer: PeerAddr, state: &ListenerState,
     // The request is decided under the settings in force now, not at accept: a SIGHUP that
     // revoked a rule while this client was in its handshake applies to it.
     let settings = shared.settings();
-    let dest = match &request.dest {
-        Address::Ip(sa) => sa.to_string(),
-        Address::Domain(name, port) => format!("{name}:{port}"),
-    };
+    // `HOST:PORT` in the log lines (a string field), spelled out only for a line that is logged.
+    let dest = || request.dest.to_string();
     if !matches!(request.command, Command::Connect) {
         state.metrics.refused("command");
         let _ = socks5::send_reply(&mut client, ReplyCode::CommandNotSupported, None).await;
-        info!(%peer, dest, command = ?request.command, "close: command not supported");
+        info!(%peer, dest = dest().as_str(), command = ?request.command, "close: command not supported");
         return;
     }
-    info!(%peer, dest, "open");
+    info!(%peer, dest = dest().as_str(), "open");
     match egress_connect(shared, &settings, &request.dest).await {
         Ok(up) => {
             let bound = up.local_addr().ok();
             if let Err(e) = socks5::send_reply(&mut client, ReplyCode::Succeeded, bound).await {
-                info!(%peer, dest, error = %e, "close: client gone before the reply");
+                info!(%peer, dest = dest().as_str(), error = %e, "close: client gone before the reply");
                 return;
             }
             let conn = Conn { peer: &peer, started, state, shared };
-            pipe(client, Stream::Tcp(up), &conn, &dest, &settings).await;
+            pipe(client, Stream::Tcp(up), &conn, &request.dest, &settings).await;
         }
         Err(e) => {
             state.metrics.refused(e.reason());
             let _ = socks5::send_reply(&mut client, e.reply(), None).await;
-            warn!(%peer, dest, reason = e.reason(), reply = ?e.reply(), error = %e,
+            warn!(%peer, dest = dest().as_str(), reason = e.reason(), reply = ?e.reply(), error = %e,
                 duration_ms = started.elapsed().as_millis() as u64, "close");
         }
     }
@@ -787,6 +827,64 @@ mod tests {
         // A given address is left to check_ip.
         let given = Address::Ip(SocketAddr::new(imds, 80));
         assert_eq!(egress_target(&policy, &given), Ok(EgressTarget::Ip(imds, 80)));
+    }
+
+    /// A proxy with one mapping to a local echo server, accepting; and a connection through it
+    /// that has carried a byte each way (so its task runs).
+    async fn proxy_with_a_connection() -> (Proxy, TcpStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vsockproxy.toml");
+        let text = format!(
+            "[[mapping]]\nlisten = \"tcp://127.0.0.1:0\"\nupstream = \"tcp://{upstream}\"\n\
+             [[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"*\"]\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        let config = crate::config::load(Some(&path), &Default::default()).unwrap();
+        let mut proxy = Proxy::bind(config).await.unwrap();
+        proxy.start(None);
+        let Endpoint::Tcp { host: Host::Ip(ip), port } = proxy.listeners[0].bound else {
+            panic!("tcp listener")
+        };
+        let mut client = TcpStream::connect(SocketAddr::new(ip, port)).await.unwrap();
+        client.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        client.read_exact(&mut b).await.unwrap();
+        (proxy, client)
+    }
+
+    /// The drain wakes when the last connection ends, however long its deadline.
+    #[tokio::test]
+    async fn drain_returns_once_the_last_connection_ends() {
+        let (proxy, client) = proxy_with_a_connection().await;
+        let drain = tokio::spawn(proxy.drain(Duration::from_secs(600), None));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!drain.is_finished(), "the drain ended with a connection open");
+        drop(client);
+        let left = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        assert_eq!(left.expect("drained well before the deadline").unwrap(), 0);
+    }
+
+    /// At the deadline the drain returns how many connections are still open.
+    #[tokio::test]
+    async fn drain_counts_the_connections_open_at_its_deadline() {
+        let (proxy, _client) = proxy_with_a_connection().await;
+        let left = tokio::time::timeout(Duration::from_secs(5), proxy.drain(Duration::from_millis(50), None));
+        assert_eq!(left.await.expect("the drain keeps its deadline"), 1);
     }
 
     #[test]

@@ -154,11 +154,21 @@ pub fn peek(fd: RawFd) -> io::Result<()> {
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// One `recv(2)` into `buf` (the socket is non-blocking: `WouldBlock` when nothing is there).
-pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is a valid, writable buffer of `buf.len()` bytes for the duration of the call.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+/// One `recv(2)` into the capacity of `buf`, which then holds what was read (the socket is
+/// non-blocking: `WouldBlock` when nothing is there). The capacity is never zeroed first: a
+/// connection's buffers are written only by the kernel, so zeroing them was pure cost.
+pub fn recv_into(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    buf.clear();
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf` for the duration
+    // of the call; recv writes at most that many.
+    let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: recv initialised the first `n` bytes of the spare capacity (n <= its length).
+    unsafe { buf.set_len(n as usize) };
+    Ok(n as usize)
 }
 
 /// Makes the next close of this TCP socket send a reset instead of a FIN, so that a peer

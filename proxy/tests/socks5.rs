@@ -246,3 +246,32 @@ async fn a_rule_revoked_by_reload_during_the_handshake_is_not_honoured() {
     // And a new client too, of course.
     assert_eq!(socks_connect(proxy, Address::Ip(echo)).await.err(), Some(ReplyCode::NotAllowed));
 }
+
+/// An optimistic client sends greeting, request and its first data in one write, before any
+/// reply: the handshake must leave the data for the tunnel, which delivers it first, in order,
+/// and counts it.
+#[tokio::test]
+async fn data_sent_with_the_request_reaches_the_destination_first() {
+    let echo = echo_server().await;
+    let d = Daemon::start(&format!(
+        "[socks5]\nname = \"s\"\nlisten = \"tcp://127.0.0.1:0\"\n[dns.static_hosts]\n\"echo.test\" = [\"127.0.0.1\"]\n\
+         [[policy.allow]]\nhost = \"echo.test\"\nports = [\"{port}\"]\n[[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"{port}\"]\n",
+        port = echo.port()
+    ));
+    let mut s = TcpStream::connect(d.tcp("s")).await.unwrap();
+    let mut bytes = vec![5, 1, 0, 5, 1, 0, 3, 9];
+    bytes.extend_from_slice(b"echo.test");
+    bytes.extend_from_slice(&echo.port().to_be_bytes());
+    bytes.extend_from_slice(b"early bytes");
+    s.write_all(&bytes).await.unwrap();
+    s.write_all(b", then more").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut back)).await.unwrap().unwrap();
+    // Method choice (2 bytes), the reply for an IPv4 bound address (10 bytes), then the echo.
+    assert_eq!(&back[..2], [5, 0]);
+    assert_eq!(back[3], ReplyCode::Succeeded as u8);
+    assert_eq!(&back[12..], b"early bytes, then more");
+    let close = d.wait_log(&[("message", "close")], Duration::from_secs(5)).expect("a close line");
+    assert_eq!(close.get("bytes_up").and_then(|v| v.as_u64()), Some(22), "{close}");
+}

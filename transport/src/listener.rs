@@ -54,7 +54,11 @@ impl Listener {
                         return Err(BindError::Name { endpoint: endpoint.to_string(), host: n.clone() });
                     }
                 };
-                Ok(Listener::Tcp(TcpListener::bind(SocketAddr::new(ip, *port)).await.map_err(io_err)?))
+                let listener = TcpListener::bind(SocketAddr::new(ip, *port)).await.map_err(io_err)?;
+                // Linux copies TCP_NODELAY from the listener into every socket it accepts, so it
+                // is set once here instead of once per connection (a system call each).
+                socket2::SockRef::from(&listener).set_tcp_nodelay(true).map_err(io_err)?;
+                Ok(Listener::Tcp(listener))
             }
             Endpoint::Unix(path) => {
                 remove_stale_socket(endpoint, path)?;
@@ -72,12 +76,12 @@ impl Listener {
         }
     }
 
-    /// Accepts one connection. TCP streams get `TCP_NODELAY`.
+    /// Accepts one connection. TCP streams have `TCP_NODELAY` (from the listener).
     pub async fn accept(&self) -> io::Result<(Stream, PeerAddr)> {
         match self {
             Listener::Tcp(l) => {
                 let (s, addr) = l.accept().await?;
-                Ok((Stream::from_tcp(s), PeerAddr::Tcp(addr)))
+                Ok((Stream::Tcp(s), PeerAddr::Tcp(addr)))
             }
             Listener::Unix(l, _) => {
                 let (s, addr) = l.accept().await?;
@@ -175,6 +179,20 @@ mod tests {
             server.await.unwrap();
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Accepted TCP streams are latency sensitive like dialed ones: they have TCP_NODELAY,
+    /// which they inherit from the listener rather than get with a call per connection.
+    #[tokio::test]
+    async fn accepted_tcp_streams_have_nodelay() {
+        let listener = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let bound = listener.local_endpoint().unwrap();
+        let (dialed, accepted) = tokio::join!(Stream::connect(&bound), listener.accept());
+        let (Stream::Tcp(accepted), Stream::Tcp(dialed)) = (accepted.unwrap().0, dialed.unwrap()) else {
+            panic!("TCP streams expected");
+        };
+        assert!(accepted.nodelay().unwrap());
+        assert!(dialed.nodelay().unwrap());
     }
 
     #[tokio::test]
