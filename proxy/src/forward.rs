@@ -247,16 +247,30 @@ fn confirm_readable(src: &Stream) -> io::Result<bool> {
     }
 }
 
-/// Bytes a direction copies through a buffer before it starts splicing (splice mode): less
-/// than this is cheaper to copy than to splice (no pipe to create and close). HAProxy's
-/// `splice-auto` makes the same call.
-pub const SPLICE_AFTER: usize = 64 * 1024;
-/// The buffer those first bytes go through: small, as it is allocated for every connection that
-/// carries data (never zeroed: see [`sys::recv_into`]).
-const SMALL_BUFFER: usize = 16 * 1024;
+/// The buffer a direction in splice mode copies through while its data comes in small pieces:
+/// small, as it is allocated for every connection that carries data (never zeroed: see
+/// [`sys::recv_into`]). It is also the line between small and bulk: a direction splices only
+/// while a read (or a splice) moves at least this much at once. HAProxy's `splice-auto` makes the
+/// same call.
+pub const SMALL_BUFFER: usize = 16 * 1024;
+
+/// What a copy phase ended with.
+enum CopyPhase {
+    /// The end of the stream: the direction is done.
+    Ended,
+    /// A read filled the buffer: more is waiting than it holds, so splice.
+    Bulk,
+}
 
 /// One direction over readiness: read (or splice) from `src` and write all of it to `dst`
 /// before reading again.
+///
+/// In splice mode a direction alternates: small pieces (a request, an answer, a handshake, the
+/// messages of a long-lived HTTP/2 connection) go through a small buffer, a read and a write
+/// each, and never pay for a pipe (two descriptors, their closes, a splice in and a splice out);
+/// once a read fills the buffer the direction is a bulk transfer and splices, until a splice
+/// moves less than the buffer would have held, and then it copies again. The pipe, once made,
+/// stays for the connection.
 async fn pump(
     src: &Stream,
     dst: &Stream,
@@ -272,121 +286,128 @@ async fn pump(
     if opts.mode == ForwardMode::Copy {
         return copy(Vec::new()).await;
     }
-    // The first SPLICE_AFTER bytes go through a small buffer (see `copy_first`).
-    if copy_first(src, dst, src_side, dst_side, opts.buffer_size, tally).await? {
-        return Ok(());
-    }
+    let small_size = SMALL_BUFFER.min(opts.buffer_size);
+    let mut small: Vec<u8> = Vec::new();
     let mut pipe: Option<sys::Pipe> = None;
     // Whether a byte went through the pipe yet: only the first transfer may find the kernel
     // unwilling to splice this socket; a refusal after that is an error like any other.
     let mut moved = false;
-    loop {
-        src.readable().await.map_err(rd)?;
-        let p = match &pipe {
-            Some(p) => p,
-            None => {
-                if !confirm_readable(src).map_err(rd)? {
-                    continue;
-                }
-                match sys::Pipe::new() {
-                    Ok(p) => {
-                        if opts.buffer_size != sys::DEFAULT_PIPE_SIZE
-                            && let Err(e) = p.resize(opts.buffer_size)
-                        {
-                            splice.record("resize", opts.buffer_size, &e);
-                        }
-                        pipe.insert(p)
-                    }
-                    Err(e) => {
-                        // Nothing was read yet: the bytes wait in the socket for the
-                        // buffer engine, and the transfer goes on.
-                        splice.record("create", opts.buffer_size, &e);
-                        return copy(Vec::new()).await;
-                    }
-                }
-            }
-        };
-        let n = match src.try_io(Interest::READABLE, || {
-            sys::splice_to_pipe(src.as_raw_fd(), p.write_fd(), opts.buffer_size)
-        }) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if !moved && sys::splice_unsupported(&e) => {
-                // Nothing was taken from the socket; the copy engine reads it from the start.
-                splice.refused("read", src_side, &e);
-                return copy(Vec::new()).await;
-            }
-            Err(e) => return Err(rd(e)),
-        };
-        if n == 0 {
-            let _ = dst.shutdown_write();
-            return Ok(());
+    'copy: loop {
+        match copy_phase(src, dst, src_side, dst_side, &mut small, small_size, tally).await? {
+            CopyPhase::Ended => return Ok(()),
+            CopyPhase::Bulk => {}
         }
-        let mut left = n;
-        while left > 0 {
-            match dst.try_io(Interest::WRITABLE, || sys::splice_from_pipe(p.read_fd(), dst.as_raw_fd(), left))
-            {
-                Ok(k) => left -= k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await.map_err(wr)?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        loop {
+            src.readable().await.map_err(rd)?;
+            let p = match &pipe {
+                Some(p) => p,
+                None => {
+                    if !confirm_readable(src).map_err(rd)? {
+                        continue;
+                    }
+                    match sys::Pipe::new() {
+                        Ok(p) => {
+                            if opts.buffer_size != sys::DEFAULT_PIPE_SIZE
+                                && let Err(e) = p.resize(opts.buffer_size)
+                            {
+                                splice.record("resize", opts.buffer_size, &e);
+                            }
+                            pipe.insert(p)
+                        }
+                        Err(e) => {
+                            // Nothing was read yet: the bytes wait in the socket for the
+                            // buffer engine, and the transfer goes on.
+                            splice.record("create", opts.buffer_size, &e);
+                            return copy(Vec::new()).await;
+                        }
+                    }
+                }
+            };
+            let n = match src.try_io(Interest::READABLE, || {
+                sys::splice_to_pipe(src.as_raw_fd(), p.write_fd(), opts.buffer_size)
+            }) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if !moved && sys::splice_unsupported(&e) => {
-                    // The bytes already read wait in the pipe: write them out through the
-                    // buffer the copy engine then goes on with.
-                    splice.refused("write", dst_side, &e);
-                    let mut buf = vec![0; opts.buffer_size.max(left)];
-                    let mut got = 0;
-                    while got < left {
-                        match p.read(&mut buf[got..left]) {
-                            Ok(0) => return Err(ForwardError::Local(io::ErrorKind::UnexpectedEof.into())),
-                            Ok(k) => got += k,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => return Err(ForwardError::Local(e)),
-                        }
-                    }
-                    write_all(dst, &buf[..left]).await.map_err(wr)?;
-                    tally.add(n);
-                    return copy(buf).await;
+                    // Nothing was taken from the socket; the copy engine reads it from the start.
+                    splice.refused("read", src_side, &e);
+                    return copy(Vec::new()).await;
                 }
-                Err(e) => return Err(wr(e)),
+                Err(e) => return Err(rd(e)),
+            };
+            if n == 0 {
+                let _ = dst.shutdown_write();
+                return Ok(());
+            }
+            let mut left = n;
+            while left > 0 {
+                match dst
+                    .try_io(Interest::WRITABLE, || sys::splice_from_pipe(p.read_fd(), dst.as_raw_fd(), left))
+                {
+                    Ok(k) => left -= k,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await.map_err(wr)?,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if !moved && sys::splice_unsupported(&e) => {
+                        // The bytes already read wait in the pipe: write them out through the
+                        // buffer the copy engine then goes on with.
+                        splice.refused("write", dst_side, &e);
+                        let mut buf = vec![0; opts.buffer_size.max(left)];
+                        let mut got = 0;
+                        while got < left {
+                            match p.read(&mut buf[got..left]) {
+                                Ok(0) => {
+                                    return Err(ForwardError::Local(io::ErrorKind::UnexpectedEof.into()));
+                                }
+                                Ok(k) => got += k,
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                                Err(e) => return Err(ForwardError::Local(e)),
+                            }
+                        }
+                        write_all(dst, &buf[..left]).await.map_err(wr)?;
+                        tally.add(n);
+                        return copy(buf).await;
+                    }
+                    Err(e) => return Err(wr(e)),
+                }
+            }
+            moved = true;
+            tally.add(n);
+            if n < small_size {
+                // A small piece: the pipe is empty again, and the next goes through the buffer.
+                continue 'copy;
             }
         }
-        moved = true;
-        tally.add(n);
     }
 }
 
-/// Splice mode's start: the first [`SPLICE_AFTER`] bytes of a direction go through a small
-/// buffer. A direction that carries less (a request, an answer, a handshake) never pays for a
-/// pipe (two descriptors, their closes) and the splices into and out of it, which cost more
-/// syscalls than a read and a write when the data is small; past that, the direction is a bulk
-/// transfer and splices. Returns whether the direction ended (end of stream) meanwhile. Its own
-/// future, so that its buffer and count share memory with the splice loop's state (an idle
-/// connection's footprint).
-async fn copy_first(
+/// Splice mode's copy phase: reads into `small` (allocated at the first byte, `small_size`
+/// bytes) and writes out, until a read fills it ([`CopyPhase::Bulk`]) or the stream ends. An
+/// idle connection that never carried a byte holds no buffer.
+async fn copy_phase(
     src: &Stream,
     dst: &Stream,
     src_side: Side,
     dst_side: Side,
-    buffer_size: usize,
+    small: &mut Vec<u8>,
+    small_size: usize,
     tally: Tally<'_>,
-) -> Result<bool, ForwardError> {
+) -> Result<CopyPhase, ForwardError> {
     let rd = |source| ForwardError::Io { side: src_side, source };
     let wr = |source| ForwardError::Io { side: dst_side, source };
-    let mut small: Vec<u8> = Vec::new();
-    let mut copied = 0usize;
-    while copied < SPLICE_AFTER {
+    loop {
         src.readable().await.map_err(rd)?;
-        if small.capacity() == 0 {
-            small = Vec::with_capacity(SMALL_BUFFER.min(buffer_size));
+        let fresh = small.capacity() == 0;
+        if fresh {
+            *small = Vec::with_capacity(small_size);
         }
-        let n = match read_once(src, &mut small) {
+        let n = match read_once(src, small) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // A readiness with nothing behind it (tokio may report a fresh socket readable):
-                // an idle connection holds no buffer.
-                if copied == 0 {
-                    small = Vec::new();
+                // a buffer just made for it goes again.
+                if fresh {
+                    *small = Vec::new();
                 }
                 continue;
             }
@@ -395,13 +416,14 @@ async fn copy_first(
         };
         if n == 0 {
             let _ = dst.shutdown_write();
-            return Ok(true);
+            return Ok(CopyPhase::Ended);
         }
-        write_all(dst, &small).await.map_err(wr)?;
+        write_all(dst, small).await.map_err(wr)?;
         tally.add(n);
-        copied += n;
+        if n == small.capacity() {
+            return Ok(CopyPhase::Bulk);
+        }
     }
-    Ok(false)
 }
 
 /// One direction through a user-space buffer, allocated when the first byte is there (unless
@@ -597,7 +619,7 @@ mod tests {
                 forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &errs).await.unwrap();
                 (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
             });
-            // Both directions are bulk (past SPLICE_AFTER), so both splice.
+            // Both directions are bulk (reads fill the small buffer), so both splice.
             exchange(client, up, &data, &reply).await;
             assert_eq!(task.await.unwrap(), (200_000, reply.len() as u64), "{refuse:?}");
             assert_eq!(errors.refused_read.load(Ordering::Relaxed), read, "{refuse:?}");
@@ -628,22 +650,24 @@ mod tests {
             sys::refuse_next_splices(1, 0);
             fwd.await
         });
-        // Past SPLICE_AFTER: the tail of this goes through the pipe.
-        let first = vec![7u8; SPLICE_AFTER + 50_000];
+        // Bulk: past its first buffer, this goes through the pipe.
+        let first = vec![7u8; 4 * SMALL_BUFFER + 50_000];
         client.write_all(&first).await.unwrap();
         let mut got = vec![0u8; first.len()];
         up.read_exact(&mut got).await.unwrap();
         go_tx.send(()).unwrap();
         tokio::task::yield_now().await;
-        client.write_all(b"second").await.unwrap();
+        // Bulk again (whether the direction was back on the buffer or still splicing), so it
+        // reaches a splice; the stream is cut meanwhile, so this write may fail.
+        let _ = client.write_all(&vec![8u8; 4 * SMALL_BUFFER]).await;
         let r = task.await.unwrap();
         assert!(matches!(r, Err(ForwardError::Io { side: Side::Client, .. })), "{r:?}");
         assert_eq!(errors.refused_read.load(Ordering::Relaxed), 0);
     }
 
     /// Issue 15 item 2: a short connection (a request and an answer) paid for two pipes (four
-    /// descriptors, their closes, several splices) it never needed. Under SPLICE_AFTER bytes a
-    /// direction copies; no pipe is created, so a failing pipe2 is never even tried.
+    /// descriptors, their closes, several splices) it never needed. Pieces smaller than the small
+    /// buffer are copied; no pipe is created, so a failing pipe2 is never even tried.
     #[tokio::test]
     async fn a_short_exchange_in_splice_mode_creates_no_pipe() {
         let (mut client, proxy_client) = pair().await;
@@ -674,6 +698,47 @@ mod tests {
         assert_eq!(back, b"answer");
         assert_eq!(task.await.unwrap(), (4000, 6));
         assert_eq!(errors.create.load(Ordering::Relaxed), 0, "no pipe was asked for");
+    }
+
+    /// A long-lived connection of small messages (envoy's HTTP/2 connection to kv-server: one
+    /// request and one answer at a time) stayed on the buffer for its first 64 KiB and then
+    /// spliced every message through a pipe for the rest of its life, though a small message
+    /// costs more through a pipe than through the buffer. Now a direction splices only while it
+    /// moves more than the buffer holds at once; small messages never ask for a pipe, and a bulk
+    /// transfer later on the same connection still does.
+    #[tokio::test]
+    async fn small_messages_past_64_kib_stay_on_the_buffer_and_bulk_still_splices() {
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_up, mut up) = pair().await;
+        let opts = Options { mode: ForwardMode::Splice, buffer_size: 65536, idle: None };
+        let errors = Arc::new(SpliceCounters::default());
+        let errs = errors.clone();
+        let task = tokio::spawn(async move {
+            // Any pipe asked for fails (and is counted), so the count says whether one was.
+            sys::fail_next_pipes(2);
+            let c = Counters::default();
+            let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
+            let r = forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &errs).await;
+            sys::fail_next_pipes(0);
+            r.unwrap();
+            (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
+        });
+        let message = [3u8; 1024];
+        let mut back = [0u8; 1024];
+        // 200 KiB each way, one 1 KiB message at a time (the old rule spliced past 64 KiB).
+        for _ in 0..200 {
+            client.write_all(&message).await.unwrap();
+            up.read_exact(&mut back).await.unwrap();
+            up.write_all(&back).await.unwrap();
+            client.read_exact(&mut back).await.unwrap();
+        }
+        assert_eq!(errors.create.load(Ordering::Relaxed), 0, "small messages asked for no pipe");
+        // Then a bulk transfer on the same connection: it asks for a pipe (refused here, so it
+        // goes on by copy, whole).
+        let bulk: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        exchange(client, up, &bulk, b"end").await;
+        assert_eq!(task.await.unwrap(), (204_800 + 1_000_000, 204_800 + 3));
+        assert_eq!(errors.create.load(Ordering::Relaxed), 1, "the bulk direction asked for a pipe");
     }
 
     /// Out of descriptors (or pipe pages) for a pipe: the direction goes on through a buffer,
