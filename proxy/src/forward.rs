@@ -280,20 +280,25 @@ async fn pump(
     tally: Tally<'_>,
     splice: &SpliceCounters,
 ) -> Result<(), ForwardError> {
-    let rd = |source| ForwardError::Io { side: src_side, source };
-    let wr = |source| ForwardError::Io { side: dst_side, source };
-    let copy = |buf| pump_copy(src, dst, src_side, dst_side, opts.buffer_size, tally, buf);
+    // No closures over the arguments here: a closure that borrows them is one more copy of
+    // their addresses in every connection's task (this future is most of its size).
+    let rd = move |source| ForwardError::Io { side: src_side, source };
+    let wr = move |source| ForwardError::Io { side: dst_side, source };
     if opts.mode == ForwardMode::Copy {
-        return copy(Vec::new()).await;
+        return pump_copy(src, dst, src_side, dst_side, opts.buffer_size, tally, Vec::new()).await;
     }
-    let small_size = SMALL_BUFFER.min(opts.buffer_size);
     let mut small: Vec<u8> = Vec::new();
     let mut pipe: Option<sys::Pipe> = None;
     // Whether a byte went through the pipe yet: only the first transfer may find the kernel
     // unwilling to splice this socket; a refusal after that is an error like any other.
     let mut moved = false;
     'copy: loop {
-        match copy_phase(src, dst, src_side, dst_side, &mut small, small_size, tally).await? {
+        // The buffer moves into the copy phase's future and back, so an idle connection's
+        // task holds it once.
+        let (phase, buffer) =
+            copy_phase(src, dst, src_side, dst_side, small, opts.buffer_size, tally).await?;
+        small = buffer;
+        match phase {
             CopyPhase::Ended => return Ok(()),
             CopyPhase::Bulk => {}
         }
@@ -318,7 +323,16 @@ async fn pump(
                             // Nothing was read yet: the bytes wait in the socket for the
                             // buffer engine, and the transfer goes on.
                             splice.record("create", opts.buffer_size, &e);
-                            return copy(Vec::new()).await;
+                            return pump_copy(
+                                src,
+                                dst,
+                                src_side,
+                                dst_side,
+                                opts.buffer_size,
+                                tally,
+                                Vec::new(),
+                            )
+                            .await;
                         }
                     }
                 }
@@ -332,7 +346,8 @@ async fn pump(
                 Err(e) if !moved && sys::splice_unsupported(&e) => {
                     // Nothing was taken from the socket; the copy engine reads it from the start.
                     splice.refused("read", src_side, &e);
-                    return copy(Vec::new()).await;
+                    return pump_copy(src, dst, src_side, dst_side, opts.buffer_size, tally, Vec::new())
+                        .await;
                 }
                 Err(e) => return Err(rd(e)),
             };
@@ -366,14 +381,14 @@ async fn pump(
                         }
                         write_all(dst, &buf[..left]).await.map_err(wr)?;
                         tally.add(n);
-                        return copy(buf).await;
+                        return pump_copy(src, dst, src_side, dst_side, opts.buffer_size, tally, buf).await;
                     }
                     Err(e) => return Err(wr(e)),
                 }
             }
             moved = true;
             tally.add(n);
-            if n < small_size {
+            if n < SMALL_BUFFER.min(opts.buffer_size) {
                 // A small piece: the pipe is empty again, and the next goes through the buffer.
                 continue 'copy;
             }
@@ -381,33 +396,34 @@ async fn pump(
     }
 }
 
-/// Splice mode's copy phase: reads into `small` (allocated at the first byte, `small_size`
-/// bytes) and writes out, until a read fills it ([`CopyPhase::Bulk`]) or the stream ends. An
-/// idle connection that never carried a byte holds no buffer.
+/// Splice mode's copy phase: reads into `small` (allocated at the first byte: [`SMALL_BUFFER`],
+/// or `buffer_size` if that is less) and writes out, until a read fills it ([`CopyPhase::Bulk`])
+/// or the stream ends; gives the buffer back. An idle connection that never carried a byte holds
+/// no buffer.
 async fn copy_phase(
     src: &Stream,
     dst: &Stream,
     src_side: Side,
     dst_side: Side,
-    small: &mut Vec<u8>,
-    small_size: usize,
+    mut small: Vec<u8>,
+    buffer_size: usize,
     tally: Tally<'_>,
-) -> Result<CopyPhase, ForwardError> {
-    let rd = |source| ForwardError::Io { side: src_side, source };
-    let wr = |source| ForwardError::Io { side: dst_side, source };
+) -> Result<(CopyPhase, Vec<u8>), ForwardError> {
+    let rd = move |source| ForwardError::Io { side: src_side, source };
+    let wr = move |source| ForwardError::Io { side: dst_side, source };
     loop {
         src.readable().await.map_err(rd)?;
         let fresh = small.capacity() == 0;
         if fresh {
-            *small = Vec::with_capacity(small_size);
+            small = Vec::with_capacity(SMALL_BUFFER.min(buffer_size));
         }
-        let n = match read_once(src, small) {
+        let n = match read_once(src, &mut small) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // A readiness with nothing behind it (tokio may report a fresh socket readable):
                 // a buffer just made for it goes again.
                 if fresh {
-                    *small = Vec::new();
+                    small = Vec::new();
                 }
                 continue;
             }
@@ -416,12 +432,12 @@ async fn copy_phase(
         };
         if n == 0 {
             let _ = dst.shutdown_write();
-            return Ok(CopyPhase::Ended);
+            return Ok((CopyPhase::Ended, small));
         }
-        write_all(dst, small).await.map_err(wr)?;
+        write_all(dst, &small).await.map_err(wr)?;
         tally.add(n);
         if n == small.capacity() {
-            return Ok(CopyPhase::Bulk);
+            return Ok((CopyPhase::Bulk, small));
         }
     }
 }
@@ -437,8 +453,8 @@ async fn pump_copy(
     tally: Tally<'_>,
     mut buf: Vec<u8>,
 ) -> Result<(), ForwardError> {
-    let rd = |source| ForwardError::Io { side: src_side, source };
-    let wr = |source| ForwardError::Io { side: dst_side, source };
+    let rd = move |source| ForwardError::Io { side: src_side, source };
+    let wr = move |source| ForwardError::Io { side: dst_side, source };
     loop {
         src.readable().await.map_err(rd)?;
         if buf.capacity() == 0 {
