@@ -318,6 +318,60 @@ async fn the_http2_server_announces_a_concurrent_stream_limit() {
     assert!(value(MAX_HEADER_LIST_SIZE).is_some_and(|v| v <= 16 * 1024), "settings {settings:?}");
 }
 
+/// Issue 14 item 12: the HTTP/2 rapid-reset mitigation (RUSTSEC-2024-0003) stays on. A client
+/// that opens streams and resets them at once, faster than the server accepts them, gets GOAWAY
+/// with ENHANCE_YOUR_CALM once it passes `MAX_PENDING_ACCEPT_RESET_STREAMS`, instead of keeping
+/// the server busy setting up calls that are already gone.
+#[tokio::test]
+async fn a_rapid_reset_flood_gets_goaway_enhance_your_calm() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const END_HEADERS: u8 = 0x4;
+    const CANCEL: u32 = 0x8;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut out = vec![len[1], len[2], len[3], kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    let server = Server::tcp(&["--sample-data"]);
+    let address = server.endpoint.strip_prefix("tcp://").unwrap().to_string();
+    let mut conn = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    flood.extend(frame(SETTINGS, 0, 0, &[]));
+    // HPACK static table: :method POST (3), :scheme http (6), :path / (4).
+    let request_headers = [0x83, 0x86, 0x84];
+    let streams = 10 * kv_server::server::MAX_PENDING_ACCEPT_RESET_STREAMS as u32;
+    for i in 0..streams {
+        let id = 2 * i + 1;
+        flood.extend(frame(HEADERS, END_HEADERS, id, &request_headers));
+        flood.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+    }
+    // The server may close the connection before it has read all of this.
+    let _ = conn.write_all(&flood).await;
+    let goaway = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let mut header = [0u8; 9];
+            conn.read_exact(&mut header).await.ok()?;
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            conn.read_exact(&mut payload).await.ok()?;
+            if header[3] == GOAWAY {
+                return Some(u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]));
+            }
+        }
+    })
+    .await
+    .expect("an answer within the deadline");
+    assert_eq!(goaway, Some(ENHANCE_YOUR_CALM), "GOAWAY's error code");
+}
+
 /// Issue 14 item 12: a connection without calls held its slot forever (it answers the
 /// keepalive PINGs), so idle clients could hold all connection slots. Now a connection that
 /// carries no call for `idle_timeout_secs` is closed, while one with an open call (a health Watch
