@@ -20,27 +20,17 @@ set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$REPO_ROOT"
-
-duration=${1:-8}
-if ! [[ $duration =~ ^[0-9]+$ ]] || ((duration < 1 || duration > 120)); then
-  echo "DURATION: 1..120 seconds" >&2
-  exit 2
-fi
-command -v wrk >/dev/null || { echo "wrk is missing: run scripts/setup-test-deps.sh" >&2; exit 1; }
-
-log() { printf '[bench-e2e] %s\n' "$*" >&2; }
-work=$(mktemp -d "${TMPDIR:-/tmp}/bench-e2e.XXXXXX")
-stack_pid=""
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
+bench_init bench-e2e 8 "$@"
 direct_pid=""
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
-  for pid in "$direct_pid" "$stack_pid"; do
-    if [[ -n $pid ]]; then
-      kill -TERM "$pid" 2>/dev/null || true
-      wait "$pid" 2>/dev/null || true
-    fi
-  done
-  rm -rf "$work"
+  if [[ -n $direct_pid ]]; then
+    kill -TERM "$direct_pid" 2>/dev/null || true
+    wait "$direct_pid" 2>/dev/null || true
+  fi
+  bench_cleanup
 }
 trap cleanup EXIT
 
@@ -50,15 +40,8 @@ envoy_port=21052
 admin_port=21902
 direct_port=21062
 direct_admin_port=21912
-scripts/run-local.sh --release --envoy-port "$envoy_port" --envoy-admin-port "$admin_port" \
-  --ingress-port 21051 --proxy-admin-port 21901 >"$work/stack.log" 2>&1 &
-stack_pid=$!
-for _ in $(seq 1 600); do
-  grep -q "The stack is up" "$work/stack.log" && break
-  kill -0 "$stack_pid" 2>/dev/null || { cat "$work/stack.log" >&2; exit 1; }
-  sleep 0.5
-done
-grep -q "The stack is up" "$work/stack.log" || { log "the stack did not come up"; exit 1; }
+start_stack "$work/stack.log" 300 --release --envoy-port "$envoy_port" --envoy-admin-port "$admin_port" \
+  --ingress-port 21051 --proxy-admin-port 21901
 
 # run-local's working directory, from its log line "kv-server: unix://WORK/kv.sock (sample data)".
 kv_sock=$(sed -n 's|.*kv-server: unix://\(.*\) (sample data).*|\1|p' "$work/stack.log" | head -n1)

@@ -17,26 +17,9 @@ set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$REPO_ROOT"
-
-duration=${1:-10}
-if ! [[ $duration =~ ^[0-9]+$ ]] || ((duration < 1 || duration > 120)); then
-  echo "DURATION: 1..120 seconds" >&2
-  exit 2
-fi
-command -v wrk >/dev/null || { echo "wrk is missing: run scripts/setup-test-deps.sh" >&2; exit 1; }
-
-log() { printf '[bench-enclave] %s\n' "$*" >&2; }
-work=$(mktemp -d "${TMPDIR:-/tmp}/bench-enclave.XXXXXX")
-stack_pid=""
-# shellcheck disable=SC2317 # invoked by the EXIT trap
-cleanup() {
-  if [[ -n $stack_pid ]]; then
-    kill -TERM "$stack_pid" 2>/dev/null || true
-    wait "$stack_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
+bench_init bench-enclave 10 "$@"
 
 log "building (cargo, and the local enclave image)"
 cargo build --quiet -p kv-server -p vsockproxy -p enclave-runner
@@ -65,14 +48,7 @@ for mode in host enclave; do
     --ingress-port "${ports[2]}" --proxy-admin-port "${ports[3]}")
   [[ $mode == enclave ]] && args+=(--enclave)
   log "starting the $mode stack"
-  scripts/run-local.sh "${args[@]}" >"$work/$mode.log" 2>&1 &
-  stack_pid=$!
-  deadline=$((SECONDS + 300))
-  until grep -q 'The stack is up' "$work/$mode.log"; do
-    kill -0 "$stack_pid" 2>/dev/null || { cat "$work/$mode.log" >&2; log "the $mode stack failed"; exit 1; }
-    ((SECONDS < deadline)) || { cat "$work/$mode.log" >&2; log "the $mode stack never came up"; exit 1; }
-    sleep 0.5
-  done
+  start_stack "$work/$mode.log" 300 "${args[@]}"
   boot="-"
   if [[ $mode == enclave ]]; then
     hb=$(sed -n 's/.*heartbeat after \([0-9]*\) ms.*/\1/p' "$work/$mode.log" | head -1)
@@ -85,9 +61,7 @@ for mode in host enclave; do
     ((bad == 0)) || log "$mode c=$c: $bad non-2xx answers"
     results+=("$(printf '| %-7s | %3d | %8s | %7s | %7s | %s |' "$mode" "$c" "$rps" "$p50" "$p99" "$boot")")
   done
-  kill -TERM "$stack_pid"
-  wait "$stack_pid" 2>/dev/null || true
-  stack_pid=""
+  stop_stack
 done
 
 printf '\nGET /v1/getvalues?keys=hello,example-key through envoy + vsockproxy, %ss per row, load %s\n\n' \

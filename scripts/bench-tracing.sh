@@ -18,37 +18,13 @@ set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$REPO_ROOT"
-
-duration=${1:-8}
-if ! [[ $duration =~ ^[0-9]+$ ]] || ((duration < 1 || duration > 120)); then
-  echo "DURATION: 1..120 seconds" >&2
-  exit 2
-fi
-command -v wrk >/dev/null || { echo "wrk is missing: run scripts/setup-test-deps.sh" >&2; exit 1; }
-
-log() { printf '[bench-tracing] %s\n' "$*" >&2; }
-work=$(mktemp -d "${TMPDIR:-/tmp}/bench-tracing.XXXXXX")
-stack_pid=""
-# shellcheck disable=SC2317 # invoked by the EXIT trap
-cleanup() {
-  if [[ -n $stack_pid ]]; then
-    kill -TERM "$stack_pid" 2>/dev/null || true
-    wait "$stack_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
+bench_init bench-tracing 8 "$@"
 
 envoy_port=51052
 admin_port=9902
-scripts/run-local.sh --release >"$work/stack.log" 2>&1 &
-stack_pid=$!
-for _ in $(seq 1 600); do
-  grep -q "The stack is up" "$work/stack.log" && break
-  kill -0 "$stack_pid" 2>/dev/null || { cat "$work/stack.log" >&2; exit 1; }
-  sleep 0.5
-done
-grep -q "The stack is up" "$work/stack.log" || { log "the stack did not come up"; exit 1; }
+start_stack "$work/stack.log" 300 --release
 url="http://127.0.0.1:$envoy_port/v1/getvalues?keys=hello,example-key"
 
 sampled() { # the envoy counter of randomly sampled requests
