@@ -137,7 +137,7 @@ async fn health_turns_serving_for_the_load_balancer_after_the_initial_load() {
     let response = get(&mut kv, "k1,k2").await;
     assert_eq!(result(&response.keys, "k1"), string("v1"));
     assert_eq!(result(&response.keys, "k2"), string("v2"), "the delta after the snapshot is loaded too");
-    assert!(server.logs().contains("initial data load finished"), "{}", server.logs());
+    assert!(server.log_arrives("initial data load finished", DEADLINE).await, "{}", server.logs());
 }
 
 #[tokio::test]

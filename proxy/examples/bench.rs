@@ -3,7 +3,8 @@
 //!
 //! ```sh
 //! cargo build --release -p vsockproxy --bins --examples
-//! target/release/examples/bench            # ~2 minutes; BENCH_SECS=1 for a quicker pass
+//! target/release/examples/bench            # ~2 minutes; BENCH_SECS=1 for a quicker pass,
+//!                                           # BENCH_ONLY=HAProxy,vsockproxy for some rows, BENCH_IDLE=0
 //! ```
 //! (`proxy/bench/run.sh` does both.) Shapes: TCP->TCP (one hop) and TCP->Unix->TCP (the
 //! ingress and egress shapes chained: an ingress listener dials a Unix socket on which a
@@ -491,6 +492,12 @@ async fn main() {
     if !haproxy {
         println!("(HAProxy rows skipped: `haproxy` is not installed; apt-get install haproxy)\n");
     }
+    // BENCH_ONLY=a,b keeps the rows whose label contains one of the comma-separated words
+    // (direct loopback always runs); BENCH_IDLE=0 skips the idle-connection figures.
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let words: Vec<&str> = only.split(',').map(str::trim).filter(|w| !w.is_empty()).collect();
+        shapes.retain(|(label, _)| *label == "direct loopback" || words.iter().any(|w| label.contains(w)));
+    }
     // (label, 1-stream Gbit/s, c=1 p99 µs, CPU s/GB, conn/s, CPU s/1k conn, c=64 p50 µs)
     let mut rows: Vec<(&str, f64, f64, f64, f64, f64, f64)> = Vec::new();
     for (label, start) in &shapes {
@@ -544,6 +551,9 @@ async fn main() {
     // so that no process needs more than two descriptors per connection; the count is capped
     // by the proxy's connection cap, which it derives from RLIMIT_NOFILE at 6 descriptors per
     // connection (a busy splice connection's two sockets and two pipes).
+    if std::env::var("BENCH_IDLE").is_ok_and(|v| v == "0") {
+        return;
+    }
     let mut echo_child = Command::new(std::env::current_exe().unwrap())
         .arg("--echo-server")
         .stdout(Stdio::piped())

@@ -17,6 +17,7 @@ use crate::fds::{self, Fit};
 use crate::logging::Logging;
 use crate::otlp::OtlpConfig;
 use crate::server::{NotApplied, Proxy, Shared};
+use crate::workers::Workers;
 use crate::{admin, notify, sys, watchdog};
 
 /// Exit code for an invalid configuration (nothing was started).
@@ -89,15 +90,28 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
     log_fit(fit, nofile);
     warn_pipe_size(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The control plane (signals, reload, admin, OTLP) runs here; connections run on the
+    // forwarding threads, a runtime each (src/workers.rs).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             error!(error = %e, "cannot start the async runtime");
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    let code = runtime.block_on(serve(source, config, nofile, logging));
+    let threads = config.forwarding.thread_count();
+    let workers = match Workers::start(threads) {
+        Ok(w) => w,
+        Err(e) => {
+            error!(error = %e, threads, "cannot start the forwarding threads");
+            eprintln!("error: cannot start {threads} forwarding threads: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    info!(threads, "forwarding threads started");
+    let code = runtime.block_on(serve(source, config, nofile, logging, workers.handles()));
     // Connections still open after the drain deadline are cut here.
+    workers.stop();
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
 }
@@ -178,7 +192,13 @@ impl Sidecars {
     }
 }
 
-async fn serve(source: Source, config: Config, nofile: u64, logging: Logging) -> ExitCode {
+async fn serve(
+    source: Source,
+    config: Config,
+    nofile: u64,
+    logging: Logging,
+    runtimes: &[tokio::runtime::Handle],
+) -> ExitCode {
     let admin_ep = config.admin.as_ref().map(|a| a.listen.clone());
     let otlp = config.otlp.clone();
     let config_name = config.source.clone();
@@ -223,7 +243,11 @@ async fn serve(source: Source, config: Config, nofile: u64, logging: Logging) ->
     // WATCHDOG=1 only while every accept loop and this main loop check in (src/watchdog.rs).
     let ping_every = notify::watchdog_interval();
     let beat_every = ping_every.map(watchdog::beat_every);
-    proxy.start(beat_every);
+    if let Err(e) = proxy.start(beat_every, runtimes) {
+        error!(error = %e, "start failed");
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_RUNTIME);
+    }
     let main_beat = proxy.heartbeats.register("main");
     let mut beat_timer = watchdog::beat_timer(beat_every);
     match notify::notify("READY=1") {

@@ -195,11 +195,28 @@ pub struct ForwardingConfig {
     pub mode: ForwardMode,
     /// Bytes buffered per direction (the copy buffer, or the pipe size for splice).
     pub buffer_size: usize,
+    /// Forwarding threads, each with its own runtime and accept loops (`0`: one per CPU the
+    /// process may run on). Read at start only.
+    pub threads: usize,
 }
+
+/// Most forwarding threads `forwarding.threads` may ask for.
+pub const MAX_THREADS: usize = 256;
 
 impl Default for ForwardingConfig {
     fn default() -> Self {
-        ForwardingConfig { mode: ForwardMode::Splice, buffer_size: 64 * 1024 }
+        ForwardingConfig { mode: ForwardMode::Splice, buffer_size: 64 * 1024, threads: 0 }
+    }
+}
+
+impl ForwardingConfig {
+    /// `threads`, with `0` resolved to the CPUs this process may run on (its affinity and
+    /// cgroup quota, as `std::thread::available_parallelism` reads them).
+    pub fn thread_count(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS),
+            n => n,
+        }
     }
 }
 
@@ -481,6 +498,12 @@ fn validate(source: String, file: FileConfig) -> Result<Config, ConfigError> {
         return Err(invalid(
             "forwarding.buffer_size".into(),
             format!("{} is outside 4096..=16777216 bytes", forwarding.buffer_size),
+        ));
+    }
+    if forwarding.threads > MAX_THREADS {
+        return Err(invalid(
+            "forwarding.threads".into(),
+            format!("{} is above {MAX_THREADS} (0 means one per CPU)", forwarding.threads),
         ));
     }
     for (key, v) in

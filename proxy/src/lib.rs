@@ -2,7 +2,7 @@
 //!
 //! - [`config`]: the TOML file and CLI overrides, validated before anything binds;
 //! - [`server`]: listeners (ingress, fixed mappings, SOCKS5), one task per connection, reload
-//!   and drain; [`forward`]: the byte pump (splice or copy) with half-close and idle timeout;
+//!   and drain; [`workers`]: the forwarding threads (a runtime each) the connections run on; [`forward`]: the byte pump (splice or copy) with half-close and idle timeout;
 //! - [`policy`]: the default-deny egress allowlist; [`dns`]: the shared caching resolver;
 //! - [`limits`]: connection caps; [`fds`]: the caps against `RLIMIT_NOFILE`;
 //! - [`metrics`] and [`admin`]: `/healthz`, `/readyz`, `/metrics`;
@@ -27,3 +27,4 @@ pub mod policy;
 pub mod server;
 mod sys;
 pub mod watchdog;
+pub mod workers;

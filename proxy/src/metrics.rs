@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::limits::Limit;
@@ -116,6 +116,10 @@ pub struct Metrics {
     /// Reloads that left a section's change out until a restart, by section.
     reload_not_applied: Mutex<BTreeMap<&'static str, u64>>,
     pub splice: crate::forward::SpliceCounters,
+    /// Connections each forwarding thread runs (set once the threads start).
+    pub threads: OnceLock<Arc<[AtomicUsize]>>,
+    /// Connections run on another thread than the one whose accept loop took them.
+    pub moved: AtomicU64,
 }
 
 impl Metrics {
@@ -147,6 +151,25 @@ impl Metrics {
         out.push_str("# TYPE vsockproxy_connections_active gauge\n");
         for l in &listeners {
             let _ = writeln!(out, "vsockproxy_connections_active{{{}}} {}", lbl(l), l.limit.active());
+        }
+        if let Some(threads) = self.threads.get() {
+            out.push_str(
+                "# HELP vsockproxy_thread_connections Connections each forwarding thread is running.\n",
+            );
+            out.push_str("# TYPE vsockproxy_thread_connections gauge\n");
+            for (i, n) in threads.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "vsockproxy_thread_connections{{thread=\"{i}\"}} {}",
+                    n.load(Ordering::Relaxed)
+                );
+            }
+            out.push_str(
+                "# HELP vsockproxy_connections_moved_total Connections run on a less loaded thread than the one that accepted them.\n",
+            );
+            out.push_str("# TYPE vsockproxy_connections_moved_total counter\n");
+            let _ =
+                writeln!(out, "vsockproxy_connections_moved_total {}", self.moved.load(Ordering::Relaxed));
         }
         out.push_str("# HELP vsockproxy_connections_limit Current connection cap.\n");
         out.push_str("# TYPE vsockproxy_connections_limit gauge\n");

@@ -14,11 +14,12 @@
 use std::fmt::Display;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -168,6 +169,8 @@ pub enum StartError {
     Local { name: String, source: io::Error },
     #[error("[dns]: {0}")]
     Dns(DnsError),
+    #[error("listener {name}: cannot hand the listening socket to the forwarding threads: {source}")]
+    Spread { name: String, source: io::Error },
 }
 
 /// A part of a reloaded configuration that is not in force until a restart.
@@ -194,6 +197,8 @@ pub struct Proxy {
     /// How often the loops check in with the watchdog (set by [`start`](Self::start)); the
     /// drain checks in as often while it waits.
     beat_every: Option<Duration>,
+    /// Forwarding threads the accept loops run on (0: the runtime that called `start`).
+    threads: usize,
 }
 
 impl Proxy {
@@ -254,27 +259,56 @@ impl Proxy {
             tasks: Vec::new(),
             connections: TaskTracker::new(),
             beat_every: None,
+            threads: 0,
             heartbeats: Heartbeats::new(),
         })
     }
 
-    /// Starts the accept loops; with `beat_every`, each checks in with [`Proxy::heartbeats`]
-    /// that often (from inside its loop, so a wedged loop stops checking in).
-    pub fn start(&mut self, beat_every: Option<Duration>) {
+    /// Starts the accept loops: one per listener and runtime in `runtimes` (each on a `dup` of
+    /// the listening socket, see [`crate::workers`]), or one per listener on the calling
+    /// runtime when `runtimes` is empty. With `beat_every`, each loop checks in with
+    /// [`Proxy::heartbeats`] that often (from inside the loop, so a wedged loop stops checking in).
+    pub fn start(&mut self, beat_every: Option<Duration>, runtimes: &[Handle]) -> Result<(), StartError> {
         self.beat_every = beat_every;
-        for (listener, state) in self.pending.drain(..).zip(self.listeners.iter()) {
-            let beat =
-                beat_every.map(|every| (self.heartbeats.register(format!("accept {}", state.name)), every));
-            let task = accept_loop(
-                listener,
-                state.clone(),
-                self.shared.clone(),
-                self.stop.clone(),
-                self.connections.clone(),
-                beat,
-            );
-            self.tasks.push(tokio::spawn(task));
+        self.threads = runtimes.len();
+        let placement = (!runtimes.is_empty()).then(|| Arc::new(Placement::new(runtimes)));
+        if let Some(p) = &placement {
+            let _ = self.shared.metrics.threads.set(p.load.clone());
         }
+        for (listener, state) in self.pending.drain(..).zip(self.listeners.iter()) {
+            let placed: Vec<(Listener, Option<usize>)> = match &placement {
+                None => vec![(listener, None)],
+                Some(_) => {
+                    let clones = listener
+                        .spread(runtimes)
+                        .map_err(|source| StartError::Spread { name: state.name.clone(), source })?;
+                    clones.into_iter().enumerate().map(|(i, l)| (l, Some(i))).collect()
+                }
+            };
+            for (listener, index) in placed {
+                let beat = beat_every.map(|every| {
+                    let name = match index {
+                        Some(i) => format!("accept {} #{i}", state.name),
+                        None => format!("accept {}", state.name),
+                    };
+                    (self.heartbeats.register(name), every)
+                });
+                let task = accept_loop(
+                    listener,
+                    state.clone(),
+                    self.shared.clone(),
+                    self.stop.clone(),
+                    self.connections.clone(),
+                    beat,
+                    placement.clone().zip(index),
+                );
+                self.tasks.push(match index {
+                    Some(i) => runtimes[i].spawn(task),
+                    None => tokio::spawn(task),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Applies a new, already validated configuration to what is running: policy, upstreams,
@@ -344,6 +378,16 @@ impl Proxy {
             Ok(false) => {}
             Err(e) => note("dns", format!("[dns] not applied, the running resolver stays: {e}")),
         }
+        if self.threads > 0 && config.forwarding.thread_count() != self.threads {
+            note(
+                "forwarding",
+                format!(
+                    "forwarding.threads now asks for {} threads, {} are running: needs a restart",
+                    config.forwarding.thread_count(),
+                    self.threads
+                ),
+            );
+        }
         self.shared.global.set_max(config.limits.max_connections);
         if let Some(a) = &config.admin {
             self.shared.metrics.admin.limit.set_max(a.max_connections);
@@ -385,6 +429,52 @@ impl Proxy {
     }
 }
 
+/// The forwarding threads' runtimes and how many connections each is running: an accept loop
+/// runs a new connection on the least loaded one (itself on a tie), so long-lived connections
+/// that arrive together (envoy's to the enclave) do not end up on one thread.
+struct Placement {
+    runtimes: Vec<Handle>,
+    /// Also in [`Metrics::threads`] (`vsockproxy_thread_connections`).
+    load: Arc<[AtomicUsize]>,
+}
+
+impl Placement {
+    fn new(runtimes: &[Handle]) -> Placement {
+        Placement {
+            runtimes: runtimes.to_vec(),
+            load: runtimes.iter().map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    /// The runtime for a connection accepted on runtime `local`, with its load counted until
+    /// the returned guard drops.
+    fn place(self: &Arc<Self>, local: usize) -> Placed {
+        let mut best = local;
+        let mut least = self.load[local].load(Ordering::Relaxed);
+        for (i, load) in self.load.iter().enumerate() {
+            let n = load.load(Ordering::Relaxed);
+            if n < least {
+                best = i;
+                least = n;
+            }
+        }
+        self.load[best].fetch_add(1, Ordering::Relaxed);
+        Placed { placement: self.clone(), index: best }
+    }
+}
+
+/// A connection's place in [`Placement`]'s count.
+struct Placed {
+    placement: Arc<Placement>,
+    index: usize,
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        self.placement.load[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn accept_loop(
     listener: Listener,
     state: Arc<ListenerState>,
@@ -392,11 +482,12 @@ async fn accept_loop(
     stop: CancellationToken,
     connections: TaskTracker,
     beat: Option<(Beat, Duration)>,
+    placement: Option<(Arc<Placement>, usize)>,
 ) {
     let mut timer = watchdog::beat_timer(beat.as_ref().map(|(_, every)| *every));
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            r = listener.accept_socket() => r,
             () = stop.cancelled() => break,
             // Checked in from inside this loop: it beats only while the loop is being run.
             () = watchdog::next_tick(&mut timer) => {
@@ -406,7 +497,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let (stream, peer) = match accepted {
+        let accepted = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors or a connection reset before accept: the listener
@@ -421,24 +512,43 @@ async fn accept_loop(
             Ok(p) => p,
             Err(refusal) => {
                 state.metrics.refused(refusal.label());
-                warn!(listener = %state.name, peer = %peer, reason = refusal.label(), "connection refused: limit reached");
-                drop(stream);
+                warn!(listener = %state.name, peer = %accepted.peer(), reason = refusal.label(), "connection refused: limit reached");
+                drop(accepted);
                 continue;
             }
         };
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("conn", id, listener = %state.name);
-        let (state, shared) = (state.clone(), shared.clone());
-        connections.spawn(
-            async move {
-                let _permit = permit;
-                match &state.role {
-                    Role::Route { .. } => serve_route(stream, peer, &state, &shared).await,
-                    Role::Socks5 => serve_socks5(stream, peer, &state, &shared).await,
-                }
+        let placed = placement.as_ref().map(|(p, local)| p.place(*local));
+        let remote = match (&placed, &placement) {
+            (Some(placed), Some((p, local))) if placed.index != *local => {
+                shared.metrics.moved.fetch_add(1, Ordering::Relaxed);
+                Some(&p.runtimes[placed.index])
             }
-            .instrument(span),
-        );
+            _ => None,
+        };
+        let (state, shared) = (state.clone(), shared.clone());
+        let task = async move {
+            let _permit = permit;
+            let _placed = placed;
+            // Registered with the reactor of the runtime that runs the connection.
+            let (stream, peer) = match accepted.into_stream() {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(listener = %state.name, error = %e, "cannot register an accepted connection");
+                    return;
+                }
+            };
+            match &state.role {
+                Role::Route { .. } => serve_route(stream, peer, &state, &shared).await,
+                Role::Socks5 => serve_socks5(stream, peer, &state, &shared).await,
+            }
+        }
+        .instrument(span);
+        match remote {
+            Some(runtime) => connections.spawn_on(task, runtime),
+            None => connections.spawn(task),
+        };
     }
     debug!(listener = %state.name, "accept loop stopped");
 }
@@ -856,7 +966,7 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let config = crate::config::load(Some(&path), &Default::default()).unwrap();
         let mut proxy = Proxy::bind(config).await.unwrap();
-        proxy.start(None);
+        proxy.start(None, &[]).unwrap();
         let Endpoint::Tcp { host: Host::Ip(ip), port } = proxy.listeners[0].bound else {
             panic!("tcp listener")
         };

@@ -128,13 +128,22 @@ impl FdStream {
     }
 }
 
-#[allow(unsafe_code)]
 fn register(socket: Socket) -> io::Result<FdStream> {
+    Ok(FdStream { io: register_socket(socket, Interest::READABLE | Interest::WRITABLE)? })
+}
+
+/// Registers `socket` (non-blocking, owned) with the current runtime's reactor.
+#[allow(unsafe_code)]
+pub(crate) fn register_socket(socket: Socket, interest: Interest) -> io::Result<AsyncFd<Socket>> {
     // SAFETY: the `Socket` owns its fd and stays inside the `AsyncFd` until the `AsyncFd` is
     // dropped; nothing here closes it, replaces it or hands out `&mut Socket`, so the fd stays
     // open and the same for the whole registration.
-    let io = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE | Interest::WRITABLE)? };
-    Ok(FdStream { io })
+    Ok(unsafe { AsyncFd::register_with_interest(socket, interest)? })
+}
+
+/// Takes over a connected socket that is already non-blocking (accepted with `SOCK_NONBLOCK`).
+pub(crate) fn from_nonblocking(socket: Socket) -> io::Result<FdStream> {
+    register(socket)
 }
 
 impl AsRawFd for FdStream {

@@ -13,6 +13,12 @@
 //! [`Listener`] and [`Stream`] hide the transport so that servers and tests run the same code
 //! over Unix and TCP sockets where no vsock device exists. Every [`Stream`] kind has tokio
 //! readiness (vsock through [`FdStream`], which registers the socket's fd with the reactor).
+//! A [`Listener`] is one `socket2` socket in tokio's reactor for every family: it accepts with
+//! `accept4` into an [`Accepted`] that is registered in whichever runtime will run it, and
+//! [`Listener::spread`] puts a `dup` of it in several runtimes (vsockproxy's forwarding threads).
+//! tokio-vsock was used for the vsock listener and stream until both had to hand sockets between
+//! runtimes and expose readiness: its stream has no readiness API, and turning a descriptor into
+//! its listener panics when the reactor refuses the registration, so nothing of it is left.
 #![deny(unsafe_code)]
 
 mod endpoint;
@@ -25,5 +31,5 @@ mod stream;
 pub use endpoint::{CID_ANY, Endpoint, EndpointError, Host, PARENT_CID, VsockCid};
 pub use fd_stream::FdStream;
 pub use hybrid::HybridError;
-pub use listener::{BindError, Listener};
+pub use listener::{Accepted, BindError, Listener};
 pub use stream::{ConnectError, PeerAddr, Stream};

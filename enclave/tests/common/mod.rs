@@ -89,6 +89,21 @@ impl Server {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Whether a log line containing `needle` arrives within `within` (the lines are read by a
+    /// thread, so a line written just before an answer may not be here yet when it arrives).
+    pub async fn log_arrives(&self, needle: &str, within: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + within;
+        loop {
+            if self.logs.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
