@@ -139,8 +139,8 @@ impl BakeJob {
         if !b.spot {
             v.push(format!("{r} ec2:StopInstances"));
             v.push(format!(
-                "{r} ec2:DescribeInstances (until stopped, at most {} checks)",
-                s.upload.wait_attempts
+                "{r} ec2:DescribeInstances (SDK waiter instance_stopped, at most {} s)",
+                s.upload.max_wait_secs()
             ));
         }
         v.push(format!(
@@ -152,14 +152,14 @@ impl BakeJob {
             "{r} ec2:DescribeImages + ec2:CreateTags {CONTENT_KEY_TAG}={key} on the image's snapshots (if listed yet)"
         ));
         v.push(format!(
-            "{r} ec2:DescribeImages (until available, fail on failed, at most {} checks)",
-            s.upload.wait_attempts
+            "{r} ec2:DescribeImages (SDK waiter image_available: fail on failed, at most {} s)",
+            s.upload.max_wait_secs()
         ));
         v.extend(publish::planned_lines(s, key));
         v.push(format!("{r} ec2:TerminateInstances (always)"));
         v.push(format!(
-            "{r} ec2:DescribeInstances (until terminated, at most {} checks)",
-            s.upload.wait_attempts
+            "{r} ec2:DescribeInstances (SDK waiter instance_terminated, at most {} s)",
+            s.upload.max_wait_secs()
         ));
         v.push(format!("{r} ec2:DeleteSecurityGroup {} (always)", self.security_group_name()));
         v.push(format!(

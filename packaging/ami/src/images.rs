@@ -1,13 +1,17 @@
 //! EC2 images and their snapshots: find by content key, register, create from an instance,
 //! copy, tag, share, deprecate, deregister, delete a snapshot, and the waits for an image to be
-//! available and a snapshot to be completed ([`wait::poll`]).
+//! available and a snapshot to be completed (the SDK's `image_available` and
+//! `snapshot_completed` waiters, bounded by [`Bound::max_wait`]).
 
 use crate::aws::{AwsError, Clients};
 use crate::plan::{self, WaitStep};
 use crate::spec::{AmiSpec, CONTENT_KEY_TAG};
-use crate::wait::{self, Bound, Ended, Step};
+use crate::wait::Bound;
+use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types as ec2t;
+use aws_sdk_ec2::waiters::image_available::WaitUntilImageAvailableError;
+use aws_sdk_ec2::waiters::snapshot_completed::WaitUntilSnapshotCompletedError;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -343,67 +347,71 @@ pub async fn snapshot_state(c: &Clients, snapshot_id: &str) -> Result<Option<Str
     }
 }
 
-/// Bounded wait for a snapshot to reach `completed` (`error` ends it at once with the
-/// StateMessage).
+/// Bounded wait for a snapshot to reach `completed` (the SDK's `snapshot_completed` waiter;
+/// `error` ends it at once with the StateMessage).
 pub async fn wait_snapshot(c: &Clients, snapshot_id: &str, bound: Bound) -> Result<()> {
-    let region = c.region.as_str();
-    let waited = wait::poll(bound, || async {
-        let out = c
-            .ec2
-            .describe_snapshots()
-            .snapshot_ids(snapshot_id)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk(region, "ec2:DescribeSnapshots", snapshot_id, &e))?;
-        let s = out.snapshots().first();
-        Ok::<_, AwsError>(match s.and_then(|s| s.state()).map(|s| s.as_str()) {
-            Some("completed") => Step::Done(()),
-            Some("error") | Some("recoverable") => {
-                Step::Failed(s.and_then(|s| s.state_message()).unwrap_or("no StateMessage").to_string())
-            }
-            _ => Step::Again,
-        })
-    })
-    .await;
-    waited.map_err(|e| match e {
-        Ended::Call(e) => Error::Call(e),
-        Ended::Failed(message) => {
-            Error::SnapshotFailed { region: region.into(), snapshot_id: snapshot_id.into(), message }
+    let region = &c.region;
+    let waited = c.ec2.wait_until_snapshot_completed().snapshot_ids(snapshot_id).wait(bound.max_wait()).await;
+    match waited {
+        Ok(_) => Ok(()),
+        Err(WaitUntilSnapshotCompletedError::FailureState(f)) => {
+            let s = f.final_poll().as_result().ok().and_then(|o| o.snapshots().first());
+            let message = s.and_then(|s| s.state_message()).unwrap_or("no StateMessage").to_string();
+            Err(Error::SnapshotFailed { region: region.clone(), snapshot_id: snapshot_id.into(), message })
         }
-        Ended::TimedOut { checks, waited } => {
-            Error::SnapshotTimeout { region: region.into(), snapshot_id: snapshot_id.into(), checks, waited }
+        Err(WaitUntilSnapshotCompletedError::ExceededMaxWait(m)) => Err(Error::SnapshotTimeout {
+            region: region.clone(),
+            snapshot_id: snapshot_id.into(),
+            checks: m.poll_count(),
+            waited: m.elapsed(),
+        }),
+        Err(WaitUntilSnapshotCompletedError::OperationFailed(e)) => {
+            Err(AwsError::from_sdk(region, "ec2:DescribeSnapshots", snapshot_id, e.error()).into())
         }
-    })
+        Err(other) => Err(AwsError {
+            region: region.clone(),
+            operation: "ec2:DescribeSnapshots",
+            resource: snapshot_id.into(),
+            code: "WaiterError".into(),
+            message: format!("{other:?}"),
+        }
+        .into()),
+    }
 }
 
-/// Bounded wait for an image to be available; `failed` ends it at once with the StateReason.
+/// Bounded wait for an image to be available (the SDK's `image_available` waiter); `failed`
+/// ends it at once with the StateReason.
 pub async fn wait_image(c: &Clients, image_id: &str, bound: Bound) -> Result<()> {
-    let region = c.region.as_str();
-    let waited = wait::poll(bound, || async {
-        let out = c
-            .ec2
-            .describe_images()
-            .image_ids(image_id)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk(region, "ec2:DescribeImages", image_id, &e))?;
-        let img = out.images().first();
-        let state = img.and_then(|i| i.state()).map(|s| s.as_str());
-        let reason = img.and_then(|i| i.state_reason()).and_then(|r| r.message());
-        Ok::<_, AwsError>(match plan::image_wait_step(state, reason) {
-            WaitStep::Done => Step::Done(()),
-            WaitStep::Again => Step::Again,
-            WaitStep::Failed(m) => Step::Failed(m),
-        })
-    })
-    .await;
-    waited.map_err(|e| match e {
-        Ended::Call(e) => Error::Call(e),
-        Ended::Failed(reason) => {
-            Error::ImageFailed { region: region.into(), image_id: image_id.into(), reason }
+    let region = &c.region;
+    let waited = c.ec2.wait_until_image_available().image_ids(image_id).wait(bound.max_wait()).await;
+    match waited {
+        Ok(_) => Ok(()),
+        Err(WaitUntilImageAvailableError::FailureState(f)) => {
+            let img = f.final_poll().as_result().ok().and_then(|o| o.images().first());
+            let state = img.and_then(|i| i.state()).map(|s| s.as_str()).or(Some("failed"));
+            let reason = img.and_then(|i| i.state_reason()).and_then(|r| r.message());
+            let reason = match plan::image_wait_step(state, reason) {
+                WaitStep::Failed(m) => m,
+                other => format!("waiter failure state, image {other:?}"),
+            };
+            Err(Error::ImageFailed { region: region.clone(), image_id: image_id.into(), reason })
         }
-        Ended::TimedOut { checks, waited } => {
-            Error::ImageTimeout { region: region.into(), image_id: image_id.into(), checks, waited }
+        Err(WaitUntilImageAvailableError::ExceededMaxWait(m)) => Err(Error::ImageTimeout {
+            region: region.clone(),
+            image_id: image_id.into(),
+            checks: m.poll_count(),
+            waited: m.elapsed(),
+        }),
+        Err(WaitUntilImageAvailableError::OperationFailed(e)) => {
+            Err(AwsError::from_sdk(region, "ec2:DescribeImages", image_id, e.error()).into())
         }
-    })
+        Err(other) => Err(AwsError {
+            region: region.clone(),
+            operation: "ec2:DescribeImages",
+            resource: image_id.into(),
+            code: "WaiterError".into(),
+            message: format!("{other:?}"),
+        }
+        .into()),
+    }
 }

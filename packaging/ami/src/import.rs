@@ -127,8 +127,8 @@ impl Job {
             }
         }
         v.push(format!(
-            "{src} ec2:DescribeSnapshots (until completed, at most {} checks)",
-            s.upload.wait_attempts
+            "{src} ec2:DescribeSnapshots (SDK waiter snapshot_completed: fail on error, at most {} s)",
+            s.upload.max_wait_secs()
         ));
         v.push(format!(
             "{src} ec2:RegisterImage name={name} arch={} boot_mode={} ena={} root={} gp3 {} GiB {} IOPS {} MiB/s \
@@ -145,8 +145,8 @@ impl Job {
         ));
         v.push(format!("{src} ec2:CreateTags image {CONTENT_KEY_TAG}={key}"));
         v.push(format!(
-            "{src} ec2:DescribeImages (until available, fail on failed, at most {} checks)",
-            s.upload.wait_attempts
+            "{src} ec2:DescribeImages (SDK waiter image_available: fail on failed, at most {} s)",
+            s.upload.max_wait_secs()
         ));
         v.extend(publish::planned_lines(s, key));
         v.extend(publish::planned_failure_lines(s, true));

@@ -1,12 +1,14 @@
 //! EC2 instances and their security group, for the builder of `kv-ami bake`: the security group
 //! with no ingress, RunInstances (IMDSv2 required, EnclaveOptions, instance profile, user data),
-//! the wait for the builder's signal tag, StopInstances and TerminateInstances with a bounded
-//! wait for the state (all [`wait::poll`]), and the instances of a run found by their tag.
+//! the wait for the builder's signal tag (the generic [`wait::poll`]), StopInstances and
+//! TerminateInstances with the SDK's `instance_stopped` / `instance_terminated` waiters, and the
+//! instances of a run found by their tag.
 
 use crate::aws::{AwsError, Clients};
 use crate::spec::CONTENT_KEY_TAG;
 use crate::userdata::{DETAIL_TAG, STATUS_TAG};
 use crate::wait::{self, Bound, Ended, Step};
+use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::types as ec2t;
 use base64::Engine as _;
 use std::time::Duration;
@@ -294,24 +296,11 @@ pub async fn wait_signal(c: &Clients, id: &str, bound: Bound) -> Result<()> {
     })
 }
 
-/// Bounded wait for the instance to be in `want`.
-async fn wait_state(c: &Clients, id: &str, want: &'static str, bound: Bound) -> Result<()> {
-    let waited = wait::poll(bound, || async {
-        let i = describe(c, id).await?;
-        let state = i.state().and_then(|s| s.name()).map(|n| n.as_str());
-        Ok::<_, Error>(if state == Some(want) { Step::Done(()) } else { Step::Again })
-    })
-    .await;
-    waited.map_err(|e| match e {
-        Ended::Call(e) => e,
-        Ended::Failed(state) => Error::WrongState { region: c.region.clone(), id: id.into(), want, state },
-        Ended::TimedOut { checks, waited } => {
-            Error::StateTimeout { region: c.region.clone(), id: id.into(), want, checks, waited }
-        }
-    })
-}
+/// The error of both instance waiters (`instance_stopped` and `instance_terminated` poll the same
+/// DescribeInstances).
+type InstanceWaitError = aws_sdk_ec2::waiters::instance_stopped::WaitUntilInstanceStoppedError;
 
-/// StopInstances and a bounded wait for `stopped`.
+/// StopInstances, then [`wait_stopped`].
 pub async fn stop(c: &Clients, id: &str, bound: Bound) -> Result<()> {
     c.ec2
         .stop_instances()
@@ -319,11 +308,11 @@ pub async fn stop(c: &Clients, id: &str, bound: Bound) -> Result<()> {
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(&c.region, "ec2:StopInstances", id, &e))?;
-    wait_state(c, id, "stopped", bound).await
+    wait_stopped(c, id, bound).await
 }
 
-/// TerminateInstances and a bounded wait for `terminated` (a security group in use cannot be
-/// deleted, so the cleanup waits before deleting it).
+/// TerminateInstances, then [`wait_terminated`] (a security group in use cannot be deleted, so
+/// the cleanup waits before deleting it).
 pub async fn terminate(c: &Clients, id: &str, bound: Bound) -> Result<()> {
     c.ec2
         .terminate_instances()
@@ -331,7 +320,55 @@ pub async fn terminate(c: &Clients, id: &str, bound: Bound) -> Result<()> {
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(&c.region, "ec2:TerminateInstances", id, &e))?;
-    wait_state(c, id, "terminated", bound).await
+    wait_terminated(c, id, bound).await
+}
+
+/// The SDK's `instance_stopped` waiter (`pending` or `terminated` end it at once).
+pub async fn wait_stopped(c: &Clients, id: &str, bound: Bound) -> Result<()> {
+    let r = c.ec2.wait_until_instance_stopped().instance_ids(id).wait(bound.max_wait()).await;
+    waited(c, id, "stopped", r.map(|_| ()))
+}
+
+/// The SDK's `instance_terminated` waiter (`pending` or `stopping` end it at once).
+pub async fn wait_terminated(c: &Clients, id: &str, bound: Bound) -> Result<()> {
+    let r = c.ec2.wait_until_instance_terminated().instance_ids(id).wait(bound.max_wait()).await;
+    waited(c, id, "terminated", r.map(|_| ()))
+}
+
+fn waited(
+    c: &Clients,
+    id: &str,
+    want: &'static str,
+    r: std::result::Result<(), InstanceWaitError>,
+) -> Result<()> {
+    let region = c.region.clone();
+    match r {
+        Ok(()) => Ok(()),
+        Err(InstanceWaitError::FailureState(f)) => {
+            let seen = f.final_poll().as_result().ok().and_then(|o| {
+                o.reservations().iter().flat_map(|r| r.instances()).next().and_then(|i| i.state())
+            });
+            let state = seen.and_then(|s| s.name()).map_or("in an unexpected state", |n| n.as_str());
+            Err(Error::WrongState { region, id: id.into(), want, state: state.into() })
+        }
+        Err(InstanceWaitError::ExceededMaxWait(m)) => Err(Error::StateTimeout {
+            region,
+            id: id.into(),
+            want,
+            checks: m.poll_count(),
+            waited: m.elapsed(),
+        }),
+        Err(InstanceWaitError::OperationFailed(e)) => {
+            Err(AwsError::from_sdk(&region, "ec2:DescribeInstances", id, e.error()).into())
+        }
+        Err(other) => Err(Error::Call(AwsError {
+            region,
+            operation: "ec2:DescribeInstances",
+            resource: id.into(),
+            code: "WaiterError".into(),
+            message: format!("{other:?}"),
+        })),
+    }
 }
 
 #[cfg(test)]

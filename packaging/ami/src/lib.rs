@@ -19,8 +19,8 @@
 //! AWS, one module per operation family, each with its own error naming region, resource and
 //! operation: [`ebs`] (EBS direct upload and read-back), [`images`] (images and snapshots),
 //! [`import_task`] (ImportSnapshot), [`instances`] (the builder and its security group), [`s3`],
-//! [`ssm`]; [`aws`] (clients, endpoint, the failed-call error) and [`wait`] (the one bounded
-//! waiter) under them.
+//! [`ssm`]; [`aws`] (clients, endpoint, the failed-call error) and [`wait`] (the SDK waiters'
+//! bound and the one generic waiter) under them.
 //!
 //! Pure, no AWS: [`spec`] (the TOML spec), [`plan`] (blocks, checksums, retry and wait
 //! decisions), [`detect`] (image format), [`state`], [`userdata`], [`progress`], [`output`].

@@ -1,6 +1,9 @@
-//! Waiting for AWS, always bounded: [`poll`] checks at most `attempts` times, `every` apart,
-//! and ends at once on a state the resource will not leave. Every wait of kv-ami uses it (image
-//! available, snapshot completed, instance stopped/terminated, import task, builder signal).
+//! Waiting for AWS, always bounded. Where aws-sdk-ec2 has a generated waiter it is used (image
+//! available, snapshot completed, instance stopped, instance terminated: see `images` and
+//! `instances`), with [`Bound::max_wait`] as its limit; the SDK polls on its own schedule
+//! (15 s, growing to 120 s, with jitter). [`poll`] is the one generic waiter, for what the SDK
+//! has none of: an import task (which can end `deleted`, a state the SDK's `snapshot_imported`
+//! waiter does not know) and the builder's signal tag.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -16,6 +19,11 @@ pub struct Bound {
 impl Bound {
     pub fn new(attempts: u32, every: Duration) -> Bound {
         Bound { attempts, every }
+    }
+
+    /// The limit given to an SDK waiter: `attempts` x `every` (zero: one check).
+    pub fn max_wait(&self) -> Duration {
+        self.every * self.attempts
     }
 }
 
@@ -33,7 +41,7 @@ pub enum Step<T> {
 pub enum Ended<E> {
     /// The resource reached a failure state; the reason as AWS gave it.
     Failed(String),
-    /// Still not there after this many checks.
+    /// Still not there after this many checks (or, for an SDK waiter, this long).
     TimedOut { checks: u32, waited: Duration },
     /// A check itself failed.
     Call(E),
@@ -87,5 +95,6 @@ mod tests {
         assert!(matches!(r, Err(Ended::Call("AccessDenied"))));
         let r: Result<u8, Ended<()>> = poll(b, || async { Ok(Step::Done(7)) }).await;
         assert_eq!(r.unwrap(), 7);
+        assert_eq!(Bound::new(120, Duration::from_secs(5)).max_wait(), Duration::from_secs(600));
     }
 }

@@ -364,3 +364,37 @@ async fn a_large_import_object_goes_up_in_checksummed_parts() {
     let uploads = c.s3.list_multipart_uploads().bucket("imports").send().await.unwrap();
     assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
 }
+
+/// The SDK's waiters against moto: a running instance is not `terminated`, so the
+/// `instance_terminated` waiter polls DescribeInstances again until its bound (2 s here) and the
+/// error names region and instance; once terminated it succeeds; `instance_stopped` on a
+/// terminated instance ends at its first look (a failure state), not at its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_waiters_poll_until_their_bound_and_stop_at_a_failure_state() {
+    use kv_ami::instances;
+    use kv_ami::wait::Bound;
+    use std::time::{Duration, Instant};
+    let moto = Moto::start();
+    let c = Clients::new("us-east-1", &moto.target()).await;
+    let base = c.ec2.describe_images().send().await.unwrap();
+    let base = base.images().iter().find_map(|i| i.image_id()).unwrap().to_string();
+    let out = c.ec2.run_instances().image_id(&base).min_count(1).max_count(1).send().await.unwrap();
+    let id = out.instances()[0].instance_id().unwrap().to_string();
+
+    let t = Instant::now();
+    let e = instances::wait_terminated(&c, &id, Bound::new(2, Duration::from_secs(1))).await.unwrap_err();
+    let waited = t.elapsed();
+    let s = e.to_string();
+    assert!(s.starts_with(&format!("us-east-1: instance {id} not terminated after ")), "{s}");
+    assert!(matches!(e, instances::Error::StateTimeout { checks, .. } if checks >= 2), "{e:?}");
+    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(10), "{waited:?}");
+
+    instances::terminate(&c, &id, Bound::new(2, Duration::from_secs(1))).await.unwrap();
+    let t = Instant::now();
+    let e = instances::wait_stopped(&c, &id, Bound::new(60, Duration::from_secs(1))).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(
+        e.to_string().contains(&format!("instance {id} is terminated, so it will not be stopped")),
+        "{e}"
+    );
+}
