@@ -154,7 +154,7 @@ pub async fn register(
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(&c.region, "ec2:RegisterImage", snapshot_id, &e))?;
-    let id = out.image_id().unwrap_or_default().to_string();
+    let id = image_id_of(c, out.image_id(), "ec2:RegisterImage", snapshot_id)?;
     // Tag at once as well: not every endpoint honours TagSpecifications on RegisterImage, and the
     // content key tag is what makes a re-run find this image.
     tag_content_key(c, std::slice::from_ref(&id), content_key).await?;
@@ -181,13 +181,14 @@ pub async fn create_from_instance(
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(&c.region, "ec2:CreateImage", instance_id, &e))?;
-    match out.image_id() {
+    image_id_of(c, out.image_id(), "ec2:CreateImage", instance_id)
+}
+
+/// The image id a create call answered with; none (or empty) is an error naming the call.
+fn image_id_of(c: &Clients, id: Option<&str>, operation: &'static str, resource: &str) -> Result<String> {
+    match id {
         Some(id) if !id.is_empty() => Ok(id.to_string()),
-        _ => Err(Error::NoImageId {
-            region: c.region.clone(),
-            operation: "ec2:CreateImage",
-            resource: instance_id.into(),
-        }),
+        _ => Err(Error::NoImageId { region: c.region.clone(), operation, resource: resource.into() }),
     }
 }
 
@@ -216,7 +217,7 @@ pub async fn copy(
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(&target.region, "ec2:CopyImage", source_image, &e))?;
-    let id = out.image_id().unwrap_or_default().to_string();
+    let id = image_id_of(target, out.image_id(), "ec2:CopyImage", source_image)?;
     tag_content_key(target, std::slice::from_ref(&id), content_key).await?;
     Ok(id)
 }
