@@ -42,7 +42,7 @@
 //!   userdata, wait, aws (and `packaging::manifest`)
 //!
 //! The commands use the lower modules, never the other way round; `import` and `bake` do not use
-//! each other.
+//! each other. (Test only: `policy_tests`, the IAM policies against both plans, uses both.)
 #![forbid(unsafe_code)]
 
 pub mod aws;
