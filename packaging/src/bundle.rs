@@ -6,18 +6,17 @@
 //! build log), the tool and format versions, the git commit and the build time. `verify`
 //! recomputes all of it and names every file that is missing, extra or different.
 
-use crate::eif::{self, Measurements};
+use crate::eif;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-pub const MANIFEST: &str = "manifest.json";
+pub use crate::manifest::{FileEntry, MANIFEST, MANIFEST_FORMAT, Manifest, RemoteArtifact, hash_file};
 pub const EIF_NAME: &str = "server_enclave_image.eif";
-pub const MANIFEST_FORMAT: u32 = 1;
 /// Unit file suffixes taken from `--systemd-dir`.
 const UNIT_SUFFIXES: [&str; 6] = [".service", ".socket", ".timer", ".target", ".path", ".slice"];
 /// Non-unit files of `--systemd-dir` the parent needs: (name, role, mode, install path). The paths
@@ -26,44 +25,6 @@ const SYSTEMD_EXTRAS: [(&str, &str, u32, &str); 2] = [
     ("enclave.env", "enclave-env", 0o644, "/etc/nitro-enclave/enclave.env"),
     ("nitro-enclave-run", "enclave-supervisor", 0o755, "/opt/privacysandbox/nitro-enclave-run"),
 ];
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct FileEntry {
-    pub path: String,
-    pub role: String,
-    pub size: u64,
-    pub sha256: String,
-    /// Octal, as a string ("0644"), so it reads like `ls -l` and `install -m`.
-    pub mode: String,
-    /// Where the AMI build installs it.
-    pub install_to: String,
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RemoteArtifact {
-    pub role: String,
-    pub url: String,
-    pub sha256: String,
-    pub install_to: String,
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    pub format: u32,
-    pub build_time: String,
-    pub git_commit: String,
-    pub versions: BTreeMap<String, String>,
-    pub enclave_image: String,
-    /// PCR0/1/2 (and PCR8) of the enclave image; terraform's kv-service module reads `pcrs`.
-    pub pcrs: Measurements,
-    pub files: Vec<FileEntry>,
-    /// Artifacts the AMI build downloads and checks against the pinned SHA-256.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fetch: Vec<RemoteArtifact>,
-}
 
 /// Where the collector package comes from.
 #[derive(Clone, Debug)]
@@ -279,21 +240,6 @@ fn copy_hashing(from: &Path, to: &Path, mode: u32) -> Result<(u64, String)> {
     Ok((size, hex::encode(hasher.finalize())))
 }
 
-pub fn hash_file(path: &Path) -> io::Result<(u64, String)> {
-    let mut input = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            return Ok((size, hex::encode(hasher.finalize())));
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-}
-
 fn check_sha256(flag: &str, s: &str) -> Result<String> {
     let s = s.to_ascii_lowercase();
     if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -392,11 +338,8 @@ pub struct VerifyReport {
 
 /// Recomputes sizes, modes, hashes and PCRs; every difference is one [`Problem`].
 pub fn verify(dir: &Path) -> Result<VerifyReport> {
-    let mpath = dir.join(MANIFEST);
-    let text = fs::read_to_string(&mpath)
-        .with_context(|| format!("{}: cannot read the manifest", mpath.display()))?;
-    let manifest: Manifest = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a valid bundle manifest", mpath.display()))?;
+    // Another format is one problem among the others, not the end of the check.
+    let manifest = Manifest::read_any_format(&dir.join(MANIFEST))?;
     let mut problems = Vec::new();
     let mut push = |path: &str, problem: String| problems.push(Problem { path: path.into(), problem });
     if manifest.format != MANIFEST_FORMAT {
@@ -404,41 +347,14 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     }
     let mut listed = std::collections::BTreeSet::new();
     for f in &manifest.files {
-        if !is_bundle_path(&f.path) || f.path == MANIFEST {
-            push(&f.path, "manifest lists a path outside the bundle".into());
+        let found = f.problems(dir, true);
+        if matches!(found[..], [crate::manifest::FileProblem::OutsideBundle]) {
+            push(&f.path, found[0].to_string());
             continue;
         }
         listed.insert(f.path.clone());
-        let p = dir.join(&f.path);
-        let md = match fs::symlink_metadata(&p) {
-            Ok(m) if m.is_file() => m,
-            Ok(_) => {
-                push(&f.path, "not a regular file".into());
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                push(&f.path, "missing".into());
-                continue;
-            }
-            Err(e) => {
-                push(&f.path, format!("cannot stat: {e}"));
-                continue;
-            }
-        };
-        let mode = format!("{:04o}", md.permissions().mode() & 0o7777);
-        if mode != f.mode {
-            push(&f.path, format!("mode is {mode}, manifest says {}", f.mode));
-        }
-        match hash_file(&p) {
-            Ok((size, sha)) => {
-                if size != f.size {
-                    push(&f.path, format!("size is {size}, manifest says {}", f.size));
-                }
-                if sha != f.sha256 {
-                    push(&f.path, format!("sha256 is {sha}, manifest says {}", f.sha256));
-                }
-            }
-            Err(e) => push(&f.path, format!("cannot read: {e}")),
+        for p in found {
+            push(&f.path, p.to_string());
         }
     }
     for name in list_files(dir, "")? {
@@ -471,11 +387,6 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         files_checked: manifest.files.len(),
         problems,
     })
-}
-
-/// Relative, `/`-separated, no empty, `.` or `..` parts.
-fn is_bundle_path(p: &str) -> bool {
-    !p.is_empty() && !p.starts_with('/') && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// Every non-directory below `dir`, as bundle paths.

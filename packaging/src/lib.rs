@@ -3,7 +3,8 @@
 //! - [`eif`]: the EIF v4 format, a streaming writer and reader, PCR0/1/2/8;
 //! - [`cpio`]: a deterministic newc archive writer (the ramdisks);
 //! - [`build`]: `eif build`, the native (docker-free) path and the nitro-cli path;
-//! - [`bundle`]: the `dist/aws` layout, its manifest and `verify`.
+//! - [`manifest`]: the bundle manifest (one definition: types, reading, checking a listed file);
+//! - [`bundle`]: the `dist/aws` layout, writing its manifest, and `verify`.
 
 #![forbid(unsafe_code)]
 
@@ -11,4 +12,5 @@ pub mod build;
 pub mod bundle;
 pub mod cpio;
 pub mod eif;
+pub mod manifest;
 pub mod progress;

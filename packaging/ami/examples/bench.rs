@@ -7,7 +7,8 @@
 //!    bytes and it is single-threaded Python, so the upload uses a smaller image (BENCH_UPLOAD_MIB,
 //!    default 8) with the same 10% density; the figures are the emulator's, not AWS's.
 
-use kv_ami::aws::{self, Clients, Target};
+use kv_ami::aws::{Clients, Target};
+use kv_ami::ebs;
 use kv_ami::plan::{self, RetryPolicy};
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -135,7 +136,7 @@ async fn main() {
     println!("== kv-ami raw upload to moto_server: {up_mib} MiB image, 10% non-zero 512-byte blocks");
     for workers in [1, 8, 64] {
         let cpu0 = cpu_seconds();
-        let up = aws::upload(&c, &small, (up_mib * MIB) as u64, "bench", workers, RetryPolicy::default())
+        let up = ebs::upload(&c, &small, (up_mib * MIB) as u64, "bench", workers, RetryPolicy::default())
             .await
             .unwrap();
         let cpu = cpu_seconds() - cpu0;

@@ -5,8 +5,10 @@
 //! image) only on failure and only while not finished, unless the spec says `on_failure = "keep"`.
 //! A cleanup failure never hides the run's own error: both are reported.
 
-use crate::aws::{self, Clients, Error};
-use aws_sdk_ec2::error::ProvideErrorMetadata;
+use crate::aws::Clients;
+use crate::error::Error;
+use crate::wait::Bound;
+use crate::{images, import_task, instances, s3};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -165,87 +167,27 @@ impl Cleanup {
     }
 
     async fn undo(&self, c: &Clients, undo: &Undo) -> Result<(), Error> {
-        let region = &c.region;
+        let bound = Bound::new(self.wait_attempts, self.wait_every);
         match undo {
-            Undo::DeleteSnapshot(id) => match aws::delete_snapshot(c, id).await {
+            Undo::DeleteSnapshot(id) => match images::delete_snapshot(c, id).await {
                 // Already gone (e.g. deleted with its image): nothing left behind.
                 Err(e) if e.code() == Some("InvalidSnapshot.NotFound") => Ok(()),
-                other => other,
+                other => Ok(other?),
             },
-            Undo::DeregisterImage(id) => aws::deregister_with_snapshots(c, id).await.map(|_| ()),
-            Undo::TerminateInstance(id) => {
-                c.ec2
-                    .terminate_instances()
-                    .instance_ids(id)
-                    .send()
-                    .await
-                    .map_err(|e| aws::aws_err(region, "ec2:TerminateInstances", id, &e))?;
-                crate::bake::wait_instance_state(c, id, &["terminated"], self.wait_attempts, self.wait_every)
-                    .await
-                    .map(|_| ())
-            }
+            Undo::DeregisterImage(id) => Ok(images::deregister_with_snapshots(c, id).await.map(|_| ())?),
+            Undo::TerminateInstance(id) => Ok(instances::terminate(c, id, bound).await?),
             Undo::TerminateTagged(run) => {
-                let f = |k: &str, v: &[&str]| {
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name(k)
-                        .set_values(Some(v.iter().map(|s| s.to_string()).collect()))
-                        .build()
-                };
-                let out = c
-                    .ec2
-                    .describe_instances()
-                    .filters(f(&format!("tag:{}", crate::bake::RUN_TAG), &[run]))
-                    .filters(f("instance-state-name", &["pending", "running", "stopping", "stopped"]))
-                    .send()
-                    .await
-                    .map_err(|e| aws::aws_err(region, "ec2:DescribeInstances", run, &e))?;
-                let ids: Vec<String> = out
-                    .reservations()
-                    .iter()
-                    .flat_map(|r| r.instances())
-                    .filter_map(|i| i.instance_id())
-                    .map(str::to_string)
-                    .collect();
-                for id in ids {
-                    Box::pin(self.undo(c, &Undo::TerminateInstance(id))).await?;
+                for id in instances::of_run(c, run).await? {
+                    instances::terminate(c, &id, bound).await?;
                 }
                 Ok(())
             }
-            Undo::DeleteSecurityGroup(id) => {
-                c.ec2
-                    .delete_security_group()
-                    .group_id(id)
-                    .send()
-                    .await
-                    .map_err(|e| aws::aws_err(region, "ec2:DeleteSecurityGroup", id, &e))?;
-                Ok(())
-            }
-            Undo::DeleteObjects { bucket, keys } => aws::delete_objects(c, bucket, keys).await,
+            Undo::DeleteSecurityGroup(id) => Ok(instances::delete_security_group(c, id).await?),
+            Undo::DeleteObjects { bucket, keys } => Ok(s3::delete_objects(c, bucket, keys).await?),
             Undo::AbortMultipartUpload { bucket, key, upload_id } => {
-                c.s3.abort_multipart_upload()
-                    .bucket(bucket)
-                    .key(key)
-                    .upload_id(upload_id)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        aws::aws_err(region, "s3:AbortMultipartUpload", &format!("s3://{bucket}/{key}"), &e)
-                    })?;
-                Ok(())
+                Ok(s3::abort_multipart(c, bucket, key, upload_id).await?)
             }
-            Undo::CancelImportTask(id) => {
-                match c.ec2.cancel_import_task().import_task_id(id).send().await {
-                    Ok(_) => Ok(()),
-                    // A task that already ended cannot be cancelled: nothing is left running.
-                    Err(e)
-                        if e.code()
-                            .is_some_and(|c| c.contains("InvalidParameter") || c.contains("NotFound")) =>
-                    {
-                        Ok(())
-                    }
-                    Err(e) => Err(aws::aws_err(region, "ec2:CancelImportTask", id, &e).into()),
-                }
-            }
+            Undo::CancelImportTask(id) => Ok(import_task::cancel(c, id).await?),
         }
     }
 }

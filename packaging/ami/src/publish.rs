@@ -3,42 +3,17 @@
 //! deprecation and the SSM parameter; and the Packer-shaped manifest. Also the matching lines of
 //! the dry-run plan, so plan and code cannot drift apart.
 
-use crate::aws::{self, Clients, Error, Sharing, Target};
-use crate::cleanup::{Cleanup, Undo, When};
+use crate::aws::Clients;
+use crate::cleanup::{Undo, When};
+use crate::error::Error;
+use crate::images::{self, Sharing};
+use crate::output::{Build, Manifest, RegionResult};
+use crate::run::Ctx;
 use crate::spec::{AmiSpec, CONTENT_KEY_TAG, OnFailure};
-use crate::state::StateFile;
-use crate::{Build, Manifest, RegionResult};
+use crate::ssm;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
-
-/// What every step of a run shares.
-pub struct Ctx<'a> {
-    pub spec: &'a AmiSpec,
-    pub content_key: &'a str,
-    pub target: &'a Target,
-    pub cleanup: Arc<Cleanup>,
-    pub state: Arc<StateFile>,
-    pub log: &'a (dyn Fn(&str) + Sync),
-}
-
-impl Ctx<'_> {
-    pub fn name(&self) -> String {
-        self.spec.ami_name(self.content_key)
-    }
-
-    pub fn every(&self) -> Duration {
-        Duration::from_secs(self.spec.upload.wait_interval_secs)
-    }
-
-    /// A state-file write that fails is worth a warning, not the run.
-    pub fn record(&self, f: impl FnOnce(&mut crate::state::State)) {
-        if let Err(e) = self.state.update(f) {
-            (self.log)(&format!("warning: {e}"));
-        }
-    }
-}
+use std::time::{Instant, SystemTime};
 
 /// The finished image in the source region.
 pub struct Source {
@@ -59,7 +34,7 @@ pub async fn publish(
 ) -> Result<BTreeMap<String, RegionResult>, Error> {
     let s = ctx.spec;
     let key = ctx.content_key;
-    let every = ctx.every();
+    let bound = ctx.bound();
     let mut regions = BTreeMap::new();
     let src_ami = src.ami.clone();
     regions.insert(
@@ -72,25 +47,26 @@ pub async fn publish(
         let (src_ami, name) = (src_ami.clone(), ctx.name());
         async move {
             let c = Clients::new(r, ctx.target).await;
-            let (ami, reused) = match aws::find_by_content_key(&c, key).await? {
+            let (ami, reused) = match images::find_by_content_key(&c, key).await? {
                 Some((ami, _)) => (ami, true),
                 None => {
                     let kms = s.kms_key_ids.get(r).map(String::as_str);
-                    let ami = aws::copy(&c, &s.region, &src_ami, &name, key, s.encrypt_copies, kms).await?;
+                    let ami =
+                        images::copy(&c, &s.region, &src_ami, &name, key, s.encrypt_copies, kms).await?;
                     (ami, false)
                 }
             };
             // Armed until available: a copy that fails or never finishes is deregistered.
             let armed =
                 (!reused).then(|| ctx.cleanup.push(&c, Undo::DeregisterImage(ami.clone()), When::OnFailure));
-            aws::wait_image(&c, &ami, s.upload.wait_attempts, every).await?;
+            images::wait_image(&c, &ami, bound).await?;
             if let Some(a) = armed {
                 ctx.cleanup.disarm(a);
             }
             ctx.record(|st| {
                 st.copies.insert(r.clone(), ami.clone());
             });
-            let snaps = aws::image_snapshots(&c, &ami).await?;
+            let snaps = images::image_snapshots(&c, &ami).await?;
             Ok::<_, Error>((r.clone(), c, RegionResult { ami_id: ami, snapshot_ids: snaps, reused }))
         }
     });
@@ -113,13 +89,7 @@ pub async fn publish(
     }
     if !failures.is_empty() {
         let kept: Vec<String> = regions.iter().map(|(r, (_, res))| format!("{r} {}", res.ami_id)).collect();
-        return Err(Error::Local(format!(
-            "copy failed in {} of {} target regions: {}; finished images kept (a re-run reuses them): {}",
-            failures.len(),
-            s.copy_to.len(),
-            failures.join("; "),
-            kept.join(", ")
-        )));
+        return Err(Error::Copies { failed: failures, total: s.copy_to.len(), kept });
     }
     if !s.copy_to.is_empty() {
         timings.insert("copy".to_string(), t.elapsed().as_secs_f64());
@@ -128,7 +98,7 @@ pub async fn publish(
     let t = Instant::now();
     let tags = s.image_tags(key);
     let deprecate_at = match &s.deprecate_at {
-        Some(at) => Some(crate::spec::deprecation_time(at, crate::spec::now_unix()).map_err(Error::Local)?),
+        Some(at) => Some(crate::spec::deprecation_time(at, crate::spec::now_unix()).map_err(Error::Input)?),
         None => None,
     };
     let finish = regions.values().map(|(c, res)| {
@@ -136,13 +106,13 @@ pub async fn publish(
         async move {
             let mut all = vec![res.ami_id.clone()];
             all.extend(res.snapshot_ids.iter().cloned());
-            aws::tag(c, &all, tags).await?;
-            aws::share(c, &res.ami_id, &res.snapshot_ids, &Sharing::of(s)).await?;
+            images::tag(c, &all, tags).await?;
+            images::share(c, &res.ami_id, &res.snapshot_ids, &Sharing::of(s)).await?;
             if let Some(at) = deprecate_at {
-                aws::deprecate(c, &res.ami_id, at).await?;
+                images::deprecate(c, &res.ami_id, at).await?;
             }
             if let Some(p) = &s.ssm_parameter {
-                aws::put_ssm(c, p, &res.ami_id).await?;
+                ssm::put_image_id(c, p, &res.ami_id).await?;
             }
             Ok::<_, Error>(())
         }

@@ -186,11 +186,20 @@ pub struct Upload {
     pub workers: usize,
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
-    /// How many times DescribeImages is asked before giving up on an image becoming available.
+    /// With `wait_interval_secs`, the bound of the image, snapshot and instance waits: the SDK's
+    /// waiters poll (every 15 s, growing to 120 s) for at most `wait_attempts` x
+    /// `wait_interval_secs` seconds.
     #[serde(default = "default_wait_attempts")]
     pub wait_attempts: u32,
     #[serde(default = "default_wait_secs")]
     pub wait_interval_secs: u64,
+}
+
+impl Upload {
+    /// The bound of the image and snapshot waits: `wait_attempts` x `wait_interval_secs`.
+    pub fn max_wait_secs(&self) -> u64 {
+        u64::from(self.wait_attempts) * self.wait_interval_secs
+    }
 }
 
 impl Default for Upload {

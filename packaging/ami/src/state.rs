@@ -2,13 +2,20 @@
 //! file + rename) after every step, so a re-run after a failure resumes where it stopped. The
 //! content key in the file must match the run's: a state file never applies to another bundle.
 
-use crate::aws::Error;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 pub const VERSION: u32 = 1;
+
+/// The state file could not be written (the run goes on: a warning, not a failure).
+#[derive(Debug, thiserror::Error)]
+#[error("{}: cannot write state file: {cause}", path.display())]
+pub struct WriteError {
+    pub path: PathBuf,
+    pub cause: std::io::Error,
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -148,15 +155,14 @@ impl StateFile {
     }
 
     /// Change the state and write it (atomically) before returning.
-    pub fn update(&self, f: impl FnOnce(&mut State)) -> Result<(), Error> {
+    pub fn update(&self, f: impl FnOnce(&mut State)) -> Result<(), WriteError> {
         let mut s = self.lock();
         if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
         f(&mut s);
         let Some(path) = &self.path else { return Ok(()) };
-        write_atomically(path, &s)
-            .map_err(|e| Error::Local(format!("{}: cannot write state file: {e}", path.display())))
+        write_atomically(path, &s).map_err(|cause| WriteError { path: path.clone(), cause })
     }
 
     /// No more writes (under the lock: a write in progress finishes first).

@@ -162,7 +162,7 @@ async fn the_cleanup_finds_a_builder_by_its_run_tag_when_the_launch_answer_was_l
     cleanup.push(&c, Undo::TerminateTagged("run-1".into()), When::Always);
     let log = Log::default();
     let push = |l: &str| log.push(l);
-    cleanup.finish(Ok::<(), kv_ami::aws::Error>(()), &push).await.unwrap();
+    cleanup.finish(Ok::<(), kv_ami::Error>(()), &push).await.unwrap();
     let state = |id: String| {
         let c = c.clone();
         async move {

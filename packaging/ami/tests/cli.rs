@@ -152,7 +152,10 @@ fn bundle_dir(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(b.join("proxy"), b"binary").unwrap();
     std::fs::write(
         b.join("manifest.json"),
-        r#"{"files":[{"path":"proxy","size":6,"sha256":"9a3a45d01531a20e89ac6ae10b0b0beb0492acd7216a368aa062d1a5fecaf9cd","mode":"0755","install_to":"/opt/privacysandbox/proxy","role":"vsockproxy"}]}"#,
+        common::manifest_json(
+            "00",
+            r#"{"path":"proxy","size":6,"sha256":"9a3a45d01531a20e89ac6ae10b0b0beb0492acd7216a368aa062d1a5fecaf9cd","mode":"0755","install_to":"/opt/privacysandbox/proxy","role":"vsockproxy"}"#,
+        ),
     )
     .unwrap();
     b

@@ -8,10 +8,10 @@
 //! resource it authorises (e.g. RunInstances: the new instance, its volume, the image, the
 //! subnet, the security group), with the tags the resource carries, the tags the request sets
 //! and, for tags set while creating, `ec2:CreateAction`: what the kv-ami code sends (see
-//! src/aws.rs, src/bake.rs) and what Packer's amazon plugin sends (TagSpecifications with
-//! `run_tags` on the key pair, security group, instance, network interface and CreateImage's
-//! image and snapshots, `run_volume_tags` on volumes, CopyImage with CopyImageTags, then
-//! CreateTags of `tags` on every AMI and its snapshots).
+//! src/images.rs, src/instances.rs, src/bake.rs) and what Packer's amazon plugin sends
+//! (TagSpecifications with `run_tags` on the key pair, security group, instance, network
+//! interface and CreateImage's image and snapshots, `run_volume_tags` on volumes, CopyImage with
+//! CopyImageTags, then CreateTags of `tags` on every AMI and its snapshots).
 //!
 //! What this does not show: that AWS evaluates these requests the same way. The condition keys
 //! per action come from the Service Authorization Reference; `ec2:CreateAction = StartSnapshot`

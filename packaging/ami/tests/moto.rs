@@ -4,10 +4,11 @@
 mod common;
 
 use common::{Log, Moto, bundle_manifest, never, opts, sparse_image};
-use kv_ami::aws::{self, Clients};
+use kv_ami::aws::Clients;
 use kv_ami::plan::RetryPolicy;
 use kv_ami::spec::AmiSpec;
 use kv_ami::{Job, run};
+use kv_ami::{ebs, images, s3};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_upload_then_every_block_reads_back() {
@@ -17,17 +18,17 @@ async fn raw_upload_then_every_block_reads_back() {
     let len = 40 * 1024 + 100;
     let image = sparse_image(dir.path(), len, &[0, 600, 1030, 8192, 30000, len - 3]);
     let c = Clients::new("us-east-1", &moto.target()).await;
-    let up = aws::upload(&c, &image, len as u64, "k1", 4, RetryPolicy::default()).await.unwrap();
+    let up = ebs::upload(&c, &image, len as u64, "k1", 4, RetryPolicy::default()).await.unwrap();
     assert_eq!(up.block_size, 512);
     assert_eq!(up.blocks_scanned, 81);
     // 600..607 is in block 1, 1030..1037 in block 2: 6 distinct blocks.
     assert_eq!(up.blocks_written, 6);
     assert_eq!(up.retries, 0);
-    let compared = aws::verify_snapshot(&c, &up.snapshot_id, &image).await.unwrap();
+    let compared = ebs::verify_snapshot(&c, &up.snapshot_id, &image).await.unwrap();
     assert_eq!(compared, 6);
     // A different image must not verify against this snapshot.
     let other = sparse_image(dir.path(), len, &[0, 601, 1030, 8192, 30000, len - 3]);
-    let e = aws::verify_snapshot(&c, &up.snapshot_id, &other).await.unwrap_err();
+    let e = ebs::verify_snapshot(&c, &up.snapshot_id, &other).await.unwrap_err();
     assert!(e.to_string().contains("block 1"), "{e}");
 }
 
@@ -104,7 +105,7 @@ wait_interval_secs = 0
         .unwrap();
     let users: Vec<&str> = attr.create_volume_permissions().iter().filter_map(|p| p.user_id()).collect();
     assert_eq!(users, vec!["111122223333"]);
-    let compared = aws::verify_snapshot(&c, snap, &image).await.unwrap();
+    let compared = ebs::verify_snapshot(&c, snap, &image).await.unwrap();
     assert_eq!(compared, 3);
 
     // Same bundle manifest: nothing is rebuilt or copied again.
@@ -131,12 +132,18 @@ wait_interval_secs = 0
 async fn errors_name_region_resource_and_code() {
     let moto = Moto::start();
     let c = Clients::new("us-east-1", &moto.target()).await;
-    let e = aws::wait_image(&c, "ami-00000000deadbeef", 1, std::time::Duration::ZERO).await.unwrap_err();
+    let e = images::wait_image(
+        &c,
+        "ami-00000000deadbeef",
+        kv_ami::wait::Bound::new(1, std::time::Duration::ZERO),
+    )
+    .await
+    .unwrap_err();
     let s = e.to_string();
     assert!(s.contains("us-east-1") && s.contains("ami-00000000deadbeef"), "{s}");
     let accounts = ["111122223333".to_string()];
-    let to = aws::Sharing { accounts: &accounts, ..Default::default() };
-    let e = aws::share(&c, "ami-00000000deadbeef", &[], &to).await.unwrap_err();
+    let to = images::Sharing { accounts: &accounts, ..Default::default() };
+    let e = images::share(&c, "ami-00000000deadbeef", &[], &to).await.unwrap_err();
     let s = e.to_string();
     assert!(s.contains("us-east-1") && s.contains("ec2:ModifyImageAttribute"), "{s}");
     assert!(s.contains("InvalidAMIID"), "{s}");
@@ -237,7 +244,7 @@ async fn an_interrupted_upload_resumes_into_the_same_snapshot_from_the_state_fil
     assert!(put_line.contains(&format!("; {} put by this run", 1500 - done)), "{put_line}");
     assert_eq!(m.builds[0].regions["us-east-1"].snapshot_ids, vec![snap.clone()]);
     // Every block is in the snapshot, the resumed ones and the earlier ones.
-    assert_eq!(aws::verify_snapshot(&c, &snap, &image).await.unwrap(), 1500);
+    assert_eq!(ebs::verify_snapshot(&c, &snap, &image).await.unwrap(), 1500);
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     assert_eq!(saved["snapshot_completed"], snap.as_str());
     assert_eq!(saved["image_available"], true);
@@ -276,7 +283,7 @@ async fn a_state_file_past_the_snapshot_timeout_starts_over_with_a_clear_line() 
     let snap = &m.builds[0].regions["us-east-1"].snapshot_ids[0];
     assert_ne!(snap, "snap-00000000000000001");
     let c = Clients::new("us-east-1", &target).await;
-    assert_eq!(aws::verify_snapshot(&c, snap, &image).await.unwrap(), 8);
+    assert_eq!(ebs::verify_snapshot(&c, snap, &image).await.unwrap(), 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,8 +338,8 @@ async fn a_large_import_object_goes_up_in_checksummed_parts() {
     std::fs::write(&file, &data).unwrap();
     let c = Clients::new("us-east-1", &moto.target()).await;
     c.s3.create_bucket().bucket("imports").send().await.unwrap();
-    let id = aws::create_multipart(&c, "imports", "kv-ami-import/k.raw").await.unwrap();
-    let parts = aws::put_multipart(&c, "imports", "kv-ami-import/k.raw", &id, &file, len as u64, 5 << 20)
+    let id = s3::create_multipart(&c, "imports", "kv-ami-import/k.raw").await.unwrap();
+    let parts = s3::put_multipart(&c, "imports", "kv-ami-import/k.raw", &id, &file, len as u64, 5 << 20)
         .await
         .unwrap();
     assert_eq!(parts, 3);
@@ -341,7 +348,7 @@ async fn a_large_import_object_goes_up_in_checksummed_parts() {
     assert_eq!(body.len(), len);
     assert!(body.as_ref() == data.as_slice(), "the object differs from the file");
     // An upload that is aborted (the cleanup's undo) leaves no object.
-    let id = aws::create_multipart(&c, "imports", "kv-ami-import/gone.raw").await.unwrap();
+    let id = s3::create_multipart(&c, "imports", "kv-ami-import/gone.raw").await.unwrap();
     let cleanup = kv_ami::cleanup::Cleanup::new(false, 1, std::time::Duration::ZERO);
     cleanup.push(
         &c,
@@ -353,7 +360,41 @@ async fn a_large_import_object_goes_up_in_checksummed_parts() {
         kv_ami::cleanup::When::Always,
     );
     let quiet = |_: &str| {};
-    cleanup.finish(Ok::<(), aws::Error>(()), &quiet).await.unwrap();
+    cleanup.finish(Ok::<(), kv_ami::Error>(()), &quiet).await.unwrap();
     let uploads = c.s3.list_multipart_uploads().bucket("imports").send().await.unwrap();
     assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+}
+
+/// The SDK's waiters against moto: a running instance is not `terminated`, so the
+/// `instance_terminated` waiter polls DescribeInstances again until its bound (2 s here) and the
+/// error names region and instance; once terminated it succeeds; `instance_stopped` on a
+/// terminated instance ends at its first look (a failure state), not at its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_waiters_poll_until_their_bound_and_stop_at_a_failure_state() {
+    use kv_ami::instances;
+    use kv_ami::wait::Bound;
+    use std::time::{Duration, Instant};
+    let moto = Moto::start();
+    let c = Clients::new("us-east-1", &moto.target()).await;
+    let base = c.ec2.describe_images().send().await.unwrap();
+    let base = base.images().iter().find_map(|i| i.image_id()).unwrap().to_string();
+    let out = c.ec2.run_instances().image_id(&base).min_count(1).max_count(1).send().await.unwrap();
+    let id = out.instances()[0].instance_id().unwrap().to_string();
+
+    let t = Instant::now();
+    let e = instances::wait_terminated(&c, &id, Bound::new(2, Duration::from_secs(1))).await.unwrap_err();
+    let waited = t.elapsed();
+    let s = e.to_string();
+    assert!(s.starts_with(&format!("us-east-1: instance {id} not terminated after ")), "{s}");
+    assert!(matches!(e, instances::Error::StateTimeout { checks, .. } if checks >= 2), "{e:?}");
+    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(10), "{waited:?}");
+
+    instances::terminate(&c, &id, Bound::new(2, Duration::from_secs(1))).await.unwrap();
+    let t = Instant::now();
+    let e = instances::wait_stopped(&c, &id, Bound::new(60, Duration::from_secs(1))).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(
+        e.to_string().contains(&format!("instance {id} is terminated, so it will not be stopped")),
+        "{e}"
+    );
 }

@@ -6,7 +6,8 @@
 
 mod common;
 
-use kv_ami::aws::{self, Clients, Target};
+use kv_ami::aws::{Clients, Target};
+use kv_ami::ebs;
 use kv_ami::plan::{self, RetryPolicy};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -152,7 +153,7 @@ async fn throttled_blocks_are_retried_and_complete_snapshot_carries_the_linear_c
     let bytes = std::fs::read(&image).unwrap();
     let c = Clients::new("us-east-1", &target(&fake.url)).await;
     // One worker: the three throttles hit the first block three times, within 4 attempts.
-    let up = aws::upload(&c, &image, 4096, "k", 1, fast_retry()).await.unwrap();
+    let up = ebs::upload(&c, &image, 4096, "k", 1, fast_retry()).await.unwrap();
     assert_eq!(up.retries, 3);
     assert_eq!(up.blocks_written, 3);
     let s = fake.seen.lock().unwrap();
@@ -177,7 +178,7 @@ async fn retries_are_bounded_and_permanent_errors_are_not_retried() {
 
     let fake = FakeEbsThrottling::start(100, None);
     let c = Clients::new("us-east-1", &target(&fake.url)).await;
-    let e = aws::upload(&c, &image, 2048, "k", 1, fast_retry()).await.unwrap_err().to_string();
+    let e = ebs::upload(&c, &image, 2048, "k", 1, fast_retry()).await.unwrap_err().to_string();
     assert!(e.contains("us-east-1") && e.contains("snap-0fake block 0 (attempt 4)"), "{e}");
     assert!(e.contains("ThrottlingException"), "{e}");
     assert_eq!(fake.seen.lock().unwrap().throttle_left, 96, "exactly 4 attempts");
@@ -185,6 +186,6 @@ async fn retries_are_bounded_and_permanent_errors_are_not_retried() {
 
     let fake = FakeEbsThrottling::start(0, Some("ValidationException"));
     let c = Clients::new("us-east-1", &target(&fake.url)).await;
-    let e = aws::upload(&c, &image, 2048, "k", 1, fast_retry()).await.unwrap_err().to_string();
+    let e = ebs::upload(&c, &image, 2048, "k", 1, fast_retry()).await.unwrap_err().to_string();
     assert!(e.contains("(attempt 1)") && e.contains("ValidationException"), "{e}");
 }

@@ -25,7 +25,7 @@ fn bundle(dir: &Path) -> PathBuf {
         ),
     ];
     let entries = common::write_bundle_files(&b, &files);
-    std::fs::write(b.join("manifest.json"), format!("{{\"format\":1,\"files\":[{entries}]}}\n")).unwrap();
+    std::fs::write(b.join("manifest.json"), common::manifest_json("00", &entries) + "\n").unwrap();
     b
 }
 

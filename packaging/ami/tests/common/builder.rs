@@ -56,11 +56,7 @@ pub fn bundle(dir: &Path) -> std::path::PathBuf {
         ),
     ];
     let entries = super::write_bundle_files(&b, &files);
-    std::fs::write(
-        b.join("manifest.json"),
-        format!("{{\"format\":1,\"pcrs\":{{\"PCR0\":\"ab\"}},\"files\":[{entries}]}}"),
-    )
-    .unwrap();
+    std::fs::write(b.join("manifest.json"), super::manifest_json("ab", &entries)).unwrap();
     b
 }
 

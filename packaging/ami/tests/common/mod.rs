@@ -108,8 +108,18 @@ pub fn sparse_image(dir: &std::path::Path, len: usize, at: &[usize]) -> PathBuf 
 
 pub fn bundle_manifest(dir: &std::path::Path, pcr0: &str) -> PathBuf {
     let p = dir.join("manifest.json");
-    std::fs::write(&p, format!("{{\"pcrs\":{{\"PCR0\":\"{pcr0}\"}},\"files\":[]}}")).unwrap();
+    std::fs::write(&p, manifest_json(pcr0, "")).unwrap();
     p
+}
+
+/// A bundle manifest (`packaging::manifest`) with this PCR0 and these `files` entries (JSON
+/// objects joined by commas, as [`write_bundle_files`] returns them).
+pub fn manifest_json(pcr0: &str, files: &str) -> String {
+    format!(
+        "{{\"format\":1,\"build_time\":\"2026-01-01T00:00:00Z\",\"git_commit\":\"unknown\",\"versions\":{{}},\
+         \"enclave_image\":\"server_enclave_image.eif\",\"pcrs\":{{\"HashAlgorithm\":\"Sha384 {{ ... }}\",\"PCR0\":\"{pcr0}\",\
+         \"PCR1\":\"01\",\"PCR2\":\"02\"}},\"files\":[{files}]}}"
+    )
 }
 
 /// Collects a run's log lines (runs log from several tasks).

@@ -1,0 +1,54 @@
+//! SSM parameters: the AMI id published per region (PutParameter, data type `aws:ec2:image`),
+//! and the base AMI of a bake read from a parameter (GetParameter).
+
+use crate::aws::{AwsError, Clients};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An SSM call failed.
+    #[error(transparent)]
+    Call(#[from] AwsError),
+    /// The parameter holds something other than an AMI id.
+    #[error("{region}: ssm:GetParameter {name}: value {value:?} is not an AMI id")]
+    NotAnImage { region: String, name: String, value: String },
+}
+
+impl Error {
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Call(e) => Some(&e.code),
+            _ => None,
+        }
+    }
+}
+
+/// PutParameter (String, DataType `aws:ec2:image`, overwrite) of `name` = `image_id`.
+pub async fn put_image_id(c: &Clients, name: &str, image_id: &str) -> Result<(), Error> {
+    c.ssm
+        .put_parameter()
+        .name(name)
+        .value(image_id)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .data_type("aws:ec2:image")
+        .overwrite(true)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(&c.region, "ssm:PutParameter", name, &e))?;
+    Ok(())
+}
+
+/// GetParameter of `name`, which must hold an AMI id.
+pub async fn get_image_id(c: &Clients, name: &str) -> Result<String, Error> {
+    let out = c
+        .ssm
+        .get_parameter()
+        .name(name)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(&c.region, "ssm:GetParameter", name, &e))?;
+    let v = out.parameter().and_then(|p| p.value()).unwrap_or_default();
+    if !v.starts_with("ami-") {
+        return Err(Error::NotAnImage { region: c.region.clone(), name: name.into(), value: v.into() });
+    }
+    Ok(v.to_string())
+}
