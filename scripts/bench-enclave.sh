@@ -21,8 +21,9 @@ cd "$REPO_ROOT"
 source scripts/bench-common.sh
 bench_init bench-enclave 10 "$@"
 
-log "building (cargo, and the local enclave image)"
-cargo build --quiet -p kv-server -p vsockproxy -p enclave-runner
+log "building (cargo --release, and the local enclave image)"
+# The host processes run their release builds, as in bench-e2e.sh (the image is always release).
+cargo build --quiet --release -p kv-server -p vsockproxy -p enclave-runner
 scripts/build-dist.sh --out dist/local --enclave-config enclave/examples/enclave-local.toml --eif-only 2>/dev/null
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -44,7 +45,7 @@ results=()
 for mode in host enclave; do
   ports=()
   for _ in 1 2 3 4; do ports+=("$(free_port)"); done
-  args=(--no-build --envoy-port "${ports[0]}" --envoy-admin-port "${ports[1]}"
+  args=(--no-build --release --envoy-port "${ports[0]}" --envoy-admin-port "${ports[1]}"
     --ingress-port "${ports[2]}" --proxy-admin-port "${ports[3]}")
   [[ $mode == enclave ]] && args+=(--enclave)
   log "starting the $mode stack"
