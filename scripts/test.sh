@@ -25,8 +25,21 @@ terraform/tests/run.sh
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "build binaries"
-cargo build --workspace --bins --locked
+step "build binaries, each alone"
+# As `cargo build -p <package>` builds it: one build of the whole workspace unifies the features of
+# every member (kv-ami's SDK HTTPS client, test-only features) into every binary, and the
+# end-to-end tests must run the binaries with the features they ship with. The tests take them from
+# $NITRO_KV_BIN_DIR (`cargo test` later rebuilds target/debug/<bin> with the workspace's features).
+export NITRO_KV_BIN_DIR="$CARGO_TARGET_DIR/solo-bin"
+rm -rf "$NITRO_KV_BIN_DIR"
+mkdir -p "$NITRO_KV_BIN_DIR"
+# The packages whose binaries the end-to-end tests start (workspace_bin names the list when one
+# is missing).
+for package in kv-server vsockproxy enclave-runner packaging kv-client; do
+  cargo build --locked -p "$package" --bins --message-format json-render-diagnostics |
+    jq -r 'select(.reason == "compiler-artifact" and .executable != null) | .executable' |
+    xargs -r cp -t "$NITRO_KV_BIN_DIR"
+done
 
 step "build dist (static binaries, the enclave image, the bundle)"
 scripts/build-dist.sh
