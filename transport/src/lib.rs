@@ -19,12 +19,16 @@
 //! tokio-vsock was used for the vsock listener and stream until both had to hand sockets between
 //! runtimes and expose readiness: its stream has no readiness API, and turning a descriptor into
 //! its listener panics when the reactor refuses the registration, so nothing of it is left.
+//!
+//! [`plan`] is the address plan both daemons take their defaults from: the CIDs of the parent and
+//! the enclave and the ports of the reference deployment.
 #![deny(unsafe_code)]
 
 mod endpoint;
 mod fd_stream;
 mod hybrid;
 mod listener;
+pub mod plan;
 pub mod socks5;
 mod stream;
 
