@@ -22,7 +22,9 @@
 //!
 //! [`plan`] is the address plan both daemons take their defaults from: the CIDs of the parent and
 //! the enclave and the ports of the reference deployment.
-#![deny(unsafe_code)]
+//!
+//! unsafe code is denied (the workspace's lints); `fd_stream` allows it where it registers and
+//! reads a raw socket and `stream` for shutdown(2), each block with its `// SAFETY:` argument.
 
 mod endpoint;
 mod fd_stream;
