@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): installs what the tests need, then runs every check:
-# formatting, clippy with warnings as errors, shellcheck, and the whole test suite (unit tests,
-# integration tests that start the real binaries, end-to-end tests with real sidecars).
+# formatting, shellcheck, the dependency audit (cargo deny), clippy with warnings as errors, and the
+# whole test suite (unit tests, integration tests that start the real binaries, end-to-end tests
+# with real sidecars).
 set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -21,6 +22,11 @@ shellcheck -x "${shells[@]}"
 
 step "terraform: fmt, the instance-init launcher, checkov, plan tests"
 terraform/tests/run.sh
+
+# Advisories are left out: `cargo deny check advisories` downloads the RustSec database on every
+# run (see deny.toml).
+step "cargo deny: licences, banned crates, sources"
+cargo deny --locked check --hide-inclusion-graph licenses bans sources
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
