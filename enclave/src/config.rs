@@ -16,7 +16,11 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use transport::Endpoint;
 
-pub const DEFAULT_LISTEN: &str = "vsock://any:50051";
+/// `vsock://any:50051`: kv-server's port of the address plan, on every CID of the enclave.
+pub fn default_listen() -> Endpoint {
+    transport::plan::vsock_any(u32::from(transport::plan::KV_SERVER_PORT))
+}
+
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_MAX_KEYS_PER_REQUEST: usize = 1_000;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -306,7 +310,7 @@ impl ServeArgs {
         };
         let invalid = |setting: String, reason: String| ConfigError::Invalid { setting, reason };
 
-        let listen_text = self.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen_text = self.listen.clone().or(file.listen).unwrap_or_else(|| default_listen().to_string());
         let listen: Endpoint = listen_text.parse().map_err(|e: transport::EndpointError| {
             invalid(origin("listen", "listen", self.listen.is_some()), e.to_string())
         })?;
@@ -560,7 +564,7 @@ impl ServeArgs {
 /// (not 0, 1 or `u32::MAX`, as enclave-init checks it).
 fn parent_cid(value: Option<&OsStr>) -> Result<u32, ConfigError> {
     let Some(value) = value else {
-        return Ok(transport::PARENT_CID);
+        return Ok(transport::plan::PARENT_CID);
     };
     let invalid = |reason: String| ConfigError::Invalid {
         setting: format!("environment variable {PARENT_CID_VAR}"),
@@ -594,7 +598,8 @@ mod tests {
     #[test]
     fn defaults_with_sample_data() {
         let config = args(&["--sample-data"]).resolve().unwrap();
-        assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(config.listen, default_listen());
+        assert_eq!(config.listen.to_string(), "vsock://any:50051");
         assert_eq!(config.source, DataSourceConfig::Sample);
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.poll_interval, Duration::from_secs(1));

@@ -43,38 +43,10 @@ pub mod v2;
 /// The protocol crate, for the tests and tools that speak v2 through this crate.
 pub use kv_protocol;
 
-/// Code generated from `proto/` at the repository root (see `build.rs`).
-pub mod proto {
-    pub mod kv_server {
-        pub mod v1 {
-            tonic::include_proto!("kv_server.v1");
-        }
-        pub mod v2 {
-            tonic::include_proto!("kv_server.v2");
-        }
-    }
-    pub mod grpc {
-        pub mod health {
-            pub mod v1 {
-                tonic::include_proto!("grpc.health.v1");
-            }
-        }
-    }
-    pub mod enclave {
-        pub mod v1 {
-            tonic::include_proto!("enclave.v1");
-        }
-    }
-    pub mod google {
-        pub mod api {
-            tonic::include_proto!("google.api");
-        }
-        pub mod rpc {
-            tonic::include_proto!("google.rpc");
-        }
-    }
-}
+/// The generated gRPC code (the kv-proto crate, built from `proto/`), under the name this crate's
+/// modules, tests and benchmarks use.
+pub use kv_proto as proto;
 
-/// The FileDescriptorSet of every service above, imports included: served by reflection, read by
+/// The FileDescriptorSet of every service, imports included: served by reflection, read by
 /// envoy's JSON transcoder (`kv-server descriptor-set --out FILE`).
-pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/query_api_descriptor_set.pb"));
+pub use kv_proto::DESCRIPTOR_SET;

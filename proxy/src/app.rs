@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -250,7 +251,7 @@ async fn serve(
     }
     let main_beat = proxy.heartbeats.register("main");
     let mut beat_timer = watchdog::beat_timer(beat_every);
-    match notify::notify("READY=1") {
+    match notify::notify(NotifyState::Ready) {
         Ok(true) => info!("READY=1 sent to systemd"),
         Ok(false) => {}
         Err(e) => warn!(error = %e, "sd_notify READY=1 failed"),
@@ -258,7 +259,9 @@ async fn serve(
     info!(config = %config_name, "vsockproxy ready");
     if let Some(every) = ping_every {
         info!(every_ms = every.as_millis() as u64, "watchdog on: WATCHDOG=1 while every loop checks in");
-        tokio::spawn(watchdog::run(proxy.heartbeats.clone(), every, || notify::notify("WATCHDOG=1")));
+        tokio::spawn(watchdog::run(proxy.heartbeats.clone(), every, || {
+            notify::notify(NotifyState::Watchdog)
+        }));
     }
     loop {
         tokio::select! {
@@ -268,7 +271,7 @@ async fn serve(
             () = watchdog::next_tick(&mut beat_timer) => main_beat.beat(),
         }
     }
-    let _ = notify::notify("STOPPING=1");
+    let _ = notify::notify(NotifyState::Stopping);
     let deadline = Duration::from_millis(proxy.shared.settings().timeouts.drain_ms);
     let active = proxy.shared.global.active();
     info!(active, deadline_ms = deadline.as_millis() as u64, "stopping: listeners closed, draining");
@@ -287,7 +290,7 @@ async fn serve(
 /// SIGHUP: re-reads the file (off the runtime's threads) and applies what can be applied live;
 /// every section whose change needs a restart is logged, counted and named in the result line.
 async fn reload(proxy: &Proxy, source: &Source, nofile: u64, sidecars: &mut Sidecars) {
-    let _ = notify::notify("RELOADING=1");
+    let _ = notify::notify(NotifyState::Reloading);
     let source = source.clone();
     let loaded = tokio::task::spawn_blocking(move || {
         source.load().and_then(|mut c| fds::fit(&mut c, nofile).map(|fit| (c, fit)))
@@ -325,5 +328,5 @@ async fn reload(proxy: &Proxy, source: &Source, nofile: u64, sidecars: &mut Side
             error!(error = %e, "reload failed; the previous configuration stays in force");
         }
     }
-    let _ = notify::notify("READY=1");
+    let _ = notify::notify(NotifyState::Ready);
 }

@@ -9,19 +9,27 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
-use transport::{Endpoint, Host, VsockCid};
+use transport::{Endpoint, Host, VsockCid, plan};
 
 use crate::dns::{DnsConfig, DnsError, Resolver};
 use crate::policy::{Policy, PolicyConfig};
 
-/// Ingress: where envoy sends h2c to (the parent's loopback).
-pub const DEFAULT_INGRESS_LISTEN: &str = "tcp://127.0.0.1:50051";
-/// Ingress: the enclave's KV server (enclave CID 16 by convention, port 50051).
-pub const DEFAULT_INGRESS_UPSTREAM: &str = "vsock://16:50051";
+/// Ingress: where envoy sends h2c to (the parent's loopback, kv-server's port).
+pub fn default_ingress_listen() -> Endpoint {
+    plan::loopback(plan::KV_SERVER_PORT)
+}
+/// Ingress: the enclave's KV server (`vsock://16:50051`).
+pub fn default_ingress_upstream() -> Endpoint {
+    plan::enclave_kv_server()
+}
 /// Egress SOCKS5 for the enclave (it dials the parent, CID 3, on this port).
-pub const DEFAULT_SOCKS5_LISTEN: &str = "vsock://any:8888";
+pub fn default_socks5_listen() -> Endpoint {
+    plan::vsock_any(plan::EGRESS_SOCKS5_PORT)
+}
 /// Admin HTTP (health, readiness, metrics); loopback only.
-pub const DEFAULT_ADMIN_LISTEN: &str = "tcp://127.0.0.1:9901";
+pub fn default_admin_listen() -> Endpoint {
+    plan::loopback(plan::PROXY_ADMIN_PORT)
+}
 /// Admin connections open at once; more are closed at accept (a scraper and a probe or two
 /// need a handful).
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -354,27 +362,18 @@ pub struct Overrides {
     pub max_connections: Option<usize>,
 }
 
-fn ep(s: &str) -> Endpoint {
-    // The defaults are constants of this module, covered by a unit test.
-    s.parse().unwrap_or_else(|e| panic!("built-in default {s}: {e}"))
-}
-
 impl FileConfig {
     /// The reference deployment: ingress 50051 -> enclave 16:50051, SOCKS5 on vsock 8888, admin.
     pub fn defaults() -> FileConfig {
         FileConfig {
-            admin: Some(AdminConfig::new(ep(DEFAULT_ADMIN_LISTEN))),
+            admin: Some(AdminConfig::new(default_admin_listen())),
             ingress: vec![RouteConfig {
                 name: None,
-                listen: ep(DEFAULT_INGRESS_LISTEN),
-                upstream: ep(DEFAULT_INGRESS_UPSTREAM),
+                listen: default_ingress_listen(),
+                upstream: default_ingress_upstream(),
                 max_connections: None,
             }],
-            socks5: Some(Socks5Config {
-                name: None,
-                listen: ep(DEFAULT_SOCKS5_LISTEN),
-                max_connections: None,
-            }),
+            socks5: Some(Socks5Config { name: None, listen: default_socks5_listen(), max_connections: None }),
             mapping: Vec::new(),
             policy: None,
             dns: None,
@@ -391,8 +390,8 @@ impl FileConfig {
             if self.ingress.is_empty() {
                 self.ingress.push(RouteConfig {
                     name: None,
-                    listen: ep(DEFAULT_INGRESS_LISTEN),
-                    upstream: ep(DEFAULT_INGRESS_UPSTREAM),
+                    listen: default_ingress_listen(),
+                    upstream: default_ingress_upstream(),
                     max_connections: None,
                 });
             }
@@ -695,10 +694,10 @@ mod tests {
     #[test]
     fn defaults_are_the_reference_deployment() {
         let c = load(None, &Overrides::default()).unwrap();
-        assert_eq!(c.routes[0].listen.to_string(), DEFAULT_INGRESS_LISTEN);
-        assert_eq!(c.routes[0].upstream.to_string(), DEFAULT_INGRESS_UPSTREAM);
-        assert_eq!(c.socks5.unwrap().listen.to_string(), DEFAULT_SOCKS5_LISTEN);
-        assert_eq!(c.admin.unwrap().listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(c.routes[0].listen.to_string(), "tcp://127.0.0.1:50051");
+        assert_eq!(c.routes[0].upstream.to_string(), "vsock://16:50051");
+        assert_eq!(c.socks5.unwrap().listen.to_string(), "vsock://any:8888");
+        assert_eq!(c.admin.unwrap().listen.to_string(), "tcp://127.0.0.1:9901");
     }
 
     #[test]

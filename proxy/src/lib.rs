@@ -9,7 +9,8 @@
 //! - [`notify`]: systemd readiness; [`watchdog`]: `WATCHDOG=1` tied to the loops' progress;
 //! - [`logging`]: the reloadable logger;
 //! - [`app`]: the daemon's life cycle; [`cli`].
-#![deny(unsafe_code)]
+//!
+//! unsafe code is denied (the workspace's lints) except in `sys`, the system calls.
 
 pub mod admin;
 pub mod app;

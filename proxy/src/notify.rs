@@ -1,34 +1,24 @@
-//! systemd's notify protocol without libsystemd: one datagram per state change to the Unix
-//! socket named by `$NOTIFY_SOCKET` (a path, or `@name` for the abstract namespace).
-//! Without `$NOTIFY_SOCKET` (not under a `Type=notify` unit) every call is a no-op.
+//! systemd's notify protocol through the `sd-notify` crate (no libsystemd): one datagram per
+//! state change to the Unix socket named by `$NOTIFY_SOCKET`. Without `$NOTIFY_SOCKET` (not under
+//! a `Type=notify` unit) every call is a no-op. The socket must be a path, as systemd's
+//! (`/run/systemd/notify`) is: sd-notify 0.5 does not connect to an abstract `@name`.
 
 use std::io;
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
-/// Sends `state` (e.g. `READY=1`); returns whether a notify socket was configured.
-pub fn notify(state: &str) -> io::Result<bool> {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+use sd_notify::NotifyState;
+
+/// Sends `state`; returns whether a notify socket was configured.
+pub fn notify(state: NotifyState<'_>) -> io::Result<bool> {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return Ok(false);
-    };
-    let bytes = path.as_encoded_bytes();
-    let addr = match bytes.strip_prefix(b"@") {
-        Some(name) => SocketAddr::from_abstract_name(name)?,
-        None => SocketAddr::from_pathname(&path)?,
-    };
-    let sock = UnixDatagram::unbound()?;
-    sock.send_to_addr(state.as_bytes(), &addr)?;
+    }
+    sd_notify::notify(&[state])?;
     Ok(true)
 }
 
-/// How often to send `WATCHDOG=1`: half the unit's `WatchdogSec`, when it is set for us.
+/// How often to send `WATCHDOG=1`: half the unit's `WatchdogSec` (`$WATCHDOG_USEC`), when it is
+/// set for this process (`$WATCHDOG_PID` absent or ours).
 pub fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID")
-        && pid.parse::<u32>().ok()? != std::process::id()
-    {
-        return None;
-    }
-    (usec > 0).then(|| Duration::from_micros(usec / 2))
+    sd_notify::watchdog_enabled().filter(|usec| !usec.is_zero()).map(|usec| usec / 2)
 }

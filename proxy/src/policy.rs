@@ -31,9 +31,9 @@
 //! addresses are checked as the IPv4 address they carry.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 /// The `[policy]` table of the configuration file.
@@ -125,7 +125,7 @@ enum Target {
     /// The suffix after `*.`, normalised: matches names with at least one more label.
     Suffix(String),
     /// An address block (an `ip` rule is a block of one address).
-    Net(Net),
+    Net(IpNet),
 }
 
 impl Rule {
@@ -208,8 +208,8 @@ impl Policy {
             let matches = match (&rule.target, special) {
                 // A special address opens only to a block inside its narrowest special range:
                 // 169.254.0.0/16 does not name IMDS, fc00::/7 does not name fd00:ec2::254.
-                (Target::Net(net), Some((range, _))) => net.contains(ip) && range.covers(net),
-                (Target::Net(net), None) => net.contains(ip),
+                (Target::Net(net), Some((range, _))) => net.contains(&ip) && range.contains(net),
+                (Target::Net(net), None) => net.contains(&ip),
                 (_, Some(_)) => false,
                 (target, None) => name.is_some_and(|name| name_matches(target, name)),
             };
@@ -255,7 +255,7 @@ fn compile_rule(index: usize, rule: &RuleConfig) -> Result<Rule, PolicyError> {
     let target = match (&rule.host, &rule.cidr, &rule.ip) {
         (Some(host), None, None) => compile_host(host).map_err(|reason| err("host", reason))?,
         (None, Some(cidr), None) => {
-            let net = Net::parse(cidr).map_err(|reason| err("cidr", format!("{cidr:?}: {reason}")))?;
+            let net = parse_net(cidr).map_err(|reason| err("cidr", format!("{cidr:?}: {reason}")))?;
             Target::Net(net)
         }
         (None, None, Some(ip)) => {
@@ -263,7 +263,7 @@ fn compile_rule(index: usize, rule: &RuleConfig) -> Result<Rule, PolicyError> {
                 err("ip", format!("{ip:?} is not an IP address (write e.g. \"127.0.0.1\" or \"::1\")"))
             })?;
             let addr = canonical_ip(addr);
-            Target::Net(Net { addr, prefix: max_prefix(addr) })
+            Target::Net(IpNet::from(addr))
         }
         (None, None, None) => {
             return Err(err("rule", "needs one of `host`, `cidr` or `ip`".into()));
@@ -473,73 +473,29 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     ip
 }
 
-/// An address block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Net {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-fn max_prefix(ip: IpAddr) -> u8 {
-    if ip.is_ipv4() { 32 } else { 128 }
-}
-
-fn bits(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => u128::from(v6),
+/// An address block `addr/prefix` (ipnet does the arithmetic); the errors say what is wrong with
+/// `text` in words a configuration's author can act on.
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    let (addr, prefix) =
+        text.split_once('/').ok_or("missing \"/prefix\" (for one address, use `ip = ...`)")?;
+    let addr: IpAddr = addr.parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let width = IpNet::from(addr).max_prefix_len();
+    let net = prefix
+        .parse()
+        .ok()
+        .and_then(|p| IpNet::new(addr, p).ok())
+        .ok_or_else(|| format!("prefix {prefix:?} is not a number from 0 to {width}"))?;
+    if let IpAddr::V6(v6) = addr
+        && canonical_ip(addr) != addr
+    {
+        return Err(format!(
+            "{v6} embeds an IPv4 address, which is checked as IPv4: write the block in IPv4"
+        ));
     }
-}
-
-fn mask(prefix: u8, width: u8) -> u128 {
-    if prefix == 0 { 0 } else { (u128::MAX << (width - prefix)) & (u128::MAX >> (128 - width)) }
-}
-
-impl Net {
-    fn parse(text: &str) -> Result<Net, String> {
-        let (addr, prefix) =
-            text.split_once('/').ok_or("missing \"/prefix\" (for one address, use `ip = ...`)")?;
-        let addr: IpAddr = addr.parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
-        let width = max_prefix(addr);
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= width)
-            .ok_or_else(|| format!("prefix {prefix:?} is not a number from 0 to {width}"))?;
-        if let IpAddr::V6(v6) = addr
-            && canonical_ip(addr) != addr
-        {
-            return Err(format!(
-                "{v6} embeds an IPv4 address, which is checked as IPv4: write the block in IPv4"
-            ));
-        }
-        let host_bits = bits(addr) & !mask(prefix, width);
-        if host_bits != 0 {
-            let network = from_bits(bits(addr) & mask(prefix, width), addr);
-            return Err(format!("host bits are set; did you mean \"{network}/{prefix}\"?"));
-        }
-        Ok(Net { addr, prefix })
+    if net.trunc() != net {
+        return Err(format!("host bits are set; did you mean \"{}\"?", net.trunc()));
     }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        if ip.is_ipv4() != self.addr.is_ipv4() {
-            return false;
-        }
-        let m = mask(self.prefix, max_prefix(ip));
-        bits(ip) & m == bits(self.addr) & m
-    }
-
-    /// True if `inner` lies wholly inside this block.
-    fn covers(&self, inner: &Net) -> bool {
-        self.prefix <= inner.prefix && self.contains(inner.addr)
-    }
-}
-
-fn from_bits(value: u128, like: IpAddr) -> IpAddr {
-    match like {
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(value as u32)),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(value)),
-    }
+    Ok(net)
 }
 
 /// Special-purpose ranges (IANA IPv4/IPv6 special-purpose registries plus the AWS ones): the one
@@ -585,27 +541,44 @@ pub const SPECIAL_V6: &[([u16; 8], u8, &str)] = &[
     ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8, "a multicast address"),
 ];
 
-fn special_v4() -> impl Iterator<Item = (Net, &'static str)> {
-    SPECIAL_V4.iter().map(|&(a, prefix, what)| (Net { addr: IpAddr::from(a), prefix }, what))
+// Every prefix above fits its family, checked when this compiles (`new_assert` is a `const fn`):
+// the `new_assert`s below cannot fail.
+const _: () = {
+    let mut i = 0;
+    while i < SPECIAL_V4.len() {
+        let ([a, b, c, d], prefix, _) = SPECIAL_V4[i];
+        Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), prefix);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < SPECIAL_V6.len() {
+        let ([a, b, c, d, e, f, g, h], prefix, _) = SPECIAL_V6[i];
+        Ipv6Net::new_assert(Ipv6Addr::new(a, b, c, d, e, f, g, h), prefix);
+        i += 1;
+    }
+};
+
+fn special_v4() -> impl Iterator<Item = (IpNet, &'static str)> {
+    SPECIAL_V4.iter().map(|&(a, prefix, what)| (IpNet::V4(Ipv4Net::new_assert(a.into(), prefix)), what))
 }
 
-fn special_v6() -> impl Iterator<Item = (Net, &'static str)> {
-    SPECIAL_V6.iter().map(|&(a, prefix, what)| (Net { addr: IpAddr::from(a), prefix }, what))
+fn special_v6() -> impl Iterator<Item = (IpNet, &'static str)> {
+    SPECIAL_V6.iter().map(|&(a, prefix, what)| (IpNet::V6(Ipv6Net::new_assert(a.into(), prefix)), what))
 }
 
 #[cfg(test)]
-fn special_ranges() -> impl Iterator<Item = (Net, &'static str)> {
+fn special_ranges() -> impl Iterator<Item = (IpNet, &'static str)> {
     special_v4().chain(special_v6())
 }
 
 /// The most specific special range containing `ip` (already canonical), with its description.
 /// Only the list of `ip`'s family is searched: a range never contains an address of the other.
-fn narrowest_special(ip: IpAddr) -> Option<(Net, &'static str)> {
+fn narrowest_special(ip: IpAddr) -> Option<(IpNet, &'static str)> {
     fn narrowest(
-        ranges: impl Iterator<Item = (Net, &'static str)>,
+        ranges: impl Iterator<Item = (IpNet, &'static str)>,
         ip: IpAddr,
-    ) -> Option<(Net, &'static str)> {
-        ranges.filter(|(net, _)| net.contains(ip)).max_by_key(|(net, _)| net.prefix)
+    ) -> Option<(IpNet, &'static str)> {
+        ranges.filter(|(net, _)| net.contains(&ip)).max_by_key(|(net, _)| net.prefix_len())
     }
     match ip {
         IpAddr::V4(_) => narrowest(special_v4(), ip),
@@ -616,12 +589,6 @@ fn narrowest_special(ip: IpAddr) -> Option<(Net, &'static str)> {
 /// What kind of special address `ip` (already canonical) is, if any (the narrowest range's name).
 pub fn special_range(ip: IpAddr) -> Option<&'static str> {
     narrowest_special(ip).map(|(_, what)| what)
-}
-
-impl fmt::Display for Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
 }
 
 #[cfg(test)]
@@ -918,8 +885,11 @@ mod tests {
         let table = doc.split("### Special addresses").nth(1).and_then(|t| t.split("\n\n").nth(2)).unwrap();
         let cells: Vec<&str> = table.split(['|', ',']).map(str::trim).collect();
         for (net, what) in special_ranges() {
-            let shown =
-                if net.prefix == max_prefix(net.addr) { net.addr.to_string() } else { net.to_string() };
+            let shown = if net.prefix_len() == net.max_prefix_len() {
+                net.addr().to_string()
+            } else {
+                net.to_string()
+            };
             assert!(
                 cells.contains(&shown.as_str()),
                 "{shown} ({what}) is missing from docs/policy.md:\n{table}"
@@ -1159,26 +1129,32 @@ mod tests {
             pick in any::<prop::sample::Index>(), inner in any::<prop::sample::Index>(),
             offset in any::<u128>(), at_inner_base in any::<bool>(), port in 1u16..
         ) {
-            let ranges: Vec<(Net, &str)> = special_ranges().collect();
+            let ranges: Vec<(IpNet, &str)> = special_ranges().collect();
             // A block in an IPv4 carrier form (::ffff:0:0/96) cannot be a rule: write it in IPv4.
-            let rules: Vec<Net> = ranges.iter().map(|(r, _)| *r).filter(|r| canonical_ip(r.addr) == r.addr).collect();
+            let rules: Vec<IpNet> = ranges.iter().map(|(r, _)| *r).filter(|r| canonical_ip(r.addr()) == r.addr()).collect();
             let range = rules[pick.index(rules.len())];
-            let width = max_prefix(range.addr);
-            let mut addr = from_bits(bits(range.addr) | (offset & !mask(range.prefix, width) & (u128::MAX >> (128 - width))), range.addr);
+            let mut addr = match range {
+                IpNet::V4(n) => {
+                    IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) | (offset as u32 & u32::from(n.hostmask()))))
+                }
+                IpNet::V6(n) => {
+                    IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | (offset & u128::from(n.hostmask()))))
+                }
+            };
             // Half the cases: the first address of another special range, when it lies inside
             // this one (IMDS inside link-local, fd00:ec2::254 inside fc00::/7).
             let (other, _) = ranges[inner.index(ranges.len())];
-            if at_inner_base && range.contains(other.addr) {
-                addr = other.addr;
+            if at_inner_base && range.contains(&other.addr()) {
+                addr = other.addr();
             }
             let p = policy(vec![rule(("cidr", &range.to_string()), &["*"])]);
-            let narrowest = ranges.iter().filter(|(r, _)| r.contains(addr)).map(|(r, _)| r.prefix).max();
+            let narrowest = ranges.iter().filter(|(r, _)| r.contains(&addr)).map(|(r, _)| r.prefix_len()).max();
             let verdict = p.check_ip(None, addr, port);
             if canonical_ip(addr) != addr {
                 // A carrier form inside an IPv6 range (::/128's neighbours in ::/96) is judged as
                 // the IPv4 address it carries, which an IPv6 rule never names.
                 prop_assert!(verdict.is_err());
-            } else if narrowest == Some(range.prefix) {
+            } else if narrowest == Some(range.prefix_len()) {
                 prop_assert_eq!(kind(verdict), "allowed", "{} in {}", addr, range);
             } else {
                 prop_assert_eq!(kind(verdict), "special_address", "{} in {}", addr, range);

@@ -17,10 +17,22 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent directory").to_path_buf()
 }
 
-/// A binary of this workspace, built by `cargo build --workspace --bins` (scripts/test.sh does
-/// that before the tests). Looked up next to the test executable (`target/debug/deps/..`),
-/// then in `$CARGO_TARGET_DIR/debug`. Panics with what to run when it is missing.
+/// A binary of this workspace. scripts/test.sh builds each package alone (`cargo build -p
+/// <package>`, the features it ships with) into `$NITRO_KV_BIN_DIR`; when that is set the binary
+/// is taken from there only. Otherwise looked up next to the test executable
+/// (`target/debug/deps/..`), then in `$CARGO_TARGET_DIR/debug`. Panics with what to run when it
+/// is missing.
 pub fn workspace_bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("NITRO_KV_BIN_DIR") {
+        let p = PathBuf::from(dir).join(name);
+        assert!(
+            p.is_file(),
+            "binary `{name}` not in NITRO_KV_BIN_DIR ({}): add its package to the list that \
+             scripts/test.sh builds",
+            p.display()
+        );
+        return p;
+    }
     let mut candidates = Vec::new();
     if let Ok(exe) = std::env::current_exe()
         && let Some(deps) = exe.parent()
@@ -41,7 +53,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     }
     panic!(
         "binary `{name}` not found (looked in {candidates:?}); build it first: \
-         `cargo build --workspace --bins` (scripts/test.sh does this)"
+         `cargo build -p <its package>` (scripts/test.sh builds each into $NITRO_KV_BIN_DIR)"
     );
 }
 

@@ -24,14 +24,14 @@ use std::time::Duration;
 use e2e_tests::enclave::{Moto, Runner, TestImage, build_dist, build_test_eif, qemu_available};
 use e2e_tests::{Envoy, Proc, free_port, http_get, repo_root, run_vsockproxy, wait_until, workspace_bin};
 use kv_client::verify::{Expectations, SignatureCheck, VerifyOptions, verify_attestation};
-use kv_server::proto::enclave::v1::GetAttestationDocumentRequest;
-use kv_server::proto::enclave::v1::attestation_client::AttestationClient;
-use kv_server::proto::grpc::health::v1::HealthCheckRequest;
-use kv_server::proto::grpc::health::v1::health_check_response::ServingStatus;
-use kv_server::proto::grpc::health::v1::health_client::HealthClient;
-use kv_server::proto::kv_server::v1::GetValuesRequest;
-use kv_server::proto::kv_server::v1::key_value_service_client::KeyValueServiceClient;
-use kv_server::proto::kv_server::v1::v1_single_lookup_result::SingleLookupResult;
+use kv_proto::enclave::v1::GetAttestationDocumentRequest;
+use kv_proto::enclave::v1::attestation_client::AttestationClient;
+use kv_proto::grpc::health::v1::HealthCheckRequest;
+use kv_proto::grpc::health::v1::health_check_response::ServingStatus;
+use kv_proto::grpc::health::v1::health_client::HealthClient;
+use kv_proto::kv_server::v1::GetValuesRequest;
+use kv_proto::kv_server::v1::key_value_service_client::KeyValueServiceClient;
+use kv_proto::kv_server::v1::v1_single_lookup_result::SingleLookupResult;
 use otlp_receiver::{Receiver, attr, attr_text};
 
 /// Generous: a TCG boot of a 30 MB ramdisk on a busy 2-core machine.

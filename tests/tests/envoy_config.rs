@@ -23,6 +23,19 @@ fn generate_descriptor_set(dir: &Path) -> PathBuf {
     out
 }
 
+/// What the binary writes is kv-proto's set, byte for byte: the file the bundle ships and the set
+/// the generated clients (and reflection) come from cannot drift apart.
+#[test]
+fn kv_server_writes_the_descriptor_set_of_kv_proto() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = std::fs::read(generate_descriptor_set(dir.path())).unwrap();
+    assert!(!written.is_empty());
+    assert!(
+        written == kv_proto::DESCRIPTOR_SET,
+        "kv-server descriptor-set differs from kv_proto::DESCRIPTOR_SET"
+    );
+}
+
 fn decode(path: &Path) -> FileDescriptorSet {
     let bytes = std::fs::read(path).unwrap();
     FileDescriptorSet::decode(bytes.as_slice()).expect("descriptor set decodes")

@@ -14,8 +14,8 @@ use e2e_tests::{
     EnvoyTarget, Proc, envoy_bin, free_port, http_get, render_envoy_config, run_vsockproxy, system_tool,
     wait_until, workspace_bin,
 };
-use kv_server::proto::kv_server::v1::GetValuesRequest;
-use kv_server::proto::kv_server::v1::key_value_service_client::KeyValueServiceClient;
+use kv_proto::kv_server::v1::GetValuesRequest;
+use kv_proto::kv_server::v1::key_value_service_client::KeyValueServiceClient;
 use otlp_receiver::{Receiver, attr, attr_text, latest_value};
 use tonic::transport::Channel;
 

@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use e2e_tests::{Stack, http_get, http_request, wait_until};
-use kv_server::proto::grpc::health::v1::HealthCheckRequest;
-use kv_server::proto::grpc::health::v1::health_check_response::ServingStatus;
-use kv_server::proto::grpc::health::v1::health_client::HealthClient;
-use kv_server::proto::kv_server::v1::GetValuesRequest;
-use kv_server::proto::kv_server::v1::key_value_service_client::KeyValueServiceClient;
-use kv_server::proto::kv_server::v1::v1_single_lookup_result::SingleLookupResult;
+use kv_proto::grpc::health::v1::HealthCheckRequest;
+use kv_proto::grpc::health::v1::health_check_response::ServingStatus;
+use kv_proto::grpc::health::v1::health_client::HealthClient;
+use kv_proto::kv_server::v1::GetValuesRequest;
+use kv_proto::kv_server::v1::key_value_service_client::KeyValueServiceClient;
+use kv_proto::kv_server::v1::v1_single_lookup_result::SingleLookupResult;
 
 const READY: Duration = Duration::from_secs(30);
 

@@ -17,17 +17,17 @@ use std::time::Duration;
 
 use e2e_tests::enclave::{Runner, TestImage, build_test_eif, qemu_available};
 use e2e_tests::{free_port, run_vsockproxy};
-use kv_server::kv_protocol::cbor::{self, Argument, Partition, Request};
-use kv_server::kv_protocol::keys::{KEYSET_USER_DATA_PREFIX, PublicKeySet, key_set_user_data};
-use kv_server::kv_protocol::{client, framing, suite};
-use kv_server::proto::enclave::v1::GetAttestationDocumentRequest;
-use kv_server::proto::enclave::v1::attestation_client::AttestationClient;
-use kv_server::proto::google::api::HttpBody;
-use kv_server::proto::kv_server::v1::GetValuesRequest;
-use kv_server::proto::kv_server::v1::key_value_service_client::KeyValueServiceClient as V1Client;
-use kv_server::proto::kv_server::v2::key_service_client::KeyServiceClient;
-use kv_server::proto::kv_server::v2::key_value_service_client::KeyValueServiceClient as V2Client;
-use kv_server::proto::kv_server::v2::{GetPublicKeysRequest, ObliviousGetValuesRequest};
+use kv_proto::enclave::v1::GetAttestationDocumentRequest;
+use kv_proto::enclave::v1::attestation_client::AttestationClient;
+use kv_proto::google::api::HttpBody;
+use kv_proto::kv_server::v1::GetValuesRequest;
+use kv_proto::kv_server::v1::key_value_service_client::KeyValueServiceClient as V1Client;
+use kv_proto::kv_server::v2::key_service_client::KeyServiceClient;
+use kv_proto::kv_server::v2::key_value_service_client::KeyValueServiceClient as V2Client;
+use kv_proto::kv_server::v2::{GetPublicKeysRequest, ObliviousGetValuesRequest};
+use kv_protocol::cbor::{self, Argument, Partition, Request};
+use kv_protocol::keys::{KEYSET_USER_DATA_PREFIX, PublicKeySet, key_set_user_data};
+use kv_protocol::{client, framing, suite};
 
 /// Generous: a TCG boot on a busy 2-core machine.
 const SERVING: Duration = Duration::from_secs(120);

@@ -6,9 +6,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e_tests::{Stack, http_request, system_tool};
-use kv_server::kv_protocol::cbor::{self, Argument, Partition, Request};
-use kv_server::kv_protocol::keys::PublicKeySet;
-use kv_server::kv_protocol::{client, framing, suite};
+use kv_protocol::cbor::{self, Argument, Partition, Request};
+use kv_protocol::keys::PublicKeySet;
+use kv_protocol::{client, framing, suite};
 
 const READY: Duration = Duration::from_secs(30);
 

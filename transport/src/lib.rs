@@ -19,12 +19,18 @@
 //! tokio-vsock was used for the vsock listener and stream until both had to hand sockets between
 //! runtimes and expose readiness: its stream has no readiness API, and turning a descriptor into
 //! its listener panics when the reactor refuses the registration, so nothing of it is left.
-#![deny(unsafe_code)]
+//!
+//! [`plan`] is the address plan both daemons take their defaults from: the CIDs of the parent and
+//! the enclave and the ports of the reference deployment.
+//!
+//! unsafe code is denied (the workspace's lints); `fd_stream` allows it where it registers and
+//! reads a raw socket and `stream` for shutdown(2), each block with its `// SAFETY:` argument.
 
 mod endpoint;
 mod fd_stream;
 mod hybrid;
 mod listener;
+pub mod plan;
 pub mod socks5;
 mod stream;
 

@@ -86,7 +86,7 @@ impl Daemon {
         d
     }
 
-    /// Waits for a notify datagram containing `what`; panics with the log on timeout.
+    /// Waits for a notify assignment containing `what`; panics with the log on timeout.
     pub fn wait_notify(&mut self, what: &str, timeout: Duration) {
         let until = Instant::now() + timeout;
         while Instant::now() < until {
@@ -95,7 +95,7 @@ impl Daemon {
             }
             let mut buf = [0u8; 512];
             if let Ok(n) = self.notify.recv(&mut buf) {
-                self.notes.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                self.notes.extend(assignments(&buf[..n]));
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("vsockproxy exited ({status}) before {what}; log:\n{}", self.log_text());
@@ -104,13 +104,13 @@ impl Daemon {
         panic!("no {what} from vsockproxy within {timeout:?}; log:\n{}", self.log_text());
     }
 
-    /// Collects notify datagrams for `dur`.
+    /// Collects notify assignments for `dur`.
     pub fn collect_notes(&mut self, dur: Duration) {
         let until = Instant::now() + dur;
         while Instant::now() < until {
             let mut buf = [0u8; 512];
             if let Ok(n) = self.notify.recv(&mut buf) {
-                self.notes.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                self.notes.extend(assignments(&buf[..n]));
             }
         }
     }
@@ -359,4 +359,10 @@ pub async fn http_server(body: &'static str) -> SocketAddr {
         }
     });
     addr
+}
+
+/// The assignments (`READY=1`, ...) of one notify datagram: newline-separated, as systemd reads
+/// them.
+fn assignments(datagram: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(datagram).lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
 }

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use kv_server::proto::grpc::health::v1::HealthCheckRequest;
-use kv_server::proto::grpc::health::v1::health_client::HealthClient;
+use kv_proto::grpc::health::v1::HealthCheckRequest;
+use kv_proto::grpc::health::v1::health_client::HealthClient;
 
 /// A channel to `url` once `autoscaler-healthcheck` answers there (kv-server in the guest is
 /// up), within `timeout`.
