@@ -67,8 +67,11 @@ target=x86_64-unknown-linux-gnu
 # machine's), paths inside them independent of where the clone and cargo's registry are.
 export RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$REPO_ROOT=/nitro-kv --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
 log "building kv-server, enclave-init, vsockproxy (release, static)"
-cargo build --release --locked --target "$target" -p kv-server -p enclave-init -p vsockproxy \
-  --bin kv-server --bin enclave-init --bin vsockproxy
+# One cargo invocation per binary, so each is built with its own package's features only (in one
+# invocation cargo unifies them: vsockproxy's would reach kv-server), as the tests build them.
+for package in kv-server enclave-init vsockproxy; do
+  cargo build --release --locked --target "$target" -p "$package" --bin "$package"
+done
 unset RUSTFLAGS
 cargo build --release --locked -p packaging --bin kv-packager
 bin="$CARGO_TARGET_DIR/$target/release"

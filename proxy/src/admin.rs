@@ -30,28 +30,11 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 use transport::Listener;
 
-use crate::config::{AdminConfig, DEFAULT_ADMIN_HEADER_READ_TIMEOUT_MS, DEFAULT_ADMIN_IDLE_TIMEOUT_MS};
+use crate::config::AdminTimeouts;
 use crate::server::{ListenerState, Shared, dial_fixed};
 
 /// How long `/readyz` waits for an ingress upstream to accept.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The per-connection deadlines of `[admin]`; a reload applies them to new connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AdminTimeouts {
-    pub header_read: Duration,
-    pub idle: Duration,
-}
-
-impl AdminTimeouts {
-    pub fn from_config(admin: Option<&AdminConfig>) -> AdminTimeouts {
-        let (header, idle) = admin
-            .map_or((DEFAULT_ADMIN_HEADER_READ_TIMEOUT_MS, DEFAULT_ADMIN_IDLE_TIMEOUT_MS), |a| {
-                (a.header_read_timeout_ms, a.idle_timeout_ms)
-            });
-        AdminTimeouts { header_read: Duration::from_millis(header), idle: Duration::from_millis(idle) }
-    }
-}
 
 /// Serves until `stop` turns true.
 pub async fn run(

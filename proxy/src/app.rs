@@ -13,11 +13,11 @@ use tracing::{error, info, warn};
 use transport::Endpoint;
 
 use crate::cli::RunArgs;
-use crate::config::{Config, ForwardMode, Source};
+use crate::config::NotApplied;
+use crate::config::{Config, ForwardMode, OtlpConfig, Source};
 use crate::fds::{self, Fit};
 use crate::logging::Logging;
-use crate::otlp::OtlpConfig;
-use crate::server::{NotApplied, Proxy, Shared};
+use crate::server::{Proxy, Shared};
 use crate::workers::Workers;
 use crate::{admin, notify, sys, watchdog};
 

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 use transport::{Endpoint, Host, VsockCid, plan};
@@ -61,7 +62,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub log: LogConfig,
     /// `[otlp]`: the /metrics series also pushed to a collector (see `crate::otlp`).
-    pub otlp: Option<crate::otlp::OtlpConfig>,
+    pub otlp: Option<OtlpConfig>,
 }
 
 /// `[admin]`: the loopback HTTP endpoint and what one local client may hold of it.
@@ -128,7 +129,7 @@ pub struct Socks5Config {
 }
 
 /// The global connection cap when the file does not set one and the descriptor limit allows
-/// it (otherwise it is derived from `RLIMIT_NOFILE`, see `crate::fds`).
+/// it (otherwise it is derived from `RLIMIT_NOFILE`, see the `fds` module).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16384;
 
 /// `[limits]` as written.
@@ -337,7 +338,7 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     pub forwarding: ForwardingConfig,
     pub log: LogConfig,
-    pub otlp: Option<crate::otlp::OtlpConfig>,
+    pub otlp: Option<OtlpConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -678,6 +679,51 @@ impl Source {
     pub fn load(&self) -> Result<Config, ConfigError> {
         load(self.path.as_deref(), &self.overrides)
     }
+}
+
+fn default_otlp_interval_ms() -> u64 {
+    10_000
+}
+
+/// `[otlp]` in the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's OTLP/gRPC endpoint, e.g. `tcp://127.0.0.1:4317`.
+    #[serde(deserialize_with = "collector_endpoint")]
+    pub endpoint: Endpoint,
+    #[serde(default = "default_otlp_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn collector_endpoint<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Endpoint, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_dial(&s).map_err(serde::de::Error::custom)
+}
+
+/// The admin endpoint's deadlines, from `[admin]` or its defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminTimeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+}
+
+impl AdminTimeouts {
+    pub fn from_config(admin: Option<&AdminConfig>) -> AdminTimeouts {
+        let (header, idle) = admin
+            .map_or((DEFAULT_ADMIN_HEADER_READ_TIMEOUT_MS, DEFAULT_ADMIN_IDLE_TIMEOUT_MS), |a| {
+                (a.header_read_timeout_ms, a.idle_timeout_ms)
+            });
+        AdminTimeouts { header_read: Duration::from_millis(header), idle: Duration::from_millis(idle) }
+    }
+}
+
+/// A part of a reloaded configuration that is not in force until a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotApplied {
+    /// The config section (`admin`, `dns`, `forwarding`, `log`, `ingress`, `mapping`, `socks5`).
+    pub section: &'static str,
+    pub note: String,
 }
 
 #[cfg(test)]

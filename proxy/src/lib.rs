@@ -10,6 +10,10 @@
 //! - [`logging`]: the reloadable logger;
 //! - [`app`]: the daemon's life cycle; [`cli`].
 //!
+//! The modules import each other without cycles: [`config`] (with the types a reload reports on,
+//! `[otlp]` and the admin deadlines) sits under everything but [`policy`] and [`dns`]; [`server`]
+//! under [`admin`] and [`otlp`]; [`app`] on top.
+//!
 //! unsafe code is denied (the workspace's lints) except in `sys`, the system calls.
 
 pub mod admin;

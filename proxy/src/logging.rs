@@ -6,8 +6,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
-use crate::config::{LogConfig, LogFormat};
-use crate::server::NotApplied;
+use crate::config::{LogConfig, LogFormat, NotApplied};
 
 /// The running logger and what it was set up with.
 pub struct Logging {

@@ -16,34 +16,13 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1 as pm;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use serde::Deserialize;
 use tokio::sync::watch;
-use transport::Endpoint;
 
+use crate::config::OtlpConfig;
 use crate::server::Shared;
 
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn default_interval_ms() -> u64 {
-    10_000
-}
-
-/// `[otlp]` in the config file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OtlpConfig {
-    /// The collector's OTLP/gRPC endpoint, e.g. `tcp://127.0.0.1:4317`.
-    #[serde(deserialize_with = "collector_endpoint")]
-    pub endpoint: Endpoint,
-    #[serde(default = "default_interval_ms")]
-    pub interval_ms: u64,
-}
-
-fn collector_endpoint<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Endpoint, D::Error> {
-    let s = String::deserialize(d)?;
-    crate::config::parse_dial(&s).map_err(serde::de::Error::custom)
-}
 
 /// Failed export calls, for the log and the tests.
 pub static EXPORTS_FAILED: AtomicU64 = AtomicU64::new(0);

@@ -27,8 +27,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use transport::socks5::{self, Address, Command, ReplyCode};
 use transport::{Endpoint, Host, Listener, PeerAddr, Stream};
 
-use crate::admin::AdminTimeouts;
-use crate::config::{Config, ForwardingConfig, RouteKind, TimeoutsConfig};
+use crate::config::{AdminTimeouts, Config, ForwardingConfig, NotApplied, RouteKind, TimeoutsConfig};
 use crate::dns::{DnsConfig, DnsError, Resolver};
 use crate::forward::{self, Counters, ForwardError};
 use crate::limits::{Limit, Permit};
@@ -171,14 +170,6 @@ pub enum StartError {
     Dns(DnsError),
     #[error("listener {name}: cannot hand the listening socket to the forwarding threads: {source}")]
     Spread { name: String, source: io::Error },
-}
-
-/// A part of a reloaded configuration that is not in force until a restart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotApplied {
-    /// The config section (`admin`, `log`, `ingress`, `mapping`, `socks5`, `dns`).
-    pub section: &'static str,
-    pub note: String,
 }
 
 /// The daemon after binding: listeners are open, accept loops not yet started.
