@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attestation;
+pub mod aws;
 pub mod config;
 pub mod data;
 pub mod egress;

@@ -26,6 +26,11 @@ use crate::proto::google::rpc;
 use crate::proto::kv_server::v1::GetValuesRequest;
 use crate::store::{ReadView, Store, StoredValue};
 
+/// GetValues' answer while plaintext lookups are off (also ObliviousGetValues' hint in v2).
+pub const PLAINTEXT_DISABLED: &str = "plaintext lookups are turned off on this server (plaintext_lookups = \
+     false): send an encrypted request to ObliviousGetValues (POST /v2/oblivious_getvalues) with a key \
+     from GET /v2/keys";
+
 pub use crate::proto::encoded::{KeyValueService, KeyValueServiceServer};
 
 /// google.rpc.Code NOT_FOUND.
@@ -75,7 +80,7 @@ impl QueryService {
         QueryService { store, limits, plaintext_lookups: true, not_found: not_found.into_boxed_slice() }
     }
 
-    /// With `false`, GetValues answers FAILED_PRECONDITION ([`crate::v2::PLAINTEXT_DISABLED`]).
+    /// With `false`, GetValues answers FAILED_PRECONDITION ([`PLAINTEXT_DISABLED`]).
     pub fn with_plaintext_lookups(self, enabled: bool) -> QueryService {
         QueryService { plaintext_lookups: enabled, ..self }
     }
@@ -184,7 +189,7 @@ impl KeyValueService for QueryService {
         let result = if self.plaintext_lookups {
             self.answer(request.get_ref())
         } else {
-            Err(Status::failed_precondition(crate::v2::PLAINTEXT_DISABLED))
+            Err(Status::failed_precondition(PLAINTEXT_DISABLED))
         };
         let outcome = match &result {
             Ok(response) => Ok((response.keys, response.not_found)),

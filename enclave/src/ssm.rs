@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::s3;
+use crate::aws;
 
 pub const DATA_BUCKET_ID: &str = "data-bucket-id";
 pub const BACKUP_POLL_FREQUENCY_SECS: &str = "backup-poll-frequency-secs";
@@ -76,7 +76,7 @@ pub async fn read(
         .with_decryption(true)
         .send()
         .await
-        .map_err(|e| SsmError::Call { names: names.join(", "), detail: s3::describe(&e) })?;
+        .map_err(|e| SsmError::Call { names: names.join(", "), detail: aws::describe(&e) })?;
     let values: HashMap<String, String> = output
         .parameters()
         .iter()
@@ -99,7 +99,7 @@ pub fn parse(
     let mut settings = SsmSettings::default();
     match get(DATA_BUCKET_ID) {
         Some((full, value)) => {
-            s3::check_bucket(&value)
+            aws::check_bucket(&value)
                 .map_err(|reason| invalid(full.clone(), format!("the value {reason}")))?;
             settings.bucket = Some(value);
             settings.found.push(full);
@@ -120,12 +120,12 @@ pub fn parse(
         settings.found.push(full);
     }
     if let Some((full, value)) = get(DATA_PREFIX) {
-        s3::check_prefix(&value).map_err(|reason| invalid(full.clone(), format!("the value {reason}")))?;
+        aws::check_prefix(&value).map_err(|reason| invalid(full.clone(), format!("the value {reason}")))?;
         settings.prefix = Some(value);
         settings.found.push(full);
     }
     if let Some((full, value)) = get(REGION) {
-        s3::check_region(&value).map_err(|reason| invalid(full.clone(), format!("the value {reason}")))?;
+        aws::check_region(&value).map_err(|reason| invalid(full.clone(), format!("the value {reason}")))?;
         settings.region = Some(value);
         settings.found.push(full);
     }

@@ -38,10 +38,9 @@ use crate::proto::kv_server::v2::{GetPublicKeysRequest, GetValuesHttpRequest, Ob
 use crate::store::{Store, StoredValue};
 use crate::telemetry::counters::{self, V2Error, V2Method};
 
+pub use crate::query::PLAINTEXT_DISABLED;
+
 pub const JSON: &str = "application/json";
-pub const PLAINTEXT_DISABLED: &str = "plaintext lookups are turned off on this server (plaintext_lookups = \
-     false): send an encrypted request to ObliviousGetValues (POST /v2/oblivious_getvalues) with a key \
-     from GET /v2/keys";
 /// The one answer to a request that decrypted but was not valid.
 pub const INVALID_DECRYPTED_REQUEST: &str = "the decrypted request is not a valid request or exceeds a \
      limit; on the encrypted path the reason is not returned";
