@@ -4,7 +4,9 @@
 //! `KV_DATA_BENCH_RECORDS` overrides the count), writes it as Avro/FlatBuffers and as CSV, and
 //! times `parse_file` on each (best of 3). The peer, measured in the same run on the same CSV
 //! bytes, is the `csv` crate's raw record loop (no UTF-8 checks, no field parsing, no
-//! allocation per record): the ratios say what validation and building `Record`s cost.
+//! allocation per record): the ratios say what validation and building `Record`s cost. A second
+//! peer reads the Avro container with the maintained `apache-avro` crate (records as bytes,
+//! its allocation cap set), for the choice of our own container reader (docs/data-files.md).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -66,6 +68,22 @@ fn main() {
         rows / 5
     });
     assert_eq!(rows, n);
+    // The maintained Avro reader on the same container, with its allocation cap for untrusted
+    // input: it yields each record's bytes (a `Value::Bytes`); decoding the FlatBuffers inside and
+    // building the `Record`s would come on top of its time.
+    apache_avro::util::max_allocation_bytes(64 << 20);
+    let (t_apache, c_apache, records) = best_of_3(|| {
+        let reader = apache_avro::Reader::new(&avro[..]).expect("apache-avro header");
+        let mut records = 0usize;
+        for value in reader {
+            match value.expect("apache-avro record") {
+                apache_avro::types::Value::Bytes(b) => records += usize::from(!b.is_empty()),
+                other => panic!("apache-avro: a record is not bytes: {other:?}"),
+            }
+        }
+        records
+    });
+    assert_eq!(records, n);
 
     let rate = |t: Duration| n as f64 / t.as_secs_f64();
     let mb = |bytes: usize, t: Duration| bytes as f64 / t.as_secs_f64() / 1e6;
@@ -84,6 +102,7 @@ fn main() {
     line("avro+flatbuffers parse_file:", t_avro, c_avro, avro.len());
     line("csv parse_file:", t_csv, c_csv, csv.len());
     line("peer: csv crate raw rows:", t_peer, c_peer, csv.len());
+    line("apache-avro records as bytes:", t_apache, c_apache, avro.len());
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
     println!(
         "  time ratio to peer (lower is faster): avro {:.2}x wall / {:.2}x cpu, csv {:.2}x wall / {:.2}x cpu",
@@ -91,5 +110,10 @@ fn main() {
         ratio(c_avro, c_peer),
         ratio(t_csv, t_peer),
         ratio(c_csv, c_peer)
+    );
+    println!(
+        "  apache-avro (container only, no FlatBuffers) against our avro+flatbuffers parse_file: {:.2}x wall / {:.2}x cpu",
+        ratio(t_apache, t_avro),
+        ratio(c_apache, c_avro)
     );
 }
