@@ -5,8 +5,9 @@
 //! A busy connection holds [`PER_CONNECTION`] descriptors: its two sockets and, in splice mode,
 //! two pipes of two ends each. Copy-mode and vsock connections hold fewer, but a reload can
 //! switch the mode under live traffic, so the budget is for the worst case. Besides them the
-//! daemon needs [`overhead`]: its listeners, the admin endpoint's connections (each with at
-//! most one `/readyz` probe to an ingress upstream open at a time) and [`RESERVED`] for itself.
+//! daemon needs [`overhead`]: its listeners (and each forwarding thread's `dup` of them, its epoll
+//! and eventfd), the admin endpoint's connections (each with at most one `/readyz` probe to an
+//! ingress upstream open at a time) and [`RESERVED`] for itself.
 //!
 //! A global cap the operator chose (`limits.max_connections`, `--max-connections`) that does
 //! not fit is refused with the key, the numbers and the limit (exit 2 at start, a rejected
@@ -18,6 +19,9 @@ use crate::config::{Config, ConfigError};
 pub const PER_CONNECTION: u64 = 6;
 /// Descriptors of one admin connection: its socket and one readiness probe.
 pub const PER_ADMIN_CONNECTION: u64 = 2;
+/// Descriptors of one forwarding thread besides its listener `dup`s: its runtime's epoll and
+/// eventfd.
+pub const PER_THREAD: u64 = 2;
 /// The daemon's own: standard streams, the runtime (epoll, eventfds, signal pipe), DNS sockets
 /// of lookups in flight, the OTLP channel, config file reads, notify datagrams.
 pub const RESERVED: u64 = 64;
@@ -34,7 +38,9 @@ pub fn in_flight(config: &Config) -> u64 {
 pub fn overhead(config: &Config) -> u64 {
     let listeners = config.routes.len() as u64 + u64::from(config.socks5.is_some());
     let admin = config.admin.as_ref().map_or(0, |a| 1 + a.max_connections as u64 * PER_ADMIN_CONNECTION);
-    RESERVED + listeners + admin
+    // Every forwarding thread has a `dup` of every listener (crate::workers).
+    let threads = config.forwarding.thread_count() as u64 * (PER_THREAD + listeners);
+    RESERVED + listeners + admin + threads
 }
 
 /// Descriptors needed with every connection slot busy.
@@ -105,7 +111,8 @@ mod tests {
         let c = config(TWO);
         // Global default 16384 > 100 + 16384: the listeners' sum is what can be in flight.
         assert_eq!(in_flight(&c), 16384);
-        assert_eq!(overhead(&c), RESERVED + 2 + 1 + 10 * PER_ADMIN_CONNECTION);
+        let threads = c.forwarding.thread_count() as u64;
+        assert_eq!(overhead(&c), RESERVED + 2 + 1 + 10 * PER_ADMIN_CONNECTION + threads * (PER_THREAD + 2));
         assert_eq!(needed(&c), overhead(&c) + 16384 * 6);
         let c = config(&format!("{TWO}[limits]\nlistener_max_connections = 50\n"));
         assert_eq!(in_flight(&c), 150);
@@ -125,14 +132,27 @@ mod tests {
 
     #[test]
     fn a_chosen_cap_that_does_not_fit_is_refused_with_the_numbers() {
-        let mut c = config(&format!("{TWO}[limits]\nmax_connections = 1000\n"));
+        let mut c = config(&format!("{TWO}[limits]\nmax_connections = 1000\n[forwarding]\nthreads = 1\n"));
         let e = fit(&mut c, 1000).unwrap_err().to_string();
-        for want in ["limits.max_connections", "1000 connections x 6", "RLIMIT_NOFILE is 1000", "at most 152"]
+        for want in ["limits.max_connections", "1000 connections x 6", "RLIMIT_NOFILE is 1000", "at most 151"]
         {
             assert!(e.contains(want), "{want:?} in {e}");
         }
         let mut c = config(&format!("{TWO}[limits]\nmax_connections = 100\n"));
         assert_eq!(fit(&mut c, 1000).unwrap(), Fit::Fits);
+    }
+
+    /// Each forwarding thread holds its runtime's epoll and eventfd descriptors and a `dup` of
+    /// every listener: with many threads that is not room for connections.
+    #[test]
+    fn the_forwarding_threads_descriptors_are_in_the_overhead() {
+        let one = config(&format!("{TWO}[forwarding]\nthreads = 1\n"));
+        let many = config(&format!("{TWO}[forwarding]\nthreads = 200\n"));
+        // 2 listeners: each thread adds its epoll, its eventfd and 2 listener dups.
+        assert_eq!(overhead(&many) - overhead(&one), 199 * (2 + 2));
+        let mut many = many;
+        let Fit::Lowered { to, .. } = fit(&mut many, 2000).unwrap() else { panic!("lowered") };
+        assert!(needed(&many) <= 2000, "{} needed with {to} connections", needed(&many));
     }
 
     #[test]
