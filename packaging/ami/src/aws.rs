@@ -9,6 +9,22 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `code()` for an operation family's error type whose `Call` variant holds an [`AwsError`]:
+/// the AWS error code when the error came from a call.
+macro_rules! call_code {
+    ($error:ty) => {
+        impl $error {
+            pub fn code(&self) -> Option<&str> {
+                match self {
+                    Self::Call(e) => Some(&e.code),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+pub(crate) use call_code;
+
 /// A failed AWS call: which region, operation, resource, and the AWS error code.
 #[derive(Debug, thiserror::Error)]
 #[error("{region}: {operation} on {resource} failed: {code}: {message}")]

@@ -44,14 +44,7 @@ pub enum Error {
     BlockDiffers { region: String, snapshot_id: String, index: i32, problem: String },
 }
 
-impl Error {
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            Error::Call(e) => Some(&e.code),
-            _ => None,
-        }
-    }
-}
+crate::aws::call_code!(Error);
 
 /// Result of a raw upload.
 #[derive(Debug, Clone)]

@@ -39,14 +39,7 @@ pub enum Error {
     NoBaseImage { region: String, name: String, owner: String, architecture: String },
 }
 
-impl Error {
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            Error::Call(e) => Some(&e.code),
-            _ => None,
-        }
-    }
-}
+crate::aws::call_code!(Error);
 
 type Result<T> = std::result::Result<T, Error>;
 

@@ -26,14 +26,7 @@ pub enum Error {
     Timeout { region: String, task: String, checks: u32, waited: Duration },
 }
 
-impl Error {
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            Error::Call(e) => Some(&e.code),
-            _ => None,
-        }
-    }
-}
+crate::aws::call_code!(Error);
 
 /// ImportSnapshot of a RAW disk image in S3; returns the import task id.
 pub async fn import_snapshot(

@@ -46,14 +46,7 @@ pub enum Error {
     NoSignal { region: String, id: String, checks: u32, waited: Duration },
 }
 
-impl Error {
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            Error::Call(e) => Some(&e.code),
-            _ => None,
-        }
-    }
-}
+crate::aws::call_code!(Error);
 
 type Result<T> = std::result::Result<T, Error>;
 

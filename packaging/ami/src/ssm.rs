@@ -13,14 +13,7 @@ pub enum Error {
     NotAnImage { region: String, name: String, value: String },
 }
 
-impl Error {
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            Error::Call(e) => Some(&e.code),
-            _ => None,
-        }
-    }
-}
+crate::aws::call_code!(Error);
 
 /// PutParameter (String, DataType `aws:ec2:image`, overwrite) of `name` = `image_id`.
 pub async fn put_image_id(c: &Clients, name: &str, image_id: &str) -> Result<(), Error> {
