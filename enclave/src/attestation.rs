@@ -4,10 +4,11 @@
 //! that device (any machine that is not a Nitro Enclave) asking fails with FAILED_PRECONDITION: a
 //! document is never made up, cached or replayed.
 //!
-//! [`Attester`], the one way to ask for a document, has no `public_key` parameter: a document's
-//! `public_key` is never set here, so no caller can obtain a document over a key of its choosing
-//! (KMS `Decrypt` with a `Recipient` encrypts to that key: the document would be an oracle for
-//! whoever holds the key). The enclave's own HPKE keys are bound through `user_data` by the key
+//! [`Attester`], the one way to ask for a document, takes no public key as bytes: a document's
+//! `public_key` is set only by [`Attester::attest_recipient`], to the public half of a
+//! [`RecipientKey`], which can only be generated in this process. So no caller can obtain a
+//! document over a key of its choosing (KMS `Decrypt` with a `Recipient` encrypts to that key: the
+//! document would be an oracle for whoever holds the key). The enclave's own HPKE keys are bound through `user_data` by the key
 //! endpoint ([`crate::v2`]). `GetAttestationDocument` refuses a request with a `public_key`
 //! (INVALID_ARGUMENT, counted in `kv_server.attestation.refused`) and puts
 //! [`kv_protocol::keys::USER_DATA_PREFIX`] in front of the caller's `user_data`, so a caller's
@@ -22,6 +23,7 @@ use kv_protocol::keys::USER_DATA_PREFIX;
 use serde_bytes::ByteBuf;
 use tonic::{Request, Response, Status};
 
+use crate::fleet::recipient::RecipientKey;
 use crate::proto::enclave::v1::attestation_server::{Attestation, AttestationServer};
 use crate::proto::enclave::v1::{GetAttestationDocumentRequest, GetAttestationDocumentResponse};
 use crate::telemetry::counters::{self, AttestationRefusal};
@@ -58,10 +60,46 @@ impl From<AttestError> for Status {
     }
 }
 
-/// Asks for an attestation document over `user_data` and `nonce`; never over a public key.
-/// Blocking (the NSM is an ioctl): call it off the async workers.
+/// `user_data` of the document that carries the enclave's KMS recipient key.
+pub const RECIPIENT_USER_DATA: &[u8] = b"nitro-kv:kms-recipient:v1";
+
+/// Asks the NSM for attestation documents. Blocking (the NSM is an ioctl): call it off the async
+/// workers.
 pub trait Attester: Send + Sync + 'static {
+    /// A document over `user_data` and `nonce`, never over a public key.
     fn attest(&self, user_data: Option<Vec<u8>>, nonce: Option<Vec<u8>>) -> Result<Vec<u8>, AttestError>;
+
+    /// A document whose `public_key` is the enclave's own KMS recipient key (and `user_data`
+    /// [`RECIPIENT_USER_DATA`]): the `Recipient` of KMS `GenerateDataKey`/`Decrypt`.
+    fn attest_recipient(&self, key: &RecipientKey) -> Result<Vec<u8>, AttestError>;
+}
+
+fn nsm_attest(
+    user_data: Option<Vec<u8>>,
+    nonce: Option<Vec<u8>>,
+    public_key: Option<Vec<u8>>,
+) -> Result<Vec<u8>, AttestError> {
+    if !std::path::Path::new(NSM_DEVICE).exists() {
+        return Err(AttestError::NoNsm);
+    }
+    let fd = driver::nsm_init();
+    if fd < 0 {
+        return Err(AttestError::NoNsm);
+    }
+    let response = driver::nsm_process_request(
+        fd,
+        NsmRequest::Attestation {
+            user_data: user_data.map(ByteBuf::from),
+            nonce: nonce.map(ByteBuf::from),
+            public_key: public_key.map(ByteBuf::from),
+        },
+    );
+    driver::nsm_exit(fd);
+    match response {
+        NsmResponse::Attestation { document } => Ok(document),
+        NsmResponse::Error(code) => Err(AttestError::Refused(format!("{code:?}"))),
+        _ => Err(AttestError::UnexpectedResponse),
+    }
 }
 
 /// The Nitro Secure Module.
@@ -70,27 +108,11 @@ pub struct Nsm;
 
 impl Attester for Nsm {
     fn attest(&self, user_data: Option<Vec<u8>>, nonce: Option<Vec<u8>>) -> Result<Vec<u8>, AttestError> {
-        if !std::path::Path::new(NSM_DEVICE).exists() {
-            return Err(AttestError::NoNsm);
-        }
-        let fd = driver::nsm_init();
-        if fd < 0 {
-            return Err(AttestError::NoNsm);
-        }
-        let response = driver::nsm_process_request(
-            fd,
-            NsmRequest::Attestation {
-                user_data: user_data.map(ByteBuf::from),
-                nonce: nonce.map(ByteBuf::from),
-                public_key: None,
-            },
-        );
-        driver::nsm_exit(fd);
-        match response {
-            NsmResponse::Attestation { document } => Ok(document),
-            NsmResponse::Error(code) => Err(AttestError::Refused(format!("{code:?}"))),
-            _ => Err(AttestError::UnexpectedResponse),
-        }
+        nsm_attest(user_data, nonce, None)
+    }
+
+    fn attest_recipient(&self, key: &RecipientKey) -> Result<Vec<u8>, AttestError> {
+        nsm_attest(Some(RECIPIENT_USER_DATA.to_vec()), None, Some(key.public_key_der().to_vec()))
     }
 }
 
@@ -208,6 +230,10 @@ pub(crate) mod tests {
         fn attest(&self, user_data: Option<Vec<u8>>, nonce: Option<Vec<u8>>) -> Result<Vec<u8>, AttestError> {
             self.asked.lock().unwrap().push((user_data, nonce));
             Ok(b"document from the test double".to_vec())
+        }
+
+        fn attest_recipient(&self, _key: &RecipientKey) -> Result<Vec<u8>, AttestError> {
+            Err(AttestError::Refused("the recording double makes no recipient documents".into()))
         }
     }
 

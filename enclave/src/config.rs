@@ -100,6 +100,21 @@ pub struct ServeArgs {
     /// Most partitions in one v2 request [default: 256].
     #[arg(long, value_name = "N")]
     pub max_partitions: Option<usize>,
+    /// Serve the fleet's HPKE key set instead of keys of this process alone: the KMS key (id,
+    /// ARN, alias name or alias ARN) whose data key seals the set. Needs the AWS settings
+    /// (--egress-socks5, ...). Never taken from SSM: see docs/fleet-keys.md.
+    #[arg(long, value_name = "KEY")]
+    pub fleet_keys_kms_key: Option<String>,
+    /// The fleet key set object, s3://BUCKET/KEY [default: the SSM parameter
+    /// PREFIX-fleet-keys-s3-uri].
+    #[arg(long, value_name = "URI")]
+    pub fleet_keys_s3_uri: Option<String>,
+    /// Seconds between reads of the fleet key set object [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub fleet_keys_poll_secs: Option<u64>,
+    /// KMS endpoint URL instead of the regional one (a test double).
+    #[arg(long, value_name = "URL")]
+    pub fleet_keys_kms_endpoint_url: Option<String>,
     /// Tombstones older than the newest commit time minus this (in commit-time units) are
     /// removed after each file; records that old are then ignored [default: 86400000000].
     #[arg(long, value_name = "TIME")]
@@ -186,6 +201,10 @@ pub struct V2FileConfig {
     pub key_rotation_secs: Option<u64>,
     pub key_grace_secs: Option<u64>,
     pub max_partitions: Option<usize>,
+    pub fleet_keys_kms_key: Option<String>,
+    pub fleet_keys_s3_uri: Option<String>,
+    pub fleet_keys_poll_secs: Option<u64>,
+    pub fleet_keys_kms_endpoint_url: Option<String>,
 }
 
 /// The checked v2 settings.
@@ -249,6 +268,8 @@ pub struct Config {
     /// Whether v1 GetValues and v2 GetValuesHttp answer (false: only encrypted lookups).
     pub plaintext_lookups: bool,
     pub v2: V2Config,
+    /// Serve the fleet's key set ([`crate::fleet`]) instead of keys of this process alone.
+    pub fleet_keys: Option<crate::fleet::FleetConfig>,
     pub tombstone_retention: i64,
     /// In commit-time units (microseconds).
     pub max_commit_time_ahead: i64,
@@ -330,12 +351,21 @@ impl ServeArgs {
         let sample = self.sample_data || file.sample_data.unwrap_or(false);
         let data_dir = self.data_dir.clone().or(file.data_dir);
         let poll_set = self.poll_interval_ms.is_some() || file.poll_interval_ms.is_some();
-        let mut s3 = crate::s3::resolve(&self.aws, file.aws, self.config.as_deref(), poll_set)?;
+        let v2_file = file.v2.unwrap_or_default();
+        let fleet_kms_key = self.fleet_keys_kms_key.clone().or(v2_file.fleet_keys_kms_key.clone());
+        let mut aws = crate::s3::resolve(
+            &self.aws,
+            file.aws,
+            self.config.as_deref(),
+            poll_set,
+            fleet_kms_key.is_some(),
+        )?;
         let mut otlp = self.otlp.resolve(file.otlp, self.config.as_deref())?;
         // Every dialled endpoint; a numeric CID (vsock://3:PORT) keeps its meaning.
-        if let Some(s3) = &mut s3 {
-            s3.egress = s3.egress.clone().with_parent_cid(parent_cid);
+        if let Some(aws) = &mut aws {
+            aws.egress = aws.egress.clone().with_parent_cid(parent_cid);
         }
+        let s3 = aws.clone().filter(|aws| aws.bucket.is_some() || aws.ssm_prefix.is_some());
         if let Some(otlp) = &mut otlp {
             otlp.endpoint = otlp.endpoint.clone().with_parent_cid(parent_cid);
         }
@@ -502,7 +532,6 @@ impl ServeArgs {
             }
         };
         let plaintext_lookups = self.plaintext_lookups.or(file.plaintext_lookups).unwrap_or(true);
-        let v2_file = file.v2.unwrap_or_default();
         let v2_origin = |flag: &str, key: &str, from_flag: bool| match (&self.config, from_flag) {
             (Some(path), false) => format!("{} key `v2.{key}`", path.display()),
             _ => format!("--{flag}"),
@@ -532,6 +561,101 @@ impl ServeArgs {
                 format!("{max_partitions} is outside 1..=100000"),
             ));
         }
+        let fleet_keys = match (fleet_kms_key, aws) {
+            (Some(kms_key), Some(aws)) => {
+                let key_setting =
+                    v2_origin("fleet-keys-kms-key", "fleet_keys_kms_key", self.fleet_keys_kms_key.is_some());
+                if kms_key.is_empty() || kms_key.len() > 2048 || kms_key.chars().any(char::is_whitespace) {
+                    return Err(invalid(key_setting, "is not a KMS key id, ARN or alias".into()));
+                }
+                let uri_from_flag = self.fleet_keys_s3_uri.is_some();
+                let location = match self.fleet_keys_s3_uri.clone().or(v2_file.fleet_keys_s3_uri) {
+                    Some(text) => Some(text.parse().map_err(|reason| {
+                        invalid(
+                            v2_origin("fleet-keys-s3-uri", "fleet_keys_s3_uri", uri_from_flag),
+                            format!("{text:?} {reason}"),
+                        )
+                    })?),
+                    None if aws.ssm_prefix.is_none() => {
+                        return Err(invalid(
+                            v2_origin("fleet-keys-s3-uri", "fleet_keys_s3_uri", true),
+                            "required for fleet keys without --ssm-prefix (where is the key set object?)"
+                                .into(),
+                        ));
+                    }
+                    None => None,
+                };
+                let poll_secs = self
+                    .fleet_keys_poll_secs
+                    .or(v2_file.fleet_keys_poll_secs)
+                    .unwrap_or(crate::fleet::DEFAULT_POLL.as_secs());
+                if !(1..=3600).contains(&poll_secs) {
+                    return Err(invalid(
+                        v2_origin(
+                            "fleet-keys-poll-secs",
+                            "fleet_keys_poll_secs",
+                            self.fleet_keys_poll_secs.is_some(),
+                        ),
+                        format!("{poll_secs} is outside 1..=3600 seconds"),
+                    ));
+                }
+                let endpoint_from_flag = self.fleet_keys_kms_endpoint_url.is_some();
+                let kms_endpoint_url =
+                    self.fleet_keys_kms_endpoint_url.clone().or(v2_file.fleet_keys_kms_endpoint_url);
+                if let Some(url) = &kms_endpoint_url {
+                    let ok = url.parse::<http::Uri>().is_ok_and(|u| {
+                        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+                    });
+                    if !ok {
+                        return Err(invalid(
+                            v2_origin(
+                                "fleet-keys-kms-endpoint-url",
+                                "fleet_keys_kms_endpoint_url",
+                                endpoint_from_flag,
+                            ),
+                            format!("{url:?} is not an http:// or https:// URL with a host"),
+                        ));
+                    }
+                }
+                Some(crate::fleet::FleetConfig {
+                    aws,
+                    kms_key,
+                    location,
+                    kms_endpoint_url,
+                    poll_interval: Duration::from_secs(poll_secs),
+                })
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "--fleet-keys-kms-key".into(),
+                    "needs the AWS settings (--egress-socks5 and the rest of `[aws]`)".into(),
+                ));
+            }
+            (None, _) => {
+                let stray = [
+                    (
+                        "fleet-keys-s3-uri",
+                        self.fleet_keys_s3_uri.is_some() || v2_file.fleet_keys_s3_uri.is_some(),
+                    ),
+                    (
+                        "fleet-keys-poll-secs",
+                        self.fleet_keys_poll_secs.is_some() || v2_file.fleet_keys_poll_secs.is_some(),
+                    ),
+                    (
+                        "fleet-keys-kms-endpoint-url",
+                        self.fleet_keys_kms_endpoint_url.is_some()
+                            || v2_file.fleet_keys_kms_endpoint_url.is_some(),
+                    ),
+                ];
+                if let Some((flag, _)) = stray.iter().find(|(_, set)| *set) {
+                    return Err(invalid(
+                        format!("--{flag}"),
+                        "only applies to fleet keys: add --fleet-keys-kms-key".into(),
+                    ));
+                }
+                None
+            }
+        };
         Ok(Config {
             listen,
             source,
@@ -547,6 +671,7 @@ impl ServeArgs {
                 key_grace: Duration::from_secs(grace),
                 max_partitions,
             },
+            fleet_keys,
             tombstone_retention: retention,
             max_commit_time_ahead: ahead,
             max_fetch_attempts,

@@ -38,6 +38,8 @@ const FOLLOW_LOAD: [&str; 3] = ["", LOADBALANCER, KEY_VALUE_SERVICE];
 pub struct Health {
     statuses: HashMap<&'static str, watch::Sender<ServingStatus>>,
     draining: watch::Sender<bool>,
+    /// (data loaded, HPKE keys ready): serving needs both.
+    ready: std::sync::Mutex<(bool, bool)>,
 }
 
 impl Default for Health {
@@ -54,18 +56,48 @@ impl Health {
         for name in FOLLOW_LOAD.into_iter().chain([DATA_FRESHNESS]) {
             statuses.insert(name, watch::channel(ServingStatus::NotServing).0);
         }
-        Health { statuses, draining: watch::channel(false).0 }
+        Health { statuses, draining: watch::channel(false).0, ready: std::sync::Mutex::new((false, true)) }
     }
 
-    /// The initial data load finished: ready for traffic.
+    /// As [`Health::new`], but also waiting for the fleet key set ([`Health::set_keys_ready`])
+    /// before serving: an enclave without keys cannot answer encrypted lookups.
+    pub fn new_waiting_for_keys() -> Health {
+        let health = Health::new();
+        health.ready.lock().unwrap_or_else(|e| e.into_inner()).1 = false;
+        health
+    }
+
+    /// The initial data load finished: ready for traffic (once the keys are, if awaited).
     pub fn set_data_loaded(&self) {
+        self.mark(|ready| ready.0 = true, "initial data load finished");
+    }
+
+    /// The fleet key set is installed.
+    pub fn set_keys_ready(&self) {
+        self.mark(|ready| ready.1 = true, "fleet key set loaded");
+    }
+
+    fn mark(&self, set: impl FnOnce(&mut (bool, bool)), what: &str) {
         if *self.draining.borrow() {
             return;
         }
-        for name in FOLLOW_LOAD {
-            self.statuses[name].send_replace(ServingStatus::Serving);
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let before = *ready;
+        set(&mut ready);
+        match *ready {
+            (true, true) if before != (true, true) => {
+                for name in FOLLOW_LOAD {
+                    self.statuses[name].send_replace(ServingStatus::Serving);
+                }
+                tracing::info!("{what}; {LOADBALANCER} is SERVING");
+            }
+            (true, true) => {}
+            (data, keys) => tracing::info!(
+                data_loaded = data,
+                keys_ready = keys,
+                "{what}; {LOADBALANCER} stays NOT_SERVING until both"
+            ),
         }
-        tracing::info!("initial data load finished; {LOADBALANCER} is SERVING");
     }
 
     /// Whether the data is in sync with its source (`kv-data-freshness`); logs each change.

@@ -17,36 +17,43 @@ use tokio::time::Instant;
 
 use crate::config::V2Config;
 
-/// The keys in force at one moment.
-#[derive(Debug)]
+/// The keys in force at one moment: the current pair, and earlier pairs each accepted until its
+/// deadline. Empty while fleet keys are not loaded yet ([`crate::fleet`]).
+#[derive(Debug, Default)]
 pub struct KeyRing {
-    current: KeyPair,
-    /// The rotated-out pair and when it stops being accepted.
-    previous: Option<(KeyPair, Instant)>,
+    current: Option<KeyPair>,
+    /// Rotated-out pairs and when each stops being accepted.
+    previous: Vec<(KeyPair, Instant)>,
 }
 
 impl KeyRing {
-    fn previous_at(&self, now: Instant) -> Option<&KeyPair> {
-        self.previous.as_ref().filter(|(_, until)| now < *until).map(|(pair, _)| pair)
+    /// A ring of `current` and rotated-out pairs with their deadlines (expired ones are ignored).
+    pub fn new(current: KeyPair, previous: Vec<(KeyPair, Instant)>) -> KeyRing {
+        KeyRing { current: Some(current), previous }
+    }
+
+    fn previous_at(&self, now: Instant) -> impl Iterator<Item = &KeyPair> {
+        self.previous.iter().filter(move |(_, until)| now < *until).map(|(pair, _)| pair)
     }
 
     /// The secret key for a request's key id, if it is current or still in its grace period.
     pub fn secret(&self, id: u8) -> Option<&SecretKey> {
-        if self.current.id == id {
-            return Some(&self.current.secret);
+        if let Some(current) = self.current.as_ref().filter(|c| c.id == id) {
+            return Some(&current.secret);
         }
-        self.previous_at(Instant::now()).filter(|pair| pair.id == id).map(|pair| &pair.secret)
+        self.previous_at(Instant::now()).find(|pair| pair.id == id).map(|pair| &pair.secret)
     }
 
-    /// The public keys to publish: the current one first.
+    /// The public keys to publish: the current one first; empty when no key is loaded.
     pub fn public_keys(&self) -> Vec<(u8, PublicKey)> {
-        let mut keys = vec![(self.current.id, self.current.public)];
+        let mut keys: Vec<(u8, PublicKey)> = self.current.iter().map(|c| (c.id, c.public)).collect();
         keys.extend(self.previous_at(Instant::now()).map(|pair| (pair.id, pair.public)));
         keys
     }
 
-    pub fn current_id(&self) -> u8 {
-        self.current.id
+    /// The current key id; `None` while no key is loaded.
+    pub fn current_id(&self) -> Option<u8> {
+        self.current.as_ref().map(|c| c.id)
     }
 }
 
@@ -66,10 +73,25 @@ impl KeyManager {
         let current = KeyPair::generate(id[0])?;
         tracing::info!(key_id = current.id, public_key = %current.public.to_base64(), "HPKE key pair generated");
         Ok(KeyManager {
-            ring: RwLock::new(Arc::new(KeyRing { current, previous: None })),
+            ring: RwLock::new(Arc::new(KeyRing::new(current, Vec::new()))),
             rotation: config.key_rotation,
             grace: config.key_grace,
         })
+    }
+
+    /// A manager with no key until [`KeyManager::install`] gives it the fleet's (`run` must not be
+    /// called: the fleet task rotates).
+    pub fn pending(config: &V2Config) -> KeyManager {
+        KeyManager {
+            ring: RwLock::new(Arc::new(KeyRing::default())),
+            rotation: config.key_rotation,
+            grace: config.key_grace,
+        }
+    }
+
+    /// Replaces the keys in force (the fleet task, whenever the key set or the time changes them).
+    pub fn install(&self, ring: KeyRing) {
+        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
     }
 
     /// The keys in force now (cheap: one `Arc` clone).
@@ -80,16 +102,20 @@ impl KeyManager {
     /// Makes a new pair current; the old current pair is accepted for the grace period.
     pub fn rotate(&self) -> Result<(), ProtocolError> {
         let old = self.ring();
-        let next = KeyPair::generate(old.current.id.wrapping_add(1))?;
+        let next_id = old.current_id().map_or(0, |id| id.wrapping_add(1));
+        let next = KeyPair::generate(next_id)?;
         tracing::info!(
             key_id = next.id,
             public_key = %next.public.to_base64(),
-            previous_key_id = old.current.id,
+            previous_key_id = ?old.current_id(),
             grace_s = self.grace.as_secs(),
             "HPKE key rotated"
         );
-        let previous = (!self.grace.is_zero()).then(|| (old.current.clone(), Instant::now() + self.grace));
-        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(KeyRing { current: next, previous });
+        let previous = match (&old.current, self.grace.is_zero()) {
+            (Some(current), false) => vec![(current.clone(), Instant::now() + self.grace)],
+            _ => Vec::new(),
+        };
+        self.install(KeyRing::new(next, previous));
         Ok(())
     }
 
@@ -130,7 +156,7 @@ mod tests {
     async fn rotation_keeps_the_previous_key_for_the_grace_period_only() {
         let manager = Arc::new(KeyManager::new(&config(100, 10)).unwrap());
         let first = manager.ring();
-        let first_id = first.current_id();
+        let first_id = first.current_id().unwrap();
         assert!(first.secret(first_id).is_some());
         assert!(first.secret(first_id.wrapping_add(1)).is_none());
         assert_eq!(first.public_keys().len(), 1);
@@ -141,10 +167,10 @@ mod tests {
         }));
         tokio::time::sleep(Duration::from_secs(101)).await;
         let second = manager.ring();
-        assert_eq!(second.current_id(), first_id.wrapping_add(1), "the next id");
+        assert_eq!(second.current_id(), Some(first_id.wrapping_add(1)), "the next id");
         let keys = second.public_keys();
         assert_eq!(keys.len(), 2, "current and previous during the grace period");
-        assert_eq!(keys[0].0, second.current_id(), "the current key first");
+        assert_eq!(Some(keys[0].0), second.current_id(), "the current key first");
         assert_eq!(keys[1], first.public_keys()[0]);
         assert!(second.secret(first_id).is_some(), "the previous key still decrypts");
 
@@ -161,12 +187,12 @@ mod tests {
     #[test]
     fn without_grace_the_old_key_goes_at_once_and_ids_wrap() {
         let manager = KeyManager::new(&config(100, 0)).unwrap();
-        let first = manager.ring().current_id();
+        let first = manager.ring().current_id().unwrap();
         for _ in 0..256 {
             manager.rotate().unwrap();
         }
         let ring = manager.ring();
-        assert_eq!(ring.current_id(), first, "256 rotations wrap the 1-byte id");
+        assert_eq!(ring.current_id(), Some(first), "256 rotations wrap the 1-byte id");
         assert_eq!(ring.public_keys().len(), 1);
         assert!(ring.secret(first.wrapping_sub(1)).is_none());
     }

@@ -26,6 +26,7 @@ pub mod aws;
 pub mod config;
 pub mod data;
 pub mod egress;
+pub mod fleet;
 pub mod health;
 pub mod idle;
 pub mod keys;

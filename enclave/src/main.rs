@@ -93,7 +93,9 @@ async fn serve(
     }
 
     let store = Arc::new(Store::new());
-    let health = Arc::new(Health::new());
+    // With fleet keys, serving also waits for the key set.
+    let health =
+        Arc::new(if config.fleet_keys.is_some() { Health::new_waiting_for_keys() } else { Health::new() });
     let loader_metrics = Arc::new(LoaderMetrics::default());
     if let Some(otlp) = config.otlp.clone() {
         kv_server::telemetry::start(otlp, store.clone(), loader_metrics.clone(), log_queue);
@@ -108,8 +110,27 @@ async fn serve(
 
     let mut data = spawn_data_source(&config, store.clone(), health.clone(), loader_metrics, stopped.clone());
     let mut data_done = false;
-    let keys = Arc::new(kv_server::keys::KeyManager::new(&config.v2)?);
-    tokio::spawn(keys.clone().run(stopped()));
+    let attester: Arc<dyn kv_server::attestation::Attester> = Arc::new(kv_server::attestation::Nsm);
+    let keys = match config.fleet_keys.clone() {
+        Some(fleet) => {
+            let keys = Arc::new(kv_server::keys::KeyManager::pending(&config.v2));
+            let task = kv_server::fleet::run(
+                fleet,
+                attester.clone(),
+                keys.clone(),
+                health.clone(),
+                config.v2,
+                stopped(),
+            );
+            tokio::spawn(task);
+            keys
+        }
+        None => {
+            let keys = Arc::new(kv_server::keys::KeyManager::new(&config.v2)?);
+            tokio::spawn(keys.clone().run(stopped()));
+            keys
+        }
+    };
     tracing::info!(plaintext_lookups = config.plaintext_lookups, "lookups");
     let app = App {
         store,
@@ -118,7 +139,7 @@ async fn serve(
         plaintext_lookups: config.plaintext_lookups,
         v2: config.v2,
         keys,
-        attester: Arc::new(kv_server::attestation::Nsm),
+        attester,
     };
     let mut server = tokio::spawn(server::run(listener, app, stopped()));
     let mut sigterm = signal(SignalKind::terminate())?;

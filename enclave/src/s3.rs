@@ -86,12 +86,13 @@ pub struct S3Config {
 }
 
 /// Merges the flags over the file's `[aws]` table and checks them. `Ok(None)`: no S3 source was
-/// asked for (neither a bucket nor an SSM prefix).
+/// asked for (neither a bucket nor an SSM prefix) and `aws_needed` (fleet keys) is false.
 pub fn resolve(
     args: &AwsArgs,
     file: Option<AwsFileConfig>,
     config_path: Option<&Path>,
     poll_interval_set: bool,
+    aws_needed: bool,
 ) -> Result<Option<S3Config>, ConfigError> {
     let file = file.unwrap_or_default();
     let origin = |flag: &str, key: &str, from_flag: bool| match (config_path, from_flag) {
@@ -102,7 +103,7 @@ pub fn resolve(
 
     let bucket = args.s3_bucket.clone().or(file.s3_bucket);
     let ssm_prefix = args.ssm_prefix.clone().or(file.ssm_prefix);
-    if bucket.is_none() && ssm_prefix.is_none() {
+    if bucket.is_none() && ssm_prefix.is_none() && !aws_needed {
         let stray = [
             ("s3-prefix", args.s3_prefix.is_some() || file.s3_prefix.is_some()),
             ("aws-endpoint-url", args.aws_endpoint_url.is_some() || file.endpoint_url.is_some()),
@@ -136,8 +137,8 @@ pub fn resolve(
     let egress_text = args.egress_socks5.clone().or(file.egress_socks5).ok_or_else(|| {
         invalid(
             "--egress-socks5".into(),
-            "required for an S3 data source (the enclave reaches AWS only through the parent's \
-             SOCKS5 proxy): e.g. vsock://parent:8888"
+            "required for an S3 data source and for fleet keys (the enclave reaches AWS only \
+             through the parent's SOCKS5 proxy): e.g. vsock://parent:8888"
                 .into(),
         )
     })?;
@@ -724,7 +725,7 @@ mod tests {
 
     #[test]
     fn resolve_checks_values_and_names_the_flag() {
-        assert_eq!(resolve(&args(&[]), None, None, false).unwrap(), None);
+        assert_eq!(resolve(&args(&[]), None, None, false, false).unwrap(), None);
         let ok = resolve(
             &args(&[
                 "--s3-bucket",
@@ -736,6 +737,7 @@ mod tests {
             ]),
             None,
             None,
+            false,
             false,
         )
         .unwrap()
@@ -769,7 +771,7 @@ mod tests {
             (&["--ssm-prefix", "bad prefix", "--egress-socks5", "tcp://127.0.0.1:1"][..], "--ssm-prefix"),
             (&["--s3-prefix", "a"][..], "--s3-prefix"),
         ] {
-            let err = resolve(&args(flags), None, None, false).unwrap_err().to_string();
+            let err = resolve(&args(flags), None, None, false, false).unwrap_err().to_string();
             assert!(err.contains(needle), "{flags:?}: {err}");
         }
     }
@@ -783,16 +785,17 @@ mod tests {
             ..Default::default()
         };
         let path = Path::new("/etc/kv.toml");
-        let config = resolve(&args(&[]), Some(file.clone()), Some(path), true).unwrap().unwrap();
+        let config = resolve(&args(&[]), Some(file.clone()), Some(path), true, false).unwrap().unwrap();
         assert_eq!(config.bucket.as_deref(), Some("from-file"));
         assert_eq!(config.region.as_deref(), Some("eu-west-1"));
         assert!(config.poll_interval_set);
-        let config = resolve(&args(&["--s3-bucket", "from-flag"]), Some(file.clone()), Some(path), false)
-            .unwrap()
-            .unwrap();
+        let config =
+            resolve(&args(&["--s3-bucket", "from-flag"]), Some(file.clone()), Some(path), false, false)
+                .unwrap()
+                .unwrap();
         assert_eq!(config.bucket.as_deref(), Some("from-flag"));
         let bad = AwsFileConfig { region: Some("Nope".into()), ..file };
-        let err = resolve(&args(&[]), Some(bad), Some(path), false).unwrap_err().to_string();
+        let err = resolve(&args(&[]), Some(bad), Some(path), false, false).unwrap_err().to_string();
         assert!(err.contains("/etc/kv.toml key `aws.region`"), "{err}");
     }
 

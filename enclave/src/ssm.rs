@@ -9,6 +9,10 @@
 //! | `backup-poll-frequency-secs` | how often S3 is listed, seconds, 1..=3600 (reference name) | no |
 //! | `data-prefix` | key prefix of the data files in the bucket | no |
 //! | `region` | region of the data bucket, if not the one SSM was reached in | no |
+//! | `fleet-keys-s3-uri` | the fleet key set object, `s3://BUCKET/KEY` ([`crate::fleet`]) | with fleet keys, unless `--fleet-keys-s3-uri` is given |
+//!
+//! The fleet keys' KMS key is deliberately not among them: SSM is the parent's to change, and a
+//! KMS key chosen by the parent could be one whose policy hands the parent the data key.
 //!
 //! A flag or config-file value wins over the parameter (the parameter is then not needed).
 
@@ -21,8 +25,10 @@ pub const DATA_BUCKET_ID: &str = "data-bucket-id";
 pub const BACKUP_POLL_FREQUENCY_SECS: &str = "backup-poll-frequency-secs";
 pub const DATA_PREFIX: &str = "data-prefix";
 pub const REGION: &str = "region";
+pub const FLEET_KEYS_S3_URI: &str = "fleet-keys-s3-uri";
 /// Every name read, in the order above.
-pub const NAMES: [&str; 4] = [DATA_BUCKET_ID, BACKUP_POLL_FREQUENCY_SECS, DATA_PREFIX, REGION];
+pub const NAMES: [&str; 5] =
+    [DATA_BUCKET_ID, BACKUP_POLL_FREQUENCY_SECS, DATA_PREFIX, REGION, FLEET_KEYS_S3_URI];
 
 /// `<prefix>-<name>`.
 pub fn parameter_name(prefix: &str, name: &str) -> String {
@@ -59,6 +65,7 @@ pub struct SsmSettings {
     pub poll_interval: Option<Duration>,
     pub prefix: Option<String>,
     pub region: Option<String>,
+    pub fleet_keys_location: Option<crate::fleet::S3Location>,
     /// Full names of the parameters that exist.
     pub found: Vec<String>,
 }
@@ -129,6 +136,12 @@ pub fn parse(
         settings.region = Some(value);
         settings.found.push(full);
     }
+    if let Some((full, value)) = get(FLEET_KEYS_S3_URI) {
+        let location =
+            value.parse().map_err(|reason| invalid(full.clone(), format!("the value {reason}")))?;
+        settings.fleet_keys_location = Some(location);
+        settings.found.push(full);
+    }
     Ok(settings)
 }
 
@@ -147,6 +160,7 @@ mod tests {
             ("kv-server-prod-backup-poll-frequency-secs", " 5 "),
             ("kv-server-prod-data-prefix", "shard1"),
             ("kv-server-prod-region", "eu-west-1"),
+            ("kv-server-prod-fleet-keys-s3-uri", "s3://kv-keys/fleet/keyset.json"),
             ("kv-server-dev-data-bucket-id", "other"),
         ]);
         let s = parse("kv-server-prod", &v, true).unwrap();
@@ -154,7 +168,8 @@ mod tests {
         assert_eq!(s.poll_interval, Some(Duration::from_secs(5)));
         assert_eq!(s.prefix.as_deref(), Some("shard1"));
         assert_eq!(s.region.as_deref(), Some("eu-west-1"));
-        assert_eq!(s.found.len(), 4);
+        assert_eq!(s.fleet_keys_location.unwrap().to_string(), "s3://kv-keys/fleet/keyset.json");
+        assert_eq!(s.found.len(), 5);
     }
 
     #[test]
@@ -168,6 +183,7 @@ mod tests {
             ("p-backup-poll-frequency-secs", "soon"),
             ("p-data-prefix", "../x"),
             ("p-region", "Mars"),
+            ("p-fleet-keys-s3-uri", "https://kv-keys/k"),
         ] {
             let err = parse("p", &values(&[(name, value)]), false).unwrap_err().to_string();
             assert!(err.contains(name), "{name}={value}: {err}");
@@ -179,7 +195,13 @@ mod tests {
     /// the parameter and the reason only.
     #[test]
     fn a_rejected_value_is_never_quoted() {
-        for name in ["p-data-bucket-id", "p-backup-poll-frequency-secs", "p-data-prefix", "p-region"] {
+        for name in [
+            "p-data-bucket-id",
+            "p-backup-poll-frequency-secs",
+            "p-data-prefix",
+            "p-region",
+            "p-fleet-keys-s3-uri",
+        ] {
             let secret = "Secret/../Value With Spaces";
             let err = parse("p", &values(&[(name, secret)]), false).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");

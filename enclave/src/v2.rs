@@ -41,6 +41,8 @@ use crate::telemetry::counters::{self, V2Error, V2Method};
 pub use crate::query::PLAINTEXT_DISABLED;
 
 pub const JSON: &str = "application/json";
+/// The key endpoint's answer while the enclave holds no key (fleet keys not loaded).
+pub const NO_KEYS: &str = "no HPKE key yet: the fleet key set is not loaded (see the server's log)";
 /// The one answer to a request that decrypted but was not valid.
 pub const INVALID_DECRYPTED_REQUEST: &str = "the decrypted request is not a valid request or exceeds a \
      limit; on the encrypted path the reason is not returned";
@@ -318,6 +320,10 @@ impl KeyEndpoint {
     pub async fn key_set(&self, nonce: Vec<u8>) -> Result<PublicKeySet, Status> {
         let ring = self.keys.ring();
         let keys = ring.public_keys();
+        if keys.is_empty() {
+            // Fleet keys not loaded yet (or refused by KMS): no key set, and no document.
+            return Err(Status::unavailable(NO_KEYS));
+        }
         let digest = key_set_sha256(keys.iter().map(|(id, k)| (*id, k)));
         let user_data = key_set_user_data(&digest);
         let nonce = (!nonce.is_empty()).then_some(nonce);
@@ -566,7 +572,7 @@ mod tests {
         let endpoint = KeyEndpoint::new(keys.clone(), double.clone());
         let set = endpoint.key_set(b"fresh".to_vec()).await.unwrap();
         assert_eq!(set.keys.len(), 2, "current and previous");
-        assert_eq!(set.keys[0].key_id().unwrap(), keys.ring().current_id());
+        assert_eq!(set.keys[0].key_id().unwrap(), keys.ring().current_id().unwrap());
         let digest = set.computed_sha256().unwrap();
         assert_eq!(hex::encode(digest), set.key_set_sha256);
         let asked = double.asked.lock().unwrap().clone();

@@ -44,11 +44,20 @@ impl std::fmt::Debug for SecretKey {
 }
 
 impl SecretKey {
-    /// A key from its 32 raw bytes (tests and known-answer vectors; servers generate theirs).
+    /// A key from its 32 raw bytes (tests, known-answer vectors, a fleet key set opened inside the
+    /// enclave); servers generate theirs.
     pub fn from_bytes(bytes: &[u8]) -> Result<SecretKey, ProtocolError> {
         <Kem as hpke::Kem>::PrivateKey::from_bytes(bytes)
             .map(SecretKey)
             .map_err(|_| ProtocolError::InvalidKey("a private key is 32 bytes"))
+    }
+
+    /// The 32 raw bytes, zeroized when dropped: only for sealing a key set inside the enclave
+    /// (kv-server's fleet keys); never log or send them.
+    pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        bytes.copy_from_slice(&self.0.to_bytes());
+        bytes
     }
 
     pub fn public_key(&self) -> PublicKey {
