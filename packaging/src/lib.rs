@@ -4,7 +4,8 @@
 //! - [`cpio`]: a deterministic newc archive writer (the ramdisks);
 //! - [`build`]: `eif build`, the native (docker-free) path and the nitro-cli path;
 //! - [`manifest`]: the bundle manifest (one definition: types, reading, checking a listed file);
-//! - [`bundle`]: the `dist/aws` layout, writing its manifest, and `verify`.
+//! - [`bundle`]: the `dist/aws` layout, writing its manifest, and `verify`;
+//! - [`key_policy`]: `key-policy lint`, no key material outside an attested enclave.
 
 #![forbid(unsafe_code)]
 
@@ -12,5 +13,6 @@ pub mod build;
 pub mod bundle;
 pub mod cpio;
 pub mod eif;
+pub mod key_policy;
 pub mod manifest;
 pub mod progress;

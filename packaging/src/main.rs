@@ -8,6 +8,7 @@ use packaging::build::{self, Arch, NativeArgs};
 use packaging::bundle::{self, BundleSpec, CollectorPackage};
 use packaging::eif;
 use packaging::eif::metadata::rfc3339_utc;
+use packaging::key_policy;
 use packaging::progress::Progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,21 @@ enum Top {
     Verify {
         /// The bundle directory (e.g. dist/aws).
         dir: PathBuf,
+    },
+    /// KMS key policies.
+    #[command(subcommand)]
+    KeyPolicy(KeyPolicyCmd),
+}
+
+#[derive(Subcommand)]
+enum KeyPolicyCmd {
+    /// Fail when a statement allows Decrypt, Encrypt, GenerateDataKey* or ReEncrypt* (also via
+    /// wildcards, NotAction or NotPrincipal) without a kms:RecipientAttestation condition under
+    /// StringEquals/StringEqualsIgnoreCase. Exit 1 on findings, 2 when a file is unreadable.
+    Lint {
+        /// Key policy JSON files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -160,7 +176,51 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<bool> {
+/// One line per finding (or per unreadable file) on stdout, naming the file; exit 1 on
+/// findings, 2 when a file could not be read or parsed (it has precedence).
+fn lint_key_policies(files: &[PathBuf], json: bool) -> Result<ExitCode> {
+    let (mut findings, mut unreadable) = (0usize, 0usize);
+    let mut report = Vec::new();
+    for file in files {
+        match key_policy::lint_file(file) {
+            Ok(found) => {
+                for f in &found {
+                    if json {
+                        report.push(serde_json::json!({
+                            "file": file, "statement": f.statement.as_ref().map(|s| s.0),
+                            "sid": f.statement.as_ref().and_then(|s| s.1.clone()),
+                            "rule": f.rule.to_string(), "detail": f.detail,
+                        }));
+                    } else {
+                        println!("{}: {f}", file.display());
+                    }
+                }
+                findings += found.len();
+            }
+            Err(e) => {
+                unreadable += 1;
+                if json {
+                    report.push(
+                        serde_json::json!({ "file": file, "rule": "unreadable", "detail": e.to_string() }),
+                    );
+                } else {
+                    println!("{e}");
+                }
+            }
+        }
+    }
+    if json {
+        print_json(&report)?;
+    }
+    eprintln!("key-policy lint: {} file(s), {findings} finding(s), {unreadable} unreadable", files.len());
+    Ok(match (unreadable, findings) {
+        (0, 0) => ExitCode::SUCCESS,
+        (0, _) => ExitCode::from(1),
+        _ => ExitCode::from(2),
+    })
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
     let progress = Progress::new(cli.json);
     match cli.command {
         Top::Eif(EifCmd::Describe { file, no_crc_check }) => {
@@ -236,6 +296,7 @@ fn run(cli: Cli) -> Result<bool> {
                 print_json(&serde_json::json!({ "Measurements": m.pcrs }))?;
             }
         }
+        Top::KeyPolicy(KeyPolicyCmd::Lint { files }) => return lint_key_policies(&files, cli.json),
         Top::Verify { dir } => {
             let r = bundle::verify(&dir)?;
             if cli.json {
@@ -249,18 +310,17 @@ fn run(cli: Cli) -> Result<bool> {
             }
             if !r.ok {
                 eprintln!("{}: {} problem(s) found", dir.display(), r.problems.len());
-                return Ok(false);
+                return Ok(ExitCode::FAILURE);
             }
         }
     }
-    Ok(true)
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("kv-packager: error: {e:#}");
             ExitCode::FAILURE

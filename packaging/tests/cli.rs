@@ -455,3 +455,37 @@ fn signed_build_has_pcr8_of_the_certificate_and_unchanged_pcr0() {
         .unwrap());
     assert!(e.contains("--private-key"), "{e}");
 }
+
+#[test]
+fn key_policy_lint_exit_codes_and_one_line_per_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/fleet-key-policy.json");
+    let o = ok(packager().args(["key-policy", "lint"]).arg(&good).output().unwrap());
+    assert!(o.stdout.is_empty(), "{}", String::from_utf8_lossy(&o.stdout));
+
+    let root = dir.path().join("root.json");
+    fs::write(
+        &root,
+        r#"{"Statement":[{"Sid":"Enable IAM User Permissions","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:root"},"Action":"kms:*","Resource":"*"}]}"#,
+    )
+    .unwrap();
+    let o = packager().args(["key-policy", "lint"]).arg(&good).arg(&root).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.starts_with(&format!(
+            "{}: statement 0 (Sid \"Enable IAM User Permissions\"): unattested-allow:",
+            root.display()
+        )),
+        "{out}"
+    );
+
+    let broken = dir.path().join("broken.json");
+    fs::write(&broken, "{\n  \"Statement\": [\n").unwrap();
+    let o = packager().args(["key-policy", "lint"]).arg(&root).arg(&broken).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "unreadable wins over findings");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&format!("{}:3:", broken.display())), "{out}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+}

@@ -14,6 +14,10 @@
 #      launch template without IMDSv2
 #   6. with the aws provider installed on the machine (a filesystem mirror; it cannot be
 #      downloaded here): terraform validate of the example, terraform test of the module
+#   7. the fleet key policy: `kv-packager key-policy lint` fails a known-bad policy (each rule);
+#      with the provider, the module's policy rendered offline (tests/fleet-key-policy) passes it
+#      and equals the committed tests/fixtures/fleet-key-policy.json (TF_UPDATE_FIXTURES=1
+#      rewrites that file instead). KV_PACKAGER names a built kv-packager; else cargo builds it.
 # Prints "N passed, N failed" and exits non-zero on any failure.
 # shellcheck disable=SC2016 # many patterns below are shell text matched literally, not expanded
 set -euo pipefail
@@ -70,6 +74,15 @@ need() {
 need terraform
 need shellcheck
 need checkov
+if [[ -z ${KV_PACKAGER:-} ]]; then
+  need cargo
+  cargo build --locked -q -p packaging --bin kv-packager
+  KV_PACKAGER="$CARGO_TARGET_DIR/debug/kv-packager"
+fi
+[[ -x $KV_PACKAGER ]] || {
+  echo "terraform/tests/run.sh: KV_PACKAGER=$KV_PACKAGER is not an executable" >&2
+  exit 2
+}
 [[ -x $checkov_python ]] || {
   echo "terraform/tests/run.sh: $checkov_python missing (scripts/setup-test-deps.sh installs checkov)" >&2
   exit 2
@@ -531,8 +544,56 @@ EOF
   else
     fail "$(grep -v -E '^\s*$' "$work/tftest.out" 2>/dev/null | tail -40 || tail -20 "$work/init-module.out")"
   fi
+
+  check "the module's fleet key policy, rendered offline, passes key-policy lint and equals the committed fixture"
+  policy_fixture="$REPO_ROOT/tests/fixtures/fleet-key-policy.json"
+  rendered="$work/fleet-key-policy.json"
+  # Only data sources: apply computes the document locally and writes state into the copy.
+  if (cd "$work/tf/tests/fleet-key-policy" && export TF_CLI_CONFIG_FILE="$work/mirror.tfrc" \
+    AWS_ACCESS_KEY_ID=test-not-a-key AWS_SECRET_ACCESS_KEY=test-not-a-secret &&
+    terraform init -backend=false -input=false -no-color >"$work/init-policy.out" 2>&1 &&
+    terraform apply -auto-approve -input=false -no-color -var "inputs_file=$REPO_ROOT/tests/fixtures/fleet-key-pcrs.json" \
+      >"$work/apply-policy.out" 2>&1 &&
+    terraform output -raw policy >"$rendered" 2>"$work/output-policy.err" && echo >>"$rendered"); then
+    if [[ ${TF_UPDATE_FIXTURES:-} == 1 ]]; then
+      cp "$rendered" "$policy_fixture"
+      echo "      wrote $policy_fixture"
+    fi
+    "$KV_PACKAGER" key-policy lint "$rendered" >"$work/lint-good.out" 2>&1 && lint_rc=0 || lint_rc=$?
+    if expect "lint exit 0, got $lint_rc: $(cat "$work/lint-good.out")" eq "$lint_rc" 0 &&
+      expect "two attested Allow statements (the fixture's two PCR sets)" \
+        eq "$(grep -c -F '"kms:RecipientAttestation:PCR0"' "$rendered")" 2 &&
+      expect "tests/fixtures/fleet-key-policy.json equals the rendered policy (TF_UPDATE_FIXTURES=1 rewrites it): $(diff "$policy_fixture" "$rendered" | head -20 | tr '\n' ' ')" \
+        cmp -s "$policy_fixture" "$rendered"; then
+      ok
+    fi
+  else
+    fail "rendering: $(tail -20 "$work/init-policy.out" "$work/apply-policy.out" "$work/output-policy.err" 2>/dev/null)"
+  fi
 else
-  echo "skip  terraform validate / terraform test: no aws provider under $provider_mirror (it cannot be downloaded here)"
+  echo "skip  terraform validate / terraform test / the rendered fleet key policy: no aws provider under $provider_mirror (it cannot be downloaded here)"
+fi
+
+# --- 7. key-policy lint -------------------------------------------------------------------------
+check "kv-packager key-policy lint fails a known-bad key policy, one line per statement and rule"
+bad_policy="$here/fixtures/bad-key-policy.json"
+"$KV_PACKAGER" key-policy lint "$bad_policy" >"$work/lint-bad.out" 2>"$work/lint-bad.err" && lint_rc=0 || lint_rc=$?
+l="$work/lint-bad.out"
+if expect "exit 1, got $lint_rc ($(cat "$work/lint-bad.err"))" eq "$lint_rc" 1 &&
+  expect "four findings: $(cat "$l")" eq "$(grep -c -F "$bad_policy: statement " "$l")" 4 &&
+  expect "the account root's kms:*" has "$l" 'statement 0 (Sid "EnableIAMUserPermissions"): unattested-allow: allows kms:Decrypt' &&
+  expect "an ...IfExists attestation condition" has "$l" 'statement 1 (Sid "DecryptIfAttestedOrNot"): unattested-allow:' &&
+  expect "NotAction" has "$l" 'statement 2 (Sid "EverythingButAdministration"): unattested-notaction-allow:' &&
+  expect "NotPrincipal" has "$l" 'statement 3 (Sid "EveryoneButTheAdmin"): unattested-notprincipal-allow: allows kms:ReEncryptFrom, kms:ReEncryptTo'; then
+  ok
+fi
+
+check "kv-packager key-policy lint names the file and line of unparseable JSON (exit 2)"
+printf '{\n  "Statement": [\n    { "Effect": "Allow", }\n' >"$work/broken-policy.json"
+"$KV_PACKAGER" key-policy lint "$work/broken-policy.json" >"$work/lint-broken.out" 2>&1 && lint_rc=0 || lint_rc=$?
+if expect "exit 2, got $lint_rc" eq "$lint_rc" 2 &&
+  expect "file and line: $(cat "$work/lint-broken.out")" has "$work/lint-broken.out" "$work/broken-policy.json:3:"; then
+  ok
 fi
 
 echo

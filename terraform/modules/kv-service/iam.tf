@@ -100,6 +100,17 @@ data "aws_iam_policy_document" "instance" {
     resources = ["*"]
   }
 
+  # Exactly the fleet key set object: read it, create it (If-None-Match: *) and rotate it
+  # (If-Match: <etag>); no delete, no other key. KMS access is in the key's own policy only.
+  dynamic "statement" {
+    for_each = var.enable_fleet_keys ? [local.fleet_keys_s3_arn] : []
+    content {
+      sid       = "ReadWriteFleetKeySet"
+      actions   = ["s3:GetObject", "s3:PutObject"]
+      resources = [statement.value]
+    }
+  }
+
   dynamic "statement" {
     for_each = var.amp_workspace_id == "" ? [] : [local.amp_workspace_arn]
     content {

@@ -45,6 +45,11 @@ locals {
     { "data-bucket-id" = var.data_bucket_name },
     var.data_bucket_prefix == "" ? {} : { "data-prefix" = var.data_bucket_prefix },
     var.server_parameters,
+    # Fleet keys: written by the module, so they always name the key and object it created.
+    var.enable_fleet_keys ? {
+      "fleet-keys-kms-key-id" = one(aws_kms_key.fleet[*].arn)
+      "fleet-keys-s3-uri"     = local.fleet_keys_s3_uri
+    } : {},
   )
 
   # The launcher: user data of the launch template. Every value here is validated in variables.tf.

@@ -97,3 +97,18 @@ output "app_log_group_name" {
   description = "CloudWatch log group of kv-server's OTLP logs (the collector config's awscloudwatchlogs log_group_name)."
   value       = local.app_log_group_name
 }
+
+output "fleet_keys_kms_key_arn" {
+  description = "ARN of the fleet key set's KMS key (the fleet-keys-kms-key-id SSM parameter); null unless enable_fleet_keys."
+  value       = one(aws_kms_key.fleet[*].arn)
+}
+
+output "fleet_keys_s3_uri" {
+  description = "s3://bucket/key of the fleet key set object (the fleet-keys-s3-uri SSM parameter); null unless enable_fleet_keys."
+  value       = var.enable_fleet_keys ? local.fleet_keys_s3_uri : null
+}
+
+output "fleet_key_pcr_sets" {
+  description = "The PCR sets (accepted images) the fleet key policy allows, lower-cased; empty unless enable_fleet_keys."
+  value       = var.enable_fleet_keys ? local.fleet_key_pcr_sets : []
+}

@@ -592,7 +592,7 @@ variable "kms_pcr2" {
 }
 
 variable "kms_admin_principal_arns" {
-  description = "Principals that administer the KMS key (no Decrypt); empty means the account root, i.e. IAM policies of the account decide."
+  description = "Principals that administer the KMS keys (the enclave key and the fleet key; management actions only, no Decrypt); empty means the account root, i.e. IAM policies of the account decide who administers."
   type        = list(string)
   default     = []
 
@@ -610,5 +610,65 @@ variable "kms_encrypt_principal_arns" {
   validation {
     condition     = alltrue([for a in var.kms_encrypt_principal_arns : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:(root|role/.+|user/.+)$", a))])
     error_message = "kms_encrypt_principal_arns must be IAM role, user or account-root ARNs."
+  }
+}
+
+# --- fleet keys (one HPKE key set for every enclave of the group) ------------------------------
+
+variable "enable_fleet_keys" {
+  description = "Create the fleet key set's KMS key (Decrypt/GenerateDataKey only for attested enclaves of the accepted images), let the instance role read and write the key set object, and write the fleet-keys-kms-key-id and fleet-keys-s3-uri SSM parameters."
+  type        = bool
+  default     = false
+}
+
+variable "fleet_key_pcr_sets" {
+  description = "Accepted enclave images for the fleet key: one {PCR0, PCR1, PCR2} object (96 hex digits each) per image; during a rollover, the running image's and the new one's. Added to the sets of fleet_key_manifest_paths; 1 to 4 sets in all."
+  type = list(object({
+    PCR0 = string
+    PCR1 = string
+    PCR2 = string
+  }))
+  default = []
+
+  validation {
+    condition     = alltrue([for s in var.fleet_key_pcr_sets : alltrue([for v in [s.PCR0, s.PCR1, s.PCR2] : can(regex("^[0-9a-fA-F]{96}$", v))])])
+    error_message = "Every PCR0, PCR1 and PCR2 in fleet_key_pcr_sets must be 96 hex digits (SHA-384)."
+  }
+  validation {
+    condition     = length(var.fleet_key_pcr_sets) <= 4
+    error_message = "fleet_key_pcr_sets takes at most 4 sets (images); remove the sets of images no instance runs any more."
+  }
+}
+
+variable "fleet_key_manifest_paths" {
+  description = "Paths of bundle manifest.json files (packaging bundle) whose PCR0/1/2 are accepted for the fleet key, one image each; read at plan time."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length(var.fleet_key_manifest_paths) <= 4
+    error_message = "fleet_key_manifest_paths takes at most 4 manifests (images)."
+  }
+}
+
+variable "fleet_keys_s3_bucket" {
+  description = "Bucket of the fleet key set object; null means data_bucket_name."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.fleet_keys_s3_bucket == null || can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.fleet_keys_s3_bucket))
+    error_message = "fleet_keys_s3_bucket must be an S3 bucket name (3-63 characters of a-z, 0-9, '.' and '-')."
+  }
+}
+
+variable "fleet_keys_s3_key" {
+  description = "Key of the fleet key set object; null means <data_bucket_prefix>fleet-keys/keyset.json. The instance role may get and put exactly this object."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.fleet_keys_s3_key == null || can(regex("^([A-Za-z0-9!_.()-]+/)*[A-Za-z0-9!_.()-]+$", var.fleet_keys_s3_key))
+    error_message = "fleet_keys_s3_key must be an object key of folder names and a file name (letters, digits and ! _ . ( ) -), without a leading or trailing '/' and without '*'."
   }
 }

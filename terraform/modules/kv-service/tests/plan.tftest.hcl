@@ -243,6 +243,167 @@ run "ami_from_ssm_parameter_and_no_load_balancer" {
   }
 }
 
+# --- fleet keys: PCR rollover -----------------------------------------------------------------
+# The order an operator follows (README, "Fleet keys: PCR rollover"): the running image's set
+# (here from the manifest) plus the new image's set, then, after the instance refresh, the new
+# set alone. Each accepted image is one Allow statement with exactly its own three PCRs.
+
+run "fleet_keys_during_a_rollover_accept_two_images" {
+  command = plan
+
+  variables {
+    enable_fleet_keys        = true
+    fleet_key_manifest_paths = ["tests/fixtures/manifest.json"]
+    kms_admin_principal_arns = ["arn:aws:iam::123456789012:role/kv-key-admin"]
+    fleet_key_pcr_sets = [{
+      PCR0 = "580DDE35F4C25E7966308F1BA30854BA0D0DA51992B98BCB77D2B7FDB9360177509235CB61A58BA4B56DBDD7C634DB77"
+      PCR1 = "07b21343b7dd64f161f718601180fff651746a28d82ac0286eaad38e0dcf5c4469a0e0b070ee30084e6d36d4ea6e07d2"
+      PCR2 = "c55cb55c495617d2fd28c087dc3bdc9866e3b968a06387957d57000bb11de221b4a6c9b4993184e4da922bb5fbabaaeb"
+    }]
+  }
+
+  assert {
+    condition     = [for s in jsondecode(aws_kms_key.fleet[0].policy).Statement : s.Sid if s.Effect == "Allow" && contains(flatten([s.Action]), "kms:Decrypt")] == ["FleetKeySetForImage0", "FleetKeySetForImage1"]
+    error_message = "one Allow statement per accepted image, the manifest's first"
+  }
+  assert {
+    condition = [for s in jsondecode(aws_kms_key.fleet[0].policy).Statement : s.Condition if s.Effect == "Allow" && contains(flatten([s.Action]), "kms:Decrypt")] == [
+      { StringEqualsIgnoreCase = {
+        "kms:RecipientAttestation:PCR0" = jsondecode(file("tests/fixtures/manifest.json")).pcrs.PCR0
+        "kms:RecipientAttestation:PCR1" = jsondecode(file("tests/fixtures/manifest.json")).pcrs.PCR1
+        "kms:RecipientAttestation:PCR2" = jsondecode(file("tests/fixtures/manifest.json")).pcrs.PCR2
+      } },
+      { StringEqualsIgnoreCase = {
+        "kms:RecipientAttestation:PCR0" = "580dde35f4c25e7966308f1ba30854ba0d0da51992b98bcb77d2b7fdb9360177509235cb61a58ba4b56dbdd7c634db77"
+        "kms:RecipientAttestation:PCR1" = "07b21343b7dd64f161f718601180fff651746a28d82ac0286eaad38e0dcf5c4469a0e0b070ee30084e6d36d4ea6e07d2"
+        "kms:RecipientAttestation:PCR2" = "c55cb55c495617d2fd28c087dc3bdc9866e3b968a06387957d57000bb11de221b4a6c9b4993184e4da922bb5fbabaaeb"
+      } },
+    ]
+    error_message = "each Allow statement must require exactly its own image's PCR0, PCR1 and PCR2 (lower-cased), nothing else"
+  }
+  assert {
+    condition = alltrue([for s in jsondecode(aws_kms_key.fleet[0].policy).Statement :
+      toset(flatten([s.Action])) == toset(["kms:Decrypt", "kms:GenerateDataKey"]) && s.Principal == { AWS = "arn:aws:iam::123456789012:role/kv-server-demo-instance" }
+    if startswith(s.Sid, "FleetKeySetForImage")])
+    error_message = "the image statements grant Decrypt and GenerateDataKey to the instance role only"
+  }
+  assert {
+    condition = [for s in jsondecode(aws_kms_key.fleet[0].policy).Statement : {
+      Sid = s.Sid, Principal = s.Principal, Resource = s.Resource, Condition = s.Condition, Action = toset(s.Action)
+      } if s.Effect == "Deny"] == [{
+      Sid       = "DenyWithoutAttestation"
+      Principal = { AWS = "*" }
+      Resource  = "*"
+      Condition = { Null = { "kms:RecipientAttestation:ImageSha384" = "true" } }
+      Action = toset(["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyPair",
+        "kms:GenerateDataKeyPairWithoutPlaintext", "kms:GenerateDataKeyWithoutPlaintext",
+      "kms:ReEncryptFrom", "kms:ReEncryptTo"])
+    }]
+    error_message = "one Deny of every cryptographic action to everyone without an attestation document"
+  }
+  assert {
+    condition = alltrue([for s in jsondecode(aws_kms_key.fleet[0].policy).Statement :
+    !contains(flatten([s.Action]), "kms:Encrypt") && !anytrue([for a in flatten([s.Action]) : strcontains(a, "*")]) if s.Effect == "Allow"])
+    error_message = "nobody may Encrypt, and no Allow has a wildcard action"
+  }
+  assert {
+    condition = (length([for s in jsondecode(aws_kms_key.fleet[0].policy).Statement : s if strcontains(jsonencode(s.Principal), ":root")]) == 0
+      && one([for s in jsondecode(aws_kms_key.fleet[0].policy).Statement : s.Principal if s.Sid == "KeyAdministration"]) == { AWS = "arn:aws:iam::123456789012:role/kv-key-admin" }
+      && alltrue([for s in jsondecode(aws_kms_key.fleet[0].policy).Statement :
+    length(setintersection(flatten([s.Action]), ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:ReEncryptFrom", "kms:ReEncryptTo"])) == 0 if s.Sid == "KeyAdministration"]))
+    error_message = "administrators (named ones here) get management actions only; no statement names the account root"
+  }
+  assert {
+    condition     = one([for s in jsondecode(data.aws_iam_policy_document.instance.json).Statement : s if s.Sid == "ReadWriteFleetKeySet"]) == { Sid = "ReadWriteFleetKeySet", Effect = "Allow", Action = ["s3:PutObject", "s3:GetObject"], Resource = "arn:aws:s3:::example-kv-data/kv/fleet-keys/keyset.json" }
+    error_message = "the instance role may get and put exactly the key set object"
+  }
+  assert {
+    condition = alltrue([for s in jsondecode(data.aws_iam_policy_document.instance.json).Statement :
+    !anytrue([for a in flatten([s.Action]) : startswith(a, "kms:")])])
+    error_message = "no KMS permission in the instance role's policy: the key policy decides"
+  }
+  assert {
+    condition = (aws_ssm_parameter.server["fleet-keys-s3-uri"].name == "kv-server-demo-fleet-keys-s3-uri"
+      && aws_ssm_parameter.server["fleet-keys-s3-uri"].value == "s3://example-kv-data/kv/fleet-keys/keyset.json"
+    && aws_ssm_parameter.server["fleet-keys-kms-key-id"].name == "kv-server-demo-fleet-keys-kms-key-id")
+    error_message = "the fleet-keys-kms-key-id and fleet-keys-s3-uri SSM parameters expected"
+  }
+  assert {
+    condition     = output.fleet_keys_s3_uri == "s3://example-kv-data/kv/fleet-keys/keyset.json" && length(output.fleet_key_pcr_sets) == 2
+    error_message = "the S3 URI and both PCR sets as outputs"
+  }
+  assert {
+    condition     = length(aws_kms_key.enclave) == 0 && aws_kms_alias.fleet[0].name == "alias/kv-server-demo-fleet-keys"
+    error_message = "the fleet key is its own key, independent of create_kms_key"
+  }
+}
+
+run "fleet_keys_after_the_refresh_accept_the_new_image_only" {
+  command = plan
+
+  variables {
+    enable_fleet_keys = true
+    fleet_key_pcr_sets = [{
+      PCR0 = "580dde35f4c25e7966308f1ba30854ba0d0da51992b98bcb77d2b7fdb9360177509235cb61a58ba4b56dbdd7c634db77"
+      PCR1 = "07b21343b7dd64f161f718601180fff651746a28d82ac0286eaad38e0dcf5c4469a0e0b070ee30084e6d36d4ea6e07d2"
+      PCR2 = "c55cb55c495617d2fd28c087dc3bdc9866e3b968a06387957d57000bb11de221b4a6c9b4993184e4da922bb5fbabaaeb"
+    }]
+    fleet_keys_s3_bucket = "example-kv-keys"
+    fleet_keys_s3_key    = "prod/keyset.json"
+  }
+
+  assert {
+    condition = [for s in jsondecode(aws_kms_key.fleet[0].policy).Statement : s.Condition if s.Effect == "Allow" && contains(flatten([s.Action]), "kms:Decrypt")] == [
+      { StringEqualsIgnoreCase = {
+        "kms:RecipientAttestation:PCR0" = "580dde35f4c25e7966308f1ba30854ba0d0da51992b98bcb77d2b7fdb9360177509235cb61a58ba4b56dbdd7c634db77"
+        "kms:RecipientAttestation:PCR1" = "07b21343b7dd64f161f718601180fff651746a28d82ac0286eaad38e0dcf5c4469a0e0b070ee30084e6d36d4ea6e07d2"
+        "kms:RecipientAttestation:PCR2" = "c55cb55c495617d2fd28c087dc3bdc9866e3b968a06387957d57000bb11de221b4a6c9b4993184e4da922bb5fbabaaeb"
+      } },
+    ]
+    error_message = "one Allow statement, the new image's"
+  }
+  assert {
+    condition     = length([for s in jsondecode(aws_kms_key.fleet[0].policy).Statement : s if s.Effect == "Deny" && try(s.Condition, null) == { Null = { "kms:RecipientAttestation:ImageSha384" = "true" } }]) == 1
+    error_message = "the deny without attestation stays"
+  }
+  assert {
+    condition     = output.fleet_keys_s3_uri == "s3://example-kv-keys/prod/keyset.json" && one([for s in jsondecode(data.aws_iam_policy_document.instance.json).Statement : s.Resource if s.Sid == "ReadWriteFleetKeySet"]) == "arn:aws:s3:::example-kv-keys/prod/keyset.json"
+    error_message = "a configured bucket and key become the URI and the role's only object"
+  }
+}
+
+run "fleet_keys_same_image_twice_is_one_statement" {
+  command = plan
+
+  variables {
+    enable_fleet_keys        = true
+    fleet_key_manifest_paths = ["tests/fixtures/manifest.json"]
+    fleet_key_pcr_sets = [{
+      PCR0 = upper(jsondecode(file("tests/fixtures/manifest.json")).pcrs.PCR0)
+      PCR1 = jsondecode(file("tests/fixtures/manifest.json")).pcrs.PCR1
+      PCR2 = jsondecode(file("tests/fixtures/manifest.json")).pcrs.PCR2
+    }]
+  }
+
+  assert {
+    condition     = length([for s in jsondecode(aws_kms_key.fleet[0].policy).Statement : s if s.Effect == "Allow" && contains(flatten([s.Action]), "kms:Decrypt")]) == 1
+    error_message = "the same image from a manifest and from fleet_key_pcr_sets (other case) is one statement"
+  }
+}
+
+run "fleet_keys_off_by_default" {
+  command = plan
+
+  assert {
+    condition     = length(aws_kms_key.fleet) == 0 && output.fleet_keys_s3_uri == null && !contains(keys(aws_ssm_parameter.server), "fleet-keys-s3-uri")
+    error_message = "no fleet key, object access or parameters unless enable_fleet_keys"
+  }
+  assert {
+    condition     = length([for s in jsondecode(data.aws_iam_policy_document.instance.json).Statement : s if s.Sid == "ReadWriteFleetKeySet"]) == 0
+    error_message = "no write access to S3 unless enable_fleet_keys"
+  }
+}
+
 # --- bad input fails at plan time with a message ------------------------------------------------
 
 run "odd_enclave_cpu_count_is_refused" {
@@ -317,4 +478,53 @@ run "load_balancer_without_certificate_is_refused" {
     certificate_arn = null
   }
   expect_failures = [aws_lb.this]
+}
+
+run "fleet_key_malformed_pcr_is_refused" {
+  command = plan
+  variables {
+    enable_fleet_keys = true
+    fleet_key_pcr_sets = [{
+      PCR0 = "580dde35f4c25e7966308f1ba30854ba0d0da51992b98bcb77d2b7fdb9360177509235cb61a58ba4b56dbdd7c634db77"
+      PCR1 = "07b21343b7dd64f161f718601180fff651746a28d82ac0286eaad38e0dcf5c4469a0e0b070ee30084e6d36d4ea6e07d2"
+      PCR2 = "c55cb55c495617d2fd28c087dc3bdc9866e3b968a06387957d57000bb11de221b4a6c9b4993184e4da922bb5fbabaaeg"
+    }]
+  }
+  expect_failures = [var.fleet_key_pcr_sets]
+}
+
+run "fleet_keys_without_an_image_are_refused" {
+  command = plan
+  variables {
+    enable_fleet_keys = true
+  }
+  expect_failures = [aws_kms_key.fleet]
+}
+
+run "fleet_keys_with_a_manifest_without_pcrs_are_refused" {
+  command = plan
+  variables {
+    enable_fleet_keys        = true
+    fleet_key_manifest_paths = ["tests/fixtures/manifest-without-pcrs.json"]
+  }
+  expect_failures = [aws_kms_key.fleet]
+}
+
+run "fleet_keys_with_debug_mode_are_refused" {
+  command = plan
+  variables {
+    enable_fleet_keys        = true
+    fleet_key_manifest_paths = ["tests/fixtures/manifest.json"]
+    enclave_debug_mode       = true
+  }
+  expect_failures = [aws_kms_key.fleet]
+}
+
+run "five_fleet_key_pcr_sets_are_refused" {
+  command = plan
+  variables {
+    enable_fleet_keys  = true
+    fleet_key_pcr_sets = [for i in range(5) : { PCR0 = format("%096d", i), PCR1 = format("%096d", i), PCR2 = format("%096d", i) }]
+  }
+  expect_failures = [var.fleet_key_pcr_sets]
 }
