@@ -18,6 +18,8 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+pub mod aws;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
 
 /// Collects the child's stderr lines in the background so a failing test can print them
