@@ -70,7 +70,8 @@ impl Recipient {
             .or_else(|_| CoseSign1::from_slice(document))
             .map_err(|e| RecipientError::Cose(e.to_string()))?;
         let payload = sign1.payload.ok_or_else(|| RecipientError::Cose("no payload".into()))?;
-        let doc = AttestationDoc::from_binary(&payload).map_err(|e| RecipientError::Payload(format!("{e:?}")))?;
+        let doc =
+            AttestationDoc::from_binary(&payload).map_err(|e| RecipientError::Payload(format!("{e:?}")))?;
 
         let issued = UNIX_EPOCH + Duration::from_millis(doc.timestamp);
         let skew = now.duration_since(issued).or_else(|e| Ok::<_, ()>(e.duration())).unwrap_or_default();

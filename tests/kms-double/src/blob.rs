@@ -58,7 +58,12 @@ impl MasterKey {
         Ok(Self { cipher })
     }
 
-    pub fn seal(&self, key_arn: &str, context: &BTreeMap<String, String>, plaintext: &[u8]) -> Result<Vec<u8>, BlobError> {
+    pub fn seal(
+        &self,
+        key_arn: &str,
+        context: &BTreeMap<String, String>,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, BlobError> {
         let arn_len = u8::try_from(key_arn.len()).map_err(|_| BlobError::Format)?;
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|_| BlobError::Random)?;
@@ -84,7 +89,12 @@ impl MasterKey {
         std::str::from_utf8(arn).map_err(|_| BlobError::Format)
     }
 
-    pub fn open(&self, key_arn: &str, context: &BTreeMap<String, String>, blob: &[u8]) -> Result<Vec<u8>, BlobError> {
+    pub fn open(
+        &self,
+        key_arn: &str,
+        context: &BTreeMap<String, String>,
+        blob: &[u8],
+    ) -> Result<Vec<u8>, BlobError> {
         if Self::key_arn_of(blob)? != key_arn {
             return Err(BlobError::Authentication);
         }
@@ -114,7 +124,10 @@ mod tests {
         assert_eq!(master.open(ARN, &context, &blob).unwrap(), b"data key");
 
         assert_eq!(master.open(ARN, &BTreeMap::new(), &blob), Err(BlobError::Authentication));
-        assert_eq!(master.open("arn:aws:kms:us-east-1:123456789012:key/other", &context, &blob), Err(BlobError::Authentication));
+        assert_eq!(
+            master.open("arn:aws:kms:us-east-1:123456789012:key/other", &context, &blob),
+            Err(BlobError::Authentication)
+        );
         let mut tampered = blob.clone();
         *tampered.last_mut().unwrap() ^= 1;
         assert_eq!(master.open(ARN, &context, &tampered), Err(BlobError::Authentication));

@@ -35,8 +35,8 @@ use cbc::cipher::block_padding::Pkcs7;
 use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
 use rasn::prelude::*;
 use rasn_cms::{
-    AlgorithmIdentifier, ContentInfo, EncryptedContentInfo, EnvelopedData, KeyTransRecipientInfo, RecipientIdentifier,
-    RecipientInfo,
+    AlgorithmIdentifier, ContentInfo, EncryptedContentInfo, EnvelopedData, KeyTransRecipientInfo,
+    RecipientIdentifier, RecipientInfo,
 };
 use sha2::{Digest, Sha256};
 
@@ -141,12 +141,13 @@ pub fn envelope(
     let encrypted_key = public_key.oaep_encrypt::<Sha256>(&cek).map_err(|e| CmsError::Rsa(e.to_string()))?;
     cek.fill(0);
 
-    let recipient_infos = SetOf::from_vec(vec![RecipientInfo::KeyTransRecipientInfo(KeyTransRecipientInfo {
-        version: 2.into(),
-        rid: RecipientIdentifier::SubjectKeyIdentifier(subject_key_identifier(public_key_der).into()),
-        key_encryption_algorithm: oaep_sha256_identifier()?,
-        encrypted_key: encrypted_key.into(),
-    })]);
+    let recipient_infos =
+        SetOf::from_vec(vec![RecipientInfo::KeyTransRecipientInfo(KeyTransRecipientInfo {
+            version: 2.into(),
+            rid: RecipientIdentifier::SubjectKeyIdentifier(subject_key_identifier(public_key_der).into()),
+            key_encryption_algorithm: oaep_sha256_identifier()?,
+            encrypted_key: encrypted_key.into(),
+        })]);
     let content_encryption_algorithm = AlgorithmIdentifier {
         algorithm: AES256_CBC.to_owned(),
         parameters: Some(Any::new(der(&OctetString::from(iv.to_vec()))?)),
@@ -228,12 +229,12 @@ pub fn open(private_key: &rsa::PrivateKey, envelope: &[u8]) -> Result<Vec<u8>, C
     if eci.content_encryption_algorithm.algorithm != *AES256_CBC {
         return Err(CmsError::Shape("contentEncryptionAlgorithm is not aes256-CBC".into()));
     }
-    let iv_param = eci.content_encryption_algorithm.parameters.ok_or_else(|| CmsError::Shape("no IV".into()))?;
+    let iv_param =
+        eci.content_encryption_algorithm.parameters.ok_or_else(|| CmsError::Shape("no IV".into()))?;
     let iv: OctetString = rasn::ber::decode(iv_param.as_bytes()).map_err(asn1)?;
     let content = eci.encrypted_content.ok_or_else(|| CmsError::Shape("no encryptedContent".into()))?;
-    let cek = private_key
-        .oaep_decrypt::<Sha256>(&ktri.encrypted_key)
-        .map_err(|e| CmsError::Rsa(e.to_string()))?;
+    let cek =
+        private_key.oaep_decrypt::<Sha256>(&ktri.encrypted_key).map_err(|e| CmsError::Rsa(e.to_string()))?;
     cbc::Decryptor::<Aes256>::new_from_slices(&cek, &iv)
         .map_err(asn1)?
         .decrypt_padded_vec::<Pkcs7>(&content)
@@ -302,7 +303,8 @@ pub(crate) mod tests {
         let info: ContentInfo = rasn::ber::decode(&ber).unwrap();
         let enveloped: EnvelopedData = rasn::ber::decode(info.content.as_bytes()).unwrap();
         assert_eq!(enveloped.version, 2.into());
-        let [RecipientInfo::KeyTransRecipientInfo(ktri)] = enveloped.recipient_infos.to_vec().as_slice() else {
+        let [RecipientInfo::KeyTransRecipientInfo(ktri)] = enveloped.recipient_infos.to_vec().as_slice()
+        else {
             panic!("one KeyTransRecipientInfo");
         };
         assert_eq!(ktri.version, 2.into());

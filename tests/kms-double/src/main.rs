@@ -47,9 +47,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let policy = match std::fs::read_to_string(&args.policy).map_err(|e| e.to_string()).and_then(|text| {
-        Policy::from_json(&text).map_err(|e| e.to_string())
-    }) {
+    let policy = match std::fs::read_to_string(&args.policy)
+        .map_err(|e| e.to_string())
+        .and_then(|text| Policy::from_json(&text).map_err(|e| e.to_string()))
+    {
         Ok(policy) => policy,
         Err(e) => {
             eprintln!("kms-double: policy {}: {e}", args.policy.display());
@@ -76,17 +77,18 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (listener, mut term) = match (tokio::net::TcpListener::bind(args.listen).await, signal(SignalKind::terminate())) {
-        (Ok(listener), Ok(term)) => (listener, term),
-        (Err(e), _) => {
-            eprintln!("kms-double: cannot listen on {}: {e}", args.listen);
-            return ExitCode::FAILURE;
-        }
-        (_, Err(e)) => {
-            eprintln!("kms-double: cannot handle SIGTERM: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let (listener, mut term) =
+        match (tokio::net::TcpListener::bind(args.listen).await, signal(SignalKind::terminate())) {
+            (Ok(listener), Ok(term)) => (listener, term),
+            (Err(e), _) => {
+                eprintln!("kms-double: cannot listen on {}: {e}", args.listen);
+                return ExitCode::FAILURE;
+            }
+            (_, Err(e)) => {
+                eprintln!("kms-double: cannot handle SIGTERM: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let addr = listener.local_addr().unwrap_or(args.listen);
     println!("kms-double listening on http://{addr}");
     eprintln!("kms-double: key {} for caller {caller}", kms.key_arn());

@@ -186,8 +186,12 @@ impl RequestContext<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Allowed by this statement.
-    Allow { statement: String },
-    Deny { reason: String },
+    Allow {
+        statement: String,
+    },
+    Deny {
+        reason: String,
+    },
 }
 
 impl Policy {
@@ -207,7 +211,8 @@ impl Policy {
             Some(one @ Value::Object(_)) => vec![one.clone()],
             _ => return Err(PolicyError::Document("no Statement list".into())),
         };
-        let statements = statements.iter().enumerate().map(|(i, s)| Statement::parse(i, s)).collect::<Result<_, _>>()?;
+        let statements =
+            statements.iter().enumerate().map(|(i, s)| Statement::parse(i, s)).collect::<Result<_, _>>()?;
         Ok(Self { statements })
     }
 
@@ -219,7 +224,10 @@ impl Policy {
             match (statement.effect, statement.matches(request)) {
                 (Effect::Deny, Ok(())) => {
                     return Decision::Deny {
-                        reason: format!("{} is explicitly denied by statement {}", request.action, statement.label),
+                        reason: format!(
+                            "{} is explicitly denied by statement {}",
+                            request.action, statement.label
+                        ),
                     };
                 }
                 (Effect::Allow, Ok(())) => {
@@ -236,9 +244,9 @@ impl Policy {
             None if misses.is_empty() => Decision::Deny {
                 reason: format!("no Allow statement grants {} to {}", request.action, request.caller_arn),
             },
-            None => Decision::Deny {
-                reason: format!("{} is not allowed: {}", request.action, misses.join("; ")),
-            },
+            None => {
+                Decision::Deny { reason: format!("{} is not allowed: {}", request.action, misses.join("; ")) }
+            }
         }
     }
 }
@@ -301,7 +309,8 @@ impl Statement {
         let resources = match map.get("Resource") {
             // A key policy's Resource is the key itself; "*" is what AWS writes.
             None => vec!["*".to_string()],
-            Some(v) => string_list(v).ok_or_else(|| statement_error(&label, "Resource must be a string or a list"))?,
+            Some(v) => string_list(v)
+                .ok_or_else(|| statement_error(&label, "Resource must be a string or a list"))?,
         };
         let conditions = match map.get("Condition") {
             None => Vec::new(),
@@ -318,8 +327,9 @@ impl Statement {
                 for (kind, v) in map {
                     match kind.as_str() {
                         "AWS" => {
-                            let list = string_list(v)
-                                .ok_or_else(|| statement_error(label, "Principal.AWS must be a string or a list"))?;
+                            let list = string_list(v).ok_or_else(|| {
+                                statement_error(label, "Principal.AWS must be a string or a list")
+                            })?;
                             aws = Some(list);
                         }
                         "Service" | "Federated" => {}
@@ -334,7 +344,10 @@ impl Statement {
                     None => Principals::NoIamCaller,
                 })
             }
-            _ => Err(statement_error(label, "a key policy statement needs a Principal (\"*\" or {\"AWS\": ...})")),
+            _ => Err(statement_error(
+                label,
+                "a key policy statement needs a Principal (\"*\" or {\"AWS\": ...})",
+            )),
         }
     }
 
@@ -345,20 +358,35 @@ impl Statement {
         let mut conditions = Vec::new();
         for (operator_name, block) in blocks {
             let operator = Operator::parse(operator_name).ok_or_else(|| {
-                statement_error(label, format!("condition operator {operator_name:?} is not supported by the KMS double"))
+                statement_error(
+                    label,
+                    format!("condition operator {operator_name:?} is not supported by the KMS double"),
+                )
             })?;
             let Value::Object(keys) = block else {
-                return Err(statement_error(label, format!("{operator_name} must map condition keys to values")));
+                return Err(statement_error(
+                    label,
+                    format!("{operator_name} must map condition keys to values"),
+                ));
             };
             for (key_name, values) in keys {
                 let key = ConditionKey::parse(key_name).ok_or_else(|| {
-                    statement_error(label, format!("condition key {key_name:?} is not supported by the KMS double"))
+                    statement_error(
+                        label,
+                        format!("condition key {key_name:?} is not supported by the KMS double"),
+                    )
                 })?;
                 let values = string_list(values).filter(|v| !v.is_empty()).ok_or_else(|| {
-                    statement_error(label, format!("{operator_name} {key_name}: values must be a string or a list"))
+                    statement_error(
+                        label,
+                        format!("{operator_name} {key_name}: values must be a string or a list"),
+                    )
                 })?;
                 if operator == Operator::Null && values.iter().any(|v| v != "true" && v != "false") {
-                    return Err(statement_error(label, format!("Null {key_name}: the value must be true or false")));
+                    return Err(statement_error(
+                        label,
+                        format!("Null {key_name}: the value must be true or false"),
+                    ));
                 }
                 conditions.push(Condition { operator, key, values });
             }
@@ -372,7 +400,10 @@ impl Statement {
             Principals::Aws(list) => list.iter().any(|p| principal_matches(p, request.caller_arn)),
             Principals::NoIamCaller => false,
         };
-        let action = self.actions.iter().any(|a| wildcard_match(&a.to_ascii_lowercase(), &request.action.to_ascii_lowercase()));
+        let action = self
+            .actions
+            .iter()
+            .any(|a| wildcard_match(&a.to_ascii_lowercase(), &request.action.to_ascii_lowercase()));
         let resource = self.resources.iter().any(|r| wildcard_match(r, request.resource));
         if !(principal && action && resource) {
             return Err(Miss::Scope);
@@ -446,10 +477,10 @@ fn principal_matches(principal: &str, caller: &str) -> bool {
         return true;
     }
     let caller_account = account_of(caller);
-    let root_account = principal
-        .strip_prefix("arn:aws:iam::")
-        .and_then(|rest| rest.strip_suffix(":root"))
-        .or_else(|| (principal.len() == 12 && principal.bytes().all(|b| b.is_ascii_digit())).then_some(principal));
+    let root_account =
+        principal.strip_prefix("arn:aws:iam::").and_then(|rest| rest.strip_suffix(":root")).or_else(|| {
+            (principal.len() == 12 && principal.bytes().all(|b| b.is_ascii_digit())).then_some(principal)
+        });
     if root_account.is_some() && root_account == caller_account {
         return true;
     }
@@ -487,7 +518,13 @@ mod tests {
         context: &'a BTreeMap<String, String>,
         recipient: Option<&'a BTreeMap<usize, Vec<u8>>>,
     ) -> RequestContext<'a> {
-        RequestContext { action, resource: KEY, caller_arn: CALLER, encryption_context: context, recipient_pcrs: recipient }
+        RequestContext {
+            action,
+            resource: KEY,
+            caller_arn: CALLER,
+            encryption_context: context,
+            recipient_pcrs: recipient,
+        }
     }
 
     /// The shape of the fleet policy: the account administers, the enclave role may get data keys
@@ -563,7 +600,8 @@ mod tests {
         // The current release's PCR0 and PCR1 but another PCR2 (another signing certificate).
         let mut other = pcrs(0x10);
         other.insert(2, vec![0x99; 48]);
-        let Decision::Deny { reason } = policy.evaluate(&request("kms:Decrypt", &context, Some(&other))) else {
+        let Decision::Deny { reason } = policy.evaluate(&request("kms:Decrypt", &context, Some(&other)))
+        else {
             panic!("a PCR2 in neither set is allowed");
         };
         assert!(reason.contains("kms:Decrypt"), "{reason}");
@@ -595,10 +633,16 @@ mod tests {
         let current = pcrs(0x10);
         let mut context = BTreeMap::from([("Purpose".to_string(), "fleet-keys".to_string())]);
         let decision = policy.evaluate(&request("kms:Decrypt", &context, Some(&current)));
-        assert!(is_allowed_by(&decision, "CurrentRelease"), "context key names match case-insensitively: {decision:?}");
+        assert!(
+            is_allowed_by(&decision, "CurrentRelease"),
+            "context key names match case-insensitively: {decision:?}"
+        );
         context.clear();
         let decision = policy.evaluate(&request("kms:Decrypt", &context, Some(&current)));
-        assert!(matches!(&decision, Decision::Deny { reason } if reason.contains("statement #1")), "{decision:?}");
+        assert!(
+            matches!(&decision, Decision::Deny { reason } if reason.contains("statement #1")),
+            "{decision:?}"
+        );
     }
 
     fn fleet_policy_text() -> String {
@@ -655,12 +699,18 @@ mod tests {
             "Sid": "Attested", "Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt",
             "Condition": {"StringLike": {"kms:RecipientAttestation:PCR0": "ab*"}}
         }));
-        assert_eq!(err.to_string(), "statement \"Attested\": condition operator \"StringLike\" is not supported by the KMS double");
+        assert_eq!(
+            err.to_string(),
+            "statement \"Attested\": condition operator \"StringLike\" is not supported by the KMS double"
+        );
         let err = load_error(serde_json::json!({
             "Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt",
             "Condition": {"ForAnyValue:StringEquals": {"kms:CallerAccount": "1"}}
         }));
-        assert!(err.to_string().starts_with("statement #1: condition operator \"ForAnyValue:StringEquals\""), "{err}");
+        assert!(
+            err.to_string().starts_with("statement #1: condition operator \"ForAnyValue:StringEquals\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -675,7 +725,9 @@ mod tests {
             "Condition": {"StringEquals": {"kms:RecipientAttestation:PCR32": "x"}}
         }));
         assert!(err.to_string().contains("PCR32"), "{err}");
-        let err = load_error(serde_json::json!({"Sid": "S", "Effect": "Allow", "Principal": "*", "NotAction": "kms:Decrypt"}));
+        let err = load_error(
+            serde_json::json!({"Sid": "S", "Effect": "Allow", "Principal": "*", "NotAction": "kms:Decrypt"}),
+        );
         assert!(err.to_string().contains("NotAction"), "{err}");
     }
 }

@@ -42,7 +42,12 @@ impl Default for Limits {
 }
 
 /// Serves `kms` on `listener` until `shutdown` completes, then drains.
-pub async fn run(listener: TcpListener, kms: Arc<KmsDouble>, limits: Limits, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    listener: TcpListener,
+    kms: Arc<KmsDouble>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut in_flight = JoinSet::new();
@@ -81,7 +86,10 @@ pub async fn run(listener: TcpListener, kms: Arc<KmsDouble>, limits: Limits, shu
         while in_flight.try_join_next().is_some() {}
     }
     let _ = stop_tx.send(true);
-    if tokio::time::timeout(limits.drain, async { while in_flight.join_next().await.is_some() {} }).await.is_err() {
+    if tokio::time::timeout(limits.drain, async { while in_flight.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
         eprintln!("kms-double: {} connection(s) still open after the drain deadline", in_flight.len());
         in_flight.abort_all();
     }
@@ -89,11 +97,17 @@ pub async fn run(listener: TcpListener, kms: Arc<KmsDouble>, limits: Limits, shu
 
 async fn handle(kms: &KmsDouble, req: Request<Incoming>, max_body: usize) -> Response<Full<Bytes>> {
     if req.method() != Method::POST || req.uri().path() != "/" {
-        return Response::builder().status(StatusCode::NOT_FOUND).body(Full::default()).expect("a static response");
+        return Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::default())
+            .expect("a static response");
     }
-    let target = req.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let target =
+        req.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let Some(operation) = target.strip_prefix(wire::TARGET_PREFIX).map(str::to_string) else {
-        let error = KmsError::UnsupportedOperation(format!("X-Amz-Target {target:?} is not a TrentService operation"));
+        let error = KmsError::UnsupportedOperation(format!(
+            "X-Amz-Target {target:?} is not a TrentService operation"
+        ));
         eprintln!("kms-double: op={target:?} decision=error reason={:?}", error.to_string());
         return respond(Err(error));
     };

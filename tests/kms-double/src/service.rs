@@ -47,6 +47,12 @@ impl KeyConfig {
     }
 }
 
+/// A data key as the response carries it: exactly one of the two is set.
+struct Delivery {
+    plaintext: Option<Vec<u8>>,
+    ciphertext_for_recipient: Option<Vec<u8>>,
+}
+
 /// What the server logs about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -71,7 +77,8 @@ impl std::fmt::Debug for KmsDouble {
 
 impl KmsDouble {
     pub fn new(config: KeyConfig, policy: Policy) -> Result<Self, BlobError> {
-        let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
+        let created =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
         Ok(Self { key_arn: config.key_arn(), config, policy, master: MasterKey::random()?, created })
     }
 
@@ -88,12 +95,16 @@ impl KmsDouble {
             "Decrypt" => self.decrypt(wire::parse(operation, body), &mut allowed_by),
             "Encrypt" => self.encrypt(wire::parse(operation, body), &mut allowed_by),
             "DescribeKey" => self.describe_key(wire::parse(operation, body), &mut allowed_by),
-            other => Err(KmsError::UnsupportedOperation(format!("the KMS double does not implement {other:?}"))),
+            other => {
+                Err(KmsError::UnsupportedOperation(format!("the KMS double does not implement {other:?}")))
+            }
         };
         let outcome = match &result {
             Ok(_) => Outcome { decision: "allow", reason: format!("statement {allowed_by}") },
             Err(KmsError::AccessDenied(reason)) => Outcome { decision: "deny", reason: reason.clone() },
-            Err(KmsError::DryRun(_)) => Outcome { decision: "allow", reason: format!("dry run, statement {allowed_by}") },
+            Err(KmsError::DryRun(_)) => {
+                Outcome { decision: "allow", reason: format!("dry run, statement {allowed_by}") }
+            }
             Err(e) => Outcome { decision: "error", reason: e.to_string() },
         };
         (result, outcome)
@@ -147,13 +158,14 @@ impl KmsDouble {
     }
 
     /// Plaintext, or (with a recipient) the plaintext enveloped to it and no Plaintext.
-    fn deliver(&self, plaintext: Vec<u8>, recipient: Option<&Recipient>) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), KmsError> {
+    fn deliver(&self, plaintext: Vec<u8>, recipient: Option<&Recipient>) -> Result<Delivery, KmsError> {
         match recipient {
-            None => Ok((Some(plaintext), None)),
+            None => Ok(Delivery { plaintext: Some(plaintext), ciphertext_for_recipient: None }),
             Some(r) => {
-                let envelope = cms::envelope(&r.public_key, &r.public_key_der, &plaintext, self.config.cms_encoding)
-                    .map_err(|e| KmsError::Internal(e.to_string()))?;
-                Ok((None, Some(envelope)))
+                let envelope =
+                    cms::envelope(&r.public_key, &r.public_key_der, &plaintext, self.config.cms_encoding)
+                        .map_err(|e| KmsError::Internal(e.to_string()))?;
+                Ok(Delivery { plaintext: None, ciphertext_for_recipient: Some(envelope) })
             }
         }
     }
@@ -173,14 +185,21 @@ impl KmsDouble {
             (None, Some(n)) => {
                 return Err(KmsError::Validation(format!("NumberOfBytes {n} is outside 1..=1024")));
             }
-            (Some(spec), None) => return Err(KmsError::Validation(format!("KeySpec {spec:?} is not AES_256 or AES_128"))),
-            (Some(_), Some(_)) => return Err(KmsError::Validation("give KeySpec or NumberOfBytes, not both".into())),
+            (Some(spec), None) => {
+                return Err(KmsError::Validation(format!("KeySpec {spec:?} is not AES_256 or AES_128")));
+            }
+            (Some(_), Some(_)) => {
+                return Err(KmsError::Validation("give KeySpec or NumberOfBytes, not both".into()));
+            }
             (None, None) => return Err(KmsError::Validation("KeySpec or NumberOfBytes is required".into())),
         };
         let recipient = Self::recipient(request.recipient.as_ref())?;
-        *allowed_by = self.authorize("kms:GenerateDataKey", &request.encryption_context, recipient.as_ref())?;
+        *allowed_by =
+            self.authorize("kms:GenerateDataKey", &request.encryption_context, recipient.as_ref())?;
         if request.dry_run {
-            return Err(KmsError::DryRun("The request would have succeeded, but the DryRun flag is set".into()));
+            return Err(KmsError::DryRun(
+                "The request would have succeeded, but the DryRun flag is set".into(),
+            ));
         }
 
         let mut data_key = vec![0u8; length];
@@ -189,7 +208,7 @@ impl KmsDouble {
             .master
             .seal(&self.key_arn, &request.encryption_context, &data_key)
             .map_err(|e| KmsError::Internal(e.to_string()))?;
-        let (plaintext, ciphertext_for_recipient) = self.deliver(data_key, recipient.as_ref())?;
+        let Delivery { plaintext, ciphertext_for_recipient } = self.deliver(data_key, recipient.as_ref())?;
         json(&wire::GenerateDataKeyResponse {
             key_id: self.key_arn.clone(),
             ciphertext_blob,
@@ -198,16 +217,26 @@ impl KmsDouble {
         })
     }
 
-    fn decrypt(&self, request: Result<wire::DecryptRequest, KmsError>, allowed_by: &mut String) -> Result<Vec<u8>, KmsError> {
+    fn decrypt(
+        &self,
+        request: Result<wire::DecryptRequest, KmsError>,
+        allowed_by: &mut String,
+    ) -> Result<Vec<u8>, KmsError> {
         let request = request?;
         Self::refuse_grant_tokens(&request.grant_tokens)?;
         if let Some(key_id) = &request.key_id {
             self.resolve(key_id)?;
         }
         if let Some(algorithm) = request.encryption_algorithm.as_deref().filter(|a| *a != SYMMETRIC_DEFAULT) {
-            return Err(KmsError::Validation(format!("EncryptionAlgorithm {algorithm:?}: the key is symmetric")));
+            return Err(KmsError::Validation(format!(
+                "EncryptionAlgorithm {algorithm:?}: the key is symmetric"
+            )));
         }
-        let invalid = || KmsError::InvalidCiphertext("The ciphertext is invalid for this key and encryption context".into());
+        let invalid = || {
+            KmsError::InvalidCiphertext(
+                "The ciphertext is invalid for this key and encryption context".into(),
+            )
+        };
         // Real KMS reads the key from the blob; one that is not ours is simply invalid here.
         if MasterKey::key_arn_of(&request.ciphertext_blob).map_err(|_| invalid())? != self.key_arn {
             return Err(invalid());
@@ -215,13 +244,15 @@ impl KmsDouble {
         let recipient = Self::recipient(request.recipient.as_ref())?;
         *allowed_by = self.authorize("kms:Decrypt", &request.encryption_context, recipient.as_ref())?;
         if request.dry_run {
-            return Err(KmsError::DryRun("The request would have succeeded, but the DryRun flag is set".into()));
+            return Err(KmsError::DryRun(
+                "The request would have succeeded, but the DryRun flag is set".into(),
+            ));
         }
         let plaintext = self
             .master
             .open(&self.key_arn, &request.encryption_context, &request.ciphertext_blob)
             .map_err(|_| invalid())?;
-        let (plaintext, ciphertext_for_recipient) = self.deliver(plaintext, recipient.as_ref())?;
+        let Delivery { plaintext, ciphertext_for_recipient } = self.deliver(plaintext, recipient.as_ref())?;
         json(&wire::DecryptResponse {
             key_id: self.key_arn.clone(),
             plaintext,
@@ -230,25 +261,37 @@ impl KmsDouble {
         })
     }
 
-    fn encrypt(&self, request: Result<wire::EncryptRequest, KmsError>, allowed_by: &mut String) -> Result<Vec<u8>, KmsError> {
+    fn encrypt(
+        &self,
+        request: Result<wire::EncryptRequest, KmsError>,
+        allowed_by: &mut String,
+    ) -> Result<Vec<u8>, KmsError> {
         let request = request?;
         self.resolve(&request.key_id)?;
         Self::refuse_grant_tokens(&request.grant_tokens)?;
         if let Some(algorithm) = request.encryption_algorithm.as_deref().filter(|a| *a != SYMMETRIC_DEFAULT) {
-            return Err(KmsError::Validation(format!("EncryptionAlgorithm {algorithm:?}: the key is symmetric")));
+            return Err(KmsError::Validation(format!(
+                "EncryptionAlgorithm {algorithm:?}: the key is symmetric"
+            )));
         }
         if request.plaintext.is_empty() || request.plaintext.len() > 4096 {
             return Err(KmsError::Validation("Plaintext must be 1 to 4096 bytes".into()));
         }
         *allowed_by = self.authorize("kms:Encrypt", &request.encryption_context, None)?;
         if request.dry_run {
-            return Err(KmsError::DryRun("The request would have succeeded, but the DryRun flag is set".into()));
+            return Err(KmsError::DryRun(
+                "The request would have succeeded, but the DryRun flag is set".into(),
+            ));
         }
         let ciphertext_blob = self
             .master
             .seal(&self.key_arn, &request.encryption_context, &request.plaintext)
             .map_err(|e| KmsError::Internal(e.to_string()))?;
-        json(&wire::EncryptResponse { key_id: self.key_arn.clone(), ciphertext_blob, encryption_algorithm: SYMMETRIC_DEFAULT })
+        json(&wire::EncryptResponse {
+            key_id: self.key_arn.clone(),
+            ciphertext_blob,
+            encryption_algorithm: SYMMETRIC_DEFAULT,
+        })
     }
 
     fn describe_key(

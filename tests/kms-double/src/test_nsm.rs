@@ -49,8 +49,14 @@ impl TestNsm {
     }
 
     /// A document issued now, as the NSM's `Request::Attestation` answers.
-    pub fn attest(&self, public_key: Option<&[u8]>, user_data: Option<&[u8]>, nonce: Option<&[u8]>) -> Vec<u8> {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
+    pub fn attest(
+        &self,
+        public_key: Option<&[u8]>,
+        user_data: Option<&[u8]>,
+        nonce: Option<&[u8]>,
+    ) -> Vec<u8> {
+        let now_ms =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
         self.attest_at(now_ms, public_key, user_data, nonce)
     }
 
@@ -122,7 +128,10 @@ mod tests {
             RecipientError::Algorithm("RSAES_OAEP_SHA_1".into())
         );
         let no_key = nsm.attest(None, None, None);
-        assert_eq!(Recipient::from_request("RSAES_OAEP_SHA_256", &no_key, now).unwrap_err(), RecipientError::NoPublicKey);
+        assert_eq!(
+            Recipient::from_request("RSAES_OAEP_SHA_256", &no_key, now).unwrap_err(),
+            RecipientError::NoPublicKey
+        );
         let stale_ms = now.duration_since(UNIX_EPOCH).unwrap() - Duration::from_secs(301);
         let stale = nsm.attest_at(stale_ms.as_millis() as u64, Some(&spki()), None, None);
         assert!(matches!(

@@ -233,5 +233,6 @@ pub struct KeyMetadata {
 
 /// Parses a request body, mapping serde's complaint to a ValidationException.
 pub fn parse<'a, T: Deserialize<'a>>(operation: &str, body: &'a [u8]) -> Result<T, KmsError> {
-    serde_json::from_slice(body).map_err(|e| KmsError::Validation(format!("{operation}: malformed request: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| KmsError::Validation(format!("{operation}: malformed request: {e}")))
 }
