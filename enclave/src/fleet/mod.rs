@@ -144,6 +144,16 @@ impl FleetKeys {
     /// Builds the clients (reading SSM for the location if needed) and generates the RSA key.
     pub async fn setup(config: &FleetConfig, attester: Arc<dyn Attester>) -> Result<FleetKeys, FleetError> {
         let sdk = crate::s3::sdk_config(&config.aws).await.map_err(|e| FleetError::Setup(e.to_string()))?;
+        FleetKeys::from_sdk(&sdk, config, attester).await
+    }
+
+    /// As [`FleetKeys::setup`] with a given SDK configuration (`config.aws` is then not used).
+    pub async fn from_sdk(
+        sdk: &aws_config::SdkConfig,
+        config: &FleetConfig,
+        attester: Arc<dyn Attester>,
+    ) -> Result<FleetKeys, FleetError> {
+        let sdk = sdk.clone();
         let location = match (&config.location, &config.aws.ssm_prefix) {
             (Some(location), _) => location.clone(),
             (None, Some(prefix)) => {
@@ -378,11 +388,40 @@ pub async fn run(
     v2: V2Config,
     shutdown: impl Future<Output = ()>,
 ) {
+    let setup = || FleetKeys::setup(&config, attester.clone());
+    serve(setup, &config, keys, health, v2, shutdown).await
+}
+
+/// As [`run`] with a given SDK configuration (credentials, region, HTTP client).
+pub async fn run_with_sdk(
+    sdk: aws_config::SdkConfig,
+    config: FleetConfig,
+    attester: Arc<dyn Attester>,
+    keys: Arc<KeyManager>,
+    health: Arc<Health>,
+    v2: V2Config,
+    shutdown: impl Future<Output = ()>,
+) {
+    let setup = || FleetKeys::from_sdk(&sdk, &config, attester.clone());
+    serve(setup, &config, keys, health, v2, shutdown).await
+}
+
+async fn serve<F, Fut>(
+    setup: F,
+    config: &FleetConfig,
+    keys: Arc<KeyManager>,
+    health: Arc<Health>,
+    v2: V2Config,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<FleetKeys, FleetError>>,
+{
     tokio::pin!(shutdown);
     let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
     let fleet = loop {
         let attempt = tokio::select! {
-            result = FleetKeys::setup(&config, attester.clone()) => result,
+            result = setup() => result,
             _ = &mut shutdown => return,
         };
         match attempt {
