@@ -721,6 +721,58 @@ mod tests {
     }
 
     #[test]
+    fn fleet_key_settings_need_the_aws_settings_and_name_the_flag() {
+        let base = ["--sample-data", "--egress-socks5", "tcp://127.0.0.1:1080", "--aws-region", "us-east-1"];
+        let with = |extra: &[&str]| {
+            let mut list = base.to_vec();
+            list.extend_from_slice(extra);
+            args(&list).resolve()
+        };
+        let config =
+            with(&["--fleet-keys-kms-key", "alias/kv", "--fleet-keys-s3-uri", "s3://kv-keys/k.json"])
+                .unwrap();
+        let fleet = config.fleet_keys.expect("fleet keys on");
+        assert_eq!(fleet.kms_key, "alias/kv");
+        assert_eq!(fleet.location.unwrap().to_string(), "s3://kv-keys/k.json");
+        assert_eq!(fleet.poll_interval, crate::fleet::DEFAULT_POLL);
+        assert_eq!(config.source, DataSourceConfig::Sample, "the AWS settings alone are no S3 data source");
+        assert_eq!(args(&base).resolve().unwrap().fleet_keys, None);
+
+        for (extra, names) in [
+            (&["--fleet-keys-kms-key", "alias/kv"][..], "--fleet-keys-s3-uri"),
+            (
+                &["--fleet-keys-kms-key", "alias/kv", "--fleet-keys-s3-uri", "https://x/y"][..],
+                "--fleet-keys-s3-uri",
+            ),
+            (
+                &["--fleet-keys-kms-key", "a b", "--fleet-keys-s3-uri", "s3://kv-keys/k"][..],
+                "--fleet-keys-kms-key",
+            ),
+            (
+                &[
+                    "--fleet-keys-kms-key",
+                    "k",
+                    "--fleet-keys-s3-uri",
+                    "s3://kv-keys/k",
+                    "--fleet-keys-poll-secs",
+                    "0",
+                ][..],
+                "--fleet-keys-poll-secs",
+            ),
+            (&["--fleet-keys-s3-uri", "s3://kv-keys/k"][..], "--fleet-keys-s3-uri"),
+        ] {
+            let err = with(extra).unwrap_err().to_string();
+            assert!(err.contains(names), "{extra:?}: {err}");
+        }
+        let err =
+            args(&["--sample-data", "--fleet-keys-kms-key", "k", "--fleet-keys-s3-uri", "s3://kv-keys/k"])
+                .resolve()
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("--egress-socks5"), "{err}");
+    }
+
+    #[test]
     fn defaults_with_sample_data() {
         let config = args(&["--sample-data"]).resolve().unwrap();
         assert_eq!(config.listen, default_listen());

@@ -184,6 +184,37 @@ impl health_server::Health for HealthService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_fleet_keys_serving_waits_for_the_data_and_the_keys() {
+        for keys_first in [false, true] {
+            let health = Health::new_waiting_for_keys();
+            if keys_first {
+                health.set_keys_ready();
+            } else {
+                health.set_data_loaded();
+            }
+            assert_eq!(
+                health.status(LOADBALANCER),
+                Some(ServingStatus::NotServing),
+                "keys first: {keys_first}"
+            );
+            if keys_first {
+                health.set_data_loaded();
+            } else {
+                health.set_keys_ready();
+            }
+            assert_eq!(health.status(LOADBALANCER), Some(ServingStatus::Serving));
+            assert_eq!(health.status(KEY_VALUE_SERVICE), Some(ServingStatus::Serving));
+        }
+        let health = Health::new();
+        health.set_data_loaded();
+        assert_eq!(
+            health.status(LOADBALANCER),
+            Some(ServingStatus::Serving),
+            "without fleet keys: the data alone"
+        );
+    }
     use crate::proto::grpc::health::v1::health_server::Health as _;
 
     async fn check(service: &HealthService, name: &str) -> Result<ServingStatus, tonic::Code> {

@@ -154,3 +154,41 @@ fn decode_iv(parameters: &Any) -> Result<[u8; 16], RecipientError> {
 fn oid_text(oid: &ObjectIdentifier) -> String {
     oid.iter().map(|arc| arc.to_string()).collect::<Vec<_>>().join(".")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kms_double::cms::{CmsEncoding, envelope};
+    use rsa::pkcs8::DecodePublicKey;
+
+    fn envelope_for(key: &RecipientKey, plaintext: &[u8], encoding: CmsEncoding) -> Vec<u8> {
+        let public = rsa::PublicKey::from_public_key_der(key.public_key_der()).unwrap();
+        envelope(&public, key.public_key_der(), plaintext, encoding).unwrap()
+    }
+
+    /// KMS sends BER with indefinite lengths; a DER-only reader would refuse it. Both forms open.
+    #[test]
+    fn kms_envelopes_open_in_ber_and_der() {
+        let key = RecipientKey::generate().unwrap();
+        for encoding in [CmsEncoding::Ber, CmsEncoding::Der] {
+            let data_key = [0x5a; 32];
+            let cms = envelope_for(&key, &data_key, encoding);
+            assert_eq!(key.open(&cms).unwrap().as_slice(), data_key, "{encoding:?}");
+        }
+        assert!(format!("{key:?}").contains("2048") && !format!("{key:?}").contains("private"));
+    }
+
+    #[test]
+    fn an_envelope_for_another_key_or_garbage_is_refused_by_name() {
+        let (ours, theirs) = (RecipientKey::generate().unwrap(), RecipientKey::generate().unwrap());
+        let cms = envelope_for(&theirs, b"secret data key material 32 byte", CmsEncoding::Ber);
+        assert_eq!(ours.open(&cms).unwrap_err(), RecipientError::KeyDecrypt);
+        assert!(matches!(ours.open(b"not CMS"), Err(RecipientError::Cms(_))));
+        assert!(matches!(ours.open(&vec![0; MAX_CMS_BYTES + 1]), Err(RecipientError::TooLarge(_))));
+        // A flipped byte in the content: the padding check (or the RSA layer) refuses it.
+        let mut cms = envelope_for(&ours, &[1; 32], CmsEncoding::Der);
+        let last = cms.len() - 1;
+        cms[last] ^= 0xff;
+        assert!(ours.open(&cms).is_err());
+    }
+}
