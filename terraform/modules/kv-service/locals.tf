@@ -45,10 +45,11 @@ locals {
     { "data-bucket-id" = var.data_bucket_name },
     var.data_bucket_prefix == "" ? {} : { "data-prefix" = var.data_bucket_prefix },
     var.server_parameters,
-    # Fleet keys: written by the module, so they always name the key and object it created.
+    # Fleet keys: only the object's location. The KMS key is deliberately not here: kv-server
+    # takes it only from the enclave image's own config (measured into the PCRs), never from SSM,
+    # which the parent instance can write (see fleet_keys_kms_alias_arn and the README).
     var.enable_fleet_keys ? {
-      "fleet-keys-kms-key-id" = one(aws_kms_key.fleet[*].arn)
-      "fleet-keys-s3-uri"     = local.fleet_keys_s3_uri
+      "fleet-keys-s3-uri" = local.fleet_keys_s3_uri
     } : {},
   )
 

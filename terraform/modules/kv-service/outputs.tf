@@ -99,8 +99,14 @@ output "app_log_group_name" {
 }
 
 output "fleet_keys_kms_key_arn" {
-  description = "ARN of the fleet key set's KMS key (the fleet-keys-kms-key-id SSM parameter); null unless enable_fleet_keys."
+  description = "ARN of the fleet key set's KMS key (not an SSM parameter: the enclave image's config names the alias, fleet_keys_kms_alias_arn); null unless enable_fleet_keys."
   value       = one(aws_kms_key.fleet[*].arn)
+}
+
+output "fleet_keys_kms_alias_arn" {
+  description = "ARN of the fleet key's alias, arn:<partition>:kms:<region>:<account>:alias/<service>-<environment>-fleet-keys: the value of [v2] fleet_keys_kms_key in the enclave image's config.toml (known before the first apply); null unless enable_fleet_keys."
+  # Built from the alias name rather than aws_kms_alias.fleet[0].arn, so it is known at plan time.
+  value = var.enable_fleet_keys ? "arn:${local.partition}:kms:${local.region}:${local.account_id}:${aws_kms_alias.fleet[0].name}" : null
 }
 
 output "fleet_keys_s3_uri" {

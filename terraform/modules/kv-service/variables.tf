@@ -616,7 +616,7 @@ variable "kms_encrypt_principal_arns" {
 # --- fleet keys (one HPKE key set for every enclave of the group) ------------------------------
 
 variable "enable_fleet_keys" {
-  description = "Create the fleet key set's KMS key (Decrypt/GenerateDataKey only for attested enclaves of the accepted images), let the instance role read and write the key set object, and write the fleet-keys-kms-key-id and fleet-keys-s3-uri SSM parameters."
+  description = "Create the fleet key set's KMS key (Decrypt/GenerateDataKey only for attested enclaves of the accepted images), let the instance role read and write the key set object, and write the fleet-keys-s3-uri SSM parameter (the KMS key is named in the enclave image's config, never in SSM: output fleet_keys_kms_alias_arn)."
   type        = bool
   default     = false
 }

@@ -324,9 +324,16 @@ run "fleet_keys_during_a_rollover_accept_two_images" {
   }
   assert {
     condition = (aws_ssm_parameter.server["fleet-keys-s3-uri"].name == "kv-server-demo-fleet-keys-s3-uri"
-      && aws_ssm_parameter.server["fleet-keys-s3-uri"].value == "s3://example-kv-data/kv/fleet-keys/keyset.json"
-    && aws_ssm_parameter.server["fleet-keys-kms-key-id"].name == "kv-server-demo-fleet-keys-kms-key-id")
-    error_message = "the fleet-keys-kms-key-id and fleet-keys-s3-uri SSM parameters expected"
+    && aws_ssm_parameter.server["fleet-keys-s3-uri"].value == "s3://example-kv-data/kv/fleet-keys/keyset.json")
+    error_message = "the fleet-keys-s3-uri SSM parameter expected"
+  }
+  assert {
+    condition     = length([for k in keys(aws_ssm_parameter.server) : k if strcontains(k, "kms")]) == 0
+    error_message = "no SSM parameter names a KMS key: the enclave image's config names the fleet key"
+  }
+  assert {
+    condition     = output.fleet_keys_kms_alias_arn == "arn:aws:kms:eu-west-1:123456789012:alias/kv-server-demo-fleet-keys"
+    error_message = "the alias ARN the enclave image's config names, known at plan time"
   }
   assert {
     condition     = output.fleet_keys_s3_uri == "s3://example-kv-data/kv/fleet-keys/keyset.json" && length(output.fleet_key_pcr_sets) == 2
@@ -395,7 +402,7 @@ run "fleet_keys_off_by_default" {
   command = plan
 
   assert {
-    condition     = length(aws_kms_key.fleet) == 0 && output.fleet_keys_s3_uri == null && !contains(keys(aws_ssm_parameter.server), "fleet-keys-s3-uri")
+    condition     = length(aws_kms_key.fleet) == 0 && output.fleet_keys_s3_uri == null && output.fleet_keys_kms_alias_arn == null && !contains(keys(aws_ssm_parameter.server), "fleet-keys-s3-uri")
     error_message = "no fleet key, object access or parameters unless enable_fleet_keys"
   }
   assert {
