@@ -41,7 +41,7 @@ rm -rf "$NITRO_KV_BIN_DIR"
 mkdir -p "$NITRO_KV_BIN_DIR"
 # The packages whose binaries the end-to-end tests start (workspace_bin names the list when one
 # is missing).
-for package in kv-server vsockproxy enclave-runner packaging kv-client; do
+for package in kv-server vsockproxy enclave-runner packaging kv-client kms-double; do
   cargo build --locked -p "$package" --bins --message-format json-render-diagnostics |
     jq -r 'select(.reason == "compiler-artifact" and .executable != null) | .executable' |
     xargs -r cp -t "$NITRO_KV_BIN_DIR"
