@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_nitro_enclaves_nsm_api::api::AttestationDoc;
-use coset::{CborSerializable, CoseSign1, TaggedCborSerializable};
 use rsa::pkcs8::DecodePublicKey;
 use rsa::traits::PublicKeyParts;
 
@@ -61,15 +60,32 @@ pub struct Recipient {
     pub public_key_der: Vec<u8>,
 }
 
+/// The payload of a COSE_Sign1 (`[protected, unprotected, payload, signature]`, optionally with
+/// tag 18), read as plain CBOR: the double verifies no signature, so it does not interpret the
+/// headers (QEMU's emulated NSM writes a protected header that strict COSE parsers refuse).
+fn cose_sign1_payload(document: &[u8]) -> Result<Vec<u8>, RecipientError> {
+    let value: ciborium::Value =
+        ciborium::from_reader(document).map_err(|e| RecipientError::Cose(format!("not CBOR: {e}")))?;
+    let value = match value {
+        ciborium::Value::Tag(18, inner) => *inner,
+        other => other,
+    };
+    let ciborium::Value::Array(items) = value else {
+        return Err(RecipientError::Cose("not a COSE_Sign1 array".into()));
+    };
+    match <[ciborium::Value; 4]>::try_from(items) {
+        Ok([_, _, ciborium::Value::Bytes(payload), ciborium::Value::Bytes(_)]) => Ok(payload),
+        Ok(_) => Err(RecipientError::Cose("the payload or the signature is not a byte string".into())),
+        Err(items) => Err(RecipientError::Cose(format!("{} elements, not 4", items.len()))),
+    }
+}
+
 impl Recipient {
     pub fn from_request(algorithm: &str, document: &[u8], now: SystemTime) -> Result<Self, RecipientError> {
         if algorithm != KEY_ENCRYPTION_ALGORITHM {
             return Err(RecipientError::Algorithm(algorithm.to_string()));
         }
-        let sign1 = CoseSign1::from_tagged_slice(document)
-            .or_else(|_| CoseSign1::from_slice(document))
-            .map_err(|e| RecipientError::Cose(e.to_string()))?;
-        let payload = sign1.payload.ok_or_else(|| RecipientError::Cose("no payload".into()))?;
+        let payload = cose_sign1_payload(document)?;
         let doc =
             AttestationDoc::from_binary(&payload).map_err(|e| RecipientError::Payload(format!("{e:?}")))?;
 

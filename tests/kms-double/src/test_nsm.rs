@@ -101,6 +101,30 @@ mod tests {
         crate::cms::tests::test_key().1.clone()
     }
 
+    /// QEMU's emulated NSM writes the protected header `{1: -1}` (a reserved algorithm, which
+    /// strict COSE parsers refuse) and 64 zero bytes as signature; KMS checks the signature, the
+    /// double does not, so it must still read the payload.
+    #[test]
+    fn a_document_shaped_like_the_emulated_nsm_is_read() {
+        let nsm = TestNsm::new([4; 48], [5; 48], [6; 48]);
+        let document = nsm.attest(Some(&spki()), None, None);
+        let sign1 = CoseSign1::from_slice(&document).unwrap();
+        let mut protected = Vec::new();
+        let header = ciborium::Value::Map(vec![(1.into(), (-1).into())]);
+        ciborium::into_writer(&header, &mut protected).unwrap();
+        let emulated = ciborium::Value::Array(vec![
+            ciborium::Value::Bytes(protected),
+            ciborium::Value::Map(vec![]),
+            ciborium::Value::Bytes(sign1.payload.clone().unwrap()),
+            ciborium::Value::Bytes(vec![0; 64]),
+        ]);
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&emulated, &mut bytes).unwrap();
+        assert!(CoseSign1::from_slice(&bytes).is_err(), "a strict COSE parser refuses it");
+        let recipient = Recipient::from_request("RSAES_OAEP_SHA_256", &bytes, SystemTime::now()).unwrap();
+        assert_eq!(recipient.pcrs[&0], vec![4; 48]);
+    }
+
     #[test]
     fn a_document_has_the_nsm_shape_and_passes_the_recipient_checks() {
         let nsm = TestNsm::new([1; 48], [2; 48], [3; 48]);
