@@ -347,10 +347,28 @@ fn a_bad_init_option_powers_the_enclave_off_instead_of_panicking_the_kernel() {
     let e = Enclaves::new(&tools, tmp.path());
 
     let (out, took) = e.run_enclave(&eif, "badopt", 16, &["--boot-timeout", "60"]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(took < Duration::from_secs(60), "QEMU did not stop by itself: took {took:?}");
-    assert!(out.stderr.contains("before the heartbeat"), "{out:?}");
-    let console = fs::read_to_string(e.runner.state.join("badopt/console.log")).unwrap();
+    // Read first, so that every failure below shows what the guest printed (a rare failure, QEMU
+    // not stopping within 60 s, left no clue without it).
+    let console = fs::read_to_string(e.runner.state.join("badopt/console.log")).unwrap_or_default();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{out:?}
+console:
+{console}"
+    );
+    assert!(
+        took < Duration::from_secs(60),
+        "QEMU did not stop by itself: took {took:?}
+console:
+{console}"
+    );
+    assert!(
+        out.stderr.contains("before the heartbeat"),
+        "{out:?}
+console:
+{console}"
+    );
     assert!(
         console.contains("enclave-init: --parent-cid: parent CID \"x\" is not a number; powering off"),
         "console:\n{console}"
