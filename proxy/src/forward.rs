@@ -516,6 +516,32 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use transport::{Endpoint, Listener};
 
+    /// A running `forward`: its result is the bytes each way.
+    type ForwardTask = tokio::task::JoinHandle<Result<(u64, u64), ForwardError>>;
+
+    /// Runs `forward` between the proxy's two ends on a task and returns its splice counters and
+    /// the task, whose result is the bytes each way. `arm` runs first on that task (arming a
+    /// failure of the next pipes or splices, which are per thread); armed pipe failures are
+    /// cleared after, so none is left behind for another test on the thread.
+    fn spawn_forward(
+        proxy_client: Stream,
+        proxy_up: Stream,
+        opts: Options,
+        arm: impl FnOnce() + Send + 'static,
+    ) -> (Arc<SpliceCounters>, ForwardTask) {
+        let errors = Arc::new(SpliceCounters::default());
+        let errs = errors.clone();
+        let task = tokio::spawn(async move {
+            arm();
+            let c = Counters::default();
+            let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
+            let r = forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &errs).await;
+            sys::fail_next_pipes(0);
+            r.map(|()| (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner()))
+        });
+        (errors, task)
+    }
+
     async fn pair() -> (Stream, Stream) {
         let l = Listener::bind(&"tcp://127.0.0.1:0".parse::<Endpoint>().unwrap()).await.unwrap();
         let ep = l.local_endpoint().unwrap();
@@ -529,14 +555,7 @@ mod tests {
             let (mut client, proxy_client) = pair().await;
             let (proxy_up, mut up) = pair().await;
             let opts = Options { mode, buffer_size: 8192, idle: None };
-            let task = tokio::spawn(async move {
-                let c = Counters::default();
-                let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
-                forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &SpliceCounters::default())
-                    .await
-                    .unwrap();
-                (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
-            });
+            let (_, task) = spawn_forward(proxy_client, proxy_up, opts, || {});
             let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
             client.write_all(&data).await.unwrap();
             client.shutdown_write().unwrap();
@@ -548,7 +567,7 @@ mod tests {
             let mut back = Vec::new();
             client.read_to_end(&mut back).await.unwrap();
             assert_eq!(back, b"reply");
-            assert_eq!(task.await.unwrap(), (100_000, 5));
+            assert_eq!(task.await.unwrap().unwrap(), (100_000, 5));
         }
     }
 
@@ -598,16 +617,13 @@ mod tests {
                     (client, proxy_client, proxy_up, up)
                 };
                 let opts = Options { mode, buffer_size: 16384, idle: None };
-                let errors = Arc::new(SpliceCounters::default());
-                let errs = errors.clone();
-                let task = tokio::spawn(async move {
-                    let c = Counters::default();
-                    let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
-                    forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &errs).await.unwrap();
-                    (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
-                });
+                let (errors, task) = spawn_forward(proxy_client, proxy_up, opts, || {});
                 exchange(client, up, &data, b"done").await;
-                assert_eq!(task.await.unwrap(), (300_000, 4), "{mode} vsock client {vsock_is_client}");
+                assert_eq!(
+                    task.await.unwrap().unwrap(),
+                    (300_000, 4),
+                    "{mode} vsock client {vsock_is_client}"
+                );
                 // A socketpair splices: no fallback here.
                 assert_eq!(errors.refused_read.load(Ordering::Relaxed), 0);
                 assert_eq!(errors.refused_write.load(Ordering::Relaxed), 0);
@@ -626,18 +642,12 @@ mod tests {
             let (proxy_client, client) = fd_pair();
             let (proxy_up, up) = pair().await;
             let opts = Options { mode: ForwardMode::Splice, buffer_size: 8192, idle: None };
-            let errors = Arc::new(SpliceCounters::default());
-            let errs = errors.clone();
-            let task = tokio::spawn(async move {
-                sys::refuse_next_splices(refuse.0, refuse.1);
-                let c = Counters::default();
-                let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
-                forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &errs).await.unwrap();
-                (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
+            let (errors, task) = spawn_forward(proxy_client, proxy_up, opts, move || {
+                sys::refuse_next_splices(refuse.0, refuse.1)
             });
             // Both directions are bulk (reads fill the small buffer), so both splice.
             exchange(client, up, &data, &reply).await;
-            assert_eq!(task.await.unwrap(), (200_000, reply.len() as u64), "{refuse:?}");
+            assert_eq!(task.await.unwrap().unwrap(), (200_000, reply.len() as u64), "{refuse:?}");
             assert_eq!(errors.refused_read.load(Ordering::Relaxed), read, "{refuse:?}");
             assert_eq!(errors.refused_write.load(Ordering::Relaxed), write, "{refuse:?}");
             assert_eq!(errors.create.load(Ordering::Relaxed), 0);
@@ -689,18 +699,8 @@ mod tests {
         let (mut client, proxy_client) = pair().await;
         let (proxy_up, mut up) = pair().await;
         let opts = Options { mode: ForwardMode::Splice, buffer_size: 65536, idle: None };
-        let errors = Arc::new(SpliceCounters::default());
-        let errs = errors.clone();
-        let task = tokio::spawn(async move {
-            sys::fail_next_pipes(2);
-            let c = Counters::default();
-            let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
-            let r = forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &errs).await;
-            // Leave no armed failure behind for another test on this thread.
-            sys::fail_next_pipes(0);
-            r.unwrap();
-            (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
-        });
+        // Any pipe asked for fails (and is counted), so the count says whether one was.
+        let (errors, task) = spawn_forward(proxy_client, proxy_up, opts, || sys::fail_next_pipes(2));
         let request = vec![1u8; 4000];
         client.write_all(&request).await.unwrap();
         client.shutdown_write().unwrap();
@@ -712,7 +712,7 @@ mod tests {
         let mut back = Vec::new();
         client.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, b"answer");
-        assert_eq!(task.await.unwrap(), (4000, 6));
+        assert_eq!(task.await.unwrap().unwrap(), (4000, 6));
         assert_eq!(errors.create.load(Ordering::Relaxed), 0, "no pipe was asked for");
     }
 
@@ -727,18 +727,8 @@ mod tests {
         let (mut client, proxy_client) = pair().await;
         let (proxy_up, mut up) = pair().await;
         let opts = Options { mode: ForwardMode::Splice, buffer_size: 65536, idle: None };
-        let errors = Arc::new(SpliceCounters::default());
-        let errs = errors.clone();
-        let task = tokio::spawn(async move {
-            // Any pipe asked for fails (and is counted), so the count says whether one was.
-            sys::fail_next_pipes(2);
-            let c = Counters::default();
-            let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
-            let r = forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &errs).await;
-            sys::fail_next_pipes(0);
-            r.unwrap();
-            (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
-        });
+        // Any pipe asked for fails (and is counted), so the count says whether one was.
+        let (errors, task) = spawn_forward(proxy_client, proxy_up, opts, || sys::fail_next_pipes(2));
         let message = [3u8; 1024];
         let mut back = [0u8; 1024];
         // 200 KiB each way, one 1 KiB message at a time (the old rule spliced past 64 KiB).
@@ -753,7 +743,7 @@ mod tests {
         // goes on by copy, whole).
         let bulk: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         exchange(client, up, &bulk, b"end").await;
-        assert_eq!(task.await.unwrap(), (204_800 + 1_000_000, 204_800 + 3));
+        assert_eq!(task.await.unwrap().unwrap(), (204_800 + 1_000_000, 204_800 + 3));
         assert_eq!(errors.create.load(Ordering::Relaxed), 1, "the bulk direction asked for a pipe");
     }
 
@@ -764,16 +754,8 @@ mod tests {
         let (mut client, proxy_client) = pair().await;
         let (proxy_up, mut up) = pair().await;
         let opts = Options { mode: ForwardMode::Splice, buffer_size: 8192, idle: None };
-        let errors = Arc::new(SpliceCounters::default());
-        let errs = errors.clone();
-        let task = tokio::spawn(async move {
-            // Both directions' pipes fail (EMFILE), as under a full descriptor table.
-            sys::fail_next_pipes(2);
-            let c = Counters::default();
-            let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
-            forward(proxy_client, proxy_up, opts, &c, &t1, &t2, &errs).await.unwrap();
-            (c.client_to_upstream.into_inner(), c.upstream_to_client.into_inner())
-        });
+        // Both directions' pipes fail (EMFILE), as under a full descriptor table.
+        let (errors, task) = spawn_forward(proxy_client, proxy_up, opts, || sys::fail_next_pipes(2));
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
         client.write_all(&data).await.unwrap();
         client.shutdown_write().unwrap();
@@ -786,7 +768,7 @@ mod tests {
         let mut back = Vec::new();
         client.read_to_end(&mut back).await.unwrap();
         assert!(back == reply);
-        assert_eq!(task.await.unwrap(), (200_000, 100_000));
+        assert_eq!(task.await.unwrap().unwrap(), (200_000, 100_000));
         assert_eq!(errors.create.load(Ordering::Relaxed), 2);
         assert_eq!(errors.resize.load(Ordering::Relaxed), 0);
     }
