@@ -37,6 +37,9 @@ pub enum Error {
     /// No image matches the base AMI's name, owner and architecture.
     #[error("{region}: no available {architecture} image named {name} owned by {owner}")]
     NoBaseImage { region: String, name: String, owner: String, architecture: String },
+    /// `kv-ami promote` was given an image that is not kv-ami's (no content-key tag) or not available.
+    #[error("{region}: {image_id}: {reason}")]
+    NotPromotable { region: String, image_id: String, reason: String },
 }
 
 crate::aws::call_code!(Error);
@@ -68,6 +71,33 @@ pub async fn find_by_content_key(c: &Clients, content_key: &str) -> Result<Optio
         .collect();
     usable.sort_by_key(|i| i.creation_date().map(str::to_string));
     Ok(usable.last().map(|i| (i.image_id().unwrap_or_default().to_string(), snapshots_of(i))))
+}
+
+/// The content key of an available image of this account (`kv-ami promote`).
+pub async fn content_key_of(c: &Clients, image_id: &str) -> Result<String> {
+    let out = c
+        .ec2
+        .describe_images()
+        .owners("self")
+        .image_ids(image_id)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(&c.region, "ec2:DescribeImages", image_id, &e))?;
+    let refuse = |reason: &str| Error::NotPromotable {
+        region: c.region.clone(),
+        image_id: image_id.into(),
+        reason: reason.into(),
+    };
+    let i = out.images().first().ok_or_else(|| refuse("no such image of this account"))?;
+    if i.state().map(|s| s.as_str()) != Some("available") {
+        return Err(refuse(&format!("state {:?}, not available", i.state().map(|s| s.as_str()))));
+    }
+    i.tags()
+        .iter()
+        .find(|t| t.key() == Some(CONTENT_KEY_TAG))
+        .and_then(|t| t.value())
+        .map(str::to_string)
+        .ok_or_else(|| refuse(&format!("no {CONTENT_KEY_TAG} tag: not an image kv-ami made")))
 }
 
 /// The newest available image named `name` (a pattern) of `owner` for `architecture`.

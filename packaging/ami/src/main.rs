@@ -39,6 +39,9 @@ struct Common {
     /// Custom AWS endpoint (e.g. a local emulator); credentials still come from the standard chain.
     #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
     endpoint_url: Option<String>,
+    /// Publish without booting the image first (a warning; the channel's `latest` is not moved).
+    #[arg(long)]
+    skip_smoke_test: bool,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +73,36 @@ enum Cmd {
         /// Print the rendered user data of the builder and exit (no AWS call).
         #[arg(long)]
         print_user_data: bool,
+    },
+    /// Boot an existing image of the build region once and check it ([smoke_test] of the spec).
+    SmokeTest {
+        /// amispec.toml with a [smoke_test] table.
+        #[arg(long)]
+        spec: PathBuf,
+        /// The image (in the spec's region); its content-key tag must be the bundle manifest's.
+        #[arg(long)]
+        ami: String,
+        /// The bundle's manifest.json: the PCRs the enclave must report.
+        #[arg(long)]
+        bundle_manifest: PathBuf,
+        #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
+        endpoint_url: Option<String>,
+    },
+    /// Move a channel's `latest` SSM parameter, in every region of the spec, to an image and its copies.
+    Promote {
+        #[arg(long)]
+        spec: PathBuf,
+        /// Overrides `channel` of the spec.
+        #[arg(long)]
+        channel: Option<String>,
+        /// The image in the build region (its copies are found through the content-key tag).
+        #[arg(long)]
+        ami: String,
+        /// Print the calls and exit; makes none.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
+        endpoint_url: Option<String>,
     },
     /// Local scan only: blocks, non-zero blocks, SHA-256 of each (the upload's local ceiling).
     Scan {
@@ -106,6 +139,20 @@ fn load(common: &Common, edit: impl FnOnce(&mut AmiSpec) -> Result<(), String>) 
     }
     edit(&mut s).map_err(|e| format!("{} (with flags): {e}", common.spec.display()))?;
     s.validate().map_err(|e| format!("{} (with flags): {e}", common.spec.display()))?;
+    // On by default: a spec without [smoke_test] needs the explicit opt-out.
+    s.skip_smoke_test = common.skip_smoke_test;
+    if common.skip_smoke_test {
+        eprintln!(
+            "kv-ami: warning: --skip-smoke-test: the image is published without being booted once; \
+             the channel's latest parameter is not moved (kv-ami promote)"
+        );
+    } else if s.smoke_test.is_none() {
+        return Err(format!(
+            "{}: smoke_test: the [smoke_test] table is missing: the image is booted and checked before it is \
+             published (docs/ami.md); add the table, or pass --skip-smoke-test",
+            common.spec.display()
+        ));
+    }
     Ok(s)
 }
 
@@ -148,8 +195,54 @@ fn finish(common: &Common, m: Manifest) -> Result<(), String> {
     Ok(())
 }
 
+fn rt() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))
+}
+
 fn real_main() -> Result<(), String> {
     match Cli::parse().cmd {
+        Cmd::SmokeTest { spec, ami, bundle_manifest, endpoint_url } => {
+            let s = AmiSpec::load(&spec)?;
+            if s.smoke_test.is_none() {
+                return Err(format!("{}: smoke_test: the [smoke_test] table is missing", spec.display()));
+            }
+            let (m, key) =
+                packaging::manifest::Manifest::read_with_key(&bundle_manifest).map_err(|e| e.to_string())?;
+            let prepared = kv_ami::smoke::prepare(&s, &m.pcrs)?.ok_or("smoke_test: not prepared")?;
+            let target = aws::Target { endpoint_url, ..Default::default() };
+            let log = |l: &str| eprintln!("{l}");
+            let opts = RunOptions { target: &target, state_path: None, progress_bar: false, log: &log };
+            rt()?
+                .block_on(kv_ami::smoke_test::standalone(&s, &key, &prepared, &ami, &opts, interrupted()))
+                .map_err(|e| e.to_string())?;
+            println!("{{\"ami\":\"{ami}\",\"smoke_test\":\"passed\"}}");
+            Ok(())
+        }
+        Cmd::Promote { spec, channel, ami, dry_run, endpoint_url } => {
+            let s = AmiSpec::load(&spec)?;
+            let channel = channel
+                .or_else(|| s.channel.clone())
+                .ok_or_else(|| format!("{}: channel: not set (set it, or pass --channel)", spec.display()))?;
+            let mut check = s.clone();
+            check.channel = Some(channel.clone());
+            check.validate().map_err(|e| format!("--channel: {e}"))?;
+            if !ami.starts_with("ami-") {
+                return Err(format!("--ami: {ami:?} is not an AMI id"));
+            }
+            if dry_run {
+                for line in kv_ami::publish::planned_promote(&s, &channel, &ami) {
+                    println!("{line}");
+                }
+                return Ok(());
+            }
+            let target = aws::Target { endpoint_url, ..Default::default() };
+            let log = |l: &str| eprintln!("{l}");
+            let done = rt()?
+                .block_on(kv_ami::publish::promote(&s, &target, &channel, &ami, &log))
+                .map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&done).map_err(|e| e.to_string())?);
+            Ok(())
+        }
         Cmd::Scan { image, block_size } => {
             if block_size == 0 {
                 return Err("--block-size: must be > 0".into());
