@@ -17,7 +17,7 @@
 //! # Modules
 //!
 //! Commands (what `main` runs): [`import`], [`bake`], [`smoke_test::standalone`],
-//! [`publish::promote`]; shared by both: [`smoke_test`], [`publish`], [`run`]
+//! [`publish::promote`], [`gc`]; shared by both: [`smoke_test`], [`publish`], [`run`]
 //! (options, context, the body-then-cleanup runner), [`cleanup`], [`error`].
 //!
 //! AWS, one module per operation family, each with its own error naming region, resource and
@@ -42,6 +42,7 @@
 //! - `run` -> aws, cleanup, error, spec, state, wait
 //! - `smoke_test` -> aws, cleanup, error, images, instances, run, smoke, spec, state, wait
 //! - `publish` -> aws, cleanup, error, images, output, run, smoke, smoke_test, spec, ssm
+//! - `gc` -> aws, error, images, spec, ssm
 //! - `import` -> publish, run, cleanup, error, output, detect, ebs, images, import_task, s3,
 //!   plan, smoke, spec, state, wait, aws (and `packaging::manifest`)
 //! - `bake` -> publish, run, cleanup, error, output, images, instances, s3, smoke, ssm, spec,
@@ -57,6 +58,7 @@ pub mod cleanup;
 pub mod detect;
 pub mod ebs;
 pub mod error;
+pub mod gc;
 pub mod images;
 pub mod import;
 pub mod import_task;

@@ -104,6 +104,26 @@ enum Cmd {
         #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
         endpoint_url: Option<String>,
     },
+    /// Deregister a channel's old builds (every region, with their snapshots); keeps the one
+    /// `latest` points at, the N newest and those younger than the grace period.
+    Gc {
+        #[arg(long)]
+        spec: PathBuf,
+        /// How many of the newest builds stay (besides `latest`).
+        #[arg(long)]
+        keep: usize,
+        /// Overrides `channel` of the spec.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Builds younger than this many days stay.
+        #[arg(long, default_value_t = 7)]
+        grace_days: u32,
+        /// List and decide (Describe/Get calls only); deregister and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
+        endpoint_url: Option<String>,
+    },
     /// Local scan only: blocks, non-zero blocks, SHA-256 of each (the upload's local ceiling).
     Scan {
         #[arg(long)]
@@ -216,6 +236,23 @@ fn real_main() -> Result<(), String> {
                 .block_on(kv_ami::smoke_test::standalone(&s, &key, &prepared, &ami, &opts, interrupted()))
                 .map_err(|e| e.to_string())?;
             println!("{{\"ami\":\"{ami}\",\"smoke_test\":\"passed\"}}");
+            Ok(())
+        }
+        Cmd::Gc { spec, keep, channel, grace_days, dry_run, endpoint_url } => {
+            let s = AmiSpec::load(&spec)?;
+            let channel = channel
+                .or_else(|| s.channel.clone())
+                .ok_or_else(|| format!("{}: channel: not set (set it, or pass --channel)", spec.display()))?;
+            let mut check = s.clone();
+            check.channel = Some(channel.clone());
+            check.validate().map_err(|e| format!("--channel: {e}"))?;
+            let target = aws::Target { endpoint_url, ..Default::default() };
+            let log = |l: &str| eprintln!("{l}");
+            let grace = i64::from(grace_days) * 86_400;
+            let report = rt()?
+                .block_on(kv_ami::gc::gc(&s, &target, &channel, keep, grace, dry_run, &log))
+                .map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
             Ok(())
         }
         Cmd::Promote { spec, channel, ami, dry_run, endpoint_url } => {

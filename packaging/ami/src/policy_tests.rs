@@ -160,6 +160,11 @@ fn iam_policies_allow_every_planned_call_and_nothing_else() {
         assert!(text.contains(key), "{key}");
     }
 
+    // kv-ami gc: its own file (deleting builds is a separate duty from making them).
+    let gc_spec = AmiSpec::parse(&format!("channel = \"stable\"\n{SPEC}")).unwrap();
+    let gc_plan = crate::gc::planned_lines(&gc_spec, "stable");
+    check_policy("iam-policy-gc.json", include_str!("../iam-policy-gc.json"), &[gc_plan]);
+
     // The builder's own role: read the bundle, tag itself with the two status keys, nothing more.
     let mut inst = allowed_actions(include_str!("../iam-builder-instance-policy.json"));
     inst.sort();

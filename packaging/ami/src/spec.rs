@@ -313,6 +313,8 @@ fn default_signal_secs() -> u64 {
 
 /// Tag key carrying the content key on images and snapshots (idempotency).
 pub const CONTENT_KEY_TAG: &str = "kv-ami:content-key";
+/// Tag key carrying the spec's `channel` on images and snapshots (`kv-ami gc` lists by it).
+pub const CHANNEL_TAG: &str = "kv-ami:channel";
 
 impl AmiSpec {
     pub fn load(path: &Path) -> Result<AmiSpec, String> {
@@ -396,7 +398,7 @@ impl AmiSpec {
             }
         }
         for k in self.tags.keys() {
-            if k.starts_with("aws:") || k == CONTENT_KEY_TAG || k.is_empty() || k.len() > 128 {
+            if k.starts_with("aws:") || k.starts_with("kv-ami:") || k.is_empty() || k.len() > 128 {
                 return Err(format!("tags.{k}: reserved or invalid tag key"));
             }
         }
@@ -499,6 +501,9 @@ impl AmiSpec {
     pub fn image_tags(&self, content_key: &str) -> Vec<(String, String)> {
         let mut t: Vec<(String, String)> = self.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         t.push((CONTENT_KEY_TAG.into(), content_key.to_string()));
+        if let Some(c) = &self.channel {
+            t.push((CHANNEL_TAG.into(), c.clone()));
+        }
         if !self.tags.contains_key("Name") {
             t.push(("Name".into(), self.ami_name(content_key)));
         }

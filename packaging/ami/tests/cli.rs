@@ -133,6 +133,18 @@ fn the_smoke_test_is_on_by_default_and_comes_before_any_copy_in_the_plan() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lookups = stdout.rfind("ec2:DescribeImages owners=self").unwrap();
     assert!(lookups < stdout.find("eu-west-1 ssm:PutParameter /kv/ami/stable/latest").unwrap(), "{stdout}");
+    // gc without a channel (spec or flag), or with a bad one: refused before any call.
+    std::fs::write(&spec, SPEC).unwrap();
+    for extra in [&[][..], &["--channel", "Stable"][..]] {
+        let out = kv_ami()
+            .args(["gc", "--keep", "2", "--endpoint-url", &url, "--spec"])
+            .arg(&spec)
+            .args(extra)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && e.contains("channel"), "{e}");
+    }
     assert!(listener.accept().is_err(), "connected to the endpoint");
 }
 

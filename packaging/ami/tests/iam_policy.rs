@@ -430,6 +430,33 @@ fn smoke_test_instance_policy_only_reports_on_smoke_test_instances() {
 }
 
 #[test]
+fn gc_policy_deletes_only_images_and_snapshots_of_a_channel_with_the_content_key() {
+    let p = policy("packaging/ami/iam-policy-gc.json");
+    let ours = |c: Call| c.has(KEY, CK).has("kv-ami:channel", "stable");
+    let allow = vec![
+        call("ec2:DescribeImages", "*"),
+        call("ssm:GetParameter", "arn:aws:ssm:us-east-1:123456789012:parameter/kv/ami/stable/latest"),
+        ours(call("ec2:DeregisterImage", IMG)),
+        ours(call("ec2:DeleteSnapshot", SNAP)),
+        ours(call("ec2:DeregisterImage", COPY_NEW)),
+        ours(call("ec2:DeleteSnapshot", COPY_SNAP_NEW)),
+    ];
+    let deny = vec![
+        // Untagged, or with one of the two tags only.
+        call("ec2:DeregisterImage", IMG),
+        call("ec2:DeleteSnapshot", SNAP),
+        call("ec2:DeregisterImage", IMG).has(KEY, CK),
+        call("ec2:DeleteSnapshot", SNAP).has("kv-ami:channel", "stable"),
+        // Nothing else: no tagging (which could make something a candidate), sharing, writing SSM.
+        call("ec2:CreateTags", IMG).tags("kv-ami:channel", "stable"),
+        ours(call("ec2:ModifyImageAttribute", IMG)),
+        call("ssm:PutParameter", "arn:aws:ssm:us-east-1:123456789012:parameter/kv/ami/stable/latest"),
+        call("ssm:GetParameter", "arn:aws:ssm:us-east-1:123456789012:parameter/other/secret"),
+    ];
+    check("iam-policy-gc.json", &[&p], &allow, &deny);
+}
+
+#[test]
 fn builder_instance_policy_only_signals_on_builders() {
     let p = policy("packaging/ami/iam-builder-instance-policy.json");
     let i = "arn:aws:ec2:us-east-1:123456789012:instance/i-0new";
