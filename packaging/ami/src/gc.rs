@@ -1,5 +1,6 @@
 //! `kv-ami gc`: deregister a channel's old builds in every region they were copied to, with
-//! their snapshots. A build is one content key; its images (the source and every copy) carry
+//! their snapshots; and `kv-ami republish` ([`republish`]): renew the deprecation time of the
+//! builds gc keeps (still in use), so that they do not go deprecated while a fleet runs them. A build is one content key; its images (the source and every copy) carry
 //! `kv-ami:content-key` and `kv-ami:channel`, and nothing without both is ever a candidate.
 //! Kept: the build any region's `latest` parameter points at, the `keep` newest builds, and every
 //! build younger than the grace period. [`plan`] decides (pure, unit-tested); [`gc`] lists,
@@ -114,18 +115,15 @@ fn report_build(b: &Build, why: Vec<Kept>) -> ReportBuild {
     }
 }
 
-/// List the channel in every region of the spec, decide, and (unless `dry_run`: then only
-/// Describe/Get calls are made) deregister what goes, with its snapshots, region by region. A
-/// failing deletion does not stop the others; the error names each.
-pub async fn gc(
+/// Lists the channel in every region of the spec and decides (Describe/Get calls only).
+async fn survey(
     spec: &AmiSpec,
     target: &Target,
     channel: &str,
     keep: usize,
     grace_secs: i64,
-    dry_run: bool,
     log: &(dyn Fn(&str) + Sync),
-) -> Result<Report, Error> {
+) -> Result<(BTreeMap<String, Clients>, Plan), Error> {
     let mut clients = BTreeMap::new();
     let mut per_region = BTreeMap::new();
     let mut latest_ids = BTreeMap::new();
@@ -151,6 +149,22 @@ pub async fn gc(
         }
     }
     let p = plan(builds(&per_region), &latest, keep, grace_secs, crate::spec::now_unix() as i64);
+    Ok((clients, p))
+}
+
+/// List the channel in every region of the spec, decide, and (unless `dry_run`: then only
+/// Describe/Get calls are made) deregister what goes, with its snapshots, region by region. A
+/// failing deletion does not stop the others; the error names each.
+pub async fn gc(
+    spec: &AmiSpec,
+    target: &Target,
+    channel: &str,
+    keep: usize,
+    grace_secs: i64,
+    dry_run: bool,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<Report, Error> {
+    let (clients, p) = survey(spec, target, channel, keep, grace_secs, log).await?;
     let mut failed = Vec::new();
     for b in &p.delete {
         let short = &b.content_key[..12.min(b.content_key.len())];
@@ -184,6 +198,42 @@ pub async fn gc(
     })
 }
 
+/// `kv-ami republish`: every image (every region) of the builds [`gc`] would keep with the same
+/// `keep` and grace period gets `ec2:EnableImageDeprecation` at now + `deprecate_in_secs`. With
+/// `dry_run` only the Describe/Get calls are made. Returns region -> [(image, deprecate_at)].
+#[allow(clippy::too_many_arguments)]
+pub async fn republish(
+    spec: &AmiSpec,
+    target: &Target,
+    channel: &str,
+    keep: usize,
+    grace_secs: i64,
+    deprecate_in_secs: u64,
+    dry_run: bool,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<BTreeMap<String, Vec<(String, u64)>>, Error> {
+    let (clients, p) = survey(spec, target, channel, keep, grace_secs, log).await?;
+    let at = crate::spec::now_unix() + deprecate_in_secs;
+    let mut done: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    for (b, why) in &p.kept {
+        for (r, i) in &b.images {
+            let what = format!(
+                "{r}: {} (build {}, kept: {why:?}) deprecate_at={at}",
+                i.image_id,
+                &b.content_key[..12.min(b.content_key.len())]
+            );
+            if dry_run {
+                log(&format!("dry run: would renew {what}"));
+            } else {
+                images::deprecate(&clients[r], &i.image_id, at).await?;
+                log(&format!("renewed {what}"));
+            }
+            done.entry(r.clone()).or_default().push((i.image_id.clone(), at));
+        }
+    }
+    Ok(done)
+}
+
 /// Dry-run lines: the calls `gc` makes (Describe/Get always; the mutating ones only without
 /// `--dry-run`).
 pub fn planned_lines(spec: &AmiSpec, channel: &str) -> Vec<String> {
@@ -205,6 +255,14 @@ pub fn planned_lines(spec: &AmiSpec, channel: &str) -> Vec<String> {
         v.push(format!("{r} ec2:DeleteSnapshot (the snapshots it listed)"));
     }
     v
+}
+
+/// Dry-run lines of [`republish`] (after the same Describe/Get calls as gc).
+pub fn planned_republish(spec: &AmiSpec) -> Vec<String> {
+    spec.all_regions()
+        .iter()
+        .map(|r| format!("{r} ec2:EnableImageDeprecation (each image of a build still in use)"))
+        .collect()
 }
 
 #[cfg(test)]

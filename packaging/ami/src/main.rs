@@ -124,6 +124,27 @@ enum Cmd {
         #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
         endpoint_url: Option<String>,
     },
+    /// Renew the deprecation time of a channel's builds still in use (those gc keeps with the same
+    /// --keep and --grace-days), in every region.
+    Republish {
+        #[arg(long)]
+        spec: PathBuf,
+        /// As for gc: the newest builds counted as in use (besides `latest`).
+        #[arg(long)]
+        keep: usize,
+        #[arg(long)]
+        channel: Option<String>,
+        #[arg(long, default_value_t = 7)]
+        grace_days: u32,
+        /// The new deprecation time: now plus this many days (1-3650).
+        #[arg(long)]
+        deprecate_in_days: u32,
+        /// Describe/Get calls only; no EnableImageDeprecation.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
+        endpoint_url: Option<String>,
+    },
     /// Local scan only: blocks, non-zero blocks, SHA-256 of each (the upload's local ceiling).
     Scan {
         #[arg(long)]
@@ -253,6 +274,29 @@ fn real_main() -> Result<(), String> {
                 .block_on(kv_ami::gc::gc(&s, &target, &channel, keep, grace, dry_run, &log))
                 .map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Cmd::Republish { spec, keep, channel, grace_days, deprecate_in_days, dry_run, endpoint_url } => {
+            let s = AmiSpec::load(&spec)?;
+            let channel = channel
+                .or_else(|| s.channel.clone())
+                .ok_or_else(|| format!("{}: channel: not set (set it, or pass --channel)", spec.display()))?;
+            let mut check = s.clone();
+            check.channel = Some(channel.clone());
+            check.validate().map_err(|e| format!("--channel: {e}"))?;
+            if !(1..=3650).contains(&deprecate_in_days) {
+                return Err(format!(
+                    "--deprecate-in-days: {deprecate_in_days} is outside 1-3650 (AWS: at most 10 years)"
+                ));
+            }
+            let target = aws::Target { endpoint_url, ..Default::default() };
+            let log = |l: &str| eprintln!("{l}");
+            let grace = i64::from(grace_days) * 86_400;
+            let secs = u64::from(deprecate_in_days) * 86_400;
+            let done = rt()?
+                .block_on(kv_ami::gc::republish(&s, &target, &channel, keep, grace, secs, dry_run, &log))
+                .map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&done).map_err(|e| e.to_string())?);
             Ok(())
         }
         Cmd::Promote { spec, channel, ami, dry_run, endpoint_url } => {

@@ -162,7 +162,8 @@ fn iam_policies_allow_every_planned_call_and_nothing_else() {
 
     // kv-ami gc: its own file (deleting builds is a separate duty from making them).
     let gc_spec = AmiSpec::parse(&format!("channel = \"stable\"\n{SPEC}")).unwrap();
-    let gc_plan = crate::gc::planned_lines(&gc_spec, "stable");
+    let mut gc_plan = crate::gc::planned_lines(&gc_spec, "stable");
+    gc_plan.extend(crate::gc::planned_republish(&gc_spec));
     check_policy("iam-policy-gc.json", include_str!("../iam-policy-gc.json"), &[gc_plan]);
 
     // The builder's own role: read the bundle, tag itself with the two status keys, nothing more.

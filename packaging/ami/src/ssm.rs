@@ -35,7 +35,7 @@ pub async fn put_image_id(c: &Clients, name: &str, image_id: &str) -> Result<(),
 pub async fn get_optional(c: &Clients, name: &str) -> Result<Option<String>, Error> {
     match c.ssm.get_parameter().name(name).send().await {
         Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_string)),
-        Err(e) if aws_sdk_ssm::error::ProvideErrorMetadata::code(&e) == Some("ParameterNotFound") => Ok(None),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) => Ok(None),
         Err(e) => Err(AwsError::from_sdk(&c.region, "ssm:GetParameter", name, &e).into()),
     }
 }

@@ -440,6 +440,7 @@ fn gc_policy_deletes_only_images_and_snapshots_of_a_channel_with_the_content_key
         ours(call("ec2:DeleteSnapshot", SNAP)),
         ours(call("ec2:DeregisterImage", COPY_NEW)),
         ours(call("ec2:DeleteSnapshot", COPY_SNAP_NEW)),
+        ours(call("ec2:EnableImageDeprecation", IMG)),
     ];
     let deny = vec![
         // Untagged, or with one of the two tags only.
@@ -447,6 +448,8 @@ fn gc_policy_deletes_only_images_and_snapshots_of_a_channel_with_the_content_key
         call("ec2:DeleteSnapshot", SNAP),
         call("ec2:DeregisterImage", IMG).has(KEY, CK),
         call("ec2:DeleteSnapshot", SNAP).has("kv-ami:channel", "stable"),
+        call("ec2:EnableImageDeprecation", IMG).has(KEY, CK),
+        call("ec2:DisableImageDeprecation", IMG).has(KEY, CK).has("kv-ami:channel", "stable"),
         // Nothing else: no tagging (which could make something a candidate), sharing, writing SSM.
         call("ec2:CreateTags", IMG).tags("kv-ami:channel", "stable"),
         ours(call("ec2:ModifyImageAttribute", IMG)),
