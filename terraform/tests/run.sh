@@ -7,7 +7,8 @@
 #   3. the rendered launcher run in a temporary root directory with recording stand-ins
 #      (tests/standins/standin.sh) for systemctl, curl, aws, nitro-cli, docker and logger: order
 #      of steps, allocator file, enclave flags, collector config, no secret in the logs, re-run,
-#      fail-fast with ABANDON when envoy or readiness never comes, missing EIF
+#      fail-fast with ABANDON when envoy or readiness never comes, missing EIF; with
+#      KV_AMI_SMOKE_TEST=1 (kv-ami's smoke test) the report tags it writes, passing and failing
 #   4. check_tf.py (descriptions/types, no wildcard IAM actions, Resource "*" only where
 #      documented), and that it does catch each of those in a bad fixture
 #   5. checkov over terraform/ (skips only inline, each with its reason), and that it does fail a
@@ -420,6 +421,45 @@ if expect "exit 0: the instance is ready, the hook times out to its default" eq 
   expect "five attempts" eq "$(grep -c -F 'complete-lifecycle-action' "$st/calls")" 5 &&
   expect "a failed heartbeat is not fatal" has "$st/journal" 'heartbeat failed (not fatal)' &&
   expect "said so" has "$st/journal" 'no answer delivered'; then
+  ok
+fi
+
+pcr0="$(printf '0a%.0s' {1..48})"
+check "smoke test (KV_AMI_SMOKE_TEST=1): the report tags on its own instance, no lifecycle hook"
+root="$work/root-smoke"
+st="$work/state-smoke"
+make_root "$root"
+launch "$work/production.sh" "$root" "$st" KV_AMI_SMOKE_TEST=1 STANDIN_PCRS="$pcr0 01 02"
+tags_call="aws ec2 create-tags --region eu-west-1 --resources i-0123456789abcdef0 --tags [{\"Key\":\"kv-ami:smoke-result\",\"Value\":\"exit=0 step=8 enclave=RUNNING readyz=true health=SERVING\"},{\"Key\":\"kv-ami:smoke-pcr0\",\"Value\":\"$pcr0\"},{\"Key\":\"kv-ami:smoke-pcr1\",\"Value\":\"01\"},{\"Key\":\"kv-ami:smoke-pcr2\",\"Value\":\"02\"},{\"Key\":\"kv-ami:smoke-status\",\"Value\":\"done\"}]"
+if expect "exit 0 ($(tail -3 "$st/stderr" | tr '\n' ' '))" eq "$(rc_of "$st")" 0 &&
+  expect "one create-tags call with every report tag (calls: $(grep -F 'create-tags' "$st/calls"))" has "$st/calls" "$tags_call" &&
+  expect "the report is the last call" eq "$(tail -1 "$st/calls")" "$tags_call" &&
+  expect "the --tags value is valid JSON" "$checkov_python" -c 'import json,sys; json.loads(sys.argv[1])' "${tags_call#*--tags }" &&
+  expect "no lifecycle hook call" lacks "$st/calls" 'autoscaling' &&
+  expect "said so" has "$st/journal" 'lifecycle hook: smoke test (no autoscaling group)'; then
+  ok
+fi
+
+check "smoke test, readiness never comes: the report says exit 1 at step 7, readyz false, NOT_SERVING"
+root="$work/root-smoke-notready"
+st="$work/state-smoke-notready"
+make_root "$root"
+launch "$work/failfast.sh" "$root" "$st" KV_AMI_SMOKE_TEST=1 STANDIN_PCRS="$pcr0 01 02" STANDIN_READYZ_AFTER=0 STANDIN_SERVING_AFTER=0
+if expect "non-zero exit" not_eq "$(rc_of "$st")" 0 &&
+  expect "the failure in the report" has "$st/calls" '"Value":"exit=1 step=7 enclave=RUNNING readyz=false health=NOT_SERVING"' &&
+  expect "status done" has "$st/calls" '{"Key":"kv-ami:smoke-status","Value":"done"}]' &&
+  expect "no ABANDON (no autoscaling group)" lacks "$st/calls" 'ABANDON'; then
+  ok
+fi
+
+check "smoke test, missing enclave image: reported with its exit status, no enclave state, no PCRs"
+root="$work/root-smoke-noeif"
+st="$work/state-smoke-noeif"
+make_root "$root"
+rm "$root/opt/privacysandbox/server_enclave_image.eif"
+launch "$work/production.sh" "$root" "$st" KV_AMI_SMOKE_TEST=1
+if expect "non-zero exit" not_eq "$(rc_of "$st")" 0 &&
+  expect "empty enclave state and PCRs reported" has "$st/calls" '"Value":"exit=1 step=1 enclave= readyz=false health=NOT_SERVING"},{"Key":"kv-ami:smoke-pcr0","Value":""}'; then
   ok
 fi
 

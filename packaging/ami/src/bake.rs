@@ -51,6 +51,8 @@ pub struct BakeJob {
     pub content_key: String,
     /// Names this run's S3 prefix and security group.
     pub run_id: String,
+    /// The smoke test's user data and the manifest's PCRs; None when it is skipped.
+    pub smoke: Option<crate::smoke::Prepared>,
 }
 
 impl BakeJob {
@@ -66,7 +68,8 @@ impl BakeJob {
         let mut files = vec![BundleFile { path: MANIFEST.into(), size: meta.len() }];
         files.extend(m.files.iter().map(|f| BundleFile { path: f.path.clone(), size: f.size }));
         let run_id = format!("{}-{}", &content_key[..12], crate::spec::now_unix());
-        Ok(BakeJob { spec, bake, bundle_dir: bundle_dir.to_path_buf(), files, content_key, run_id })
+        let smoke = crate::smoke::prepare(&spec, &m.pcrs)?;
+        Ok(BakeJob { spec, bake, bundle_dir: bundle_dir.to_path_buf(), files, content_key, run_id, smoke })
     }
 
     pub fn name(&self) -> String {
@@ -155,7 +158,9 @@ impl BakeJob {
             "{r} ec2:DescribeImages (SDK waiter image_available: fail on failed, at most {} s)",
             s.upload.max_wait_secs()
         ));
+        v.extend(publish::planned_smoke_lines(s, key));
         v.extend(publish::planned_lines(s, key));
+        v.extend(publish::planned_smoke_teardown(s, key));
         v.push(format!("{r} ec2:TerminateInstances (always)"));
         v.push(format!(
             "{r} ec2:DescribeInstances (SDK waiter instance_terminated, at most {} s)",
@@ -253,8 +258,15 @@ async fn bake_body(job: &BakeJob, ctx: &Ctx<'_>) -> Result<Manifest, Error> {
                 None => None,
             };
             let sg_name = job.security_group_name();
-            let sg =
-                instances::create_security_group(&c, &sg_name, vpc, &job.run_id, &job.content_key).await?;
+            let sg = instances::create_security_group(
+                &c,
+                &sg_name,
+                vpc,
+                ROLE_BUILDER,
+                &job.run_id,
+                &job.content_key,
+            )
+            .await?;
             ctx.cleanup.push(&c, Undo::DeleteSecurityGroup(sg.clone()), When::Always);
 
             let t = Instant::now();
@@ -267,13 +279,14 @@ async fn bake_body(job: &BakeJob, ctx: &Ctx<'_>) -> Result<Manifest, Error> {
                 security_group_id: &sg,
                 subnet_id: b.subnet_id.as_deref(),
                 spot: b.spot,
-                user_data: &user_data,
+                user_data: user_data.as_bytes(),
                 root_volume: (s.volume.size_gib > 0).then_some((
                     s.root_device_name.as_str(),
                     s.volume.size_gib as i32,
                     s.volume.iops,
                     s.volume.throughput,
                 )),
+                role: ROLE_BUILDER,
                 run_id: &job.run_id,
                 content_key: &job.content_key,
             };
@@ -324,8 +337,8 @@ async fn bake_body(job: &BakeJob, ctx: &Ctx<'_>) -> Result<Manifest, Error> {
             (ami, snaps, false)
         }
     };
-    let regions =
-        publish::publish(ctx, Source { clients: c, ami, snapshots: snaps, reused }, &mut timings).await?;
+    let source = Source { clients: c, ami, snapshots: snaps, reused };
+    let regions = publish::test_and_publish(ctx, source, job.smoke.as_ref(), &mut timings).await?;
     Ok(publish::manifest(ctx, "kv-ami.builder", regions, custom, timings, t0))
 }
 

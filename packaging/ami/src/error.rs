@@ -3,7 +3,7 @@
 //! interrupt, copies that failed in some regions, a cleanup that left something behind).
 //! [`Error::code`] gives the AWS error code when AWS gave one.
 
-use crate::{ebs, images, import_task, instances, s3, ssm};
+use crate::{ebs, images, import_task, instances, s3, smoke, ssm};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -19,6 +19,9 @@ pub enum Error {
     S3(#[from] s3::Error),
     #[error(transparent)]
     Ssm(#[from] ssm::Error),
+    /// The smoke test ran and the image failed it (the step, and the console output).
+    #[error(transparent)]
+    Smoke(#[from] smoke::Error),
     /// Input refused by its own check (spec key, state file, user data value); the message names
     /// the file or key.
     #[error("{0}")]

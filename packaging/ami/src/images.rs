@@ -5,7 +5,7 @@
 
 use crate::aws::{AwsError, Clients};
 use crate::plan::{self, WaitStep};
-use crate::spec::{AmiSpec, CONTENT_KEY_TAG};
+use crate::spec::{AmiSpec, CHANNEL_TAG, CONTENT_KEY_TAG};
 use crate::wait::Bound;
 use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
@@ -37,6 +37,9 @@ pub enum Error {
     /// No image matches the base AMI's name, owner and architecture.
     #[error("{region}: no available {architecture} image named {name} owned by {owner}")]
     NoBaseImage { region: String, name: String, owner: String, architecture: String },
+    /// `kv-ami promote` was given an image that is not kv-ami's (no content-key tag) or not available.
+    #[error("{region}: {image_id}: {reason}")]
+    NotPromotable { region: String, image_id: String, reason: String },
 }
 
 crate::aws::call_code!(Error);
@@ -68,6 +71,109 @@ pub async fn find_by_content_key(c: &Clients, content_key: &str) -> Result<Optio
         .collect();
     usable.sort_by_key(|i| i.creation_date().map(str::to_string));
     Ok(usable.last().map(|i| (i.image_id().unwrap_or_default().to_string(), snapshots_of(i))))
+}
+
+/// An image of a channel as `kv-ami gc` sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelImage {
+    pub image_id: String,
+    pub content_key: String,
+    /// CreationDate, seconds since the epoch.
+    pub created: i64,
+    pub snapshots: Vec<String>,
+}
+
+/// This account's images tagged `kv-ami:channel = channel` that also carry the content key
+/// (nothing else is ever a gc candidate).
+pub async fn of_channel(c: &Clients, channel: &str) -> Result<Vec<ChannelImage>> {
+    let out = c
+        .ec2
+        .describe_images()
+        .owners("self")
+        .filters(ec2t::Filter::builder().name(format!("tag:{CHANNEL_TAG}")).values(channel).build())
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(&c.region, "ec2:DescribeImages", channel, &e))?;
+    let tag = |i: &ec2t::Image, k: &str| {
+        i.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_string)
+    };
+    Ok(out
+        .images()
+        .iter()
+        .filter(|i| tag(i, CHANNEL_TAG).as_deref() == Some(channel))
+        .filter_map(|i| {
+            let created = i.creation_date().and_then(|d| {
+                aws_sdk_ec2::primitives::DateTime::from_str(
+                    d,
+                    aws_sdk_ec2::primitives::DateTimeFormat::DateTime,
+                )
+                .ok()
+            })?;
+            Some(ChannelImage {
+                image_id: i.image_id()?.to_string(),
+                content_key: tag(i, CONTENT_KEY_TAG)?,
+                created: created.secs(),
+                snapshots: snapshots_of(i),
+            })
+        })
+        .collect())
+}
+
+/// This account's snapshots tagged with this content key and channel (`kv-ami gc`: a build's
+/// snapshots, also one its image no longer lists).
+pub async fn snapshots_of_build(c: &Clients, content_key: &str, channel: &str) -> Result<Vec<String>> {
+    let f = |k: &str, v: &str| ec2t::Filter::builder().name(format!("tag:{k}")).values(v).build();
+    let out = c
+        .ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(f(CONTENT_KEY_TAG, content_key))
+        .filters(f(CHANNEL_TAG, channel))
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(&c.region, "ec2:DescribeSnapshots", content_key, &e))?;
+    Ok(out.snapshots().iter().filter_map(|s| s.snapshot_id()).map(str::to_string).collect())
+}
+
+/// DeregisterImage, then DeleteSnapshot of the snapshots given (`kv-ami gc`).
+pub async fn deregister_listed(c: &Clients, image_id: &str, snapshots: &[String]) -> Result<()> {
+    c.ec2
+        .deregister_image()
+        .image_id(image_id)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(&c.region, "ec2:DeregisterImage", image_id, &e))?;
+    for s in snapshots {
+        delete_snapshot(c, s).await?;
+    }
+    Ok(())
+}
+
+/// The content key of an available image of this account (`kv-ami promote`).
+pub async fn content_key_of(c: &Clients, image_id: &str) -> Result<String> {
+    let out = c
+        .ec2
+        .describe_images()
+        .owners("self")
+        .image_ids(image_id)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(&c.region, "ec2:DescribeImages", image_id, &e))?;
+    let refuse = |reason: &str| Error::NotPromotable {
+        region: c.region.clone(),
+        image_id: image_id.into(),
+        reason: reason.into(),
+    };
+    let i = out.images().first().ok_or_else(|| refuse("no such image of this account"))?;
+    if i.state().map(|s| s.as_str()) != Some("available") {
+        return Err(refuse(&format!("state {:?}, not available", i.state().map(|s| s.as_str()))));
+    }
+    i.tags()
+        .iter()
+        .find(|t| t.key() == Some(CONTENT_KEY_TAG))
+        .and_then(|t| t.value())
+        .map(str::to_string)
+        .ok_or_else(|| refuse(&format!("no {CONTENT_KEY_TAG} tag: not an image kv-ami made")))
 }
 
 /// The newest available image named `name` (a pattern) of `owner` for `architecture`.

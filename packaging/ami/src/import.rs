@@ -40,12 +40,16 @@ pub struct Job {
     pub image_len: u64,
     pub content_key: String,
     pub root_gib: u64,
+    /// The smoke test's user data and the manifest's PCRs; None when it is skipped.
+    pub smoke: Option<crate::smoke::Prepared>,
 }
 
 impl Job {
     pub fn prepare(spec: AmiSpec, image: &Path, bundle_manifest: &Path) -> Result<Job, String> {
         spec.validate()?;
-        let content_key = content_key(bundle_manifest)?;
+        let (bundle, content_key) =
+            packaging::manifest::Manifest::read_with_key(bundle_manifest).map_err(|e| e.to_string())?;
+        let smoke = crate::smoke::prepare(&spec, &bundle.pcrs)?;
         let image_len = detect::ensure_raw(image)?;
         let min_gib = plan::volume_size_gib(image_len);
         let root_gib = if spec.volume.size_gib == 0 { min_gib } else { spec.volume.size_gib };
@@ -66,7 +70,7 @@ impl Job {
                 ));
             }
         }
-        Ok(Job { spec, image: image.to_path_buf(), image_len, content_key, root_gib })
+        Ok(Job { spec, image: image.to_path_buf(), image_len, content_key, root_gib, smoke })
     }
 
     pub fn name(&self) -> String {
@@ -148,7 +152,9 @@ impl Job {
             "{src} ec2:DescribeImages (SDK waiter image_available: fail on failed, at most {} s)",
             s.upload.max_wait_secs()
         ));
+        v.extend(publish::planned_smoke_lines(s, key));
         v.extend(publish::planned_lines(s, key));
+        v.extend(publish::planned_smoke_teardown(s, key));
         v.extend(publish::planned_failure_lines(s, true));
         if let (Via::S3Import, Some(i)) = (&s.via, &s.s3_import) {
             if self.image_len > i.part_size_mib << 20 {
@@ -245,8 +251,8 @@ async fn import_body(job: &Job, ctx: &Ctx<'_>, progress_bar: bool) -> Result<Man
             (ami, vec![snapshot_id], false)
         }
     };
-    let regions =
-        publish::publish(ctx, Source { clients: src, ami, snapshots: snaps, reused }, &mut timings).await?;
+    let source = Source { clients: src, ami, snapshots: snaps, reused };
+    let regions = publish::test_and_publish(ctx, source, job.smoke.as_ref(), &mut timings).await?;
     let builder = match s.via {
         Via::EbsDirect => "kv-ami.raw-import",
         Via::S3Import => "kv-ami.s3-import",
@@ -509,6 +515,13 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = job(dir.path(), SPEC, &[1u8; 4096]).unwrap();
         let calls = j.planned_calls(1);
+        assert!(
+            calls.contains(
+                &"# smoke test skipped (--skip-smoke-test): the image is not booted; latest is not moved"
+                    .to_string()
+            )
+        );
+        let calls: Vec<String> = calls.into_iter().filter(|l| !l.starts_with('#')).collect();
         let ops: Vec<&str> = calls.iter().map(|l| l.split(' ').nth(1).unwrap()).collect();
         assert_eq!(
             ops,

@@ -1,5 +1,5 @@
-//! EC2 instances and their security group, for the builder of `kv-ami bake`: the security group
-//! with no ingress, RunInstances (IMDSv2 required, EnclaveOptions, instance profile, user data),
+//! EC2 instances and their security group, for the builder of `kv-ami bake` and the smoke-test
+//! instance (`crate::smoke`): the security group with no ingress, RunInstances (IMDSv2 required, EnclaveOptions, instance profile, user data),
 //! the wait for the builder's signal tag (the generic [`wait::poll`]), StopInstances and
 //! TerminateInstances with the SDK's `instance_stopped` / `instance_terminated` waiters, and the
 //! instances of a run found by their tag.
@@ -16,6 +16,8 @@ use std::time::Duration;
 /// Tag on everything the bake launches; the IAM policies key on it.
 pub const ROLE_TAG: &str = "kv-ami:role";
 pub const ROLE_BUILDER: &str = "builder";
+/// The role of the instance booted from a new image by the smoke test.
+pub const ROLE_SMOKE_TEST: &str = "smoke-test";
 /// Tag with the run id on everything the bake launches (found again by the cleanup).
 pub const RUN_TAG: &str = "kv-ami:run";
 
@@ -60,22 +62,29 @@ pub struct Launch<'a> {
     pub subnet_id: Option<&'a str>,
     /// One-time spot (terminated on interruption and on shutdown) instead of on-demand.
     pub spot: bool,
-    pub user_data: &'a str,
+    /// As the instance gets it (a script, or gzip of one: cloud-init unpacks it).
+    pub user_data: &'a [u8],
     /// gp3 root volume `(device, GiB, IOPS, MiB/s)`; None keeps the base AMI's.
     pub root_volume: Option<(&'a str, i32, i32, i32)>,
     /// Tags of the instance and its volumes ([`run_tags`]).
+    pub role: &'a str,
     pub run_id: &'a str,
     pub content_key: &'a str,
 }
 
-/// The tags of what a bake launches: role, content key, run id and a Name.
-pub fn run_tags(rt: ec2t::ResourceType, run_id: &str, content_key: &str) -> ec2t::TagSpecification {
+/// The tags of what a run launches: role (builder or smoke-test), content key, run id and a Name.
+pub fn run_tags(
+    rt: ec2t::ResourceType,
+    role: &str,
+    run_id: &str,
+    content_key: &str,
+) -> ec2t::TagSpecification {
     ec2t::TagSpecification::builder()
         .resource_type(rt)
-        .tags(ec2t::Tag::builder().key(ROLE_TAG).value(ROLE_BUILDER).build())
+        .tags(ec2t::Tag::builder().key(ROLE_TAG).value(role).build())
         .tags(ec2t::Tag::builder().key(CONTENT_KEY_TAG).value(content_key).build())
         .tags(ec2t::Tag::builder().key(RUN_TAG).value(run_id).build())
-        .tags(ec2t::Tag::builder().key("Name").value(format!("kv-ami builder {run_id}")).build())
+        .tags(ec2t::Tag::builder().key("Name").value(format!("kv-ami {role} {run_id}")).build())
         .build()
 }
 
@@ -91,11 +100,12 @@ pub async fn subnet_vpc(c: &Clients, subnet_id: &str) -> Result<Option<String>> 
     Ok(out.subnets().first().and_then(|x| x.vpc_id()).map(str::to_string))
 }
 
-/// CreateSecurityGroup with no ingress rule (nobody logs into the builder), tagged as the run's.
+/// CreateSecurityGroup with no ingress rule (nobody logs into the instance), tagged as the run's.
 pub async fn create_security_group(
     c: &Clients,
     name: &str,
     vpc_id: Option<String>,
+    role: &str,
     run_id: &str,
     content_key: &str,
 ) -> Result<String> {
@@ -103,9 +113,9 @@ pub async fn create_security_group(
         .ec2
         .create_security_group()
         .group_name(name)
-        .description("kv-ami builder: no ingress (the builder is never logged into)")
+        .description(format!("kv-ami {role}: no ingress (the instance is never logged into)"))
         .set_vpc_id(vpc_id)
-        .tag_specifications(run_tags(ec2t::ResourceType::SecurityGroup, run_id, content_key))
+        .tag_specifications(run_tags(ec2t::ResourceType::SecurityGroup, role, run_id, content_key))
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(&c.region, "ec2:CreateSecurityGroup", name, &e))?;
@@ -152,8 +162,8 @@ pub async fn run(c: &Clients, l: &Launch<'_>) -> Result<String> {
         } else {
             ec2t::ShutdownBehavior::Stop
         })
-        .tag_specifications(run_tags(ec2t::ResourceType::Instance, l.run_id, l.content_key))
-        .tag_specifications(run_tags(ec2t::ResourceType::Volume, l.run_id, l.content_key));
+        .tag_specifications(run_tags(ec2t::ResourceType::Instance, l.role, l.run_id, l.content_key))
+        .tag_specifications(run_tags(ec2t::ResourceType::Volume, l.role, l.run_id, l.content_key));
     if l.spot {
         req = req.instance_market_options(
             ec2t::InstanceMarketOptionsRequest::builder()
@@ -190,7 +200,8 @@ pub async fn run(c: &Clients, l: &Launch<'_>) -> Result<String> {
     })
 }
 
-async fn describe(c: &Clients, id: &str) -> Result<ec2t::Instance> {
+/// DescribeInstances of one instance.
+pub async fn describe(c: &Clients, id: &str) -> Result<ec2t::Instance> {
     let out = c
         .ec2
         .describe_instances()
@@ -203,6 +214,38 @@ async fn describe(c: &Clients, id: &str) -> Result<ec2t::Instance> {
         operation: "ec2:DescribeInstances",
         id: id.into(),
     })
+}
+
+/// The security group of this name carrying `kv-ami:run = run_id`, if one exists (a run cut short
+/// after creating it: the re-run uses it again instead of failing on the duplicate name).
+pub async fn find_security_group(c: &Clients, name: &str, run_id: &str) -> Result<Option<String>> {
+    let f = |k: &str, v: &str| ec2t::Filter::builder().name(k).values(v).build();
+    let out = c
+        .ec2
+        .describe_security_groups()
+        .filters(f("group-name", name))
+        .filters(f(&format!("tag:{RUN_TAG}"), run_id))
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(&c.region, "ec2:DescribeSecurityGroups", name, &e))?;
+    Ok(out.security_groups().iter().find_map(|g| g.group_id()).map(str::to_string))
+}
+
+/// GetConsoleOutput (the latest, decoded); None when the instance has written none yet.
+pub async fn console_output(c: &Clients, id: &str) -> Result<Option<String>> {
+    let out = c
+        .ec2
+        .get_console_output()
+        .instance_id(id)
+        .latest(true)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(&c.region, "ec2:GetConsoleOutput", id, &e))?;
+    let Some(b64) = out.output().filter(|o| !o.is_empty()) else { return Ok(None) };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .unwrap_or_else(|_| b64.as_bytes().to_vec());
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Instances tagged `kv-ami:run = run_id` that are not terminated (or terminating).
@@ -259,7 +302,7 @@ pub fn signal_step(
     }
 }
 
-fn tag_of<'a>(i: &'a ec2t::Instance, key: &str) -> Option<&'a str> {
+pub fn tag_of<'a>(i: &'a ec2t::Instance, key: &str) -> Option<&'a str> {
     i.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
 }
 

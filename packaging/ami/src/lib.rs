@@ -3,8 +3,11 @@
 //! Two ways to the first image, one way on from there:
 //! - [`import`]: raw image -> EBS snapshot (EBS direct APIs, or S3 + ImportSnapshot) -> RegisterImage;
 //! - [`bake`]: bundle -> S3 -> builder instance (user data installs and signals) -> CreateImage;
+//! - then [`smoke_test`] ([`smoke`]): one instance booted from the new image runs the fleet's launcher and reports
+//!   (PCRs, readiness, SERVING) before anything is published;
 //! - then [`publish`]: copies in other regions, launch permissions, deprecation, tags, SSM
-//!   parameters and the Packer-shaped manifest ([`output`]).
+//!   parameters (the build's, then the channel's `latest` after a passed smoke test; `promote`)
+//!   and the Packer-shaped manifest ([`output`]).
 //!
 //! The content key (SHA-256 of the bundle's `manifest.json`, read and checked with
 //! `packaging::manifest`) tags every image, so a re-run with the same bundle reuses the images;
@@ -13,7 +16,8 @@
 //!
 //! # Modules
 //!
-//! Commands (what `main` runs): [`import`], [`bake`]; shared by both: [`publish`], [`run`]
+//! Commands (what `main` runs): [`import`], [`bake`], [`smoke_test::standalone`],
+//! [`publish::promote`], [`gc`]; shared by both: [`smoke_test`], [`publish`], [`run`]
 //! (options, context, the body-then-cleanup runner), [`cleanup`], [`error`].
 //!
 //! AWS, one module per operation family, each with its own error naming region, resource and
@@ -32,14 +36,17 @@
 //! - `ebs` -> aws, plan, progress, spec
 //! - `images` -> aws, plan, spec, wait; `import_task` -> aws, plan, spec, wait
 //! - `instances` -> aws, spec, userdata, wait
-//! - `error` -> ebs, images, import_task, instances, s3, ssm
+//! - `smoke` -> instances, spec (and `packaging::eif`)
+//! - `error` -> ebs, images, import_task, instances, s3, smoke, ssm
 //! - `cleanup` -> aws, error, images, import_task, instances, s3, wait
 //! - `run` -> aws, cleanup, error, spec, state, wait
-//! - `publish` -> aws, cleanup, error, images, output, run, spec, ssm
+//! - `smoke_test` -> aws, cleanup, error, images, instances, run, smoke, spec, state, wait
+//! - `publish` -> aws, cleanup, error, images, output, run, smoke, smoke_test, spec, ssm
+//! - `gc` -> aws, error, images, spec, ssm
 //! - `import` -> publish, run, cleanup, error, output, detect, ebs, images, import_task, s3,
-//!   plan, spec, state, wait, aws
-//! - `bake` -> publish, run, cleanup, error, output, images, instances, s3, ssm, spec, state,
-//!   userdata, wait, aws (and `packaging::manifest`)
+//!   plan, smoke, spec, state, wait, aws (and `packaging::manifest`)
+//! - `bake` -> publish, run, cleanup, error, output, images, instances, s3, smoke, ssm, spec,
+//!   state, userdata, wait, aws (and `packaging::manifest`)
 //!
 //! The commands use the lower modules, never the other way round; `import` and `bake` do not use
 //! each other. (Test only: `policy_tests`, the IAM policies against both plans, uses both.)
@@ -51,6 +58,7 @@ pub mod cleanup;
 pub mod detect;
 pub mod ebs;
 pub mod error;
+pub mod gc;
 pub mod images;
 pub mod import;
 pub mod import_task;
@@ -61,6 +69,8 @@ pub mod progress;
 pub mod publish;
 pub mod run;
 pub mod s3;
+pub mod smoke;
+pub mod smoke_test;
 pub mod spec;
 pub mod ssm;
 pub mod state;

@@ -39,6 +39,9 @@ struct Common {
     /// Custom AWS endpoint (e.g. a local emulator); credentials still come from the standard chain.
     #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
     endpoint_url: Option<String>,
+    /// Publish without booting the image first (a warning; the channel's `latest` is not moved).
+    #[arg(long)]
+    skip_smoke_test: bool,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +73,77 @@ enum Cmd {
         /// Print the rendered user data of the builder and exit (no AWS call).
         #[arg(long)]
         print_user_data: bool,
+    },
+    /// Boot an existing image of the build region once and check it ([smoke_test] of the spec).
+    SmokeTest {
+        /// amispec.toml with a [smoke_test] table.
+        #[arg(long)]
+        spec: PathBuf,
+        /// The image (in the spec's region); its content-key tag must be the bundle manifest's.
+        #[arg(long)]
+        ami: String,
+        /// The bundle's manifest.json: the PCRs the enclave must report.
+        #[arg(long)]
+        bundle_manifest: PathBuf,
+        #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
+        endpoint_url: Option<String>,
+    },
+    /// Move a channel's `latest` SSM parameter, in every region of the spec, to an image and its copies.
+    Promote {
+        #[arg(long)]
+        spec: PathBuf,
+        /// Overrides `channel` of the spec.
+        #[arg(long)]
+        channel: Option<String>,
+        /// The image in the build region (its copies are found through the content-key tag).
+        #[arg(long)]
+        ami: String,
+        /// Print the calls and exit; makes none.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
+        endpoint_url: Option<String>,
+    },
+    /// Deregister a channel's old builds (every region, with their snapshots); keeps the one
+    /// `latest` points at, the N newest and those younger than the grace period.
+    Gc {
+        #[arg(long)]
+        spec: PathBuf,
+        /// How many of the newest builds stay (besides `latest`).
+        #[arg(long)]
+        keep: usize,
+        /// Overrides `channel` of the spec.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Builds younger than this many days stay.
+        #[arg(long, default_value_t = 7)]
+        grace_days: u32,
+        /// List and decide (Describe/Get calls only); deregister and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
+        endpoint_url: Option<String>,
+    },
+    /// Renew the deprecation time of a channel's builds still in use (those gc keeps with the same
+    /// --keep and --grace-days), in every region.
+    Republish {
+        #[arg(long)]
+        spec: PathBuf,
+        /// As for gc: the newest builds counted as in use (besides `latest`).
+        #[arg(long)]
+        keep: usize,
+        #[arg(long)]
+        channel: Option<String>,
+        #[arg(long, default_value_t = 7)]
+        grace_days: u32,
+        /// The new deprecation time: now plus this many days (1-3650).
+        #[arg(long)]
+        deprecate_in_days: u32,
+        /// Describe/Get calls only; no EnableImageDeprecation.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
+        endpoint_url: Option<String>,
     },
     /// Local scan only: blocks, non-zero blocks, SHA-256 of each (the upload's local ceiling).
     Scan {
@@ -106,6 +180,20 @@ fn load(common: &Common, edit: impl FnOnce(&mut AmiSpec) -> Result<(), String>) 
     }
     edit(&mut s).map_err(|e| format!("{} (with flags): {e}", common.spec.display()))?;
     s.validate().map_err(|e| format!("{} (with flags): {e}", common.spec.display()))?;
+    // On by default: a spec without [smoke_test] needs the explicit opt-out.
+    s.skip_smoke_test = common.skip_smoke_test;
+    if common.skip_smoke_test {
+        eprintln!(
+            "kv-ami: warning: --skip-smoke-test: the image is published without being booted once; \
+             the channel's latest parameter is not moved (kv-ami promote)"
+        );
+    } else if s.smoke_test.is_none() {
+        return Err(format!(
+            "{}: smoke_test: the [smoke_test] table is missing: the image is booted and checked before it is \
+             published (docs/ami.md); add the table, or pass --skip-smoke-test",
+            common.spec.display()
+        ));
+    }
     Ok(s)
 }
 
@@ -148,8 +236,94 @@ fn finish(common: &Common, m: Manifest) -> Result<(), String> {
     Ok(())
 }
 
+fn rt() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))
+}
+
 fn real_main() -> Result<(), String> {
     match Cli::parse().cmd {
+        Cmd::SmokeTest { spec, ami, bundle_manifest, endpoint_url } => {
+            let s = AmiSpec::load(&spec)?;
+            if s.smoke_test.is_none() {
+                return Err(format!("{}: smoke_test: the [smoke_test] table is missing", spec.display()));
+            }
+            let (m, key) =
+                packaging::manifest::Manifest::read_with_key(&bundle_manifest).map_err(|e| e.to_string())?;
+            let prepared = kv_ami::smoke::prepare(&s, &m.pcrs)?.ok_or("smoke_test: not prepared")?;
+            let target = aws::Target { endpoint_url, ..Default::default() };
+            let log = |l: &str| eprintln!("{l}");
+            let opts = RunOptions { target: &target, state_path: None, progress_bar: false, log: &log };
+            rt()?
+                .block_on(kv_ami::smoke_test::standalone(&s, &key, &prepared, &ami, &opts, interrupted()))
+                .map_err(|e| e.to_string())?;
+            println!("{{\"ami\":\"{ami}\",\"smoke_test\":\"passed\"}}");
+            Ok(())
+        }
+        Cmd::Gc { spec, keep, channel, grace_days, dry_run, endpoint_url } => {
+            let s = AmiSpec::load(&spec)?;
+            let channel = channel
+                .or_else(|| s.channel.clone())
+                .ok_or_else(|| format!("{}: channel: not set (set it, or pass --channel)", spec.display()))?;
+            let mut check = s.clone();
+            check.channel = Some(channel.clone());
+            check.validate().map_err(|e| format!("--channel: {e}"))?;
+            let target = aws::Target { endpoint_url, ..Default::default() };
+            let log = |l: &str| eprintln!("{l}");
+            let grace = i64::from(grace_days) * 86_400;
+            let report = rt()?
+                .block_on(kv_ami::gc::gc(&s, &target, &channel, keep, grace, dry_run, &log))
+                .map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Cmd::Republish { spec, keep, channel, grace_days, deprecate_in_days, dry_run, endpoint_url } => {
+            let s = AmiSpec::load(&spec)?;
+            let channel = channel
+                .or_else(|| s.channel.clone())
+                .ok_or_else(|| format!("{}: channel: not set (set it, or pass --channel)", spec.display()))?;
+            let mut check = s.clone();
+            check.channel = Some(channel.clone());
+            check.validate().map_err(|e| format!("--channel: {e}"))?;
+            if !(1..=3650).contains(&deprecate_in_days) {
+                return Err(format!(
+                    "--deprecate-in-days: {deprecate_in_days} is outside 1-3650 (AWS: at most 10 years)"
+                ));
+            }
+            let target = aws::Target { endpoint_url, ..Default::default() };
+            let log = |l: &str| eprintln!("{l}");
+            let grace = i64::from(grace_days) * 86_400;
+            let secs = u64::from(deprecate_in_days) * 86_400;
+            let done = rt()?
+                .block_on(kv_ami::gc::republish(&s, &target, &channel, keep, grace, secs, dry_run, &log))
+                .map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&done).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Cmd::Promote { spec, channel, ami, dry_run, endpoint_url } => {
+            let s = AmiSpec::load(&spec)?;
+            let channel = channel
+                .or_else(|| s.channel.clone())
+                .ok_or_else(|| format!("{}: channel: not set (set it, or pass --channel)", spec.display()))?;
+            let mut check = s.clone();
+            check.channel = Some(channel.clone());
+            check.validate().map_err(|e| format!("--channel: {e}"))?;
+            if !ami.starts_with("ami-") {
+                return Err(format!("--ami: {ami:?} is not an AMI id"));
+            }
+            if dry_run {
+                for line in kv_ami::publish::planned_promote(&s, &channel, &ami) {
+                    println!("{line}");
+                }
+                return Ok(());
+            }
+            let target = aws::Target { endpoint_url, ..Default::default() };
+            let log = |l: &str| eprintln!("{l}");
+            let done = rt()?
+                .block_on(kv_ami::publish::promote(&s, &target, &channel, &ami, &log))
+                .map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&done).map_err(|e| e.to_string())?);
+            Ok(())
+        }
         Cmd::Scan { image, block_size } => {
             if block_size == 0 {
                 return Err("--block-size: must be > 0".into());

@@ -119,6 +119,53 @@ fn iam_policies_allow_every_planned_call_and_nothing_else() {
     );
     check_policy("iam-policy-bake.json", include_str!("../iam-policy-bake.json"), &[by_name.collect()]);
 
+    // The smoke test: iam-policy-smoke-test.json, attached beside either path's policy.
+    let smoke = include_str!("../iam-policy-smoke-test.json");
+    let launcher = dir.path().join("instance-init.sh");
+    std::fs::write(&launcher, "#!/bin/bash\n# KV_AMI_SMOKE_TEST\n").unwrap();
+    let smoke_table = format!(
+        "channel = \"stable\"\n[smoke_test]\ninstance_profile = \"kv-ami-smoke-test\"\nlauncher = \"{}\"\nsubnet_id = \"subnet-0123abcd\"\n",
+        launcher.display()
+    );
+    let import_smoke =
+        job(dir.path(), &format!("{SPEC}{smoke_table}"), &[1u8; 4096]).unwrap().planned_calls(1);
+    assert!(import_smoke.iter().any(|l| l.contains("ec2:RunInstances image=<ami>")), "{import_smoke:#?}");
+    let bake_smoke = {
+        let text = format!(
+            "{SPEC}[bake]\nbase_ami_ssm_parameter = \"/aws/service/x\"\ninstance_profile = \"kv-ami-builder\"\n\
+             bucket = \"bake-bucket\"\nenvoy_image = \"envoyproxy/envoy@sha256:{}\"\n{}",
+            "a".repeat(64),
+            smoke_table.replace("channel = \"stable\"\n", "")
+        );
+        bake::BakeJob::prepare(AmiSpec::parse(&text).unwrap(), &bundle).unwrap().planned_calls()
+    };
+    let with_import = [include_str!("../iam-policy.json"), smoke];
+    check_allows(
+        "iam-policy.json + iam-policy-smoke-test.json",
+        &with_import,
+        std::slice::from_ref(&import_smoke),
+    );
+    let with_bake = [include_str!("../iam-policy-bake.json"), smoke];
+    check_allows(
+        "iam-policy-bake.json + iam-policy-smoke-test.json",
+        &with_bake,
+        std::slice::from_ref(&bake_smoke),
+    );
+    check_all_planned("iam-policy-smoke-test.json", smoke, &[import_smoke]);
+    let mut inst = allowed_actions(include_str!("../iam-smoke-test-instance-policy.json"));
+    inst.sort();
+    assert_eq!(inst, vec!["ec2:CreateTags"]);
+    let text = include_str!("../iam-smoke-test-instance-policy.json");
+    for key in crate::smoke::PCR_TAGS.iter().chain([&crate::smoke::STATUS_TAG, &crate::smoke::RESULT_TAG]) {
+        assert!(text.contains(key), "{key}");
+    }
+
+    // kv-ami gc: its own file (deleting builds is a separate duty from making them).
+    let gc_spec = AmiSpec::parse(&format!("channel = \"stable\"\n{SPEC}")).unwrap();
+    let mut gc_plan = crate::gc::planned_lines(&gc_spec, "stable");
+    gc_plan.extend(crate::gc::planned_republish(&gc_spec));
+    check_policy("iam-policy-gc.json", include_str!("../iam-policy-gc.json"), &[gc_plan]);
+
     // The builder's own role: read the bundle, tag itself with the two status keys, nothing more.
     let mut inst = allowed_actions(include_str!("../iam-builder-instance-policy.json"));
     inst.sort();

@@ -1,7 +1,9 @@
 //! After the image exists in the source region, for both paths (raw import and builder bake):
-//! copies into the other regions in parallel, then per region tags, launch permissions,
-//! deprecation and the SSM parameter; and the Packer-shaped manifest. Also the matching lines of
-//! the dry-run plan, so plan and code cannot drift apart.
+//! the smoke test ([`crate::smoke`]), then copies into the other regions in parallel, then per
+//! region tags, launch permissions, deprecation and the SSM parameters (the build's at once, the
+//! channel's `latest` only after a passed smoke test); [`promote`] moves `latest` explicitly; and
+//! the Packer-shaped manifest. Also the matching lines of the dry-run plan, so plan and code
+//! cannot drift apart.
 
 use crate::aws::Clients;
 use crate::cleanup::{Undo, When};
@@ -9,6 +11,7 @@ use crate::error::Error;
 use crate::images::{self, Sharing};
 use crate::output::{Build, Manifest, RegionResult};
 use crate::run::Ctx;
+use crate::smoke;
 use crate::spec::{AmiSpec, CONTENT_KEY_TAG, OnFailure};
 use crate::ssm;
 use sha2::{Digest, Sha256};
@@ -23,13 +26,50 @@ pub struct Source {
     pub reused: bool,
 }
 
+/// The smoke test in the source region (when `smoke` is given), then [`publish`]: nothing is
+/// copied, shared or written to SSM unless it passed. `latest` moves only after a passed test.
+pub async fn test_and_publish(
+    ctx: &Ctx<'_>,
+    src: Source,
+    smoke: Option<&smoke::Prepared>,
+    timings: &mut BTreeMap<String, f64>,
+) -> Result<BTreeMap<String, RegionResult>, Error> {
+    let passed = match smoke {
+        Some(p) => {
+            let t = Instant::now();
+            crate::smoke_test::run(ctx, &src.clients, &src.ami, p).await?;
+            timings.insert("smoke_test".to_string(), t.elapsed().as_secs_f64());
+            true
+        }
+        None => {
+            (ctx.log)(&format!(
+                "warning: {}: smoke test skipped: {} is published without booting it{}",
+                ctx.spec.region,
+                src.ami,
+                match &ctx.spec.channel {
+                    Some(c) => format!(
+                        "; {} is not moved (kv-ami promote --channel {c} --ami {} moves it)",
+                        ctx.spec.latest_parameter(c),
+                        src.ami
+                    ),
+                    None => String::new(),
+                }
+            ));
+            false
+        }
+    };
+    publish(ctx, src, passed, timings).await
+}
+
 /// Copies, then tags / sharing / deprecation / SSM in every region. A copy that fails does not
 /// stop the others: every region runs to its end, finished copies are kept (a re-run reuses them
 /// through the content key), the unfinished one is deregistered by the cleanup stack, and the
 /// error names each failed region.
+/// `smoke_passed`: the channel's `latest` is moved too (after every region's other steps).
 pub async fn publish(
     ctx: &Ctx<'_>,
     src: Source,
+    smoke_passed: bool,
     timings: &mut BTreeMap<String, f64>,
 ) -> Result<BTreeMap<String, RegionResult>, Error> {
     let s = ctx.spec;
@@ -114,13 +154,94 @@ pub async fn publish(
             if let Some(p) = &s.ssm_parameter {
                 ssm::put_image_id(c, p, &res.ami_id).await?;
             }
+            if let Some(ch) = &s.channel {
+                ssm::put_image_id(c, &s.build_parameter(ch, key), &res.ami_id).await?;
+            }
             Ok::<_, Error>(())
         }
     });
     futures::future::try_join_all(finish).await?;
+    // Second step, only once every region is published: `latest` never points at an image that
+    // some region lacks or that did not pass the smoke test.
+    if let (Some(ch), true) = (&s.channel, smoke_passed) {
+        let latest = s.latest_parameter(ch);
+        let moves = regions.values().map(|(c, res)| ssm::put_image_id(c, &latest, &res.ami_id));
+        futures::future::try_join_all(moves).await?;
+        (ctx.log)(&format!("{latest} -> this build in {} regions", regions.len()));
+    }
     ctx.record(|st| st.published = true);
     timings.insert("publish".to_string(), t.elapsed().as_secs_f64());
     Ok(regions.into_iter().map(|(r, (_, res))| (r, res)).collect())
+}
+
+/// `kv-ami promote`: the channel's `latest` in every region of the spec moves to the image of
+/// `ami` (an image in the build region carrying the content-key tag) and its copies, found by
+/// the content key. Every region is looked up before the first write: a region without the
+/// image fails the command and nothing is written. Returns region -> AMI id.
+pub async fn promote(
+    spec: &AmiSpec,
+    target: &crate::aws::Target,
+    channel: &str,
+    ami: &str,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<BTreeMap<String, String>, Error> {
+    let src = Clients::new(&spec.region, target).await;
+    let key = images::content_key_of(&src, ami).await?;
+    let mut found = BTreeMap::new();
+    let mut missing = Vec::new();
+    for r in spec.all_regions() {
+        let c = if r == spec.region { src.clone() } else { Clients::new(&r, target).await };
+        match images::find_by_content_key(&c, &key).await? {
+            Some((id, _)) if r != spec.region || id == ami => {
+                found.insert(r.clone(), (c, id));
+            }
+            Some((id, _)) => missing.push(format!("{r}: the content key names {id}, not {ami}")),
+            None => missing.push(format!("{r}: no image with content key {key}")),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::Input(format!(
+            "promote {ami} to {}: nothing written: {}",
+            spec.latest_parameter(channel),
+            missing.join("; ")
+        )));
+    }
+    let latest = spec.latest_parameter(channel);
+    for (r, (c, id)) in &found {
+        ssm::put_image_id(c, &latest, id).await?;
+        log(&format!("{r}: {latest} -> {id}"));
+    }
+    Ok(found.into_iter().map(|(r, (_, id))| (r, id)).collect())
+}
+
+/// Dry-run lines of [`promote`].
+pub fn planned_promote(s: &AmiSpec, channel: &str, ami: &str) -> Vec<String> {
+    let mut v = vec![format!("{} ec2:DescribeImages {ami} (its {CONTENT_KEY_TAG} tag)", s.region)];
+    for r in s.all_regions() {
+        v.push(format!("{r} ec2:DescribeImages owners=self filter tag:{CONTENT_KEY_TAG}=<key of {ami}>"));
+    }
+    for r in s.all_regions() {
+        v.push(format!(
+            "{r} ssm:PutParameter {} type=String data_type=aws:ec2:image",
+            s.latest_parameter(channel)
+        ));
+    }
+    v
+}
+
+/// Dry-run lines of the smoke test (before any copy), when the run has one.
+pub fn planned_smoke_lines(s: &AmiSpec, key: &str) -> Vec<String> {
+    match &s.smoke_test {
+        Some(t) if s.smoke_test_on() => smoke::planned_lines(s, t, key),
+        _ => vec![format!(
+            "# smoke test skipped (--skip-smoke-test): the image is not booted; latest is not moved"
+        )],
+    }
+}
+
+/// Dry-run lines of the smoke-test instance's teardown (always), when the run has one.
+pub fn planned_smoke_teardown(s: &AmiSpec, key: &str) -> Vec<String> {
+    if s.smoke_test_on() { smoke::planned_teardown(s, key) } else { Vec::new() }
 }
 
 /// The Packer-shaped manifest of a finished run.
@@ -202,6 +323,20 @@ pub fn planned_lines(s: &AmiSpec, key: &str) -> Vec<String> {
         }
         if let Some(p) = &s.ssm_parameter {
             v.push(format!("{r} ssm:PutParameter {p} type=String data_type=aws:ec2:image"));
+        }
+        if let Some(ch) = &s.channel {
+            v.push(format!(
+                "{r} ssm:PutParameter {} type=String data_type=aws:ec2:image",
+                s.build_parameter(ch, key)
+            ));
+        }
+    }
+    if let (Some(ch), true) = (&s.channel, s.smoke_test_on()) {
+        for r in s.all_regions() {
+            v.push(format!(
+                "{r} ssm:PutParameter {} type=String data_type=aws:ec2:image (after every region, smoke test passed)",
+                s.latest_parameter(ch)
+            ));
         }
     }
     v

@@ -73,6 +73,43 @@ pub struct AmiSpec {
     /// Needed by `kv-ami bake` (the builder-instance bake).
     #[serde(default)]
     pub bake: Option<Bake>,
+    /// The boot smoke test of the new image, before any copy, share or SSM write. `kv-ami import`
+    /// and `kv-ami bake` refuse a spec without it unless `--skip-smoke-test` is given.
+    #[serde(default)]
+    pub smoke_test: Option<SmokeTest>,
+    /// Release channel (e.g. `stable`): every build gets the parameter
+    /// `SSM_PREFIX/CHANNEL/builds/<first 12 of the content key>` at publish, and
+    /// `SSM_PREFIX/CHANNEL/latest` moves to it only after a passed smoke test (or `kv-ami promote`).
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default = "default_ssm_prefix")]
+    pub ssm_prefix: String,
+    /// `--skip-smoke-test` (a flag, not a key): the smoke test is not run and `latest` not moved.
+    #[serde(skip)]
+    pub skip_smoke_test: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeTest {
+    /// Enclave-capable instance type (the same check as `bake.instance_type`).
+    #[serde(default = "default_builder_type")]
+    pub instance_type: String,
+    /// Instance profile of the test instance: the fleet's permissions (data, keys) plus
+    /// packaging/ami/iam-smoke-test-instance-policy.json (its report tags).
+    pub instance_profile: String,
+    /// The fleet's instance-init launcher, rendered (terraform module kv-service, its
+    /// `templates/instance_init.tftpl`); run as the test instance's user data with
+    /// `KV_AMI_SMOKE_TEST=1`. Read before any AWS call.
+    pub launcher: std::path::PathBuf,
+    /// Subnet of the test instance (default: the default VPC's).
+    #[serde(default)]
+    pub subnet_id: Option<String>,
+    /// DescribeInstances checks for the instance's report tags.
+    #[serde(default = "default_report_attempts")]
+    pub report_attempts: u32,
+    #[serde(default = "default_signal_secs")]
+    pub report_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -258,6 +295,12 @@ fn default_part_mib() -> u64 {
 fn default_builder_type() -> String {
     "m6i.xlarge".into()
 }
+fn default_report_attempts() -> u32 {
+    90
+}
+fn default_ssm_prefix() -> String {
+    "/kv/ami".into()
+}
 fn default_bake_prefix() -> String {
     "kv-ami-bake".into()
 }
@@ -270,6 +313,8 @@ fn default_signal_secs() -> u64 {
 
 /// Tag key carrying the content key on images and snapshots (idempotency).
 pub const CONTENT_KEY_TAG: &str = "kv-ami:content-key";
+/// Tag key carrying the spec's `channel` on images and snapshots (`kv-ami gc` lists by it).
+pub const CHANNEL_TAG: &str = "kv-ami:channel";
 
 impl AmiSpec {
     pub fn load(path: &Path) -> Result<AmiSpec, String> {
@@ -353,7 +398,7 @@ impl AmiSpec {
             }
         }
         for k in self.tags.keys() {
-            if k.starts_with("aws:") || k == CONTENT_KEY_TAG || k.is_empty() || k.len() > 128 {
+            if k.starts_with("aws:") || k.starts_with("kv-ami:") || k.is_empty() || k.len() > 128 {
                 return Err(format!("tags.{k}: reserved or invalid tag key"));
             }
         }
@@ -407,6 +452,33 @@ impl AmiSpec {
         if let Some(b) = &self.bake {
             b.validate(&self.architecture)?;
         }
+        if let Some(t) = &self.smoke_test {
+            instance_type_ok("smoke_test.instance_type", &t.instance_type, &self.architecture)?;
+            iam_name_ok("smoke_test.instance_profile", &t.instance_profile)?;
+            if let Some(s) = &t.subnet_id {
+                subnet_ok("smoke_test.subnet_id", s)?;
+            }
+            if !(1..=10000).contains(&t.report_attempts) {
+                return Err(format!("smoke_test.report_attempts: {} is outside 1-10000", t.report_attempts));
+            }
+        }
+        if let Some(c) = &self.channel {
+            let ok = (1..=64).contains(&c.len())
+                && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && c != "latest";
+            if !ok {
+                return Err(format!("channel: {c:?} must be 1-64 of a-z 0-9 - (and not \"latest\")"));
+            }
+        }
+        let p = &self.ssm_prefix;
+        let prefix_ok = p.starts_with('/')
+            && !p.ends_with('/')
+            && p.len() <= 900
+            && !p.contains("//")
+            && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b));
+        if !prefix_ok {
+            return Err(format!("ssm_prefix: {p:?} must be an absolute parameter path like /kv/ami"));
+        }
         let u = &self.upload;
         if !(1..=256).contains(&u.workers) {
             return Err(format!("upload.workers: {} is outside 1-256", u.workers));
@@ -429,6 +501,9 @@ impl AmiSpec {
     pub fn image_tags(&self, content_key: &str) -> Vec<(String, String)> {
         let mut t: Vec<(String, String)> = self.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         t.push((CONTENT_KEY_TAG.into(), content_key.to_string()));
+        if let Some(c) = &self.channel {
+            t.push((CHANNEL_TAG.into(), c.clone()));
+        }
         if !self.tags.contains_key("Name") {
             t.push(("Name".into(), self.ami_name(content_key)));
         }
@@ -441,6 +516,21 @@ impl AmiSpec {
             || !self.share_with_organizations.is_empty()
             || !self.share_with_ous.is_empty()
             || self.public
+    }
+
+    /// Whether this run boots the image before publishing it.
+    pub fn smoke_test_on(&self) -> bool {
+        self.smoke_test.is_some() && !self.skip_smoke_test
+    }
+
+    /// The channel's per-build parameter of this content key.
+    pub fn build_parameter(&self, channel: &str, content_key: &str) -> String {
+        format!("{}/{channel}/builds/{}", self.ssm_prefix, &content_key[..content_key.len().min(12)])
+    }
+
+    /// The channel's `latest` parameter.
+    pub fn latest_parameter(&self, channel: &str) -> String {
+        format!("{}/{channel}/latest", self.ssm_prefix)
     }
 
     pub fn all_regions(&self) -> Vec<String> {
@@ -480,15 +570,10 @@ impl Bake {
                 );
             }
         }
-        instance_type_ok(&self.instance_type, architecture)?;
+        instance_type_ok("bake.instance_type", &self.instance_type, architecture)?;
         iam_name_ok("bake.instance_profile", &self.instance_profile)?;
         if let Some(s) = &self.subnet_id {
-            let ok = s
-                .strip_prefix("subnet-")
-                .is_some_and(|h| (8..=17).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()));
-            if !ok {
-                return Err(format!("bake.subnet_id: {s:?} is not a subnet id (subnet-0123abcd...)"));
-            }
+            subnet_ok("bake.subnet_id", s)?;
         }
         bucket_ok("bake.bucket", &self.bucket)?;
         prefix_ok("bake.prefix", &self.prefix)?;
@@ -511,8 +596,7 @@ impl Bake {
 
 /// Nitro Enclaves need a Nitro instance with at least 4 vCPUs (2 on Graviton); burstable (t*)
 /// and mac instances have none. AWS has the last word (RunInstances with EnclaveOptions).
-fn instance_type_ok(t: &str, architecture: &str) -> Result<(), String> {
-    let key = "bake.instance_type";
+fn instance_type_ok(key: &str, t: &str, architecture: &str) -> Result<(), String> {
     let Some((family, size)) = t.split_once('.') else {
         return Err(format!("{key}: {t:?} is not an instance type like m6i.xlarge"));
     };
@@ -532,6 +616,13 @@ fn instance_type_ok(t: &str, architecture: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+fn subnet_ok(key: &str, s: &str) -> Result<(), String> {
+    let ok = s
+        .strip_prefix("subnet-")
+        .is_some_and(|h| (8..=17).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok { Ok(()) } else { Err(format!("{key}: {s:?} is not a subnet id (subnet-0123abcd...)")) }
 }
 
 fn bucket_ok(key: &str, b: &str) -> Result<(), String> {
@@ -664,8 +755,13 @@ workers = 8
         let s = AmiSpec::parse(include_str!("../amispec.example.toml")).unwrap();
         assert_eq!(s.copy_to.len(), 2);
         assert_eq!((s.via, s.on_failure), (Via::EbsDirect, OnFailure::Delete));
+        assert_eq!(s.smoke_test.as_ref().unwrap().instance_profile, "kv-ami-smoke-test");
+        assert!(s.smoke_test_on());
+        assert_eq!(s.latest_parameter("stable"), "/kv/ami/stable/latest");
+        assert_eq!(s.build_parameter("stable", &"ab".repeat(32)), "/kv/ami/stable/builds/abababababab");
         let b = AmiSpec::parse(include_str!("../bakespec.example.toml")).unwrap();
         assert_eq!(b.bake.unwrap().instance_profile, "kv-ami-builder");
+        assert_eq!(b.channel.as_deref(), Some("stable"));
     }
 
     #[test]
@@ -769,6 +865,31 @@ envoy_image = "envoyproxy/envoy:v1.24.1@sha256:0123456789abcdef0123456789abcdef0
                 "bake.base_ami_owner",
             ),
             ("instance_profile", "bogus = 1\ninstance_profile", "unknown field"),
+            ("on_failure = \"keep\"", "channel = \"Stable\"", "channel"),
+            ("on_failure = \"keep\"", "channel = \"latest\"", "channel"),
+            ("on_failure = \"keep\"", "ssm_prefix = \"kv/ami\"", "ssm_prefix"),
+            ("on_failure = \"keep\"", "ssm_prefix = \"/kv/ami/\"", "ssm_prefix"),
+            ("[bake]", "[smoke_test]\ninstance_profile = \"p\"\n[bake]", "missing field `launcher`"),
+            (
+                "[bake]",
+                "[smoke_test]\ninstance_profile = \"p\"\nlauncher = \"l\"\ninstance_type = \"t3.xlarge\"\n[bake]",
+                "smoke_test.instance_type",
+            ),
+            (
+                "[bake]",
+                "[smoke_test]\ninstance_profile = \"p q\"\nlauncher = \"l\"\n[bake]",
+                "smoke_test.instance_profile",
+            ),
+            (
+                "[bake]",
+                "[smoke_test]\ninstance_profile = \"p\"\nlauncher = \"l\"\nsubnet_id = \"s-1\"\n[bake]",
+                "smoke_test.subnet_id",
+            ),
+            (
+                "[bake]",
+                "[smoke_test]\ninstance_profile = \"p\"\nlauncher = \"l\"\nreport_attempts = 0\n[bake]",
+                "smoke_test.report_attempts",
+            ),
         ];
         for (from, to, key) in cases {
             let e = sub(from, to);

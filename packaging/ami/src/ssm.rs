@@ -1,5 +1,6 @@
 //! SSM parameters: the AMI id published per region (PutParameter, data type `aws:ec2:image`),
-//! and the base AMI of a bake read from a parameter (GetParameter).
+//! the base AMI of a bake read from a parameter, and a channel's `latest` read by `kv-ami gc`
+//! (GetParameter).
 
 use crate::aws::{AwsError, Clients};
 
@@ -28,6 +29,15 @@ pub async fn put_image_id(c: &Clients, name: &str, image_id: &str) -> Result<(),
         .await
         .map_err(|e| AwsError::from_sdk(&c.region, "ssm:PutParameter", name, &e))?;
     Ok(())
+}
+
+/// GetParameter of `name`; None when it does not exist (a channel never promoted there).
+pub async fn get_optional(c: &Clients, name: &str) -> Result<Option<String>, Error> {
+    match c.ssm.get_parameter().name(name).send().await {
+        Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_string)),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) => Ok(None),
+        Err(e) => Err(AwsError::from_sdk(&c.region, "ssm:GetParameter", name, &e).into()),
+    }
 }
 
 /// GetParameter of `name`, which must hold an AMI id.

@@ -43,6 +43,9 @@ pub struct State {
     pub copies: BTreeMap<String, String>,
     #[serde(default)]
     pub published: bool,
+    /// The image (source region) that passed the smoke test: a re-run does not boot it again.
+    #[serde(default)]
+    pub smoke_passed: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -47,7 +47,7 @@ fn dry_run_prints_the_calls_and_makes_none() {
     std::fs::write(&spec, SPEC).unwrap();
     let (listener, url) = trap();
     let out = kv_ami()
-        .args(["import", "--dry-run", "--endpoint-url", &url, "--spec"])
+        .args(["import", "--skip-smoke-test", "--dry-run", "--endpoint-url", &url, "--spec"])
         .arg(&spec)
         .arg("--image")
         .arg(&image)
@@ -65,6 +65,90 @@ fn dry_run_prints_the_calls_and_makes_none() {
 }
 
 #[test]
+fn the_smoke_test_is_on_by_default_and_comes_before_any_copy_in_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = sparse_image(dir.path(), 4096, &[0]);
+    let manifest = bundle_manifest(dir.path(), "aa");
+    let spec = dir.path().join("amispec.toml");
+    let (listener, url) = trap();
+    let import = |text: &str, extra: &[&str]| {
+        std::fs::write(&spec, text).unwrap();
+        kv_ami()
+            .args(["import", "--endpoint-url", &url, "--spec"])
+            .arg(&spec)
+            .arg("--image")
+            .arg(&image)
+            .arg("--bundle-manifest")
+            .arg(&manifest)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // No [smoke_test] and no --skip-smoke-test: refused, naming the table and the flag.
+    let out = import(SPEC, &[]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains("smoke_test: the [smoke_test] table is missing") && e.contains("--skip-smoke-test"),
+        "{e}"
+    );
+    // --skip-smoke-test: a warning, and the plan says the test and `latest` are skipped.
+    let out = import(&format!("channel = \"stable\"\n{SPEC}"), &["--skip-smoke-test", "--dry-run"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: --skip-smoke-test"), "{stderr}");
+    assert!(stdout.contains("# smoke test skipped"), "{stdout}");
+    assert!(stdout.contains("ssm:PutParameter /kv/ami/stable/builds/"), "{stdout}");
+    assert!(!stdout.contains("/kv/ami/stable/latest"), "{stdout}");
+    // With the table: the launch from the new image before the first copy, latest last.
+    let launcher = dir.path().join("instance-init.sh");
+    std::fs::write(&launcher, "#!/bin/bash\n# KV_AMI_SMOKE_TEST\n").unwrap();
+    let with = format!(
+        "channel = \"stable\"\n{SPEC}[smoke_test]\ninstance_profile = \"kv-ami-smoke-test\"\nlauncher = \"{}\"\n",
+        launcher.display()
+    );
+    let out = import(&with, &["--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let at = |needle: &str| stdout.find(needle).unwrap_or_else(|| panic!("{needle}: {stdout}"));
+    assert!(
+        at("us-east-1 ec2:RunInstances image=<ami> type=m6i.xlarge enclave=true imds=v2-required")
+            < at("ec2:CopyImage")
+    );
+    assert!(at("ec2:GetConsoleOutput (only on failure)") < at("ec2:CopyImage"));
+    assert!(at("/kv/ami/stable/builds/") < at("ssm:PutParameter /kv/ami/stable/latest"));
+    // A launcher that cannot report is refused before any call.
+    std::fs::write(&launcher, "#!/bin/bash\necho old launcher\n").unwrap();
+    let out = import(&with, &[]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("smoke_test.launcher") && e.contains("no KV_AMI_SMOKE_TEST"), "{e}");
+    // promote --dry-run: every region's lookup before any write.
+    std::fs::write(&spec, &with).unwrap();
+    let out = kv_ami()
+        .args(["promote", "--dry-run", "--endpoint-url", &url, "--ami", "ami-0123", "--spec"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lookups = stdout.rfind("ec2:DescribeImages owners=self").unwrap();
+    assert!(lookups < stdout.find("eu-west-1 ssm:PutParameter /kv/ami/stable/latest").unwrap(), "{stdout}");
+    // gc without a channel (spec or flag), or with a bad one: refused before any call.
+    std::fs::write(&spec, SPEC).unwrap();
+    for extra in [&[][..], &["--channel", "Stable"][..]] {
+        let out = kv_ami()
+            .args(["gc", "--keep", "2", "--endpoint-url", &url, "--spec"])
+            .arg(&spec)
+            .args(extra)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && e.contains("channel"), "{e}");
+    }
+    assert!(listener.accept().is_err(), "connected to the endpoint");
+}
+
+#[test]
 fn bad_input_is_refused_before_any_call() {
     let dir = tempfile::tempdir().unwrap();
     let image = sparse_image(dir.path(), 4096, &[0]);
@@ -74,7 +158,7 @@ fn bad_input_is_refused_before_any_call() {
     let run = |spec_text: &str, image: &std::path::Path, extra: &[&str]| {
         std::fs::write(&spec, spec_text).unwrap();
         let out = kv_ami()
-            .args(["import", "--endpoint-url", &url, "--spec"])
+            .args(["import", "--skip-smoke-test", "--endpoint-url", &url, "--spec"])
             .arg(&spec)
             .arg("--image")
             .arg(image)
@@ -111,7 +195,7 @@ fn import_against_moto_writes_a_packer_shaped_manifest() {
     std::fs::write(&spec, SPEC).unwrap();
     let out_path = dir.path().join("ami-manifest.json");
     let out = kv_ami()
-        .args(["import", "--endpoint-url", &moto.url, "--workers", "2", "--spec"])
+        .args(["import", "--skip-smoke-test", "--endpoint-url", &moto.url, "--workers", "2", "--spec"])
         .arg(&spec)
         .arg("--image")
         .arg(&image)
@@ -168,7 +252,7 @@ fn bake_cmd(
     extra: &[&str],
 ) -> std::process::Output {
     kv_ami()
-        .args(["bake", "--endpoint-url", url, "--spec"])
+        .args(["bake", "--skip-smoke-test", "--endpoint-url", url, "--spec"])
         .arg(spec)
         .arg("--bundle-dir")
         .arg(bundle)
@@ -269,7 +353,7 @@ async fn bake_process(
     let spec = dir.join("bakespec.toml");
     std::fs::write(&spec, spec_text()).unwrap();
     let child = kv_ami()
-        .args(["bake", "--endpoint-url", &moto.url, "--spec"])
+        .args(["bake", "--skip-smoke-test", "--endpoint-url", &moto.url, "--spec"])
         .arg(&spec)
         .arg("--bundle-dir")
         .arg(&b)

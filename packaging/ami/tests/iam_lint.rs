@@ -40,6 +40,18 @@ const EXCEPTIONS: &[(&str, &str, &str)] = &[
          instance and volume must carry kv-ami:role = builder and the security group must be a builder's",
     ),
     (
+        "packaging/ami/iam-policy-smoke-test.json",
+        "SecurityGroupInAVpc",
+        "as for the bake: the VPC of the smoke test's group, which must carry kv-ami:role = smoke-test",
+    ),
+    (
+        "packaging/ami/iam-policy-smoke-test.json",
+        "RunInASubnet",
+        "the subnet and the network interface RunInstances creates are used, not changed; the instance and \
+         volume must carry kv-ami:role = smoke-test, the group must be a smoke test's and the image must carry \
+         the content key",
+    ),
+    (
         "packaging/packer/iam-policy.json",
         "SecurityGroupInAVpc",
         "as for the bake: the VPC of Packer's temporary security group, which must carry the run tags",

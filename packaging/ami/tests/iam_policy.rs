@@ -351,6 +351,115 @@ fn bake_policy_allows_the_bake_and_nothing_on_what_is_not_kv_amis() {
 }
 
 #[test]
+fn smoke_test_policy_boots_only_kv_ami_images_and_touches_only_its_own_instances() {
+    let p = policy("packaging/ami/iam-policy-smoke-test.json");
+    let role =
+        |c: Call| c.tags(ROLE, "smoke-test").tags(KEY, CK).tags("kv-ami:run", "smoke-0f3c5a1b2d4e-ami-0new");
+    let sg_new = "arn:aws:ec2:us-east-1:123456789012:security-group/sg-0new";
+    let sg = "arn:aws:ec2:us-east-1:123456789012:security-group/sg-0aaa";
+    let i_new = "arn:aws:ec2:us-east-1:123456789012:instance/i-0new";
+    let i = "arn:aws:ec2:us-east-1:123456789012:instance/i-0aaa";
+    let vol_new = "arn:aws:ec2:us-east-1:123456789012:volume/vol-0new";
+    let allow = vec![
+        call("ec2:DescribeInstances", "*"),
+        call("ec2:DescribeSecurityGroups", "*"),
+        call("ec2:DescribeSubnets", "*"),
+        role(call("ec2:CreateSecurityGroup", sg_new)),
+        role(call("ec2:CreateSecurityGroup", "arn:aws:ec2:us-east-1:123456789012:vpc/vpc-1")),
+        role(call("ec2:CreateTags", sg_new)).creating("CreateSecurityGroup"),
+        role(call("ec2:RunInstances", i_new)),
+        role(call("ec2:RunInstances", vol_new)),
+        role(call("ec2:RunInstances", IMG_NEW)).has(KEY, CK),
+        role(call("ec2:RunInstances", "arn:aws:ec2:us-east-1:123456789012:subnet/subnet-1")),
+        role(call("ec2:RunInstances", "arn:aws:ec2:us-east-1:123456789012:network-interface/eni-0new")),
+        role(call("ec2:RunInstances", sg_new)).has(ROLE, "smoke-test"),
+        role(call("ec2:CreateTags", i_new)).creating("RunInstances"),
+        role(call("ec2:CreateTags", vol_new)).creating("RunInstances"),
+        call("iam:PassRole", "arn:aws:iam::123456789012:role/kv-ami-smoke-test")
+            .ctx("iam:PassedToService", "ec2.amazonaws.com"),
+        call("ec2:GetConsoleOutput", i_new).has(ROLE, "smoke-test"),
+        call("ec2:TerminateInstances", i_new).has(ROLE, "smoke-test"),
+        call("ec2:DeleteSecurityGroup", sg_new).has(ROLE, "smoke-test"),
+    ];
+    let deny = vec![
+        // Booting an image that is not kv-ami's (the content key cannot be added to one: see the
+        // other policies), or launching without the role tag.
+        role(call("ec2:RunInstances", IMG)),
+        call("ec2:RunInstances", i_new).tags(KEY, CK),
+        role(call("ec2:RunInstances", sg)),
+        call("ec2:RunInstances", i_new).tags(ROLE, "builder"),
+        // Another instance or group: not terminated, read, retagged or deleted.
+        call("ec2:TerminateInstances", i),
+        call("ec2:TerminateInstances", i).has(ROLE, "builder"),
+        call("ec2:GetConsoleOutput", i),
+        call("ec2:CreateTags", i).tags(ROLE, "smoke-test"),
+        call("ec2:CreateTags", sg).tags(ROLE, "smoke-test"),
+        call("ec2:DeleteSecurityGroup", sg),
+        call("iam:PassRole", "arn:aws:iam::123456789012:role/admin")
+            .ctx("iam:PassedToService", "ec2.amazonaws.com"),
+        call("iam:PassRole", "arn:aws:iam::123456789012:role/kv-ami-smoke-test")
+            .ctx("iam:PassedToService", "lambda.amazonaws.com"),
+        // Nothing on images, snapshots or SSM.
+        call("ec2:DeregisterImage", IMG_NEW).has(KEY, CK),
+        call("ssm:PutParameter", "arn:aws:ssm:us-east-1:123456789012:parameter/kv/ami/stable/latest"),
+    ];
+    check("iam-policy-smoke-test.json", &[&p], &allow, &deny);
+}
+
+#[test]
+fn smoke_test_instance_policy_only_reports_on_smoke_test_instances() {
+    let p = policy("packaging/ami/iam-smoke-test-instance-policy.json");
+    let i = "arn:aws:ec2:us-east-1:123456789012:instance/i-0new";
+    let report = |c: Call| {
+        c.tags("kv-ami:smoke-result", "exit=0 step=8 enclave=RUNNING readyz=true health=SERVING")
+            .tags("kv-ami:smoke-pcr0", "0a")
+            .tags("kv-ami:smoke-pcr1", "01")
+            .tags("kv-ami:smoke-pcr2", "02")
+            .tags("kv-ami:smoke-status", "done")
+    };
+    let allow = vec![report(call("ec2:CreateTags", i).has(ROLE, "smoke-test"))];
+    let deny = vec![
+        // Another instance (a builder, a fleet instance), or other keys on its own.
+        report(call("ec2:CreateTags", i).has(ROLE, "builder")),
+        report(call("ec2:CreateTags", "arn:aws:ec2:us-east-1:123456789012:instance/i-0aaa")),
+        report(call("ec2:CreateTags", i).has(ROLE, "smoke-test")).tags(ROLE, "builder"),
+        call("ec2:CreateTags", i).has(ROLE, "smoke-test").tags(KEY, CK),
+        call("ec2:CreateTags", IMG_NEW).has(KEY, CK).tags("kv-ami:smoke-status", "done"),
+    ];
+    check("iam-smoke-test-instance-policy.json", &[&p], &allow, &deny);
+}
+
+#[test]
+fn gc_policy_deletes_only_images_and_snapshots_of_a_channel_with_the_content_key() {
+    let p = policy("packaging/ami/iam-policy-gc.json");
+    let ours = |c: Call| c.has(KEY, CK).has("kv-ami:channel", "stable");
+    let allow = vec![
+        call("ec2:DescribeImages", "*"),
+        call("ssm:GetParameter", "arn:aws:ssm:us-east-1:123456789012:parameter/kv/ami/stable/latest"),
+        ours(call("ec2:DeregisterImage", IMG)),
+        ours(call("ec2:DeleteSnapshot", SNAP)),
+        ours(call("ec2:DeregisterImage", COPY_NEW)),
+        ours(call("ec2:DeleteSnapshot", COPY_SNAP_NEW)),
+        ours(call("ec2:EnableImageDeprecation", IMG)),
+    ];
+    let deny = vec![
+        // Untagged, or with one of the two tags only.
+        call("ec2:DeregisterImage", IMG),
+        call("ec2:DeleteSnapshot", SNAP),
+        call("ec2:DeregisterImage", IMG).has(KEY, CK),
+        call("ec2:DeleteSnapshot", SNAP).has("kv-ami:channel", "stable"),
+        call("ec2:EnableImageDeprecation", IMG).has(KEY, CK),
+        call("ec2:DisableImageDeprecation", IMG).has(KEY, CK).has("kv-ami:channel", "stable"),
+        // Nothing else: no tagging (which could make something a candidate), sharing, writing SSM.
+        call("ec2:CreateTags", IMG).tags("kv-ami:channel", "stable"),
+        ours(call("ec2:ModifyImageAttribute", IMG)),
+        call("ssm:PutParameter", "arn:aws:ssm:us-east-1:123456789012:parameter/kv/ami/stable/latest"),
+        call("ssm:GetParameter", "arn:aws:ssm:us-east-1:123456789012:parameter/other/secret"),
+    ];
+    check("iam-policy-gc.json", &[&p], &allow, &deny);
+}
+
+#[test]
 fn builder_instance_policy_only_signals_on_builders() {
     let p = policy("packaging/ami/iam-builder-instance-policy.json");
     let i = "arn:aws:ec2:us-east-1:123456789012:instance/i-0new";

@@ -479,3 +479,90 @@ async fn an_import_task_in_the_state_file_is_polled_again_instead_of_importing_t
     assert_eq!(saved["image_id"], "ami-new");
     assert_eq!(saved["image_available"], true);
 }
+
+/// `kv-ami republish`: moto has no EnableImageDeprecation, so the renewal runs against mocks:
+/// three builds of channel `stable` in two regions, `latest` on the oldest in us-east-1 only.
+#[tokio::test]
+async fn republish_renews_the_deprecation_of_latest_and_the_newest_in_every_region_and_nothing_else() {
+    let tagged = |id: &str, key: &str, created: &str| {
+        t::Image::builder()
+            .image_id(id)
+            .state(t::ImageState::Available)
+            .creation_date(created)
+            .tags(t::Tag::builder().key("kv-ami:content-key").value(key).build())
+            .tags(t::Tag::builder().key("kv-ami:channel").value("stable").build())
+            .build()
+    };
+    let listing = |r: &'static str| {
+        mock!(Ec2::describe_images)
+            .match_requests(|q| {
+                q.owners() == ["self"] && q.filters().iter().any(|f| f.name() == Some("tag:kv-ami:channel"))
+            })
+            .then_output(move || {
+                images(vec![
+                    tagged(&format!("ami-k1-{r}"), "k1", "2026-01-01T00:00:00.000Z"),
+                    tagged(&format!("ami-k2-{r}"), "k2", "2026-02-01T00:00:00.000Z"),
+                    tagged(&format!("ami-k3-{r}"), "k3", "2026-03-01T00:00:00.000Z"),
+                ])
+            })
+    };
+    let days30 = 30 * 86400;
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let renew = |r: &'static str| {
+        mock!(Ec2::enable_image_deprecation)
+            .match_requests(move |q| {
+                let at = q.deprecate_at().map(|d| d.secs()).unwrap_or(0);
+                let id = q.image_id().unwrap_or("");
+                (id == format!("ami-k1-{r}") || id == format!("ami-k3-{r}"))
+                    && (at - now() - days30).abs() < 120
+            })
+            .then_output(|| {
+                op::enable_image_deprecation::EnableImageDeprecationOutput::builder().r#return(true).build()
+            })
+    };
+    let latest_east = mock!(aws_sdk_ssm::Client::get_parameter)
+        .match_requests(|q| q.name() == Some("/kv/ami/stable/latest"))
+        .then_output(|| {
+            aws_sdk_ssm::operation::get_parameter::GetParameterOutput::builder()
+                .parameter(aws_sdk_ssm::types::Parameter::builder().value("ami-k1-us-east-1").build())
+                .build()
+        });
+    let latest_west = mock!(aws_sdk_ssm::Client::get_parameter).then_error(|| {
+        aws_sdk_ssm::operation::get_parameter::GetParameterError::ParameterNotFound(
+            aws_sdk_ssm::types::error::ParameterNotFound::builder().build(),
+        )
+    });
+    let spec = AmiSpec::parse("name = \"kv-{content_key}\"\nregion = \"us-east-1\"\ncopy_to = [\"eu-west-1\"]\nchannel = \"stable\"\n").unwrap();
+    let (l_east, l_west, r_east, r_west) =
+        (listing("us-east-1"), listing("eu-west-1"), renew("us-east-1"), renew("eu-west-1"));
+    let region = |r: &str, list: &Rule, renew: &Rule, latest: &Rule| {
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &[list, renew]);
+        let ebs = mock_client!(aws_sdk_ebs, RuleMode::MatchAny, &[] as &[&Rule]);
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, &[latest]);
+        let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, &[] as &[&Rule]);
+        Clients::from_parts(r, ec2, ebs, ssm, s3)
+    };
+    let target = target(BTreeMap::from([
+        ("us-east-1", region("us-east-1", &l_east, &r_east, &latest_east)),
+        ("eu-west-1", region("eu-west-1", &l_west, &r_west, &latest_west)),
+    ]));
+    let log = Log::default();
+    let push = |l: &str| log.push(l);
+
+    // Dry run: the same choice, no EnableImageDeprecation.
+    let planned =
+        kv_ami::gc::republish(&spec, &target, "stable", 1, 0, days30 as u64, true, &push).await.unwrap();
+    assert_eq!((r_east.num_calls(), r_west.num_calls()), (0, 0));
+    let ids: Vec<&str> = planned["eu-west-1"].iter().map(|(i, _)| i.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec!["ami-k3-eu-west-1", "ami-k1-eu-west-1"],
+        "newest, then latest's build (latest is set in us-east-1 only)"
+    );
+
+    let done = kv_ami::gc::republish(&spec, &target, "stable", 1, 0, days30 as u64, false, &push)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{:#?}", log.lines()));
+    assert_eq!((r_east.num_calls(), r_west.num_calls()), (2, 2), "k1 and k3, not k2, in each region");
+    assert_eq!(done.values().map(Vec::len).sum::<usize>(), 4);
+}

@@ -9,6 +9,8 @@
 #   STANDIN_SERVING_AFTER    envoy's /healthcheck says SERVING from this call on (default 2; before
 #                            it: NOT_SERVING, as while the server loads its data); 0: never
 #   STANDIN_AWS_FAIL         1: every aws call fails
+#   STANDIN_PCRS             "PCR0 PCR1 PCR2": describe-enclaves lists the enclave as RUNNING with
+#                            these Measurements (as nitro-cli 1.2+ prints them), started or not
 set -euo pipefail
 
 : "${STANDIN_DIR:?STANDIN_DIR must be set}"
@@ -92,7 +94,11 @@ case "$name" in
         echo '{"EnclaveName": "'"$name"'", "State": "RUNNING"}'
         ;;
       describe-enclaves)
-        if [[ -f $STANDIN_DIR/enclave ]]; then
+        if [[ -n ${STANDIN_PCRS:-} ]]; then
+          read -r p0 p1 p2 <<<"$STANDIN_PCRS"
+          printf '[\n  {\n    "EnclaveName": "kv-server",\n    "EnclaveCID": 16,\n    "State": "RUNNING",\n    "Flags": "NONE",\n    "Measurements": {\n      "HashAlgorithm": "Sha384 { ... }",\n      "PCR0": "%s",\n      "PCR1": "%s",\n      "PCR2": "%s"\n    }\n  }\n]\n' \
+            "$p0" "$p1" "$p2"
+        elif [[ -f $STANDIN_DIR/enclave ]]; then
           printf '[\n  {\n    "EnclaveName": "%s",\n    "EnclaveCID": 16,\n    "State": "RUNNING"\n  }\n]\n' \
             "$(cat "$STANDIN_DIR/enclave")"
         else

@@ -2,6 +2,7 @@
 // Each test binary uses part of this module.
 #![allow(dead_code)]
 
+pub mod booted;
 pub mod builder;
 
 use std::net::{TcpListener, TcpStream};
