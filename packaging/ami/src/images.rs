@@ -54,18 +54,23 @@ pub fn key_tags(rt: ec2t::ResourceType, content_key: &str) -> ec2t::TagSpecifica
         .build()
 }
 
-/// An image of ours (owner self) carrying the content key, with its snapshots.
-pub async fn find_by_content_key(c: &Clients, content_key: &str) -> Result<Option<(String, Vec<String>)>> {
+/// This account's images tagged `tag = value` (DescribeImages, owner self).
+async fn own_images_tagged(c: &Clients, tag: &str, value: &str) -> Result<Vec<ec2t::Image>> {
     let out = c
         .ec2
         .describe_images()
         .owners("self")
-        .filters(ec2t::Filter::builder().name(format!("tag:{CONTENT_KEY_TAG}")).values(content_key).build())
+        .filters(ec2t::Filter::builder().name(format!("tag:{tag}")).values(value).build())
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk(&c.region, "ec2:DescribeImages", content_key, &e))?;
-    let mut usable: Vec<&ec2t::Image> = out
-        .images()
+        .map_err(|e| AwsError::from_sdk(&c.region, "ec2:DescribeImages", value, &e))?;
+    Ok(out.images.unwrap_or_default())
+}
+
+/// An image of ours (owner self) carrying the content key, with its snapshots.
+pub async fn find_by_content_key(c: &Clients, content_key: &str) -> Result<Option<(String, Vec<String>)>> {
+    let images = own_images_tagged(c, CONTENT_KEY_TAG, content_key).await?;
+    let mut usable: Vec<&ec2t::Image> = images
         .iter()
         .filter(|i| matches!(i.state().map(|s| s.as_str()), Some("available") | Some("pending")))
         .collect();
@@ -86,19 +91,11 @@ pub struct ChannelImage {
 /// This account's images tagged `kv-ami:channel = channel` that also carry the content key
 /// (nothing else is ever a gc candidate).
 pub async fn of_channel(c: &Clients, channel: &str) -> Result<Vec<ChannelImage>> {
-    let out = c
-        .ec2
-        .describe_images()
-        .owners("self")
-        .filters(ec2t::Filter::builder().name(format!("tag:{CHANNEL_TAG}")).values(channel).build())
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk(&c.region, "ec2:DescribeImages", channel, &e))?;
+    let images = own_images_tagged(c, CHANNEL_TAG, channel).await?;
     let tag = |i: &ec2t::Image, k: &str| {
         i.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_string)
     };
-    Ok(out
-        .images()
+    Ok(images
         .iter()
         .filter(|i| tag(i, CHANNEL_TAG).as_deref() == Some(channel))
         .filter_map(|i| {

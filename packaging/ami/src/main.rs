@@ -44,6 +44,45 @@ struct Common {
     skip_smoke_test: bool,
 }
 
+/// Which builds of a channel are in use: `gc` keeps them, `republish` renews them.
+#[derive(clap::Args)]
+struct Retention {
+    #[arg(long)]
+    spec: PathBuf,
+    /// How many of the newest builds stay in use (besides `latest`).
+    #[arg(long)]
+    keep: usize,
+    /// Overrides `channel` of the spec.
+    #[arg(long)]
+    channel: Option<String>,
+    /// Builds younger than this many days stay in use.
+    #[arg(long, default_value_t = 7)]
+    grace_days: u32,
+    /// Describe/Get calls only: decide and list, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+}
+
+impl Retention {
+    /// The spec, the channel (flag over spec, checked) and the grace period in seconds.
+    fn resolve(&self) -> Result<(AmiSpec, String, i64), String> {
+        let s = AmiSpec::load(&self.spec)?;
+        let channel = self.channel.clone().or_else(|| s.channel.clone()).ok_or_else(|| {
+            format!("{}: channel: not set (set it, or pass --channel)", self.spec.display())
+        })?;
+        let mut check = s.clone();
+        check.channel = Some(channel.clone());
+        check.validate().map_err(|e| format!("--channel: {e}"))?;
+        Ok((s, channel, i64::from(self.grace_days) * 86_400))
+    }
+
+    fn target(&self) -> aws::Target {
+        aws::Target { endpoint_url: self.endpoint_url.clone(), ..Default::default() }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Raw image -> snapshot (EBS direct APIs, or S3 + ImportSnapshot) -> AMI, copies, sharing, SSM.
@@ -107,43 +146,17 @@ enum Cmd {
     /// Deregister a channel's old builds (every region, with their snapshots); keeps the one
     /// `latest` points at, the N newest and those younger than the grace period.
     Gc {
-        #[arg(long)]
-        spec: PathBuf,
-        /// How many of the newest builds stay (besides `latest`).
-        #[arg(long)]
-        keep: usize,
-        /// Overrides `channel` of the spec.
-        #[arg(long)]
-        channel: Option<String>,
-        /// Builds younger than this many days stay.
-        #[arg(long, default_value_t = 7)]
-        grace_days: u32,
-        /// List and decide (Describe/Get calls only); deregister and delete nothing.
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
-        endpoint_url: Option<String>,
+        #[command(flatten)]
+        retention: Retention,
     },
     /// Renew the deprecation time of a channel's builds still in use (those gc keeps with the same
     /// --keep and --grace-days), in every region.
     Republish {
-        #[arg(long)]
-        spec: PathBuf,
-        /// As for gc: the newest builds counted as in use (besides `latest`).
-        #[arg(long)]
-        keep: usize,
-        #[arg(long)]
-        channel: Option<String>,
-        #[arg(long, default_value_t = 7)]
-        grace_days: u32,
+        #[command(flatten)]
+        retention: Retention,
         /// The new deprecation time: now plus this many days (1-3650).
         #[arg(long)]
         deprecate_in_days: u32,
-        /// Describe/Get calls only; no EnableImageDeprecation.
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
-        endpoint_url: Option<String>,
     },
     /// Local scan only: blocks, non-zero blocks, SHA-256 of each (the upload's local ceiling).
     Scan {
@@ -259,42 +272,37 @@ fn real_main() -> Result<(), String> {
             println!("{{\"ami\":\"{ami}\",\"smoke_test\":\"passed\"}}");
             Ok(())
         }
-        Cmd::Gc { spec, keep, channel, grace_days, dry_run, endpoint_url } => {
-            let s = AmiSpec::load(&spec)?;
-            let channel = channel
-                .or_else(|| s.channel.clone())
-                .ok_or_else(|| format!("{}: channel: not set (set it, or pass --channel)", spec.display()))?;
-            let mut check = s.clone();
-            check.channel = Some(channel.clone());
-            check.validate().map_err(|e| format!("--channel: {e}"))?;
-            let target = aws::Target { endpoint_url, ..Default::default() };
+        Cmd::Gc { retention } => {
+            let (s, channel, grace) = retention.resolve()?;
             let log = |l: &str| eprintln!("{l}");
-            let grace = i64::from(grace_days) * 86_400;
+            let (keep, dry_run) = (retention.keep, retention.dry_run);
             let report = rt()?
-                .block_on(kv_ami::gc::gc(&s, &target, &channel, keep, grace, dry_run, &log))
+                .block_on(kv_ami::gc::gc(&s, &retention.target(), &channel, keep, grace, dry_run, &log))
                 .map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
             Ok(())
         }
-        Cmd::Republish { spec, keep, channel, grace_days, deprecate_in_days, dry_run, endpoint_url } => {
-            let s = AmiSpec::load(&spec)?;
-            let channel = channel
-                .or_else(|| s.channel.clone())
-                .ok_or_else(|| format!("{}: channel: not set (set it, or pass --channel)", spec.display()))?;
-            let mut check = s.clone();
-            check.channel = Some(channel.clone());
-            check.validate().map_err(|e| format!("--channel: {e}"))?;
+        Cmd::Republish { retention, deprecate_in_days } => {
+            let (s, channel, grace) = retention.resolve()?;
             if !(1..=3650).contains(&deprecate_in_days) {
                 return Err(format!(
                     "--deprecate-in-days: {deprecate_in_days} is outside 1-3650 (AWS: at most 10 years)"
                 ));
             }
-            let target = aws::Target { endpoint_url, ..Default::default() };
             let log = |l: &str| eprintln!("{l}");
-            let grace = i64::from(grace_days) * 86_400;
             let secs = u64::from(deprecate_in_days) * 86_400;
+            let (keep, dry_run) = (retention.keep, retention.dry_run);
             let done = rt()?
-                .block_on(kv_ami::gc::republish(&s, &target, &channel, keep, grace, secs, dry_run, &log))
+                .block_on(kv_ami::gc::republish(
+                    &s,
+                    &retention.target(),
+                    &channel,
+                    keep,
+                    grace,
+                    secs,
+                    dry_run,
+                    &log,
+                ))
                 .map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string_pretty(&done).map_err(|e| e.to_string())?);
             Ok(())
