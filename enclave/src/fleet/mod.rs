@@ -29,8 +29,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeyEncryptionMechanism, RecipientInfo};
-use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use zeroize::Zeroizing;
 
 use crate::attestation::{AttestError, Attester};
@@ -202,26 +203,24 @@ impl FleetKeys {
             .build())
     }
 
-    fn kms_error<E>(
+    fn kms_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
         &self,
         operation: &'static str,
-        err: &SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
-    ) -> FleetError
-    where
-        E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static,
-    {
+        err: &SdkError<E, HttpResponse>,
+    ) -> FleetError {
         FleetError::Kms { operation, key: self.kms_key.clone(), detail: describe(err) }
     }
 
-    fn s3_error<E>(
+    fn s3_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
         &self,
         operation: &'static str,
-        err: &SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
-    ) -> FleetError
-    where
-        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
-    {
+        err: &SdkError<E, HttpResponse>,
+    ) -> FleetError {
         FleetError::S3 { operation, location: self.location.clone(), detail: describe(err) }
+    }
+
+    fn keyset_error(&self, source: KeySetError) -> FleetError {
+        FleetError::KeySet { location: self.location.clone(), source }
     }
 
     /// A new data key: (plaintext, KMS blob).
@@ -270,10 +269,9 @@ impl FleetKeys {
         };
         let length = output.content_length().unwrap_or(0);
         if usize::try_from(length).map_or(true, |l| l > MAX_OBJECT_BYTES) {
-            return Err(FleetError::KeySet {
-                location: self.location.clone(),
-                source: KeySetError::TooLarge(usize::try_from(length).unwrap_or(usize::MAX)),
-            });
+            return Err(
+                self.keyset_error(KeySetError::TooLarge(usize::try_from(length).unwrap_or(usize::MAX)))
+            );
         }
         let etag = output.e_tag().unwrap_or_default().to_string();
         let bytes = output.body.collect().await.map_err(|e| FleetError::S3 {
@@ -307,7 +305,7 @@ impl FleetKeys {
     }
 
     fn open(&self, sealed: &Sealed, data_key: &[u8]) -> Result<KeySet, FleetError> {
-        sealed.open(data_key).map_err(|source| FleetError::KeySet { location: self.location.clone(), source })
+        sealed.open(data_key).map_err(|e| self.keyset_error(e))
     }
 
     /// One step: read the object (making it if missing), then rotate if due. Returns what is held
@@ -320,10 +318,9 @@ impl FleetKeys {
         for _ in 0..8 {
             let Some((bytes, etag)) = self.get().await? else {
                 let (data_key, blob) = self.generate_data_key().await?;
-                let set = KeySet::generate(unix_now())
-                    .map_err(|source| FleetError::KeySet { location: self.location.clone(), source })?;
-                let sealed = Sealed::seal(&set, &self.kms_key, &data_key, &blob)
-                    .map_err(|source| FleetError::KeySet { location: self.location.clone(), source })?;
+                let set = KeySet::generate(unix_now()).map_err(|e| self.keyset_error(e))?;
+                let sealed =
+                    Sealed::seal(&set, &self.kms_key, &data_key, &blob).map_err(|e| self.keyset_error(e))?;
                 match self.put(sealed.to_json(), None).await? {
                     Written::Yes(etag) => {
                         tracing::info!(location = %self.location, key_id = set.newest().pair.id, "created the fleet key set");
@@ -332,8 +329,7 @@ impl FleetKeys {
                     Written::Conflict => continue,
                 }
             };
-            let sealed = Sealed::from_json(&bytes)
-                .map_err(|source| FleetError::KeySet { location: self.location.clone(), source })?;
+            let sealed = Sealed::from_json(&bytes).map_err(|e| self.keyset_error(e))?;
             let (data_key, set) = match held.take() {
                 Some(h) if h.etag == etag => (h.data_key, h.set),
                 Some(h) if h.data_key_blob == sealed.data_key_blob => {
@@ -350,11 +346,9 @@ impl FleetKeys {
             if !set.rotation_due(now, v2.key_rotation) {
                 return Ok(Held { etag, data_key_blob: sealed.data_key_blob, data_key, set });
             }
-            let rotated = set
-                .rotated(now, v2.key_grace)
-                .map_err(|source| FleetError::KeySet { location: self.location.clone(), source })?;
+            let rotated = set.rotated(now, v2.key_grace).map_err(|e| self.keyset_error(e))?;
             let resealed = Sealed::seal(&rotated, &self.kms_key, &data_key, &sealed.data_key_blob)
-                .map_err(|source| FleetError::KeySet { location: self.location.clone(), source })?;
+                .map_err(|e| self.keyset_error(e))?;
             match self.put(resealed.to_json(), Some(&etag)).await? {
                 Written::Yes(etag) => {
                     tracing::info!(
