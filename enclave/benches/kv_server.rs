@@ -215,7 +215,13 @@ fn main() {
         println!("|---|---|---|---|---|---|---|---|---|");
         let duration = Duration::from_secs(seconds);
         let mut ratios = Vec::new();
-        for concurrency in [1usize, 64] {
+        // `KV_BENCH_CONCURRENCY=64` runs one concurrency; `KV_BENCH_ONLY="10 keys"` only the rows
+        // whose label contains it (the Health/Check peer always runs): for profiling one row.
+        let concurrencies: Vec<usize> = match std::env::var("KV_BENCH_CONCURRENCY") {
+            Ok(c) => vec![c.parse().expect("KV_BENCH_CONCURRENCY: a number")],
+            Err(_) => vec![1, 64],
+        };
+        for concurrency in concurrencies {
             let mut rows = Vec::new();
             let servers = [("baseline", base.as_ref(), baseline.as_ref()), ("this build", Some(&this), Some(&server))];
             for (name, channel, process) in servers {
@@ -339,7 +345,13 @@ async fn query_rows(
     let peer_cpu = cpu_per_request(before, &peer);
     rows.push(("Health/Check".to_string(), peer, peer_cpu));
     let shapes: [(u64, bool); 4] = [(1, false), (10, false), (100, false), (10, true)];
+    let only = std::env::var("KV_BENCH_ONLY").ok();
     for (keys, json) in shapes {
+        let label =
+            if json { format!("GetValues {keys} JSON keys") } else { format!("GetValues {keys} keys") };
+        if only.as_deref().is_some_and(|only| !label.contains(only)) {
+            continue;
+        }
         // 1,024 different requests per row, encoded before the load starts.
         let requests: Arc<Vec<Bytes>> = Arc::new(
             (0..1024u64)
@@ -372,8 +384,6 @@ async fn query_rows(
             }
         })
         .await;
-        let label =
-            if json { format!("GetValues {keys} JSON keys") } else { format!("GetValues {keys} keys") };
         let server_cpu = cpu_per_request(before, &figures);
         rows.push((label, figures, server_cpu));
     }
