@@ -183,6 +183,22 @@ pub async fn gc(
                 Err(e) => {
                     log(&format!("FAILED {what}: {e}"));
                     failed.push(e.to_string());
+                    // The parameter stays while its image does.
+                    continue;
+                }
+            }
+            if let Err(e) =
+                delete_build_parameter(spec, &clients[r], channel, &b.content_key, &i.image_id, log).await
+            {
+                log(&format!("FAILED {r}: build parameter of {short}: {e}"));
+                failed.push(e.to_string());
+            }
+        }
+        if dry_run {
+            for (r, i) in &b.images {
+                let name = spec.build_parameter(channel, &b.content_key);
+                if ssm::get_optional(&clients[r], &name).await?.as_deref() == Some(i.image_id.as_str()) {
+                    log(&format!("dry run: would delete {r}: {name}"));
                 }
             }
         }
@@ -196,6 +212,28 @@ pub async fn gc(
         kept: p.kept.iter().map(|(b, why)| report_build(b, why.clone())).collect(),
         deleted: p.delete.iter().map(|b| report_build(b, Vec::new())).collect(),
     })
+}
+
+/// The build parameter `SSM_PREFIX/CHANNEL/builds/<key 12>` of a deregistered image, when it names
+/// that image (one that names another image, or none, is left alone and logged).
+async fn delete_build_parameter(
+    spec: &AmiSpec,
+    c: &Clients,
+    channel: &str,
+    content_key: &str,
+    image_id: &str,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<(), ssm::Error> {
+    let name = spec.build_parameter(channel, content_key);
+    match ssm::get_optional(c, &name).await? {
+        Some(v) if v == image_id => {
+            ssm::delete(c, &name).await?;
+            log(&format!("deleted {}: {name}", c.region));
+        }
+        Some(v) => log(&format!("{}: {name} names {v}, not {image_id}: left alone", c.region)),
+        None => {}
+    }
+    Ok(())
 }
 
 /// `kv-ami republish`: every image (every region) of the builds [`gc`] would keep with the same
@@ -253,6 +291,14 @@ pub fn planned_lines(spec: &AmiSpec, channel: &str) -> Vec<String> {
         ));
         v.push(format!("{r} ec2:DeregisterImage (each image of a build that goes)"));
         v.push(format!("{r} ec2:DeleteSnapshot (the snapshots it listed)"));
+        v.push(format!(
+            "{r} ssm:GetParameter {} (each build that goes)",
+            spec.build_parameter(channel, "<key>")
+        ));
+        v.push(format!(
+            "{r} ssm:DeleteParameter {} (when it names the deregistered image)",
+            spec.build_parameter(channel, "<key>")
+        ));
     }
     v
 }
