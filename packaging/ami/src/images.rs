@@ -5,7 +5,7 @@
 
 use crate::aws::{AwsError, Clients};
 use crate::plan::{self, WaitStep};
-use crate::spec::{AmiSpec, CHANNEL_TAG, CONTENT_KEY_TAG};
+use crate::spec::{AmiSpec, CHANNEL_TAG, CONTENT_KEY_TAG, SMOKE_TAG};
 use crate::wait::Bound;
 use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
@@ -54,6 +54,11 @@ pub fn key_tags(rt: ec2t::ResourceType, content_key: &str) -> ec2t::TagSpecifica
         .build()
 }
 
+/// The value of an image's tag `key`.
+fn tag_of(i: &ec2t::Image, key: &str) -> Option<String> {
+    i.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(str::to_string)
+}
+
 /// This account's images tagged `tag = value` (DescribeImages, owner self).
 async fn own_images_tagged(c: &Clients, tag: &str, value: &str) -> Result<Vec<ec2t::Image>> {
     let out = c
@@ -86,15 +91,15 @@ pub struct ChannelImage {
     /// CreationDate, seconds since the epoch.
     pub created: i64,
     pub snapshots: Vec<String>,
+    /// Tagged `kv-ami:smoke = failed`: never kept as one of the newest.
+    pub failed_smoke: bool,
 }
 
 /// This account's images tagged `kv-ami:channel = channel` that also carry the content key
 /// (nothing else is ever a gc candidate).
 pub async fn of_channel(c: &Clients, channel: &str) -> Result<Vec<ChannelImage>> {
     let images = own_images_tagged(c, CHANNEL_TAG, channel).await?;
-    let tag = |i: &ec2t::Image, k: &str| {
-        i.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_string)
-    };
+    let tag = tag_of;
     Ok(images
         .iter()
         .filter(|i| tag(i, CHANNEL_TAG).as_deref() == Some(channel))
@@ -111,6 +116,7 @@ pub async fn of_channel(c: &Clients, channel: &str) -> Result<Vec<ChannelImage>>
                 content_key: tag(i, CONTENT_KEY_TAG)?,
                 created: created.secs(),
                 snapshots: snapshots_of(i),
+                failed_smoke: tag(i, SMOKE_TAG).as_deref() == Some("failed"),
             })
         })
         .collect())
@@ -146,8 +152,21 @@ pub async fn deregister_listed(c: &Clients, image_id: &str, snapshots: &[String]
     Ok(())
 }
 
-/// The content key of an available image of this account (`kv-ami promote`).
+/// kv-ami's tags of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvTags {
+    pub content_key: String,
+    /// `kv-ami:smoke`: `failed`, `passed`, `skipped`, or none (published before the tag existed).
+    pub smoke: Option<String>,
+}
+
+/// The content key of an available image of this account (`kv-ami promote`, `smoke-test`).
 pub async fn content_key_of(c: &Clients, image_id: &str) -> Result<String> {
+    Ok(kv_tags_of(c, image_id).await?.content_key)
+}
+
+/// kv-ami's tags of an available image of this account; one without the content key is refused.
+pub async fn kv_tags_of(c: &Clients, image_id: &str) -> Result<KvTags> {
     let out = c
         .ec2
         .describe_images()
@@ -165,12 +184,9 @@ pub async fn content_key_of(c: &Clients, image_id: &str) -> Result<String> {
     if i.state().map(|s| s.as_str()) != Some("available") {
         return Err(refuse(&format!("state {:?}, not available", i.state().map(|s| s.as_str()))));
     }
-    i.tags()
-        .iter()
-        .find(|t| t.key() == Some(CONTENT_KEY_TAG))
-        .and_then(|t| t.value())
-        .map(str::to_string)
-        .ok_or_else(|| refuse(&format!("no {CONTENT_KEY_TAG} tag: not an image kv-ami made")))
+    let content_key = tag_of(i, CONTENT_KEY_TAG)
+        .ok_or_else(|| refuse(&format!("no {CONTENT_KEY_TAG} tag: not an image kv-ami made")))?;
+    Ok(KvTags { content_key, smoke: tag_of(i, SMOKE_TAG) })
 }
 
 /// The newest available image named `name` (a pattern) of `owner` for `architecture`.

@@ -315,6 +315,10 @@ fn default_signal_secs() -> u64 {
 pub const CONTENT_KEY_TAG: &str = "kv-ami:content-key";
 /// Tag key carrying the spec's `channel` on images and snapshots (`kv-ami gc` lists by it).
 pub const CHANNEL_TAG: &str = "kv-ami:channel";
+/// Tag key carrying the smoke test's outcome on images and snapshots: `failed` (set at once, with
+/// the channel, so that `kv-ami gc` removes it after the grace period; `promote` refuses it),
+/// `passed` or `skipped` (set at publish).
+pub const SMOKE_TAG: &str = "kv-ami:smoke";
 
 impl AmiSpec {
     pub fn load(path: &Path) -> Result<AmiSpec, String> {
