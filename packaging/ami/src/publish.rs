@@ -112,12 +112,12 @@ pub async fn publish(
         let (src_ami, name) = (src_ami.clone(), ctx.name());
         async move {
             let c = Clients::new(r, ctx.target).await;
-            let (ami, reused) = match images::find_by_content_key(&c, key).await? {
+            let variant = s.variant.as_deref();
+            let (ami, reused) = match images::find_by_content_key(&c, key, variant).await? {
                 Some((ami, _)) => (ami, true),
                 None => {
-                    let kms = s.kms_key_ids.get(r).map(String::as_str);
-                    let ami =
-                        images::copy(&c, &s.region, &src_ami, &name, key, s.encrypt_copies, kms).await?;
+                    // The spec's region, encryption, KMS key for this region and variant tag.
+                    let ami = images::copy(&c, s, &src_ami, &name, key).await?;
                     (ami, false)
                 }
             };
@@ -214,10 +214,15 @@ pub async fn promote(
 ) -> Result<BTreeMap<String, String>, Error> {
     let src = Clients::new(&spec.region, target).await;
     let kv = images::kv_tags_of(&src, ami).await?;
+    let refuse = |why: String| Error::Input(format!("promote {ami}: {}: {why}", spec.region));
     if kv.smoke.as_deref() == Some("failed") {
-        return Err(Error::Input(format!(
-            "promote {ami}: {}: it failed its smoke test ({SMOKE_TAG}=failed): never promoted",
-            spec.region
+        return Err(refuse(format!("it failed its smoke test ({SMOKE_TAG}=failed): never promoted")));
+    }
+    if kv.variant != spec.variant {
+        return Err(refuse(format!(
+            "its variant is {}, the spec's {} (--variant)",
+            kv.variant.as_deref().unwrap_or("none"),
+            spec.variant.as_deref().unwrap_or("none")
         )));
     }
     let key = kv.content_key;
@@ -225,7 +230,7 @@ pub async fn promote(
     let mut missing = Vec::new();
     for r in spec.all_regions() {
         let c = if r == spec.region { src.clone() } else { Clients::new(&r, target).await };
-        match images::find_by_content_key(&c, &key).await? {
+        match images::find_by_content_key(&c, &key, spec.variant.as_deref()).await? {
             Some((id, _)) if r != spec.region || id == ami => {
                 found.insert(r.clone(), (c, id));
             }
@@ -297,6 +302,10 @@ pub fn manifest(
 ) -> Manifest {
     let s = ctx.spec;
     let key = ctx.content_key;
+    let mut custom = custom;
+    if let Some(v) = &s.variant {
+        custom.insert("variant".to_string(), v.clone());
+    }
     timings.insert("total".to_string(), t0.elapsed().as_secs_f64());
     let artifact_id = s
         .all_regions()
