@@ -61,13 +61,21 @@ impl BakeJob {
     pub fn prepare(spec: AmiSpec, bundle_dir: &Path) -> Result<BakeJob, String> {
         spec.validate()?;
         let bake = spec.bake.clone().ok_or("bake: the [bake] table is missing (kv-ami bake needs it)")?;
+        if spec.volume.volume_type != crate::spec::VolumeType::Gp3 {
+            let at = spec.variant.as_ref().map(|v| format!("variant {v}: ")).unwrap_or_default();
+            return Err(format!(
+                "{at}volume.type: the bake's builder volume is gp3 only ({} images: kv-ami import)",
+                spec.volume.volume_type.as_str()
+            ));
+        }
         let manifest = bundle_dir.join(MANIFEST);
         let (m, content_key) = BundleManifest::read_with_key(&manifest).map_err(|e| e.to_string())?;
         m.check_files(bundle_dir).map_err(|e| e.to_string())?;
         let meta = std::fs::metadata(&manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
         let mut files = vec![BundleFile { path: MANIFEST.into(), size: meta.len() }];
         files.extend(m.files.iter().map(|f| BundleFile { path: f.path.clone(), size: f.size }));
-        let run_id = format!("{}-{}", &content_key[..12], crate::spec::now_unix());
+        let variant = spec.variant.as_ref().map(|v| format!("{v}-")).unwrap_or_default();
+        let run_id = format!("{}-{variant}{}", &content_key[..12], crate::spec::now_unix());
         let smoke = crate::smoke::prepare(&spec, &m.pcrs)?;
         Ok(BakeJob { spec, bake, bundle_dir: bundle_dir.to_path_buf(), files, content_key, run_id, smoke })
     }
@@ -183,10 +191,14 @@ impl BakeJob {
 /// CreateImage's TagSpecifications: the content key on the image and, with `snapshots`, on the
 /// snapshots it makes, from the start: IAM (iam-policy-bake.json) lets kv-ami tag, share and
 /// delete only images and snapshots that carry it, and tag others only while creating them.
-pub(crate) fn create_image_tags(content_key: &str, snapshots: bool) -> Vec<ec2t::TagSpecification> {
-    let mut v = vec![key_tags(ec2t::ResourceType::Image, content_key)];
+pub(crate) fn create_image_tags(
+    content_key: &str,
+    variant: Option<&str>,
+    snapshots: bool,
+) -> Vec<ec2t::TagSpecification> {
+    let mut v = vec![key_tags(ec2t::ResourceType::Image, content_key, variant)];
     if snapshots {
-        v.push(key_tags(ec2t::ResourceType::Snapshot, content_key));
+        v.push(key_tags(ec2t::ResourceType::Snapshot, content_key, variant));
     }
     v
 }
@@ -227,7 +239,8 @@ async fn bake_body(job: &BakeJob, ctx: &Ctx<'_>) -> Result<Manifest, Error> {
     let c = Clients::new(&s.region, ctx.target).await;
     let r = c.region.clone();
 
-    let (ami, snaps, reused) = match images::find_by_content_key(&c, &job.content_key).await? {
+    let found = images::find_by_content_key(&c, &job.content_key, s.variant.as_deref()).await?;
+    let (ami, snaps, reused) = match found {
         Some((ami, snaps)) => {
             log(&format!("{r}: reusing {ami} (content key {})", job.content_key));
             images::wait_image(&c, &ami, bound).await?;
@@ -311,12 +324,13 @@ async fn bake_body(job: &BakeJob, ctx: &Ctx<'_>) -> Result<Manifest, Error> {
                 // A stopped instance needs no reboot; a spot one (cannot be stopped) is rebooted
                 // by CreateImage for a consistent file system.
                 !b.spot,
-                create_image_tags(&job.content_key, !ctx.target.is_emulator()),
+                create_image_tags(&job.content_key, s.variant.as_deref(), !ctx.target.is_emulator()),
             )
             .await?;
             let armed = ctx.cleanup.push(&c, Undo::DeregisterImage(ami.clone()), When::OnFailure);
             // Tag at once as well (as RegisterImage does): the content key is what a re-run finds.
-            images::tag_content_key(&c, std::slice::from_ref(&ami), &job.content_key).await?;
+            let find_tags = images::find_tags(&job.content_key, s.variant.as_deref());
+            images::tag(&c, std::slice::from_ref(&ami), &find_tags).await?;
             // Its snapshots too, as soon as DescribeImages lists them: the cleanup may delete only
             // snapshots carrying the content key (IAM). On AWS they carry it from CreateImage
             // already (and IAM lets kv-ami tag only what carries it); an emulator gets no snapshot
@@ -371,9 +385,9 @@ mod tests {
         };
         let key = "kv-ami:content-key=ck".to_string();
         assert_eq!(
-            kinds(create_image_tags("ck", true)),
+            kinds(create_image_tags("ck", None, true)),
             vec![("image".to_string(), key.clone()), ("snapshot".to_string(), key.clone())]
         );
-        assert_eq!(kinds(create_image_tags("ck", false)), vec![("image".to_string(), key)]);
+        assert_eq!(kinds(create_image_tags("ck", None, false)), vec![("image".to_string(), key)]);
     }
 }

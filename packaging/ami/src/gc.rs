@@ -21,6 +21,8 @@ pub struct Build {
     /// The oldest CreationDate of its images (the source image's, normally).
     pub created: i64,
     pub images: BTreeMap<String, ChannelImage>,
+    /// Some image of it is tagged `kv-ami:smoke = failed`: only the grace period keeps it.
+    pub failed_smoke: bool,
 }
 
 /// Why a build stays.
@@ -49,26 +51,34 @@ pub fn builds(per_region: &BTreeMap<String, Vec<ChannelImage>>) -> Vec<Build> {
                 content_key: i.content_key.clone(),
                 created: i.created,
                 images: BTreeMap::new(),
+                failed_smoke: false,
             });
             b.created = b.created.min(i.created);
+            b.failed_smoke |= i.failed_smoke;
             b.images.insert(region.clone(), i.clone());
         }
     }
     by_key.into_values().collect()
 }
 
-/// Which builds stay and which go. `latest`: the content keys any region's `latest` names.
+/// Which builds stay and which go. `latest`: the content keys any region's `latest` names. A
+/// build that failed its smoke test is never one of the `keep` newest (nor does it take a good
+/// build's place among them); only the grace period keeps it.
 pub fn plan(mut all: Vec<Build>, latest: &BTreeSet<String>, keep: usize, grace_secs: i64, now: i64) -> Plan {
     // Newest first; the content key breaks ties so the plan does not depend on listing order.
     all.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.content_key.cmp(&a.content_key)));
     let mut p = Plan::default();
-    for (n, b) in all.into_iter().enumerate() {
+    let mut good = 0;
+    for b in all {
         let mut why = Vec::new();
-        if latest.contains(&b.content_key) {
+        if latest.contains(&b.content_key) && !b.failed_smoke {
             why.push(Kept::Latest);
         }
-        if n < keep {
-            why.push(Kept::Newest);
+        if !b.failed_smoke {
+            if good < keep {
+                why.push(Kept::Newest);
+            }
+            good += 1;
         }
         if now - b.created < grace_secs {
             why.push(Kept::Grace);
@@ -98,6 +108,9 @@ pub struct ReportBuild {
     pub created: i64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub why: Vec<Kept>,
+    /// Failed its smoke test (never published).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub failed_smoke: bool,
     /// region -> (image, its snapshots)
     pub images: BTreeMap<String, (String, Vec<String>)>,
 }
@@ -107,6 +120,7 @@ fn report_build(b: &Build, why: Vec<Kept>) -> ReportBuild {
         content_key: b.content_key.clone(),
         created: b.created,
         why,
+        failed_smoke: b.failed_smoke,
         images: b
             .images
             .iter()
@@ -183,6 +197,22 @@ pub async fn gc(
                 Err(e) => {
                     log(&format!("FAILED {what}: {e}"));
                     failed.push(e.to_string());
+                    // The parameter stays while its image does.
+                    continue;
+                }
+            }
+            if let Err(e) =
+                delete_build_parameter(spec, &clients[r], channel, &b.content_key, &i.image_id, log).await
+            {
+                log(&format!("FAILED {r}: build parameter of {short}: {e}"));
+                failed.push(e.to_string());
+            }
+        }
+        if dry_run {
+            for (r, i) in &b.images {
+                let name = spec.build_parameter(channel, &b.content_key);
+                if ssm::get_optional(&clients[r], &name).await?.as_deref() == Some(i.image_id.as_str()) {
+                    log(&format!("dry run: would delete {r}: {name}"));
                 }
             }
         }
@@ -196,6 +226,28 @@ pub async fn gc(
         kept: p.kept.iter().map(|(b, why)| report_build(b, why.clone())).collect(),
         deleted: p.delete.iter().map(|b| report_build(b, Vec::new())).collect(),
     })
+}
+
+/// The build parameter `SSM_PREFIX/CHANNEL/builds/<key 12>` of a deregistered image, when it names
+/// that image (one that names another image, or none, is left alone and logged).
+async fn delete_build_parameter(
+    spec: &AmiSpec,
+    c: &Clients,
+    channel: &str,
+    content_key: &str,
+    image_id: &str,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<(), ssm::Error> {
+    let name = spec.build_parameter(channel, content_key);
+    match ssm::get_optional(c, &name).await? {
+        Some(v) if v == image_id => {
+            ssm::delete(c, &name).await?;
+            log(&format!("deleted {}: {name}", c.region));
+        }
+        Some(v) => log(&format!("{}: {name} names {v}, not {image_id}: left alone", c.region)),
+        None => {}
+    }
+    Ok(())
 }
 
 /// `kv-ami republish`: every image (every region) of the builds [`gc`] would keep with the same
@@ -215,7 +267,8 @@ pub async fn republish(
     let (clients, p) = survey(spec, target, channel, keep, grace_secs, log).await?;
     let at = crate::spec::now_unix() + deprecate_in_secs;
     let mut done: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
-    for (b, why) in &p.kept {
+    // A failed build kept by the grace period only is not in use: it is not renewed.
+    for (b, why) in p.kept.iter().filter(|(b, _)| !b.failed_smoke) {
         for (r, i) in &b.images {
             let what = format!(
                 "{r}: {} (build {}, kept: {why:?}) deprecate_at={at}",
@@ -253,6 +306,14 @@ pub fn planned_lines(spec: &AmiSpec, channel: &str) -> Vec<String> {
         ));
         v.push(format!("{r} ec2:DeregisterImage (each image of a build that goes)"));
         v.push(format!("{r} ec2:DeleteSnapshot (the snapshots it listed)"));
+        v.push(format!(
+            "{r} ssm:GetParameter {} (each build that goes)",
+            spec.build_parameter(channel, "<key>")
+        ));
+        v.push(format!(
+            "{r} ssm:DeleteParameter {} (when it names the deregistered image)",
+            spec.build_parameter(channel, "<key>")
+        ));
     }
     v
 }
@@ -278,11 +339,12 @@ mod tests {
                     content_key: key.into(),
                     created,
                     snapshots: vec![format!("snap-{key}-{r}")],
+                    failed_smoke: false,
                 };
                 (r.to_string(), i)
             })
             .collect();
-        Build { content_key: key.into(), created, images }
+        Build { content_key: key.into(), created, images, failed_smoke: false }
     }
 
     fn keys(v: &[Build]) -> Vec<&str> {
@@ -314,12 +376,32 @@ mod tests {
     }
 
     #[test]
+    fn a_build_that_failed_its_smoke_test_is_kept_by_the_grace_period_only() {
+        let day = 86_400;
+        let now = 100 * day;
+        let mut failed = b("bad", 99 * day, &["e"]);
+        failed.failed_smoke = true;
+        let all = vec![b("k1", 10 * day, &["e"]), b("k2", 20 * day, &["e"]), failed];
+        // keep 2: the failed build is the newest, but the two good ones are what keep keeps.
+        let latest = BTreeSet::from(["bad".to_string()]);
+        let p = plan(all.clone(), &latest, 2, 0, now);
+        assert_eq!(keys(&p.delete), vec!["bad"]);
+        let kept: Vec<&str> = p.kept.iter().map(|(b, _)| b.content_key.as_str()).collect();
+        assert_eq!(kept, vec!["k2", "k1"]);
+        // Within the grace period it stays, for that reason only.
+        let p = plan(all, &latest, 2, 7 * day, now);
+        assert_eq!(p.kept[0].0.content_key, "bad");
+        assert_eq!(p.kept[0].1, vec![Kept::Grace]);
+    }
+
+    #[test]
     fn builds_group_regions_by_content_key_and_take_the_oldest_creation() {
         let img = |key: &str, created: i64| ChannelImage {
             image_id: format!("ami-{key}{created}"),
             content_key: key.into(),
             created,
             snapshots: vec![],
+            failed_smoke: false,
         };
         let per_region = BTreeMap::from([
             ("eu-west-1".to_string(), vec![img("a", 5), img("b", 9)]),

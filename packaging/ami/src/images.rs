@@ -5,7 +5,7 @@
 
 use crate::aws::{AwsError, Clients};
 use crate::plan::{self, WaitStep};
-use crate::spec::{AmiSpec, CHANNEL_TAG, CONTENT_KEY_TAG};
+use crate::spec::{AmiSpec, CHANNEL_TAG, CONTENT_KEY_TAG, SMOKE_TAG, VARIANT_TAG, VolumeType};
 use crate::wait::Bound;
 use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
@@ -46,12 +46,22 @@ crate::aws::call_code!(Error);
 
 type Result<T> = std::result::Result<T, Error>;
 
-/// The content-key tag for a resource type at creation.
-pub fn key_tags(rt: ec2t::ResourceType, content_key: &str) -> ec2t::TagSpecification {
-    ec2t::TagSpecification::builder()
+/// The content-key tag (and the variant's, for a spec with variants) for a resource type at
+/// creation: what a re-run finds the resource by.
+pub fn key_tags(rt: ec2t::ResourceType, content_key: &str, variant: Option<&str>) -> ec2t::TagSpecification {
+    let b = ec2t::TagSpecification::builder()
         .resource_type(rt)
-        .tags(ec2t::Tag::builder().key(CONTENT_KEY_TAG).value(content_key).build())
-        .build()
+        .tags(ec2t::Tag::builder().key(CONTENT_KEY_TAG).value(content_key).build());
+    match variant {
+        Some(v) => b.tags(ec2t::Tag::builder().key(VARIANT_TAG).value(v).build()),
+        None => b,
+    }
+    .build()
+}
+
+/// The value of an image's tag `key`.
+fn tag_of(i: &ec2t::Image, key: &str) -> Option<String> {
+    i.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(str::to_string)
 }
 
 /// This account's images tagged `tag = value` (DescribeImages, owner self).
@@ -67,12 +77,18 @@ async fn own_images_tagged(c: &Clients, tag: &str, value: &str) -> Result<Vec<ec
     Ok(out.images.unwrap_or_default())
 }
 
-/// An image of ours (owner self) carrying the content key, with its snapshots.
-pub async fn find_by_content_key(c: &Clients, content_key: &str) -> Result<Option<(String, Vec<String>)>> {
+/// An image of ours (owner self) carrying the content key and this variant's tag (none at all
+/// for a spec without variants), with its snapshots.
+pub async fn find_by_content_key(
+    c: &Clients,
+    content_key: &str,
+    variant: Option<&str>,
+) -> Result<Option<(String, Vec<String>)>> {
     let images = own_images_tagged(c, CONTENT_KEY_TAG, content_key).await?;
     let mut usable: Vec<&ec2t::Image> = images
         .iter()
         .filter(|i| matches!(i.state().map(|s| s.as_str()), Some("available") | Some("pending")))
+        .filter(|i| tag_of(i, VARIANT_TAG).as_deref() == variant)
         .collect();
     usable.sort_by_key(|i| i.creation_date().map(str::to_string));
     Ok(usable.last().map(|i| (i.image_id().unwrap_or_default().to_string(), snapshots_of(i))))
@@ -86,15 +102,15 @@ pub struct ChannelImage {
     /// CreationDate, seconds since the epoch.
     pub created: i64,
     pub snapshots: Vec<String>,
+    /// Tagged `kv-ami:smoke = failed`: never kept as one of the newest.
+    pub failed_smoke: bool,
 }
 
 /// This account's images tagged `kv-ami:channel = channel` that also carry the content key
 /// (nothing else is ever a gc candidate).
 pub async fn of_channel(c: &Clients, channel: &str) -> Result<Vec<ChannelImage>> {
     let images = own_images_tagged(c, CHANNEL_TAG, channel).await?;
-    let tag = |i: &ec2t::Image, k: &str| {
-        i.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_string)
-    };
+    let tag = tag_of;
     Ok(images
         .iter()
         .filter(|i| tag(i, CHANNEL_TAG).as_deref() == Some(channel))
@@ -111,6 +127,7 @@ pub async fn of_channel(c: &Clients, channel: &str) -> Result<Vec<ChannelImage>>
                 content_key: tag(i, CONTENT_KEY_TAG)?,
                 created: created.secs(),
                 snapshots: snapshots_of(i),
+                failed_smoke: tag(i, SMOKE_TAG).as_deref() == Some("failed"),
             })
         })
         .collect())
@@ -146,8 +163,22 @@ pub async fn deregister_listed(c: &Clients, image_id: &str, snapshots: &[String]
     Ok(())
 }
 
-/// The content key of an available image of this account (`kv-ami promote`).
+/// kv-ami's tags of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvTags {
+    pub content_key: String,
+    pub variant: Option<String>,
+    /// `kv-ami:smoke`: `failed`, `passed`, `skipped`, or none (published before the tag existed).
+    pub smoke: Option<String>,
+}
+
+/// The content key of an available image of this account (`kv-ami promote`, `smoke-test`).
 pub async fn content_key_of(c: &Clients, image_id: &str) -> Result<String> {
+    Ok(kv_tags_of(c, image_id).await?.content_key)
+}
+
+/// kv-ami's tags of an available image of this account; one without the content key is refused.
+pub async fn kv_tags_of(c: &Clients, image_id: &str) -> Result<KvTags> {
     let out = c
         .ec2
         .describe_images()
@@ -165,12 +196,9 @@ pub async fn content_key_of(c: &Clients, image_id: &str) -> Result<String> {
     if i.state().map(|s| s.as_str()) != Some("available") {
         return Err(refuse(&format!("state {:?}, not available", i.state().map(|s| s.as_str()))));
     }
-    i.tags()
-        .iter()
-        .find(|t| t.key() == Some(CONTENT_KEY_TAG))
-        .and_then(|t| t.value())
-        .map(str::to_string)
-        .ok_or_else(|| refuse(&format!("no {CONTENT_KEY_TAG} tag: not an image kv-ami made")))
+    let content_key = tag_of(i, CONTENT_KEY_TAG)
+        .ok_or_else(|| refuse(&format!("no {CONTENT_KEY_TAG} tag: not an image kv-ami made")))?;
+    Ok(KvTags { content_key, variant: tag_of(i, VARIANT_TAG), smoke: tag_of(i, SMOKE_TAG) })
 }
 
 /// The newest available image named `name` (a pattern) of `owner` for `architecture`.
@@ -224,12 +252,13 @@ pub async fn register(
     root_gib: u64,
     content_key: &str,
 ) -> Result<String> {
+    let v = &spec.volume;
     let ebs = ec2t::EbsBlockDevice::builder()
         .snapshot_id(snapshot_id)
         .volume_size(root_gib as i32)
-        .volume_type(ec2t::VolumeType::Gp3)
-        .iops(spec.volume.iops)
-        .throughput(spec.volume.throughput)
+        .volume_type(ec2t::VolumeType::from(v.volume_type.as_str()))
+        .iops(v.iops)
+        .set_throughput((v.volume_type == VolumeType::Gp3).then_some(v.throughput))
         .delete_on_termination(true)
         .build();
     let bdm = ec2t::BlockDeviceMapping::builder().device_name(&spec.root_device_name).ebs(ebs).build();
@@ -246,14 +275,14 @@ pub async fn register(
         .block_device_mappings(bdm)
         .set_imds_support(spec.imds_v2.then_some(ec2t::ImdsSupportValues::V20))
         .set_tpm_support(spec.tpm.then_some(ec2t::TpmSupportValues::V20))
-        .tag_specifications(key_tags(ec2t::ResourceType::Image, content_key))
+        .tag_specifications(key_tags(ec2t::ResourceType::Image, content_key, spec.variant.as_deref()))
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(&c.region, "ec2:RegisterImage", snapshot_id, &e))?;
     let id = image_id_of(c, out.image_id(), "ec2:RegisterImage", snapshot_id)?;
     // Tag at once as well: not every endpoint honours TagSpecifications on RegisterImage, and the
-    // content key tag is what makes a re-run find this image.
-    tag_content_key(c, std::slice::from_ref(&id), content_key).await?;
+    // content key (and variant) tag is what makes a re-run find this image.
+    tag(c, std::slice::from_ref(&id), &find_tags(content_key, spec.variant.as_deref())).await?;
     Ok(id)
 }
 
@@ -292,13 +321,15 @@ fn image_id_of(c: &Clients, id: Option<&str>, operation: &'static str, resource:
 /// start (the IAM policies let the cleanup delete only what carries it).
 pub async fn copy(
     target: &Clients,
-    source_region: &str,
+    spec: &AmiSpec,
     source_image: &str,
     name: &str,
     content_key: &str,
-    encrypted: bool,
-    kms_key_id: Option<&str>,
 ) -> Result<String> {
+    let source_region = spec.region.as_str();
+    let variant = spec.variant.as_deref();
+    let kms_key_id = spec.kms_key_ids.get(&target.region).map(String::as_str);
+    let encrypted = spec.encrypt_copies;
     let out = target
         .ec2
         .copy_image()
@@ -308,13 +339,13 @@ pub async fn copy(
         .set_encrypted(encrypted.then_some(true))
         .set_kms_key_id(kms_key_id.map(str::to_string))
         .description(format!("kv-ami {content_key} (copy of {source_region}:{source_image})"))
-        .tag_specifications(key_tags(ec2t::ResourceType::Image, content_key))
-        .tag_specifications(key_tags(ec2t::ResourceType::Snapshot, content_key))
+        .tag_specifications(key_tags(ec2t::ResourceType::Image, content_key, variant))
+        .tag_specifications(key_tags(ec2t::ResourceType::Snapshot, content_key, variant))
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(&target.region, "ec2:CopyImage", source_image, &e))?;
     let id = image_id_of(target, out.image_id(), "ec2:CopyImage", source_image)?;
-    tag_content_key(target, std::slice::from_ref(&id), content_key).await?;
+    tag(target, std::slice::from_ref(&id), &find_tags(content_key, variant)).await?;
     Ok(id)
 }
 
@@ -331,6 +362,15 @@ pub async fn tag(c: &Clients, resources: &[String], tags: &[(String, String)]) -
         .await
         .map_err(|e| AwsError::from_sdk(&c.region, "ec2:CreateTags", &resources.join(","), &e))?;
     Ok(())
+}
+
+/// The tags a re-run finds an image by: the content key, and the variant's.
+pub fn find_tags(content_key: &str, variant: Option<&str>) -> Vec<(String, String)> {
+    let mut t = vec![(CONTENT_KEY_TAG.to_string(), content_key.to_string())];
+    if let Some(v) = variant {
+        t.push((VARIANT_TAG.to_string(), v.to_string()));
+    }
+    t
 }
 
 pub async fn tag_content_key(c: &Clients, resources: &[String], content_key: &str) -> Result<()> {

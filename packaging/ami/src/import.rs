@@ -224,7 +224,7 @@ async fn import_body(job: &Job, ctx: &Ctx<'_>, progress_bar: bool) -> Result<Man
     custom.insert("content_key".to_string(), key.to_string());
     custom.insert("via".to_string(), s.via.as_str().to_string());
 
-    let (ami, snaps, reused) = match images::find_by_content_key(&src, key).await? {
+    let (ami, snaps, reused) = match images::find_by_content_key(&src, key, s.variant.as_deref()).await? {
         Some((ami, snaps)) => {
             log(&format!("{}: reusing {ami} (content key {key})", s.region));
             images::wait_image(&src, &ami, bound).await?;

@@ -16,7 +16,8 @@
 //!
 //! # Modules
 //!
-//! Commands (what `main` runs): [`import`], [`bake`], [`smoke_test::standalone`],
+//! Commands (what `main` runs): [`import`], [`bake`] (each variant of a spec with `[[variants]]`
+//! in turn: [`variants`]), [`smoke_test::standalone`],
 //! [`publish::promote`], [`gc`]; shared by both: [`smoke_test`], [`publish`], [`run`]
 //! (options, context, the body-then-cleanup runner), [`cleanup`], [`error`].
 //!
@@ -47,6 +48,7 @@
 //!   plan, smoke, spec, state, wait, aws (and `packaging::manifest`)
 //! - `bake` -> publish, run, cleanup, error, output, images, instances, s3, smoke, ssm, spec,
 //!   state, userdata, wait, aws (and `packaging::manifest`)
+//! - `variants` -> import, bake, error, output, run (several images of one bundle, one run)
 //!
 //! The commands use the lower modules, never the other way round; `import` and `bake` do not use
 //! each other. (Test only: `policy_tests`, the IAM policies against both plans, uses both.)
@@ -75,6 +77,7 @@ pub mod spec;
 pub mod ssm;
 pub mod state;
 pub mod userdata;
+pub mod variants;
 pub mod wait;
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use kv_ami::bake::BakeJob;
 use kv_ami::spec::{AmiSpec, Via};
+use kv_ami::variants::Jobs;
 use kv_ami::{Job, Manifest, RunOptions, aws};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -52,9 +53,12 @@ struct Retention {
     /// How many of the newest builds stay in use (besides `latest`).
     #[arg(long)]
     keep: usize,
-    /// Overrides `channel` of the spec.
+    /// Overrides `channel` of the spec (of the variant, with --variant).
     #[arg(long)]
     channel: Option<String>,
+    /// The variant (`[[variants]]` id); without it, every variant's channel in turn.
+    #[arg(long)]
+    variant: Option<String>,
     /// Builds younger than this many days stay in use.
     #[arg(long, default_value_t = 7)]
     grace_days: u32,
@@ -66,16 +70,27 @@ struct Retention {
 }
 
 impl Retention {
-    /// The spec, the channel (flag over spec, checked) and the grace period in seconds.
-    fn resolve(&self) -> Result<(AmiSpec, String, i64), String> {
+    /// The (variant) specs with their channel (flag over spec, checked), and the grace period in
+    /// seconds. A spec with variants and neither --variant nor --channel: every variant.
+    fn resolve(&self) -> Result<(Vec<(AmiSpec, String)>, i64), String> {
         let s = AmiSpec::load(&self.spec)?;
-        let channel = self.channel.clone().or_else(|| s.channel.clone()).ok_or_else(|| {
-            format!("{}: channel: not set (set it, or pass --channel)", self.spec.display())
-        })?;
-        let mut check = s.clone();
-        check.channel = Some(channel.clone());
-        check.validate().map_err(|e| format!("--channel: {e}"))?;
-        Ok((s, channel, i64::from(self.grace_days) * 86_400))
+        let specs = match (&self.variant, &self.channel) {
+            (None, None) => s.variant_specs(),
+            (v, _) => {
+                vec![s.select_variant(v.as_deref()).map_err(|e| format!("{}: {e}", self.spec.display()))?]
+            }
+        };
+        let mut out = Vec::new();
+        for v in specs {
+            let channel = self.channel.clone().or_else(|| v.channel.clone()).ok_or_else(|| {
+                format!("{}: channel: not set (set it, or pass --channel)", self.spec.display())
+            })?;
+            let mut check = v.clone();
+            check.channel = Some(channel.clone());
+            check.validate().map_err(|e| format!("--channel: {e}"))?;
+            out.push((v, channel));
+        }
+        Ok((out, i64::from(self.grace_days) * 86_400))
     }
 
     fn target(&self) -> aws::Target {
@@ -124,6 +139,9 @@ enum Cmd {
         /// The bundle's manifest.json: the PCRs the enclave must report.
         #[arg(long)]
         bundle_manifest: PathBuf,
+        /// The variant (`[[variants]]` id) whose smoke-test instance type is used.
+        #[arg(long)]
+        variant: Option<String>,
         #[arg(long, env = "KV_AMI_ENDPOINT_URL")]
         endpoint_url: Option<String>,
     },
@@ -137,6 +155,9 @@ enum Cmd {
         /// The image in the build region (its copies are found through the content-key tag).
         #[arg(long)]
         ami: String,
+        /// The variant (`[[variants]]` id) of the image: its channel, and its copies' tag.
+        #[arg(long)]
+        variant: Option<String>,
         /// Print the calls and exit; makes none.
         #[arg(long)]
         dry_run: bool,
@@ -249,14 +270,37 @@ fn finish(common: &Common, m: Manifest) -> Result<(), String> {
     Ok(())
 }
 
+/// A spec with variants: the manifest of the published ones is written, then the run fails if
+/// any variant failed (naming each).
+fn finish_variants(common: &Common, outcome: kv_ami::variants::Outcome) -> Result<(), String> {
+    let error = outcome.error();
+    if let Some(m) = outcome.manifest {
+        finish(common, m)?;
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// A variant's input error names the file and the variant.
+fn in_variant(common: &Common, variant: Option<String>, e: String) -> String {
+    match variant {
+        Some(v) => format!("{}: variant {v}: {e}", common.spec.display()),
+        None => e,
+    }
+}
+
 fn rt() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))
 }
 
 fn real_main() -> Result<(), String> {
     match Cli::parse().cmd {
-        Cmd::SmokeTest { spec, ami, bundle_manifest, endpoint_url } => {
-            let s = AmiSpec::load(&spec)?;
+        Cmd::SmokeTest { spec, ami, bundle_manifest, variant, endpoint_url } => {
+            let s = AmiSpec::load(&spec)?
+                .select_variant(variant.as_deref())
+                .map_err(|e| format!("{}: {e}", spec.display()))?;
             if s.smoke_test.is_none() {
                 return Err(format!("{}: smoke_test: the [smoke_test] table is missing", spec.display()));
             }
@@ -273,17 +317,25 @@ fn real_main() -> Result<(), String> {
             Ok(())
         }
         Cmd::Gc { retention } => {
-            let (s, channel, grace) = retention.resolve()?;
+            let (specs, grace) = retention.resolve()?;
             let log = |l: &str| eprintln!("{l}");
             let (keep, dry_run) = (retention.keep, retention.dry_run);
-            let report = rt()?
-                .block_on(kv_ami::gc::gc(&s, &retention.target(), &channel, keep, grace, dry_run, &log))
-                .map_err(|e| e.to_string())?;
-            println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+            let rt = rt()?;
+            let mut reports = Vec::new();
+            for (s, channel) in &specs {
+                let r =
+                    rt.block_on(kv_ami::gc::gc(s, &retention.target(), channel, keep, grace, dry_run, &log));
+                reports.push(r.map_err(|e| e.to_string())?);
+            }
+            let text = match reports.as_slice() {
+                [one] => serde_json::to_string_pretty(one),
+                all => serde_json::to_string_pretty(all),
+            };
+            println!("{}", text.map_err(|e| e.to_string())?);
             Ok(())
         }
         Cmd::Republish { retention, deprecate_in_days } => {
-            let (s, channel, grace) = retention.resolve()?;
+            let (specs, grace) = retention.resolve()?;
             if !(1..=3650).contains(&deprecate_in_days) {
                 return Err(format!(
                     "--deprecate-in-days: {deprecate_in_days} is outside 1-3650 (AWS: at most 10 years)"
@@ -292,23 +344,25 @@ fn real_main() -> Result<(), String> {
             let log = |l: &str| eprintln!("{l}");
             let secs = u64::from(deprecate_in_days) * 86_400;
             let (keep, dry_run) = (retention.keep, retention.dry_run);
-            let done = rt()?
-                .block_on(kv_ami::gc::republish(
-                    &s,
-                    &retention.target(),
-                    &channel,
-                    keep,
-                    grace,
-                    secs,
-                    dry_run,
-                    &log,
-                ))
-                .map_err(|e| e.to_string())?;
-            println!("{}", serde_json::to_string_pretty(&done).map_err(|e| e.to_string())?);
+            let rt = rt()?;
+            let mut all = Vec::new();
+            for (s, channel) in &specs {
+                let target = retention.target();
+                let r =
+                    rt.block_on(kv_ami::gc::republish(s, &target, channel, keep, grace, secs, dry_run, &log));
+                all.push(r.map_err(|e| e.to_string())?);
+            }
+            let text = match all.as_slice() {
+                [one] => serde_json::to_string_pretty(one),
+                all => serde_json::to_string_pretty(all),
+            };
+            println!("{}", text.map_err(|e| e.to_string())?);
             Ok(())
         }
-        Cmd::Promote { spec, channel, ami, dry_run, endpoint_url } => {
-            let s = AmiSpec::load(&spec)?;
+        Cmd::Promote { spec, channel, ami, variant, dry_run, endpoint_url } => {
+            let s = AmiSpec::load(&spec)?
+                .select_variant(variant.as_deref())
+                .map_err(|e| format!("{}: {e}", spec.display()))?;
             let channel = channel
                 .or_else(|| s.channel.clone())
                 .ok_or_else(|| format!("{}: channel: not set (set it, or pass --channel)", spec.display()))?;
@@ -359,13 +413,25 @@ fn real_main() -> Result<(), String> {
                 }
                 Ok(())
             })?;
-            let job = Job::prepare(s, &image, &bundle_manifest)?;
+            let jobs = s
+                .variant_specs()
+                .into_iter()
+                .map(|v| {
+                    let id = v.variant.clone();
+                    Job::prepare(v, &image, &bundle_manifest).map_err(|e| in_variant(&common, id, e))
+                })
+                .collect::<Result<Vec<Job>, String>>()?;
             if common.dry_run {
                 let (_, nonzero) = kv_ami::count_nonzero(&image, kv_ami::AWS_BLOCK_SIZE)
                     .map_err(|e| format!("{}: {e}", image.display()))?;
-                println!("# content key {}", job.content_key);
-                for line in job.planned_calls(nonzero) {
-                    println!("{line}");
+                println!("# content key {}", jobs[0].content_key);
+                for job in &jobs {
+                    if let Some(v) = &job.spec.variant {
+                        println!("# variant {v}");
+                    }
+                    for line in job.planned_calls(nonzero) {
+                        println!("{line}");
+                    }
                 }
                 return Ok(());
             }
@@ -378,20 +444,37 @@ fn real_main() -> Result<(), String> {
                 log: &log,
             };
             let rt = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
-            let m = rt.block_on(kv_ami::run(&job, &opts, interrupted())).map_err(|e| e.to_string())?;
-            finish(&common, m)
+            if s.variants.is_empty() {
+                let m =
+                    rt.block_on(kv_ami::run(&jobs[0], &opts, interrupted())).map_err(|e| e.to_string())?;
+                return finish(&common, m);
+            }
+            let outcome = rt.block_on(kv_ami::variants::run_all(Jobs::Import(&jobs), &opts, interrupted()));
+            finish_variants(&common, outcome)
         }
         Cmd::Bake { common, bundle_dir, print_user_data } => {
             let s = load(&common, |_| Ok(()))?;
-            let job = BakeJob::prepare(s, &bundle_dir)?;
+            let jobs = s
+                .variant_specs()
+                .into_iter()
+                .map(|v| {
+                    let id = v.variant.clone();
+                    BakeJob::prepare(v, &bundle_dir).map_err(|e| in_variant(&common, id, e))
+                })
+                .collect::<Result<Vec<BakeJob>, String>>()?;
             if print_user_data {
-                print!("{}", job.user_data()?);
+                print!("{}", jobs[0].user_data()?);
                 return Ok(());
             }
             if common.dry_run {
-                println!("# content key {}", job.content_key);
-                for line in job.planned_calls() {
-                    println!("{line}");
+                println!("# content key {}", jobs[0].content_key);
+                for job in &jobs {
+                    if let Some(v) = &job.spec.variant {
+                        println!("# variant {v}");
+                    }
+                    for line in job.planned_calls() {
+                        println!("{line}");
+                    }
                 }
                 return Ok(());
             }
@@ -404,8 +487,14 @@ fn real_main() -> Result<(), String> {
                 log: &log,
             };
             let rt = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
-            let m = rt.block_on(kv_ami::bake::bake(&job, &opts, interrupted())).map_err(|e| e.to_string())?;
-            finish(&common, m)
+            if s.variants.is_empty() {
+                let m = rt
+                    .block_on(kv_ami::bake::bake(&jobs[0], &opts, interrupted()))
+                    .map_err(|e| e.to_string())?;
+                return finish(&common, m);
+            }
+            let outcome = rt.block_on(kv_ami::variants::run_all(Jobs::Bake(&jobs), &opts, interrupted()));
+            finish_variants(&common, outcome)
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::images::{self, Sharing};
 use crate::output::{Build, Manifest, RegionResult};
 use crate::run::Ctx;
 use crate::smoke;
-use crate::spec::{AmiSpec, CONTENT_KEY_TAG, OnFailure};
+use crate::spec::{AmiSpec, CHANNEL_TAG, CONTENT_KEY_TAG, OnFailure, SMOKE_TAG};
 use crate::ssm;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -37,7 +37,12 @@ pub async fn test_and_publish(
     let passed = match smoke {
         Some(p) => {
             let t = Instant::now();
-            crate::smoke_test::run(ctx, &src.clients, &src.ami, p).await?;
+            if let Err(e) = crate::smoke_test::run(ctx, &src.clients, &src.ami, p).await {
+                if let Error::Smoke(_) = &e {
+                    mark_failed(ctx, &src).await;
+                }
+                return Err(e);
+            }
             timings.insert("smoke_test".to_string(), t.elapsed().as_secs_f64());
             true
         }
@@ -59,6 +64,26 @@ pub async fn test_and_publish(
         }
     };
     publish(ctx, src, passed, timings).await
+}
+
+/// An image that failed its smoke test stays unpublished in the build region (a re-run reuses
+/// it and boots it again); `kv-ami:smoke = failed` and its channel on image and snapshots let
+/// `kv-ami gc` remove it after the grace period, and make `promote` refuse it. A failed tagging
+/// is a warning: the smoke test's error is the run's.
+async fn mark_failed(ctx: &Ctx<'_>, src: &Source) {
+    let mut tags = vec![(SMOKE_TAG.to_string(), "failed".to_string())];
+    if let Some(c) = &ctx.spec.channel {
+        tags.push((CHANNEL_TAG.to_string(), c.clone()));
+    }
+    let mut all = vec![src.ami.clone()];
+    all.extend(src.snapshots.iter().cloned());
+    let r = &src.clients.region;
+    match images::tag(&src.clients, &all, &tags).await {
+        Ok(()) => (ctx.log)(&format!("{r}: {} marked {SMOKE_TAG}=failed (kv-ami gc removes it)", src.ami)),
+        Err(e) => {
+            (ctx.log)(&format!("warning: {r}: {} failed its smoke test, but tagging it failed: {e}", src.ami))
+        }
+    }
 }
 
 /// Copies, then tags / sharing / deprecation / SSM in every region. A copy that fails does not
@@ -87,12 +112,12 @@ pub async fn publish(
         let (src_ami, name) = (src_ami.clone(), ctx.name());
         async move {
             let c = Clients::new(r, ctx.target).await;
-            let (ami, reused) = match images::find_by_content_key(&c, key).await? {
+            let variant = s.variant.as_deref();
+            let (ami, reused) = match images::find_by_content_key(&c, key, variant).await? {
                 Some((ami, _)) => (ami, true),
                 None => {
-                    let kms = s.kms_key_ids.get(r).map(String::as_str);
-                    let ami =
-                        images::copy(&c, &s.region, &src_ami, &name, key, s.encrypt_copies, kms).await?;
+                    // The spec's region, encryption, KMS key for this region and variant tag.
+                    let ami = images::copy(&c, s, &src_ami, &name, key).await?;
                     (ami, false)
                 }
             };
@@ -136,7 +161,9 @@ pub async fn publish(
     }
 
     let t = Instant::now();
-    let tags = s.image_tags(key);
+    let mut tags = s.image_tags(key);
+    // Overwrites a `failed` left by an earlier run's test of the same image.
+    tags.push((SMOKE_TAG.to_string(), if smoke_passed { "passed" } else { "skipped" }.to_string()));
     let deprecate_at = match &s.deprecate_at {
         Some(at) => Some(crate::spec::deprecation_time(at, crate::spec::now_unix()).map_err(Error::Input)?),
         None => None,
@@ -186,12 +213,24 @@ pub async fn promote(
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<BTreeMap<String, String>, Error> {
     let src = Clients::new(&spec.region, target).await;
-    let key = images::content_key_of(&src, ami).await?;
+    let kv = images::kv_tags_of(&src, ami).await?;
+    let refuse = |why: String| Error::Input(format!("promote {ami}: {}: {why}", spec.region));
+    if kv.smoke.as_deref() == Some("failed") {
+        return Err(refuse(format!("it failed its smoke test ({SMOKE_TAG}=failed): never promoted")));
+    }
+    if kv.variant != spec.variant {
+        return Err(refuse(format!(
+            "its variant is {}, the spec's {} (--variant)",
+            kv.variant.as_deref().unwrap_or("none"),
+            spec.variant.as_deref().unwrap_or("none")
+        )));
+    }
+    let key = kv.content_key;
     let mut found = BTreeMap::new();
     let mut missing = Vec::new();
     for r in spec.all_regions() {
         let c = if r == spec.region { src.clone() } else { Clients::new(&r, target).await };
-        match images::find_by_content_key(&c, &key).await? {
+        match images::find_by_content_key(&c, &key, spec.variant.as_deref()).await? {
             Some((id, _)) if r != spec.region || id == ami => {
                 found.insert(r.clone(), (c, id));
             }
@@ -232,7 +271,15 @@ pub fn planned_promote(s: &AmiSpec, channel: &str, ami: &str) -> Vec<String> {
 /// Dry-run lines of the smoke test (before any copy), when the run has one.
 pub fn planned_smoke_lines(s: &AmiSpec, key: &str) -> Vec<String> {
     match &s.smoke_test {
-        Some(t) if s.smoke_test_on() => smoke::planned_lines(s, t, key),
+        Some(t) if s.smoke_test_on() => {
+            let mut v = smoke::planned_lines(s, t, key);
+            let channel = s.channel.as_ref().map(|c| format!(",{CHANNEL_TAG}={c}")).unwrap_or_default();
+            v.push(format!(
+                "{} ec2:CreateTags image+snapshots {SMOKE_TAG}=failed{channel} (only if the smoke test fails; the run stops there)",
+                s.region
+            ));
+            v
+        }
         _ => vec![format!(
             "# smoke test skipped (--skip-smoke-test): the image is not booted; latest is not moved"
         )],
@@ -255,6 +302,10 @@ pub fn manifest(
 ) -> Manifest {
     let s = ctx.spec;
     let key = ctx.content_key;
+    let mut custom = custom;
+    if let Some(v) = &s.variant {
+        custom.insert("variant".to_string(), v.clone());
+    }
     timings.insert("total".to_string(), t0.elapsed().as_secs_f64());
     let artifact_id = s
         .all_regions()
@@ -302,7 +353,8 @@ pub fn planned_lines(s: &AmiSpec, key: &str) -> Vec<String> {
             s.upload.wait_attempts
         ));
     }
-    let keys: Vec<String> = s.image_tags(key).into_iter().map(|(k, _)| k).collect();
+    let mut keys: Vec<String> = s.image_tags(key).into_iter().map(|(k, _)| k).collect();
+    keys.push(SMOKE_TAG.to_string());
     for r in s.all_regions() {
         v.push(format!("{r} ec2:CreateTags image+snapshots {}", keys.join(",")));
         if !s.share_with.is_empty() {

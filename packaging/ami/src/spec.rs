@@ -84,9 +84,48 @@ pub struct AmiSpec {
     pub channel: Option<String>,
     #[serde(default = "default_ssm_prefix")]
     pub ssm_prefix: String,
+    /// Several images from one bundle in one run ([`Variant`]); without it, one image as before.
+    /// With it the top-level keys are what every variant shares, and only the variants are built.
+    #[serde(default)]
+    pub variants: Vec<Variant>,
     /// `--skip-smoke-test` (a flag, not a key): the smoke test is not run and `latest` not moved.
     #[serde(skip)]
     pub skip_smoke_test: bool,
+    /// The variant this (effective, [`AmiSpec::variant_specs`]) spec builds; None without variants.
+    /// Its images and snapshots carry `kv-ami:variant` and are found by it with the content key.
+    #[serde(skip)]
+    pub variant: Option<String>,
+}
+
+/// `[[variants]]`: one image of the bundle with its own name, tags, SSM channel, root volume and
+/// smoke-test instance type. Each key left out is the top-level one; `tags` are added to the
+/// top-level tags.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    /// 1-32 of a-z 0-9 -, unique: the tag `kv-ami:variant`, `{variant}` in names.
+    pub id: String,
+    /// AMI name (`{content_key}`, `{variant}` filled in). Default: the top-level `name`, which
+    /// must then contain `{variant}` (AMI names are unique per region).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Default: `<top-level channel>-<id>` when the top level has a channel. Unique.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Added to (and overriding) the top-level `[tags]`.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Replaces the top-level `[volume]` as a whole.
+    #[serde(default)]
+    pub volume: Option<Volume>,
+    /// The instance type of this variant's smoke test (e.g. the instance family it is for).
+    #[serde(default)]
+    pub smoke_test_instance_type: Option<String>,
+    /// Legacy AMI-id parameter of this variant (the top-level one is refused with variants).
+    #[serde(default)]
+    pub ssm_parameter: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -201,6 +240,9 @@ pub struct Bake {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Volume {
+    /// `gp3` (default) or `io2`.
+    #[serde(default, rename = "type")]
+    pub volume_type: VolumeType,
     /// Root volume size; 0 = the image size rounded up to GiB.
     #[serde(default)]
     pub size_gib: u64,
@@ -212,7 +254,31 @@ pub struct Volume {
 
 impl Default for Volume {
     fn default() -> Self {
-        Volume { size_gib: 0, iops: default_iops(), throughput: default_throughput() }
+        Volume {
+            volume_type: VolumeType::Gp3,
+            size_gib: 0,
+            iops: default_iops(),
+            throughput: default_throughput(),
+        }
+    }
+}
+
+/// The root volume's EBS type.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum VolumeType {
+    #[default]
+    Gp3,
+    /// Provisioned IOPS (`iops` 100-256000; no `throughput` setting).
+    Io2,
+}
+
+impl VolumeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeType::Gp3 => "gp3",
+            VolumeType::Io2 => "io2",
+        }
     }
 }
 
@@ -315,6 +381,13 @@ fn default_signal_secs() -> u64 {
 pub const CONTENT_KEY_TAG: &str = "kv-ami:content-key";
 /// Tag key carrying the spec's `channel` on images and snapshots (`kv-ami gc` lists by it).
 pub const CHANNEL_TAG: &str = "kv-ami:channel";
+/// Tag key carrying the variant id on images and snapshots of a spec with `[[variants]]`
+/// (with the content key, what a re-run finds a variant's image by).
+pub const VARIANT_TAG: &str = "kv-ami:variant";
+/// Tag key carrying the smoke test's outcome on images and snapshots: `failed` (set at once, with
+/// the channel, so that `kv-ami gc` removes it after the grace period; `promote` refuses it),
+/// `passed` or `skipped` (set at publish).
+pub const SMOKE_TAG: &str = "kv-ami:smoke";
 
 impl AmiSpec {
     pub fn load(path: &Path) -> Result<AmiSpec, String> {
@@ -383,14 +456,35 @@ impl AmiSpec {
             return Err(format!("root_device_name: {:?} must start with /dev/", self.root_device_name));
         }
         let v = &self.volume;
-        if v.size_gib > 16384 {
-            return Err(format!("volume.size_gib: {} exceeds gp3's 16384", v.size_gib));
-        }
-        if !(3000..=80000).contains(&v.iops) {
-            return Err(format!("volume.iops: {} is outside gp3's 3000-80000", v.iops));
-        }
-        if !(125..=2000).contains(&v.throughput) {
-            return Err(format!("volume.throughput: {} is outside gp3's 125-2000 MiB/s", v.throughput));
+        match v.volume_type {
+            VolumeType::Gp3 => {
+                if v.size_gib > 16384 {
+                    return Err(format!("volume.size_gib: {} exceeds gp3's 16384", v.size_gib));
+                }
+                if !(3000..=80000).contains(&v.iops) {
+                    return Err(format!("volume.iops: {} is outside gp3's 3000-80000", v.iops));
+                }
+                if !(125..=2000).contains(&v.throughput) {
+                    return Err(format!(
+                        "volume.throughput: {} is outside gp3's 125-2000 MiB/s",
+                        v.throughput
+                    ));
+                }
+            }
+            VolumeType::Io2 => {
+                if v.size_gib > 65536 {
+                    return Err(format!("volume.size_gib: {} exceeds io2's 65536", v.size_gib));
+                }
+                if !(100..=256000).contains(&v.iops) {
+                    return Err(format!("volume.iops: {} is outside io2's 100-256000", v.iops));
+                }
+                if v.throughput != default_throughput() {
+                    return Err(format!(
+                        "volume.throughput: io2 has no throughput setting (got {})",
+                        v.throughput
+                    ));
+                }
+            }
         }
         for (i, a) in self.share_with.iter().enumerate() {
             if a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()) {
@@ -479,6 +573,12 @@ impl AmiSpec {
         if !prefix_ok {
             return Err(format!("ssm_prefix: {p:?} must be an absolute parameter path like /kv/ami"));
         }
+        if self.name.contains("{variant}") && self.variant.is_none() && self.variants.is_empty() {
+            return Err("name: {variant} needs [[variants]]".into());
+        }
+        if !self.variants.is_empty() {
+            self.validate_variants()?;
+        }
         let u = &self.upload;
         if !(1..=256).contains(&u.workers) {
             return Err(format!("upload.workers: {} is outside 1-256", u.workers));
@@ -492,9 +592,103 @@ impl AmiSpec {
         Ok(())
     }
 
-    /// The AMI name with `{content_key}` filled in.
+    /// The AMI name with `{content_key}` (and `{variant}`) filled in.
     pub fn ami_name(&self, content_key: &str) -> String {
-        self.name.replace("{content_key}", &content_key[..content_key.len().min(12)])
+        let n = self.name.replace("{content_key}", &content_key[..content_key.len().min(12)]);
+        n.replace("{variant}", self.variant.as_deref().unwrap_or_default())
+    }
+
+    /// The specs a run builds: this one without `[[variants]]`, else one per variant (the
+    /// top-level keys with the variant's on top, `variant` set). Validated by [`Self::validate`].
+    pub fn variant_specs(&self) -> Vec<AmiSpec> {
+        if self.variants.is_empty() {
+            return vec![self.clone()];
+        }
+        self.variants.iter().map(|v| self.apply(v)).collect()
+    }
+
+    /// The effective spec of the variant `id` (`--variant`); without variants, `id` must be None.
+    pub fn select_variant(&self, id: Option<&str>) -> Result<AmiSpec, String> {
+        match (id, self.variants.is_empty()) {
+            (None, true) => Ok(self.clone()),
+            (Some(id), true) => Err(format!("--variant {id}: the spec has no [[variants]]")),
+            (None, false) => Err(format!(
+                "variants: the spec has {} variants ({}): pass --variant",
+                self.variants.len(),
+                self.variant_ids().join(", ")
+            )),
+            (Some(id), false) => match self.variants.iter().find(|v| v.id == id) {
+                Some(v) => Ok(self.apply(v)),
+                None => Err(format!("--variant {id}: not one of {}", self.variant_ids().join(", "))),
+            },
+        }
+    }
+
+    pub fn variant_ids(&self) -> Vec<String> {
+        self.variants.iter().map(|v| v.id.clone()).collect()
+    }
+
+    fn apply(&self, v: &Variant) -> AmiSpec {
+        let mut s = self.clone();
+        s.variants = Vec::new();
+        s.variant = Some(v.id.clone());
+        if let Some(n) = &v.name {
+            s.name = n.clone();
+        }
+        if v.description.is_some() {
+            s.description = v.description.clone();
+        }
+        s.channel = match (&v.channel, &self.channel) {
+            (Some(c), _) => Some(c.clone()),
+            (None, Some(c)) => Some(format!("{c}-{}", v.id)),
+            (None, None) => None,
+        };
+        s.tags.extend(v.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(vol) = &v.volume {
+            s.volume = vol.clone();
+        }
+        if let (Some(t), Some(st)) = (&v.smoke_test_instance_type, s.smoke_test.as_mut()) {
+            st.instance_type = t.clone();
+        }
+        s.ssm_parameter = v.ssm_parameter.clone();
+        s
+    }
+
+    /// Each variant's own keys, checked on its effective spec; the message names the variant.
+    fn validate_variants(&self) -> Result<(), String> {
+        if self.ssm_parameter.is_some() {
+            return Err("ssm_parameter: every variant would write it: set it per variant".into());
+        }
+        let mut names = BTreeMap::new();
+        let mut channels = BTreeMap::new();
+        for (i, v) in self.variants.iter().enumerate() {
+            let at = format!("variants[{i}] ({})", v.id);
+            let ok = (1..=32).contains(&v.id.len())
+                && v.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(format!("variants[{i}].id: {:?} must be 1-32 of a-z 0-9 -", v.id));
+            }
+            if self.variants[..i].iter().any(|w| w.id == v.id) {
+                return Err(format!("{at}.id: {} is listed twice", v.id));
+            }
+            if v.smoke_test_instance_type.is_some() && self.smoke_test.is_none() {
+                return Err(format!("{at}.smoke_test_instance_type: there is no [smoke_test] table"));
+            }
+            let s = self.apply(v);
+            s.validate().map_err(|e| format!("{at}.{e}"))?;
+            let name = s.ami_name(&"0".repeat(64));
+            if let Some(j) = names.insert(name.clone(), i) {
+                return Err(format!(
+                    "{at}.name: {name:?} is also variants[{j}]'s AMI name (put {{variant}} in the name or set it per variant)"
+                ));
+            }
+            if let Some(c) = &s.channel
+                && let Some(j) = channels.insert(c.clone(), i)
+            {
+                return Err(format!("{at}.channel: {c:?} is also variants[{j}]'s channel"));
+            }
+        }
+        Ok(())
     }
 
     /// Tags of every image and snapshot: the spec's, the content key, and Name unless given.
@@ -503,6 +697,9 @@ impl AmiSpec {
         t.push((CONTENT_KEY_TAG.into(), content_key.to_string()));
         if let Some(c) = &self.channel {
             t.push((CHANNEL_TAG.into(), c.clone()));
+        }
+        if let Some(v) = &self.variant {
+            t.push((VARIANT_TAG.into(), v.clone()));
         }
         if !self.tags.contains_key("Name") {
             t.push(("Name".into(), self.ami_name(content_key)));
@@ -800,6 +997,105 @@ workers = 8
             let e = AmiSpec::parse(&text).unwrap_err();
             assert!(e.starts_with(key), "{key}: {e}");
         }
+    }
+
+    const VARIANTS: &str = r#"
+name = "kv-{variant}-{content_key}"
+region = "us-east-1"
+channel = "stable"
+[tags]
+service = "kv"
+[smoke_test]
+instance_profile = "p"
+launcher = "l"
+[[variants]]
+id = "gp3"
+[[variants]]
+id = "io2"
+name = "kv-provisioned-{content_key}"
+channel = "fast"
+smoke_test_instance_type = "c6i.2xlarge"
+tags = { volume = "io2", service = "kv-io" }
+[variants.volume]
+type = "io2"
+iops = 16000
+"#;
+
+    #[test]
+    fn a_spec_without_variants_is_its_own_only_variant() {
+        let s = AmiSpec::parse(GOOD).unwrap();
+        assert_eq!(s.variant_specs(), vec![s.clone()]);
+        assert_eq!(s.select_variant(None).unwrap(), s);
+        assert!(s.select_variant(Some("gp3")).unwrap_err().contains("no [[variants]]"));
+        assert!(!s.image_tags(&"0".repeat(64)).iter().any(|(k, _)| k == VARIANT_TAG));
+    }
+
+    #[test]
+    fn variants_take_the_top_level_keys_with_their_own_on_top() {
+        let s = AmiSpec::parse(VARIANTS).unwrap();
+        let key = "ab".repeat(32);
+        let v = s.variant_specs();
+        assert_eq!(v.len(), 2);
+        let (gp3, io2) = (&v[0], &v[1]);
+        assert_eq!(gp3.variant.as_deref(), Some("gp3"));
+        assert_eq!(gp3.ami_name(&key), "kv-gp3-abababababab");
+        assert_eq!(gp3.channel.as_deref(), Some("stable-gp3"), "default: <channel>-<id>");
+        assert_eq!(gp3.volume, Volume::default());
+        assert_eq!(gp3.smoke_test.as_ref().unwrap().instance_type, "m6i.xlarge");
+        assert_eq!(io2.ami_name(&key), "kv-provisioned-abababababab");
+        assert_eq!(io2.channel.as_deref(), Some("fast"));
+        assert_eq!((io2.volume.volume_type, io2.volume.iops), (VolumeType::Io2, 16000));
+        assert_eq!(io2.smoke_test.as_ref().unwrap().instance_type, "c6i.2xlarge");
+        assert_eq!(io2.tags.get("service").map(String::as_str), Some("kv-io"));
+        assert!(io2.variants.is_empty());
+        let tags = io2.image_tags(&key);
+        assert!(tags.contains(&(VARIANT_TAG.to_string(), "io2".to_string())), "{tags:?}");
+        assert!(tags.contains(&(CHANNEL_TAG.to_string(), "fast".to_string())), "{tags:?}");
+        assert_eq!(s.select_variant(Some("io2")).unwrap(), *io2);
+        assert!(s.select_variant(None).unwrap_err().contains("pass --variant"));
+        assert!(s.select_variant(Some("st1")).unwrap_err().contains("not one of gp3, io2"));
+    }
+
+    #[test]
+    fn variant_errors_name_the_variant_and_the_key() {
+        let cases = [
+            ("iops = 16000", "iops = 50", "variants[1] (io2).volume.iops: 50 is outside io2's 100-256000"),
+            ("iops = 16000", "iops = 16000\nthroughput = 500", "variants[1] (io2).volume.throughput"),
+            ("id = \"io2\"", "id = \"gp3\"", "variants[1] (gp3).id: gp3 is listed twice"),
+            ("id = \"io2\"", "id = \"IO 2\"", "variants[1].id: \"IO 2\""),
+            (
+                "channel = \"fast\"",
+                "channel = \"stable-gp3\"",
+                "variants[1] (io2).channel: \"stable-gp3\" is also variants[0]'s",
+            ),
+            (
+                "name = \"kv-provisioned-{content_key}\"",
+                "name = \"kv-gp3-{content_key}\"",
+                "variants[1] (io2).name",
+            ),
+            (
+                "smoke_test_instance_type = \"c6i.2xlarge\"",
+                "smoke_test_instance_type = \"t3.xlarge\"",
+                "variants[1] (io2).smoke_test.instance_type",
+            ),
+            ("channel = \"fast\"", "channel = \"Fast\"", "variants[1] (io2).channel"),
+            ("channel = \"fast\"", "bogus = 1", "unknown field `bogus`"),
+            ("type = \"io2\"", "type = \"st1\"", "unknown variant `st1`"),
+            (
+                "channel = \"stable\"",
+                "channel = \"stable\"\nssm_parameter = \"/kv/ami-id\"",
+                "ssm_parameter: every variant",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let text = VARIANTS.replacen(from, to, 1);
+            assert_ne!(text, VARIANTS, "{from}");
+            let e = AmiSpec::parse(&text).unwrap_err();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let e = AmiSpec::parse(&GOOD.replace("kv-server-{content_key}", "kv-{variant}-{content_key}"))
+            .unwrap_err();
+        assert!(e.starts_with("name: {variant} needs [[variants]]"), "{e}");
     }
 
     const BAKE: &str = r#"

@@ -1,6 +1,6 @@
 //! SSM parameters: the AMI id published per region (PutParameter, data type `aws:ec2:image`),
 //! the base AMI of a bake read from a parameter, and a channel's `latest` read by `kv-ami gc`
-//! (GetParameter).
+//! (GetParameter), and a deleted build's parameter removed by `kv-ami gc` (DeleteParameter).
 
 use crate::aws::{AwsError, Clients};
 
@@ -54,4 +54,14 @@ pub async fn get_image_id(c: &Clients, name: &str) -> Result<String, Error> {
         return Err(Error::NotAnImage { region: c.region.clone(), name: name.into(), value: v.into() });
     }
     Ok(v.to_string())
+}
+
+/// DeleteParameter of `name` (`kv-ami gc`: the build parameter of a build it deregistered); one
+/// already gone is not an error.
+pub async fn delete(c: &Clients, name: &str) -> Result<(), Error> {
+    match c.ssm.delete_parameter().name(name).send().await {
+        Ok(_) => Ok(()),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) => Ok(()),
+        Err(e) => Err(AwsError::from_sdk(&c.region, "ssm:DeleteParameter", name, &e).into()),
+    }
 }

@@ -149,6 +149,68 @@ fn the_smoke_test_is_on_by_default_and_comes_before_any_copy_in_the_plan() {
 }
 
 #[test]
+fn variants_plan_each_variant_and_a_bad_variant_is_named_before_any_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = sparse_image(dir.path(), 4096, &[0]);
+    let manifest = bundle_manifest(dir.path(), "aa");
+    let spec = dir.path().join("amispec.toml");
+    let (listener, url) = trap();
+    let text = "name = \"kv-{variant}-{content_key}\"\nregion = \"us-east-1\"\ncopy_to = [\"eu-west-1\"]\n\
+                channel = \"stable\"\n[[variants]]\nid = \"gp3\"\n[[variants]]\nid = \"io2\"\n\
+                [variants.volume]\ntype = \"io2\"\niops = 16000\n";
+    let import = |text: &str| {
+        std::fs::write(&spec, text).unwrap();
+        kv_ami()
+            .args(["import", "--skip-smoke-test", "--dry-run", "--endpoint-url", &url, "--spec"])
+            .arg(&spec)
+            .arg("--image")
+            .arg(&image)
+            .arg("--bundle-manifest")
+            .arg(&manifest)
+            .output()
+            .unwrap()
+    };
+    let out = import(text);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let at = |needle: &str| stdout.find(needle).unwrap_or_else(|| panic!("{needle}: {stdout}"));
+    assert!(at("# variant gp3") < at("# variant io2"), "{stdout}");
+    assert!(at("ec2:RegisterImage name=kv-gp3-") < at("# variant io2"));
+    assert!(at("# variant io2") < at("ec2:RegisterImage name=kv-io2-"));
+    assert!(at("/kv/ami/stable-gp3/builds/") < at("# variant io2"));
+    assert!(at("# variant io2") < at("/kv/ami/stable-io2/builds/"));
+    // A bad value in a variant: refused, naming the file, the variant and the key.
+    let out = import(&text.replace("iops = 16000", "iops = 50"));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains("amispec.toml")
+            && e.contains("variants[1] (io2).volume.iops: 50 is outside io2's 100-256000"),
+        "{e}"
+    );
+    // promote on a spec with variants needs --variant.
+    std::fs::write(&spec, text).unwrap();
+    let promote = |extra: &[&str]| {
+        kv_ami()
+            .args(["promote", "--dry-run", "--endpoint-url", &url, "--ami", "ami-0123", "--spec"])
+            .arg(&spec)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = promote(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --variant"));
+    let out = promote(&["--variant", "io2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ssm:PutParameter /kv/ami/stable-io2/latest"),
+        "{stdout}"
+    );
+    assert!(listener.accept().is_err(), "connected to the endpoint");
+}
+
+#[test]
 fn bad_input_is_refused_before_any_call() {
     let dir = tempfile::tempdir().unwrap();
     let image = sparse_image(dir.path(), 4096, &[0]);

@@ -40,6 +40,12 @@ async fn images(c: &Clients) -> BTreeSet<String> {
     out.images().iter().filter_map(|i| i.image_id()).map(str::to_string).collect()
 }
 
+/// The channel's build parameters in this region: name -> value.
+async fn build_parameters(c: &Clients) -> std::collections::BTreeMap<String, String> {
+    let out = c.ssm.get_parameters_by_path().path("/kv/ami/stable/builds").send().await.unwrap();
+    out.parameters().iter().map(|p| (p.name().unwrap().to_string(), p.value().unwrap().to_string())).collect()
+}
+
 async fn snapshots(c: &Clients) -> BTreeSet<String> {
     let out = c.ec2.describe_snapshots().owner_ids("self").send().await.unwrap();
     out.snapshots().iter().filter_map(|s| s.snapshot_id()).map(str::to_string).collect()
@@ -94,6 +100,8 @@ async fn gc_keeps_latest_and_the_newest_deletes_the_rest_everywhere_and_touches_
     let push = |l: &str| log.push(l);
     kv_ami::publish::promote(&s, &target, "stable", &ami(0, "us-east-1"), &push).await.unwrap();
     let before = (images(&east).await, images(&west).await, snapshots(&east).await, snapshots(&west).await);
+    let params_before = (build_parameters(&east).await, build_parameters(&west).await);
+    assert_eq!(params_before.0.len(), 4, "one build parameter per build: {params_before:?}");
 
     // Dry run: the same decision, nothing deregistered or deleted.
     let r = kv_ami::gc::gc(&s, &target, "stable", 1, 0, true, &push).await.unwrap();
@@ -108,6 +116,7 @@ async fn gc_keeps_latest_and_the_newest_deletes_the_rest_everywhere_and_touches_
     assert!(r.dry_run);
     let after = (images(&east).await, images(&west).await, snapshots(&east).await, snapshots(&west).await);
     assert_eq!(before, after, "a dry run changes nothing");
+    assert_eq!(params_before, (build_parameters(&east).await, build_parameters(&west).await));
     assert!(
         log.lines().iter().any(|l| l.starts_with("dry run: would deregister us-east-1: ")),
         "{:#?}",
@@ -135,6 +144,15 @@ async fn gc_keeps_latest_and_the_newest_deletes_the_rest_everywhere_and_touches_
             for x in snaps(i, region) {
                 assert!(sn.contains(&x), "{region}: snapshot {x} kept");
             }
+        }
+        // The build parameters of the builds that went are gone; the kept builds' stay.
+        let params = build_parameters(c).await;
+        let param = |i: usize| s.build_parameter("stable", &b[i].builds[0].custom_data["content_key"]);
+        for i in [1, 2] {
+            assert!(!params.contains_key(&param(i)), "{region}: {} deleted: {params:?}", param(i));
+        }
+        for i in [0, 3] {
+            assert_eq!(params.get(&param(i)), Some(&ami(i, region)), "{region}: {} kept", param(i));
         }
         assert!(
             imgs.contains(&no_channel.builds[0].regions[region].ami_id),

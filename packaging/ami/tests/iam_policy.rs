@@ -441,8 +441,29 @@ fn gc_policy_deletes_only_images_and_snapshots_of_a_channel_with_the_content_key
         ours(call("ec2:DeregisterImage", COPY_NEW)),
         ours(call("ec2:DeleteSnapshot", COPY_SNAP_NEW)),
         ours(call("ec2:EnableImageDeprecation", IMG)),
+        // The build parameter of a deregistered build, exactly `<prefix>/<channel>/builds/<key 12>`.
+        call(
+            "ssm:GetParameter",
+            "arn:aws:ssm:us-east-1:123456789012:parameter/kv/ami/stable/builds/0123456789ab",
+        ),
+        call(
+            "ssm:DeleteParameter",
+            "arn:aws:ssm:us-east-1:123456789012:parameter/kv/ami/stable/builds/0123456789ab",
+        ),
+        call(
+            "ssm:DeleteParameter",
+            "arn:aws:ssm:eu-west-1:123456789012:parameter/kv/ami/stable-io2/builds/abcdef012345",
+        ),
     ];
     let deny = vec![
+        // No other parameter: not `latest`, not the legacy AMI-id parameter, not a longer name.
+        call("ssm:DeleteParameter", "arn:aws:ssm:us-east-1:123456789012:parameter/kv/ami/stable/latest"),
+        call("ssm:DeleteParameter", "arn:aws:ssm:us-east-1:123456789012:parameter/kv/ami-id"),
+        call(
+            "ssm:DeleteParameter",
+            "arn:aws:ssm:us-east-1:123456789012:parameter/kv/ami/stable/builds/0123456789ab/x",
+        ),
+        call("ssm:DeleteParameter", "arn:aws:ssm:us-east-1:123456789012:parameter/other/builds/0123456789ab"),
         // Untagged, or with one of the two tags only.
         call("ec2:DeregisterImage", IMG),
         call("ec2:DeleteSnapshot", SNAP),

@@ -252,6 +252,57 @@ async fn s3_import_then_register_deprecate_and_share_with_accounts_orgs_and_ever
     assert_eq!((m.cancel.num_calls(), m.delete_snapshot.num_calls(), m.deregister.num_calls()), (0, 0, 0));
 }
 
+/// moto keeps no volume type on a registered image: the io2 variant's RegisterImage is checked here.
+#[tokio::test]
+async fn an_io2_variant_registers_an_io2_root_volume_and_carries_its_variant_tag_from_creation() {
+    let dir = tempfile::tempdir().unwrap();
+    let image_file = sparse_image(dir.path(), 4096, &[0, 3000]);
+    let manifest = bundle_manifest(dir.path(), "mm");
+    let spec = AmiSpec::parse(
+        "name = \"kv-{variant}-{content_key}\"\nregion = \"us-east-1\"\nvia = \"s3-import\"\n\
+         [s3_import]\nbucket = \"imports\"\nwait_interval_secs = 0\n[upload]\nwait_interval_secs = 0\n\
+         [[variants]]\nid = \"gp3\"\n[[variants]]\nid = \"io2\"\n[variants.volume]\ntype = \"io2\"\niops = 16000\n",
+    )
+    .unwrap();
+    let io2 = spec.variant_specs().remove(1);
+    let job = Job::prepare(io2, &image_file, &manifest).unwrap();
+    let m = Import::new();
+    let variant_tag =
+        |tags: &[t::Tag]| tags.iter().any(|t| t.key() == Some("kv-ami:variant") && t.value() == Some("io2"));
+    let register = mock!(Ec2::register_image)
+        .match_requests(move |r| {
+            let e = r.block_device_mappings().first().and_then(|b| b.ebs());
+            e.and_then(|e| e.volume_type()) == Some(&t::VolumeType::Io2)
+                && e.and_then(|e| e.iops()) == Some(16000)
+                && e.and_then(|e| e.throughput()).is_none()
+                && r.name().is_some_and(|n| n.starts_with("kv-io2-"))
+                && r.tag_specifications().iter().any(|ts| variant_tag(ts.tags()))
+        })
+        .then_output(|| op::register_image::RegisterImageOutput::builder().image_id("ami-new").build());
+    let wait = mock!(Ec2::describe_images)
+        .match_requests(|r| r.image_ids() == ["ami-new"])
+        .then_output(|| images(vec![image("ami-new", t::ImageState::Available, "snap-imported", None)]));
+    let variant_tagged = mock!(Ec2::create_tags)
+        .match_requests(move |r| r.resources() == ["ami-new"] && variant_tag(r.tags()))
+        .then_output(|| op::create_tags::CreateTagsOutput::builder().build());
+    let mut rules = vec![&variant_tagged];
+    rules.extend(m.ec2_rules(&[&register, &wait]));
+    let east = clients("us-east-1", &rules, &[&m.put, &m.delete_objects]);
+    let target = target(BTreeMap::from([("us-east-1", east)]));
+    let log = Log::default();
+    let push = |l: &str| log.push(l);
+    let mut quiet = job.clone();
+    quiet.spec.skip_smoke_test = true;
+    let out = run(&quiet, &opts(&target, &push), never())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{:?}", log.lines()));
+    let b = &out.builds[0];
+    assert_eq!(b.name, format!("kv-io2-{}", &job.content_key[..12]));
+    assert_eq!(b.custom_data.get("variant").map(String::as_str), Some("io2"));
+    assert_eq!(register.num_calls(), 1, "RegisterImage with an io2 root volume and the variant tag");
+    assert!(variant_tagged.num_calls() >= 1, "the variant tag set right after RegisterImage too");
+}
+
 #[tokio::test]
 async fn duplicate_ami_name_deletes_the_imported_snapshot_and_the_object() {
     let dir = tempfile::tempdir().unwrap();

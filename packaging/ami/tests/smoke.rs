@@ -159,7 +159,17 @@ async fn a_passing_smoke_test_comes_before_any_copy_then_build_and_latest_parame
     torn_down(&f.east, &seen).await;
 }
 
-async fn failing(report: Report, extra: &str, want: &[&str]) {
+/// The image's tags (key -> value).
+async fn image_tags(c: &Clients, ami: &str) -> std::collections::BTreeMap<String, String> {
+    let out = c.ec2.describe_images().image_ids(ami).send().await.unwrap();
+    out.images()[0]
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+        .collect()
+}
+
+async fn failing(report: Report, extra: &str, want: &[&str]) -> (Fixture, Seen) {
     let f = fixture(extra).await;
     let log = Log::default();
     let push = |l: &str| log.push(l);
@@ -178,24 +188,60 @@ async fn failing(report: Report, extra: &str, want: &[&str]) {
     assert!(e.contains("console output"), "the console output is fetched: {e}");
     torn_down(&f.east, &seen).await;
     nothing_published(&f, &seen.image_id).await;
-    // The image itself stays, private (a re-run reuses it and boots it again).
+    // The image itself stays, private (a re-run reuses it and boots it again), marked as failed
+    // in its channel so that gc can remove it, image and snapshots.
     assert_eq!(images(&f.east).await, vec![seen.image_id.clone()]);
+    let tags = image_tags(&f.east, &seen.image_id).await;
+    assert_eq!(tags.get("kv-ami:channel").map(String::as_str), Some("stable"), "{tags:?}");
+    assert_eq!(tags.get("kv-ami:smoke").map(String::as_str), Some("failed"), "{tags:?}");
+    (f, seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pcrs_other_than_the_manifests_stop_publication_and_tear_down() {
     let bad = "0b".repeat(48).leak();
-    failing(
+    let (f, seen) = failing(
         Report::Pass([bad, "01", "02"]),
         "",
         &[&format!("step PCRs: PCR0 is {bad}, the bundle manifest says {PCR0}")],
     )
     .await;
+    let target = f.moto.target();
+    let log = Log::default();
+    let push = |l: &str| log.push(l);
+    let s = &f.job.spec;
+    // Never promoted: promote refuses an image that failed its smoke test.
+    let e = kv_ami::publish::promote(s, &target, "stable", &seen.image_id, &push).await.unwrap_err();
+    assert!(e.to_string().contains("failed its smoke test"), "{e}");
+    assert_eq!(parameter(&f.east, "/kv/ami/stable/latest").await, None);
+    // gc: within the grace period it stays; after it, it goes with its snapshots even though
+    // --keep would keep it (a failed build is never one of the newest kept).
+    let snaps = {
+        let out = f.east.ec2.describe_images().image_ids(&seen.image_id).send().await.unwrap();
+        let i = &out.images()[0];
+        i.block_device_mappings()
+            .iter()
+            .filter_map(|m| m.ebs()?.snapshot_id())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert!(!snaps.is_empty());
+    let r = kv_ami::gc::gc(s, &target, "stable", 5, 86_400, false, &push).await.unwrap();
+    assert!(r.deleted.is_empty(), "{r:?}");
+    assert_eq!(images(&f.east).await, vec![seen.image_id.clone()]);
+    let r = kv_ami::gc::gc(s, &target, "stable", 5, 0, false, &push).await.unwrap();
+    assert_eq!(r.deleted.len(), 1, "{r:?}");
+    assert!(images(&f.east).await.is_empty(), "the failed image is deregistered");
+    let left = f.east.ec2.describe_snapshots().owner_ids("self").send().await.unwrap();
+    let left: Vec<&str> = left.snapshots().iter().filter_map(|s| s.snapshot_id()).collect();
+    for x in &snaps {
+        assert!(!left.contains(&x.as_str()), "snapshot {x} deleted: {left:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_never_ready_launcher_stops_publication_and_tears_down() {
-    failing(
+    let _ = failing(
         Report::NeverReady(GOOD),
         "",
         &[
@@ -210,8 +256,9 @@ async fn a_never_ready_launcher_stops_publication_and_tears_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_that_never_reports_stops_publication_and_tears_down() {
     // The fixture's report_attempts (3000 checks, 0 s apart) bound the wait; Silent never reports.
-    failing(Report::Silent, "", &["step wait-for-report: no kv-ami:smoke-status tag after 3000 checks"])
-        .await;
+    let _ =
+        failing(Report::Silent, "", &["step wait-for-report: no kv-ami:smoke-status tag after 3000 checks"])
+            .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

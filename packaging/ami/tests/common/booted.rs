@@ -65,6 +65,12 @@ pub struct FakeBootedInstance {
 impl FakeBootedInstance {
     /// The first running smoke-test instance, once kv-ami launched it.
     pub async fn launched(&self) -> aws_sdk_ec2::types::Instance {
+        self.launched_except(&[]).await
+    }
+
+    /// The first running smoke-test instance not in `played` (one already played may still run
+    /// while kv-ami reads its report).
+    pub async fn launched_except(&self, played: &[String]) -> aws_sdk_ec2::types::Instance {
         let deadline = Instant::now() + Duration::from_secs(60);
         let f = |k: &str, v: &str| aws_sdk_ec2::types::Filter::builder().name(k).values(v).build();
         loop {
@@ -78,7 +84,8 @@ impl FakeBootedInstance {
                 .send()
                 .await
                 .unwrap();
-            if let Some(i) = out.reservations().iter().flat_map(|r| r.instances()).next() {
+            let mut running = out.reservations().iter().flat_map(|r| r.instances());
+            if let Some(i) = running.find(|i| !played.iter().any(|p| Some(p.as_str()) == i.instance_id())) {
                 return i.clone();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -86,8 +93,18 @@ impl FakeBootedInstance {
     }
 
     pub async fn play(&self, report: Report, launched: tokio::sync::oneshot::Sender<()>) -> Seen {
+        self.play_except(report, launched, &[]).await
+    }
+
+    /// [`Self::play`] on an instance not in `played` (several smoke tests in one run: variants).
+    pub async fn play_except(
+        &self,
+        report: Report,
+        launched: tokio::sync::oneshot::Sender<()>,
+        played: &[String],
+    ) -> Seen {
         let c = &self.c;
-        let i = self.launched().await;
+        let i = self.launched_except(played).await;
         let id = i.instance_id().unwrap().to_string();
         let attr = c
             .ec2
