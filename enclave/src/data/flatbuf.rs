@@ -208,8 +208,9 @@ fn invalid(e: &InvalidFlatbuffer, row_len: usize) -> String {
             let ty = unaligned_type.rsplit("::").next().unwrap_or(unaligned_type);
             (error_trace, format!("offset {position} is not aligned for {ty}"))
         }
+        // The crate fills `field` with the union's type field and `field_type` with its value field.
         InvalidFlatbuffer::InconsistentUnion { field, field_type, error_trace } => {
-            (error_trace, format!("{field_type} and {field} must be both set or both absent"))
+            (error_trace, format!("{field} and {field_type} must be both set or both absent"))
         }
         InvalidFlatbuffer::MissingRequiredField { required, error_trace } => {
             (error_trace, format!("required field {required} missing"))
@@ -322,5 +323,70 @@ mod tests {
         b[i] = 0xff;
         let err = decode(&b).unwrap_err();
         assert!(err.starts_with("key: invalid UTF-8"), "{err}");
+    }
+
+    /// A `DataRecord` updating `k` with `value_type` and `value` as given, built with the generated
+    /// builders (so it can say what no honest writer would).
+    fn row(
+        build: impl FnOnce(
+            &mut FlatBufferBuilder<'static>,
+        ) -> (fb::Value, Option<WIPOffset<flatbuffers::UnionWIPOffset>>),
+    ) -> Vec<u8> {
+        let mut fbb = FlatBufferBuilder::new();
+        let key = Some(fbb.create_string("k"));
+        let (value_type, value) = build(&mut fbb);
+        let kv = fb::KeyValueMutationRecord::create(
+            &mut fbb,
+            &fb::KeyValueMutationRecordArgs { key, value_type, value, ..Default::default() },
+        );
+        let root = fb::DataRecord::create(
+            &mut fbb,
+            &fb::DataRecordArgs {
+                record_type: fb::Record::KeyValueMutationRecord,
+                record: Some(kv.as_union_value()),
+            },
+        );
+        fb::finish_data_record_buffer(&mut fbb, root);
+        fbb.finished_data().to_vec()
+    }
+
+    /// The verifier follows every offset: 100 offsets at one 1000-byte string would have it (and
+    /// the copy out) go through 100 KB for a 1.5 KB row. Its `max_apparent_size` stops it first.
+    #[test]
+    fn the_verifier_visits_at_most_four_times_the_row() {
+        let bytes = row(|fbb| {
+            let big = fbb.create_string(&"x".repeat(1000));
+            let value = Some(fbb.create_vector(&[big; 100]));
+            (
+                fb::Value::StringSet,
+                Some(fb::StringSet::create(fbb, &fb::StringSetArgs { value }).as_union_value()),
+            )
+        });
+        let err = decode(&bytes).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "its offsets reach more than 4 times the record's {} bytes (aliased strings or vectors)",
+                bytes.len()
+            )
+        );
+    }
+
+    #[test]
+    fn verifier_errors_name_the_field_and_the_reason() {
+        // A union type without its value.
+        let bytes = row(|_| (fb::Value::StringValue, None));
+        assert_eq!(
+            decode(&bytes).unwrap_err(),
+            "record: value_type and value must be both set or both absent"
+        );
+        // A set member that is not UTF-8.
+        let mut enc = Encoder::new();
+        let set = update("k", 1, Value::StringSet(vec!["a".into(), "b\u{e9}".into()]));
+        let mut bytes = enc.encode(&set).to_vec();
+        let i = bytes.windows(2).position(|w| w == [0xc3, 0xa9]).unwrap();
+        bytes[i] = 0xff;
+        let err = decode(&bytes).unwrap_err();
+        assert!(err.starts_with("value: set member 2: invalid UTF-8: "), "{err}");
     }
 }
