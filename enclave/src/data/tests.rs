@@ -675,3 +675,34 @@ fn fastavro_fixtures_of_flatc_records_parse() {
         assert!(cut.record.is_some(), "{cut}");
     }
 }
+
+/// Why the container stays with our reader (docs/data-files.md, "Parse speed"): the maintained
+/// `apache-avro` crate's `Reader` (0.22) takes, without an error, files that ours rejects, and
+/// with them inflated bytes that no record is decoded from, so the file's budget could not be
+/// kept by counting what it yields. Should a later version reject these, reconsider the switch.
+#[test]
+fn apache_avro_reader_accepts_containers_that_ours_rejects() {
+    let r1 = update("a", 1, Value::String("x".into()));
+    let good = datum(&r1);
+    let sync = [5u8; 16];
+    let apache = |file: &[u8]| -> Result<usize, String> {
+        let reader = apache_avro::Reader::new(file).map_err(|e| e.to_string())?;
+        reader.map(|v| v.map(|_| 1).map_err(|e| e.to_string())).sum()
+    };
+    // A block of 0 objects ends its reading: the blocks after it are dropped unread.
+    let zero_first = container(&[SCHEMA], &sync, &[(0, good.clone()), (1, good.clone())]);
+    assert_eq!(apache(&zero_first), Ok(0));
+    assert!(
+        err("f", &zero_first).starts_with("f: record 1: Avro block 1: 98 bytes left after its 0 objects")
+    );
+    // Bytes after a block's objects are skipped.
+    let extra = container(&[SCHEMA], &sync, &[(1, [good.clone(), good.clone()].concat())]);
+    assert_eq!(apache(&extra), Ok(1));
+    assert!(err("f", &extra).starts_with("f: record 1: Avro block 1: 98 bytes left after its 1 objects"));
+    // ... also when deflate made them: 1 MiB inflated, 98 bytes of it decoded.
+    let padded = [good.clone(), vec![0; 1 << 20]].concat();
+    let bomb = container(&[SCHEMA, (b"avro.codec", b"deflate")], &sync, &[(1, deflate(&padded))]);
+    assert!(bomb.len() < 4096, "{}", bomb.len());
+    assert_eq!(apache(&bomb), Ok(1));
+    assert!(err("f", &bomb).starts_with("f: record 1: Avro block 1: 1048576 bytes left after its 1 objects"));
+}
