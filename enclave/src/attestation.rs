@@ -23,9 +23,9 @@ use kv_protocol::keys::USER_DATA_PREFIX;
 use serde_bytes::ByteBuf;
 use tonic::{Request, Response, Status};
 
-use crate::fleet::recipient::RecipientKey;
 use crate::proto::enclave::v1::attestation_server::{Attestation, AttestationServer};
 use crate::proto::enclave::v1::{GetAttestationDocumentRequest, GetAttestationDocumentResponse};
+use crate::recipient::RecipientKey;
 use crate::telemetry::counters::{self, AttestationRefusal};
 
 /// Limits of the NSM for each field (larger inputs are refused by the module).

@@ -80,3 +80,31 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// An S3 object, `s3://BUCKET/KEY` (the fleet key set's location).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    pub key: String,
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+impl std::str::FromStr for S3Location {
+    type Err = String;
+
+    /// `s3://bucket/key`; the reason names what is wrong, not the value.
+    fn from_str(text: &str) -> Result<S3Location, String> {
+        let rest = text.strip_prefix("s3://").ok_or("is not an s3://BUCKET/KEY URI")?;
+        let (bucket, key) = rest.split_once('/').ok_or("has no object key after the bucket")?;
+        check_bucket(bucket)?;
+        if key.is_empty() || key.len() > 1024 || key.ends_with('/') {
+            return Err("has no object key (or one ending in '/')".into());
+        }
+        Ok(S3Location { bucket: bucket.to_string(), key: key.to_string() })
+    }
+}

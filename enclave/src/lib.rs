@@ -2,7 +2,7 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`config`] | flags and the TOML file, checked before anything starts |
+//! | [`config`] | flags and the TOML file, checked before anything starts (`[aws]`, `[otlp]`, `[v2]` and fleet key settings included) |
 //! | [`data`] | data file names and formats (CSV, Avro of FlatBuffers records) |
 //! | [`source`] | where data files come from ([`source::Source`]; [`source::LocalDir`]) |
 //! | [`s3`] | [`s3::S3Source`]: a bucket + prefix through the parent's SOCKS5 egress |
@@ -19,6 +19,10 @@
 //! | [`telemetry`] | OTLP metrics and spans to the collector on the parent (off unless configured) |
 //! | [`server`] | `run(listener, app, shutdown)`: every service on one listener |
 //! | [`idle`] | closing connections that carry no call for 5 minutes |
+//! | [`fleet`], [`recipient`] | the fleet key set through KMS attestation; the RSA key KMS encrypts to |
+//! | [`aws`], [`histogram`] | AWS name checks and `S3Location`; the fixed-bucket histogram |
+//!
+//! The modules import each other without cycles; `config` depends only on `aws`, `data` and `ssm`.
 #![forbid(unsafe_code)]
 
 pub mod attestation;
@@ -28,11 +32,13 @@ pub mod data;
 pub mod egress;
 pub mod fleet;
 pub mod health;
+pub mod histogram;
 pub mod idle;
 pub mod keys;
 pub mod loader;
 pub mod pbvalue;
 pub mod query;
+pub mod recipient;
 pub mod s3;
 pub mod sample;
 pub mod server;

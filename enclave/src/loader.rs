@@ -44,10 +44,13 @@ use std::time::{Duration, Instant};
 
 use crate::data::{self, DataFileName, FileKind};
 use crate::health::Health;
+use crate::histogram::Histogram;
 use crate::source::{Source, SourceError};
 use crate::store::Store;
-use crate::telemetry::LOAD_BOUNDS_MS;
-use crate::telemetry::histogram::Histogram;
+
+/// Upper bounds of the data-file load time histogram (fetch, parse, apply), in milliseconds.
+pub static LOAD_BOUNDS_MS: [f64; 12] =
+    [1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10_000.0, 30_000.0, 60_000.0, 300_000.0];
 
 /// Every this many polls, the whole source is listed (new prefixes appear); in between, only
 /// the names after each known prefix's newest file.

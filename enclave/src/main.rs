@@ -97,7 +97,11 @@ async fn serve(
     let health =
         Arc::new(if config.fleet_keys.is_some() { Health::new_waiting_for_keys() } else { Health::new() });
     let loader_metrics = Arc::new(LoaderMetrics::default());
-    if let Some(otlp) = config.otlp.clone() {
+    if let Some(mut otlp) = config.otlp.clone() {
+        // Inside an enclave the NSM knows the image's PCR0; elsewhere there is none to report.
+        if otlp.pcr0.is_none() {
+            otlp.pcr0 = kv_server::attestation::describe_pcr(0);
+        }
         kv_server::telemetry::start(otlp, store.clone(), loader_metrics.clone(), log_queue);
     }
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -65,7 +65,7 @@ pub struct SsmSettings {
     pub poll_interval: Option<Duration>,
     pub prefix: Option<String>,
     pub region: Option<String>,
-    pub fleet_keys_location: Option<crate::fleet::S3Location>,
+    pub fleet_keys_location: Option<crate::aws::S3Location>,
     /// Full names of the parameters that exist.
     pub found: Vec<String>,
 }

@@ -20,11 +20,11 @@ use kms_double::test_nsm::TestNsm;
 use kv_protocol::keys::PublicKey;
 use kv_server::attestation::{AttestError, Attester};
 use kv_server::config::V2Config;
-use kv_server::fleet::recipient::RecipientKey;
 use kv_server::fleet::{FleetConfig, S3Location};
 use kv_server::health::{Health, LOADBALANCER};
 use kv_server::keys::KeyManager;
 use kv_server::proto::grpc::health::v1::health_check_response::ServingStatus;
+use kv_server::recipient::RecipientKey;
 
 const BUCKET: &str = "fleet-keys";
 const OBJECT: &str = "kv/fleet-keys/keyset.json";

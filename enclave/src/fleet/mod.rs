@@ -2,7 +2,7 @@
 //! enclave only sealed in one S3 object, under a data key that KMS hands out only to an enclave
 //! whose attestation document the key policy accepts.
 //!
-//! At start the enclave generates an RSA key pair ([`recipient`]) and reads the object: KMS
+//! At start the enclave generates an RSA key pair ([`crate::recipient`]) and reads the object: KMS
 //! `Decrypt` of its data key with a `Recipient` (an NSM document over the RSA public key) returns
 //! the data key encrypted to that key, which opens the set ([`keyset`]). If there is no object
 //! yet, the enclave makes the set: KMS `GenerateDataKey` with a `Recipient`, a fresh key, sealed,
@@ -22,7 +22,6 @@
 //! valid); it cannot make an enclave accept a key set it knows.
 
 pub mod keyset;
-pub mod recipient;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,56 +38,16 @@ use crate::aws::describe;
 use crate::config::V2Config;
 use crate::health::Health;
 use crate::keys::KeyManager;
-use crate::s3::{Backoff, S3Config};
+use crate::recipient::{RecipientError, RecipientKey};
+use crate::s3::Backoff;
 use keyset::{ENCRYPTION_CONTEXT, KeySet, KeySetError, MAX_OBJECT_BYTES, Sealed};
-use recipient::{RecipientError, RecipientKey};
 
-/// How often the object is read again by default.
-pub const DEFAULT_POLL: Duration = Duration::from_secs(60);
+// The settings live in `config` and `aws` (no module imports back into `fleet`).
+pub use crate::aws::S3Location;
+pub use crate::config::FleetConfig;
+
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
-
-/// Where the key set object is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3Location {
-    pub bucket: String,
-    pub key: String,
-}
-
-impl std::fmt::Display for S3Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "s3://{}/{}", self.bucket, self.key)
-    }
-}
-
-impl std::str::FromStr for S3Location {
-    type Err = String;
-
-    /// `s3://bucket/key`; the reason names what is wrong, not the value.
-    fn from_str(text: &str) -> Result<S3Location, String> {
-        let rest = text.strip_prefix("s3://").ok_or("is not an s3://BUCKET/KEY URI")?;
-        let (bucket, key) = rest.split_once('/').ok_or("has no object key after the bucket")?;
-        crate::aws::check_bucket(bucket)?;
-        if key.is_empty() || key.len() > 1024 || key.ends_with('/') {
-            return Err("has no object key (or one ending in '/')".into());
-        }
-        Ok(S3Location { bucket: bucket.to_string(), key: key.to_string() })
-    }
-}
-
-/// The checked fleet key settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FleetConfig {
-    /// The egress proxy, region and endpoints (the `[aws]` settings).
-    pub aws: S3Config,
-    /// The KMS key (id, ARN, alias name or alias ARN), from the image's configuration only.
-    pub kms_key: String,
-    /// `None`: from the SSM parameter `<prefix>-fleet-keys-s3-uri`.
-    pub location: Option<S3Location>,
-    /// KMS endpoint URL instead of the regional one (a test double).
-    pub kms_endpoint_url: Option<String>,
-    pub poll_interval: Duration,
-}
 
 /// One failure of the fleet key task; names the call and the side that failed, never a key.
 #[derive(Debug, thiserror::Error)]

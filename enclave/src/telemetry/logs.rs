@@ -159,18 +159,6 @@ pub fn to_otlp(record: &LogRecord) -> pl::LogRecord {
     }
 }
 
-/// Parses `--otlp-log-level`.
-pub fn parse_level(text: &str) -> Result<Level, String> {
-    match text.to_ascii_lowercase().as_str() {
-        "error" => Ok(Level::ERROR),
-        "warn" => Ok(Level::WARN),
-        "info" => Ok(Level::INFO),
-        "debug" => Ok(Level::DEBUG),
-        "trace" => Ok(Level::TRACE),
-        _ => Err(format!("{text:?} is not one of error, warn, info, debug, trace")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,7 +221,7 @@ mod tests {
         let cut = bounded(text);
         assert!(cut.len() <= MAX_TEXT + '…'.len_utf8());
         assert!(cut.ends_with('…'));
-        assert_eq!(parse_level("WARN").unwrap(), Level::WARN);
-        assert!(parse_level("loud").unwrap_err().contains("loud"));
+        assert_eq!(crate::config::otlp::parse_level("WARN").unwrap(), Level::WARN);
+        assert!(crate::config::otlp::parse_level("loud").unwrap_err().contains("loud"));
     }
 }

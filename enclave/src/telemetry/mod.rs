@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clap::Args;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -38,19 +37,17 @@ use tokio::sync::mpsc;
 use tonic::metadata::MetadataMap;
 use transport::Endpoint;
 
-use crate::config::ConfigError;
+pub use crate::config::otlp::{DEFAULT_INTERVAL_MS, OtlpArgs, OtlpConfig, OtlpFileConfig};
 use crate::loader::LoaderMetrics;
 use crate::store::Store;
 
 pub mod counters;
-pub mod histogram;
 pub mod logs;
 mod wire;
 
-use histogram::Histogram;
+use crate::histogram::Histogram;
 use logs::LogRecord;
 
-pub const DEFAULT_INTERVAL_MS: u64 = 10_000;
 /// Finished spans waiting for export; more are dropped (and counted), never waited for.
 pub const SPAN_QUEUE: usize = 8192;
 /// Most spans (or log records) in one export call.
@@ -62,120 +59,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Upper bounds of the request latency histogram, in milliseconds.
 pub static LATENCY_BOUNDS_MS: [f64; 14] =
     [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
-/// Upper bounds of the data-file load time histogram (fetch, parse, apply), in milliseconds.
-pub static LOAD_BOUNDS_MS: [f64; 12] =
-    [1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10_000.0, 30_000.0, 60_000.0, 300_000.0];
 const METHOD: &str = "GetValues";
 const SERVICE: &str = "kv_server.v1.KeyValueService";
-
-/// OTLP flags (`kv-server --help`); each has a key in the config file's `[otlp]` table.
-#[derive(Debug, Args, Default, Clone)]
-pub struct OtlpArgs {
-    /// Collector to export OTLP metrics, spans and logs to over gRPC: tcp://HOST:PORT,
-    /// unix:///path or vsock://parent:4317 (a vsockproxy mapping to the parent's collector). Off when
-    /// not set.
-    #[arg(long, value_name = "ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
-    /// How often metrics are exported, and the longest a span or log record waits, in
-    /// milliseconds [default: 10000].
-    #[arg(long, value_name = "MS")]
-    pub otlp_interval_ms: Option<u64>,
-    /// Resource attribute `service.instance.id` (e.g. the EC2 instance id).
-    #[arg(long, value_name = "ID", env = "KV_INSTANCE_ID")]
-    pub otlp_instance_id: Option<String>,
-    /// Resource attribute `aws.nitro_enclave.pcr0`: the enclave image's PCR0 (read from the NSM
-    /// when not given and running in an enclave).
-    #[arg(long, value_name = "HEX", env = "KV_PCR0")]
-    pub otlp_pcr0: Option<String>,
-    /// Also export kv-server's log events at this level and above as OTLP logs: error, warn,
-    /// info, debug or trace [default: none, logs go to the console only].
-    #[arg(long, value_name = "LEVEL")]
-    pub otlp_log_level: Option<String>,
-}
-
-/// `[otlp]` in the configuration file; the flags override it.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OtlpFileConfig {
-    pub endpoint: Option<String>,
-    pub interval_ms: Option<u64>,
-    pub instance_id: Option<String>,
-    pub pcr0: Option<String>,
-    pub log_level: Option<String>,
-}
-
-/// The checked OTLP settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OtlpConfig {
-    pub endpoint: Endpoint,
-    pub interval: Duration,
-    pub instance_id: Option<String>,
-    pub pcr0: Option<String>,
-    /// `None`: no OTLP logs.
-    pub log_level: Option<tracing::Level>,
-}
-
-impl OtlpArgs {
-    /// Flags over `[otlp]`; `None` when export is off. Errors name the flag or the file key.
-    pub fn resolve(
-        &self,
-        file: Option<OtlpFileConfig>,
-        config_path: Option<&std::path::Path>,
-    ) -> Result<Option<OtlpConfig>, ConfigError> {
-        let file = file.unwrap_or_default();
-        let origin = |flag: &str, key: &str, from_flag: bool| match (config_path, from_flag) {
-            (Some(path), false) => format!("{} key `otlp.{key}`", path.display()),
-            _ => format!("--otlp-{flag}"),
-        };
-        let invalid = |setting: String, reason: String| ConfigError::Invalid { setting, reason };
-        let endpoint_flag = self.otlp_endpoint.is_some();
-        let Some(text) = self.otlp_endpoint.clone().or(file.endpoint) else {
-            let stray = [
-                ("interval-ms", "interval_ms", self.otlp_interval_ms.is_some(), file.interval_ms.is_some()),
-                ("log-level", "log_level", self.otlp_log_level.is_some(), file.log_level.is_some()),
-            ];
-            if let Some((flag, key, from_flag, _)) = stray.iter().find(|(_, _, f, k)| *f || *k) {
-                return Err(invalid(
-                    origin(flag, key, *from_flag),
-                    "needs an OTLP endpoint (--otlp-endpoint or `otlp.endpoint`)".into(),
-                ));
-            }
-            return Ok(None);
-        };
-        let endpoint: Endpoint = text.parse().map_err(|e: transport::EndpointError| {
-            invalid(origin("endpoint", "endpoint", endpoint_flag), e.to_string())
-        })?;
-        let interval_ms = self.otlp_interval_ms.or(file.interval_ms).unwrap_or(DEFAULT_INTERVAL_MS);
-        if interval_ms == 0 || interval_ms > 3_600_000 {
-            return Err(invalid(
-                origin("interval-ms", "interval_ms", self.otlp_interval_ms.is_some()),
-                format!("{interval_ms} is outside 1..=3600000 milliseconds"),
-            ));
-        }
-        let pcr0 = self.otlp_pcr0.clone().or(file.pcr0);
-        if let Some(pcr0) = &pcr0
-            && (pcr0.is_empty() || !pcr0.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            return Err(invalid(
-                origin("pcr0", "pcr0", self.otlp_pcr0.is_some()),
-                format!("{pcr0:?} is not hexadecimal"),
-            ));
-        }
-        let log_level = match self.otlp_log_level.clone().or(file.log_level) {
-            None => None,
-            Some(text) => Some(logs::parse_level(&text).map_err(|reason| {
-                invalid(origin("log-level", "log_level", self.otlp_log_level.is_some()), reason)
-            })?),
-        };
-        Ok(Some(OtlpConfig {
-            endpoint,
-            interval: Duration::from_millis(interval_ms),
-            instance_id: self.otlp_instance_id.clone().or(file.instance_id).filter(|s| !s.is_empty()),
-            pcr0,
-            log_level,
-        }))
-    }
-}
 
 /// Counters of the request path: one slot per gRPC status code.
 struct RequestMetrics {
@@ -230,7 +115,7 @@ static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
 /// Starts the exporter tasks (call once, inside the runtime). `logs` is the queue of
 /// [`logs::channel`] when OTLP logs are on. Returns `false` if it already ran.
 pub fn start(
-    mut config: OtlpConfig,
+    config: OtlpConfig,
     store: Arc<Store>,
     loader: Arc<LoaderMetrics>,
     logs: Option<mpsc::Receiver<LogRecord>>,
@@ -244,10 +129,6 @@ pub fn start(
     };
     if TELEMETRY.set(telemetry).is_err() {
         return false;
-    }
-    if config.pcr0.is_none() {
-        // Inside an enclave the NSM knows the image's PCR0; elsewhere there is none to report.
-        config.pcr0 = crate::attestation::describe_pcr(0);
     }
     tracing::info!(
         endpoint = %config.endpoint,

@@ -16,6 +16,9 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use transport::Endpoint;
 
+pub mod aws;
+pub mod otlp;
+
 /// `vsock://any:50051`: kv-server's port of the address plan, on every CID of the enclave.
 pub fn default_listen() -> Endpoint {
     transport::plan::vsock_any(u32::from(transport::plan::KV_SERVER_PORT))
@@ -159,10 +162,10 @@ pub struct ServeArgs {
     pub test_initial_load_delay_ms: Option<u64>,
     /// S3 data source, egress proxy and SSM parameters (see `crate::s3`).
     #[command(flatten)]
-    pub aws: crate::s3::AwsArgs,
+    pub aws: aws::AwsArgs,
     /// OTLP export of metrics, spans and logs (see `crate::telemetry`).
     #[command(flatten)]
-    pub otlp: crate::telemetry::OtlpArgs,
+    pub otlp: otlp::OtlpArgs,
 }
 
 /// The configuration file. Every key is optional; unknown keys are an error.
@@ -189,9 +192,9 @@ pub struct FileConfig {
     /// `[v2]`: HPKE keys and limits of the v2 API.
     pub v2: Option<V2FileConfig>,
     /// `[aws]`: S3 data source, egress proxy, SSM parameters.
-    pub aws: Option<crate::s3::AwsFileConfig>,
+    pub aws: Option<aws::AwsFileConfig>,
     /// `[otlp]`: metrics, spans and logs to the collector.
-    pub otlp: Option<crate::telemetry::OtlpFileConfig>,
+    pub otlp: Option<otlp::OtlpFileConfig>,
 }
 
 /// `[v2]` in the configuration file.
@@ -227,11 +230,28 @@ impl Default for V2Config {
     }
 }
 
+/// How often the fleet key set object is read again by default.
+pub const DEFAULT_FLEET_KEYS_POLL: Duration = Duration::from_secs(60);
+
+/// The checked fleet key settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// The egress proxy, region and endpoints (the `[aws]` settings).
+    pub aws: aws::S3Config,
+    /// The KMS key (id, ARN, alias name or alias ARN), from the image's configuration only.
+    pub kms_key: String,
+    /// `None`: from the SSM parameter `<prefix>-fleet-keys-s3-uri`.
+    pub location: Option<crate::aws::S3Location>,
+    /// KMS endpoint URL instead of the regional one (a test double).
+    pub kms_endpoint_url: Option<String>,
+    pub poll_interval: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataSourceConfig {
     LocalDir(PathBuf),
     Sample,
-    S3(crate::s3::S3Config),
+    S3(aws::S3Config),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +289,7 @@ pub struct Config {
     pub plaintext_lookups: bool,
     pub v2: V2Config,
     /// Serve the fleet's key set ([`crate::fleet`]) instead of keys of this process alone.
-    pub fleet_keys: Option<crate::fleet::FleetConfig>,
+    pub fleet_keys: Option<FleetConfig>,
     pub tombstone_retention: i64,
     /// In commit-time units (microseconds).
     pub max_commit_time_ahead: i64,
@@ -280,7 +300,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub initial_load_delay: Duration,
     /// `None`: no OTLP export.
-    pub otlp: Option<crate::telemetry::OtlpConfig>,
+    pub otlp: Option<otlp::OtlpConfig>,
     /// What `vsock://parent:PORT` was resolved to (from `ENCLAVE_PARENT_CID`, default 3).
     pub parent_cid: u32,
 }
@@ -353,13 +373,8 @@ impl ServeArgs {
         let poll_set = self.poll_interval_ms.is_some() || file.poll_interval_ms.is_some();
         let v2_file = file.v2.unwrap_or_default();
         let fleet_kms_key = self.fleet_keys_kms_key.clone().or(v2_file.fleet_keys_kms_key.clone());
-        let mut aws = crate::s3::resolve(
-            &self.aws,
-            file.aws,
-            self.config.as_deref(),
-            poll_set,
-            fleet_kms_key.is_some(),
-        )?;
+        let mut aws =
+            aws::resolve(&self.aws, file.aws, self.config.as_deref(), poll_set, fleet_kms_key.is_some())?;
         let mut otlp = self.otlp.resolve(file.otlp, self.config.as_deref())?;
         // Every dialled endpoint; a numeric CID (vsock://3:PORT) keeps its meaning.
         if let Some(aws) = &mut aws {
@@ -588,7 +603,7 @@ impl ServeArgs {
                 let poll_secs = self
                     .fleet_keys_poll_secs
                     .or(v2_file.fleet_keys_poll_secs)
-                    .unwrap_or(crate::fleet::DEFAULT_POLL.as_secs());
+                    .unwrap_or(DEFAULT_FLEET_KEYS_POLL.as_secs());
                 if !(1..=3600).contains(&poll_secs) {
                     return Err(invalid(
                         v2_origin(
@@ -617,7 +632,7 @@ impl ServeArgs {
                         ));
                     }
                 }
-                Some(crate::fleet::FleetConfig {
+                Some(FleetConfig {
                     aws,
                     kms_key,
                     location,
@@ -734,7 +749,7 @@ mod tests {
         let fleet = config.fleet_keys.expect("fleet keys on");
         assert_eq!(fleet.kms_key, "alias/kv");
         assert_eq!(fleet.location.unwrap().to_string(), "s3://kv-keys/k.json");
-        assert_eq!(fleet.poll_interval, crate::fleet::DEFAULT_POLL);
+        assert_eq!(fleet.poll_interval, DEFAULT_FLEET_KEYS_POLL);
         assert_eq!(config.source, DataSourceConfig::Sample, "the AWS settings alone are no S3 data source");
         assert_eq!(args(&base).resolve().unwrap().fleet_keys, None);
 
