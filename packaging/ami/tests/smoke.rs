@@ -6,17 +6,11 @@
 
 mod common;
 
-use common::booted::{FakeBootedInstance, PROFILE, Report, Seen};
-use common::{Log, Moto, never, opts, sparse_image};
+use common::booted::{FakeBootedInstance, GOOD, LAUNCHER, PCR0, PROFILE, Report, Seen, smoke_inputs};
+use common::{Log, Moto, never, opts};
 use kv_ami::aws::Clients;
 use kv_ami::spec::AmiSpec;
 use kv_ami::{Job, run};
-
-const PCR0: &str =
-    "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a";
-const GOOD: [&str; 3] = [PCR0, "01", "02"];
-const LAUNCHER: &str =
-    "#!/bin/bash\n# instance-init (stand-in text): KV_AMI_SMOKE_TEST aware\necho 'launch'\n";
 
 struct Fixture {
     moto: Moto,
@@ -29,13 +23,8 @@ struct Fixture {
 
 async fn fixture(extra: &str) -> Fixture {
     let moto = Moto::start();
-    common::booted::create_profile(&moto.url);
     let dir = tempfile::tempdir().unwrap();
-    let image = sparse_image(dir.path(), 8 * 1024, &[0, 5000]);
-    let manifest = dir.path().join("manifest.json");
-    std::fs::write(&manifest, common::manifest_json(PCR0, "")).unwrap();
-    let launcher = dir.path().join("instance-init.sh");
-    std::fs::write(&launcher, LAUNCHER).unwrap();
+    let common::booted::SmokeInputs { image, manifest, launcher } = smoke_inputs(&moto.url, dir.path());
     let spec = AmiSpec::parse(&format!(
         r#"
 name = "kv-{{content_key}}"

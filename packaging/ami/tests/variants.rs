@@ -9,18 +9,13 @@
 
 mod common;
 
-use common::booted::{FakeBootedInstance, PROFILE, Report, Seen};
-use common::{Log, Moto, opts, sparse_image};
+use common::booted::{FakeBootedInstance, GOOD, PROFILE, Report, Seen, smoke_inputs};
+use common::{Log, Moto, opts};
 use kv_ami::aws::Clients;
 use kv_ami::spec::AmiSpec;
 use kv_ami::variants::{Jobs, run_all};
 use kv_ami::{Job, Manifest};
 use std::collections::BTreeMap;
-
-const PCR0: &str =
-    "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a";
-const GOOD: [&str; 3] = [PCR0, "01", "02"];
-const LAUNCHER: &str = "#!/bin/bash\n# instance-init (stand-in text): KV_AMI_SMOKE_TEST aware\n";
 
 async fn parameter(c: &Clients, name: &str) -> Option<String> {
     let r = c.ssm.get_parameter().name(name).send().await;
@@ -47,13 +42,8 @@ fn build<'m>(m: &'m Manifest, variant: &str) -> &'m kv_ami::Build {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_variant_publishes_nothing_the_other_does_and_a_rerun_resumes_each() {
     let moto = Moto::start();
-    common::booted::create_profile(&moto.url);
     let dir = tempfile::tempdir().unwrap();
-    let image = sparse_image(dir.path(), 8 * 1024, &[0, 5000]);
-    let manifest = dir.path().join("manifest.json");
-    std::fs::write(&manifest, common::manifest_json(PCR0, "")).unwrap();
-    let launcher = dir.path().join("instance-init.sh");
-    std::fs::write(&launcher, LAUNCHER).unwrap();
+    let common::booted::SmokeInputs { image, manifest, launcher } = smoke_inputs(&moto.url, dir.path());
     let spec = AmiSpec::parse(&format!(
         r#"
 name = "kv-{{variant}}-{{content_key}}"

@@ -18,6 +18,37 @@ use std::time::{Duration, Instant};
 
 pub const PROFILE: &str = "kv-ami-smoke-test";
 
+/// The PCR0 in the bundle manifest of a smoke-tested run ([`SmokeInputs`]).
+pub const PCR0: &str =
+    "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a";
+/// What a booted instance whose image matches the manifest reports (PCR0, PCR1, PCR2).
+pub const GOOD: [&str; 3] = [PCR0, "01", "02"];
+/// The launcher's text in a smoke-tested run (carried verbatim in the test instance's user data).
+pub const LAUNCHER: &str =
+    "#!/bin/bash\n# instance-init (stand-in text): KV_AMI_SMOKE_TEST aware\necho 'launch'\n";
+
+/// The files of a smoke-tested run, written into one directory.
+pub struct SmokeInputs {
+    /// A sparse raw image (8 KiB, data at 0 and 5000).
+    pub image: std::path::PathBuf,
+    /// A bundle manifest naming [`PCR0`].
+    pub manifest: std::path::PathBuf,
+    /// [`LAUNCHER`].
+    pub launcher: std::path::PathBuf,
+}
+
+/// Creates the smoke test's instance profile in moto at `moto_url` and writes [`SmokeInputs`]
+/// into `dir`.
+pub fn smoke_inputs(moto_url: &str, dir: &std::path::Path) -> SmokeInputs {
+    create_profile(moto_url);
+    let image = super::sparse_image(dir, 8 * 1024, &[0, 5000]);
+    let manifest = dir.join("manifest.json");
+    std::fs::write(&manifest, super::manifest_json(PCR0, "")).unwrap();
+    let launcher = dir.join("instance-init.sh");
+    std::fs::write(&launcher, LAUNCHER).unwrap();
+    SmokeInputs { image, manifest, launcher }
+}
+
 /// moto checks that RunInstances' instance profile exists (created through boto3, in moto's venv).
 pub fn create_profile(url: &str) {
     let py = repo_root().join(".tools/venv/bin/python");
