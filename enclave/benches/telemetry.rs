@@ -90,8 +90,11 @@ impl TraceService for Counting {
 struct Server(Child, String);
 
 impl Server {
-    fn start(otlp: Option<&str>) -> Server {
+    fn start(otlp: Option<&str>, sdk: bool) -> Server {
         let mut cmd = Command::new(BIN);
+        if sdk {
+            cmd.env("KV_TELEMETRY_SDK", "1");
+        }
         cmd.args(["--sample-data", "--listen", "tcp://127.0.0.1:0"]);
         if let Some(endpoint) = otlp {
             cmd.args(["--otlp-endpoint", endpoint, "--otlp-interval-ms", "1000", "--otlp-log-level", "info"]);
@@ -181,46 +184,53 @@ fn main() {
     // A port nobody listens on: bind, note it, close.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port");
     let down = format!("tcp://{closed}");
-    let (mut off, mut on, mut gone) = (Vec::new(), Vec::new(), Vec::new());
-    let mut calls_on = 0;
+    let modes: Vec<String> = std::env::var("KV_BENCH_MODES")
+        .unwrap_or_else(|_| "off,on,down".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut calls_made = vec![0u64; modes.len()];
+    let mut spans_got = vec![0u64; modes.len()];
     for round in 1..=rounds {
-        for mode in ["off", "on", "down"] {
-            let telemetry = mode == "on";
-            let endpoint = match mode {
-                "on" => Some(otlp.as_str()),
-                "down" => Some(down.as_str()),
+        for (i, mode) in modes.iter().enumerate() {
+            let endpoint = match mode.as_str() {
+                "on" | "sdk" => Some(otlp.as_str()),
+                "down" | "sdk-down" => Some(down.as_str()),
                 _ => None,
             };
-            let server = Server::start(endpoint);
+            let spans_before = receiver.spans.load(Ordering::Relaxed);
+            let server = Server::start(endpoint, mode.starts_with("sdk"));
             let (rps, calls) = rt.block_on(requests_per_second(&server, Duration::from_secs(seconds)));
-            if telemetry {
-                calls_on += calls;
-                // The spans of the last batch: wait one interval before stopping the server.
-                std::thread::sleep(Duration::from_millis(1200));
+            if endpoint == Some(otlp.as_str()) {
+                calls_made[i] += calls;
+                // The spans of the last batch: wait two intervals before stopping the server.
+                std::thread::sleep(Duration::from_millis(2500));
+                spans_got[i] += receiver.spans.load(Ordering::Relaxed) - spans_before;
             }
-            println!("round {round} telemetry {mode:4}: {rps:9.0} GetValues/s");
-            match mode {
-                "on" => on.push(rps),
-                "down" => gone.push(rps),
-                _ => off.push(rps),
-            }
+            drop(server);
+            println!("round {round} telemetry {mode:8}: {rps:9.0} GetValues/s");
+            rates[i].push(rps);
         }
     }
-    // Let the last interval's export land before reading the receiver's counts.
-    std::thread::sleep(Duration::from_millis(1500));
-    let (off, on, gone) = (median(off), median(on), median(gone));
+    let medians: Vec<f64> = rates.into_iter().map(median).collect();
+    let off = modes.iter().position(|m| m == "off").map(|i| medians[i]);
+    for (i, mode) in modes.iter().enumerate() {
+        let ratio = off.map(|o| {
+            format!(", {mode}/off = {:.3} ({:+.1} %)", medians[i] / o, (medians[i] / o - 1.0) * 100.0)
+        });
+        let spans = (calls_made[i] > 0)
+            .then(|| format!("; receiver got {} spans of {} calls", spans_got[i], calls_made[i]));
+        println!(
+            "median {mode}: {:.0}/s{}{}",
+            medians[i],
+            ratio.unwrap_or_default(),
+            spans.unwrap_or_default()
+        );
+    }
     println!(
-        "median: off {off:.0}/s, on {on:.0}/s, on/off = {:.3} ({:+.1} %); receiver got {} spans of {calls_on} calls \
-         made with telemetry on, {} log records, {} metric exports",
-        on / off,
-        (on / off - 1.0) * 100.0,
-        receiver.spans.load(Ordering::Relaxed),
+        "receiver totals: {} log records, {} metric exports",
         receiver.logs.load(Ordering::Relaxed),
         receiver.metric_exports.load(Ordering::Relaxed)
-    );
-    println!(
-        "median with the collector down: {gone:.0}/s, down/off = {:.3} ({:+.1} %)",
-        gone / off,
-        (gone / off - 1.0) * 100.0
     );
 }

@@ -20,7 +20,7 @@
 //! | [`server`] | `run(listener, app, shutdown)`: every service on one listener |
 //! | [`idle`] | closing connections that carry no call for 5 minutes |
 //! | [`fleet`], [`recipient`] | the fleet key set through KMS attestation; the RSA key KMS encrypts to |
-//! | [`aws`], [`histogram`] | AWS name checks and `S3Location`; the fixed-bucket histogram |
+//! | [`aws`] | AWS name checks and `S3Location` |
 //!
 //! The modules import each other without cycles; `config` depends only on `aws`, `data` and `ssm`.
 #![forbid(unsafe_code)]
@@ -32,7 +32,6 @@ pub mod data;
 pub mod egress;
 pub mod fleet;
 pub mod health;
-pub mod histogram;
 pub mod idle;
 pub mod keys;
 pub mod loader;

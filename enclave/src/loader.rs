@@ -44,7 +44,6 @@ use std::time::{Duration, Instant};
 
 use crate::data::{self, DataFileName, FileKind};
 use crate::health::Health;
-use crate::histogram::Histogram;
 use crate::source::{Source, SourceError};
 use crate::store::Store;
 
@@ -74,8 +73,9 @@ pub struct LoaderMetrics {
     pub files_unfetchable: AtomicU64,
     /// Bytes of the files applied.
     pub bytes_loaded: AtomicU64,
-    /// Fetch + parse + apply time of each file handled (applied or rejected).
-    pub file_load_duration: Histogram,
+    /// Fetch + parse + apply time of each file handled (applied or rejected), in milliseconds
+    /// (`kv_server.data.load.duration`).
+    pub file_load_duration: opentelemetry::metrics::Histogram<f64>,
     /// How long the initial load took, in milliseconds (at least 1); 0 until it finished.
     pub initial_load_ms: AtomicU64,
     /// Unix time (ms) of the last poll that listed the source and handled every file listed; 0
@@ -86,7 +86,20 @@ pub struct LoaderMetrics {
 }
 
 impl Default for LoaderMetrics {
+    /// The counters at zero and the load-time histogram on the process's meter provider (a no-op
+    /// one until telemetry started: create these after [`crate::telemetry::start`]).
     fn default() -> Self {
+        // The scope telemetry's own instruments use (same name and version: one scope in exports).
+        let scope = opentelemetry::InstrumentationScope::builder("kv-server")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        LoaderMetrics::with_meter(&opentelemetry::global::meter_with_scope(scope))
+    }
+}
+
+impl LoaderMetrics {
+    /// The counters at zero and the load-time histogram on `meter`.
+    pub fn with_meter(meter: &opentelemetry::metrics::Meter) -> Self {
         LoaderMetrics {
             files_loaded: AtomicU64::new(0),
             files_rejected: AtomicU64::new(0),
@@ -96,15 +109,18 @@ impl Default for LoaderMetrics {
             tombstones_removed: AtomicU64::new(0),
             files_unfetchable: AtomicU64::new(0),
             bytes_loaded: AtomicU64::new(0),
-            file_load_duration: Histogram::new(&LOAD_BOUNDS_MS),
+            file_load_duration: meter
+                .f64_histogram("kv_server.data.load.duration")
+                .with_description("Time to fetch, parse and apply one data file (applied or rejected)")
+                .with_unit("ms")
+                .with_boundaries(LOAD_BOUNDS_MS.to_vec())
+                .build(),
             initial_load_ms: AtomicU64::new(0),
             last_sync_unix_ms: AtomicU64::new(0),
             files_pending: AtomicU64::new(0),
         }
     }
-}
 
-impl LoaderMetrics {
     pub fn snapshot(&self) -> [(&'static str, u64); 7] {
         [
             ("files_loaded", self.files_loaded.load(Ordering::Relaxed)),
@@ -519,7 +535,7 @@ impl<S: Source> Loader<S> {
                     files_rejected_total = rejected,
                     "data file rejected: every fetch attempt failed; its prefix moves on to newer files"
                 );
-                self.metrics.file_load_duration.record(started.elapsed());
+                self.metrics.file_load_duration.record(started.elapsed().as_secs_f64() * 1e3, &[]);
                 self.handled_file(name, FileOutcome::Rejected);
                 return Step::Done(FileOutcome::Rejected);
             }
@@ -545,7 +561,7 @@ impl<S: Source> Loader<S> {
             LoadError::Task { file: full.clone(), reason: reason.into() }
         })
         .and_then(|r| r.map_err(LoadError::from));
-        self.metrics.file_load_duration.record(started.elapsed());
+        self.metrics.file_load_duration.record(started.elapsed().as_secs_f64() * 1e3, &[]);
         let outcome = match result {
             Ok((count, stats)) => {
                 self.metrics.files_loaded.fetch_add(1, Ordering::Relaxed);
@@ -716,8 +732,15 @@ mod tests {
     fn loader_with_health(
         source: Arc<MemorySource>,
     ) -> (Loader<Arc<MemorySource>>, Arc<Store>, Arc<LoaderMetrics>, Arc<Health>) {
+        loader_measured(source, LoaderMetrics::default())
+    }
+
+    fn loader_measured(
+        source: Arc<MemorySource>,
+        metrics: LoaderMetrics,
+    ) -> (Loader<Arc<MemorySource>>, Arc<Store>, Arc<LoaderMetrics>, Arc<Health>) {
         let store = Arc::new(Store::new());
-        let metrics = Arc::new(LoaderMetrics::default());
+        let metrics = Arc::new(metrics);
         let config = LoaderConfig {
             poll_interval: Duration::from_millis(10),
             tombstone_retention: 100,
@@ -730,6 +753,22 @@ mod tests {
         };
         let health = Arc::new(Health::new());
         (Loader::new(source, store.clone(), health.clone(), metrics.clone(), config), store, metrics, health)
+    }
+
+    /// How many data-file load times the newest export of `kv_server.data.load.duration` counts.
+    fn load_times_recorded(exporter: &opentelemetry_sdk::metrics::InMemoryMetricExporter) -> u64 {
+        use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+        let exports = exporter.get_finished_metrics().unwrap();
+        let newest = exports.last().expect("one export");
+        let metric = newest
+            .scope_metrics()
+            .flat_map(|s| s.metrics())
+            .find(|m| m.name() == "kv_server.data.load.duration")
+            .expect("the load-time histogram");
+        let AggregatedMetrics::F64(MetricData::Histogram(histogram)) = metric.data() else {
+            panic!("an f64 histogram expected")
+        };
+        histogram.data_points().map(|p| p.count()).sum()
     }
 
     fn status(health: &Health, name: &str) -> ServingStatus {
@@ -779,7 +818,14 @@ mod tests {
         put(&source, "DELTA_0000000000000002", "a,UPDATE,2,two,string\n");
         put(&source, "SNAPSHOT_0000000000000003", "a,UPDATE,3,three,string\nbroken row\n");
         put(&source, "DELTA_0000000000000004", "b,UPDATE,4,four,string\n");
-        let (mut loader, store, metrics) = loader(source.clone());
+        // The load-time histogram on a meter whose exports the test reads.
+        let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
+        let meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+            .with_reader(opentelemetry_sdk::metrics::PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let measured =
+            LoaderMetrics::with_meter(&opentelemetry::metrics::MeterProvider::meter(&meters, "test"));
+        let (mut loader, store, metrics, _) = loader_measured(source.clone(), measured);
         assert!(loader.initial_load().await.unwrap());
         assert_eq!(value(&store, "a").as_deref(), Some("two"), "older snapshot + its deltas");
         assert_eq!(value(&store, "b").as_deref(), Some("four"));
@@ -795,7 +841,8 @@ mod tests {
             applied_bytes as u64,
             "rejected bytes not counted"
         );
-        assert_eq!(metrics.file_load_duration.count(), 4, "every file handled is timed, rejected ones too");
+        meters.force_flush().unwrap();
+        assert_eq!(load_times_recorded(&exporter), 4, "every file handled is timed, rejected ones too");
         assert!(metrics.initial_load_ms.load(Ordering::Relaxed) >= 1, "the initial load's duration is kept");
 
         put(&source, "DELTA_0000000000000005", "c,UPDATE,5,x,string\nc,UPDATE,oops,y,string\n");

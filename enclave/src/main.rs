@@ -48,15 +48,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // OTLP logs: a second layer beside the console's, its queue drained by the exporter.
-    let (log_layer, log_queue) = match config.otlp.as_ref().and_then(|o| o.log_level) {
-        Some(level) => {
-            let (layer, queue) = kv_server::telemetry::logs::channel(level);
-            (Some((layer, level)), Some(queue))
-        }
-        None => (None, None),
-    };
-    init_tracing(config.log_format, log_layer);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -64,24 +55,52 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(serve(config, log_queue));
+    let telemetry = match config.otlp.clone() {
+        None => None,
+        Some(mut otlp) => {
+            // Inside an enclave the NSM knows the image's PCR0; elsewhere there is none to report.
+            if otlp.pcr0.is_none() {
+                otlp.pcr0 = kv_server::attestation::describe_pcr(0);
+            }
+            // The exporters' gRPC channel spawns its worker on the runtime.
+            let _entered = runtime.enter();
+            match kv_server::telemetry::start(&otlp) {
+                Ok(telemetry) => Some(telemetry),
+                Err(e) => {
+                    eprintln!("kv-server: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    init_tracing(config.log_format, telemetry.as_ref());
+    // After telemetry started: the loader's load-time histogram is created on its meter provider.
+    let store = Arc::new(Store::new());
+    let loader_metrics = Arc::new(LoaderMetrics::default());
+    if let Some(telemetry) = &telemetry {
+        telemetry.observe(store.clone(), loader_metrics.clone());
+    }
+    let outcome = runtime.block_on(serve(config, store, loader_metrics));
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, "kv-server failed");
+    }
+    // The last spans, metrics and logs, while the runtime still carries the connection.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
     // A parse still running on a blocking thread (the loader abandoned it at shutdown) must not
     // hold the exit: dropping the runtime would wait for it.
     runtime.shutdown_timeout(BLOCKING_TASKS_DEADLINE);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "kv-server failed");
             eprintln!("kv-server: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn serve(
-    config: Config,
-    log_queue: Option<tokio::sync::mpsc::Receiver<kv_server::telemetry::logs::LogRecord>>,
-) -> anyhow::Result<()> {
+async fn serve(config: Config, store: Arc<Store>, loader_metrics: Arc<LoaderMetrics>) -> anyhow::Result<()> {
     let listener = transport::Listener::bind(&config.listen).await?;
     let bound = listener.local_endpoint()?;
     tracing::info!(endpoint = %bound, "listening");
@@ -92,18 +111,9 @@ async fn serve(
         tracing::info!(setting, endpoint = %endpoint, parent_cid = config.parent_cid, "dials");
     }
 
-    let store = Arc::new(Store::new());
     // With fleet keys, serving also waits for the key set.
     let health =
         Arc::new(if config.fleet_keys.is_some() { Health::new_waiting_for_keys() } else { Health::new() });
-    let loader_metrics = Arc::new(LoaderMetrics::default());
-    if let Some(mut otlp) = config.otlp.clone() {
-        // Inside an enclave the NSM knows the image's PCR0; elsewhere there is none to report.
-        if otlp.pcr0.is_none() {
-            otlp.pcr0 = kv_server::attestation::describe_pcr(0);
-        }
-        kv_server::telemetry::start(otlp, store.clone(), loader_metrics.clone(), log_queue);
-    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -242,7 +252,7 @@ where
 }
 
 /// The console (stderr: `nitro-cli console` in debug mode) always; OTLP logs when configured.
-fn init_tracing(format: LogFormat, otlp: Option<(kv_server::telemetry::logs::OtlpLogLayer, tracing::Level)>) {
+fn init_tracing(format: LogFormat, telemetry: Option<&kv_server::telemetry::Telemetry>) {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -256,6 +266,6 @@ fn init_tracing(format: LogFormat, otlp: Option<(kv_server::telemetry::logs::Otl
         LogFormat::Json => console.json().boxed(),
     };
     // Each layer has its own filter: RUST_LOG for the console, the configured level for OTLP.
-    let otlp = otlp.map(|(layer, level)| layer.with_filter(kv_server::telemetry::logs::filter(level)));
+    let otlp = telemetry.and_then(|t| t.log_layer());
     tracing_subscriber::registry().with(console.with_filter(filter)).with(otlp).init();
 }

@@ -25,6 +25,7 @@ use crate::proto::encoded::EncodedGetValuesResponse;
 use crate::proto::google::rpc;
 use crate::proto::kv_server::v1::GetValuesRequest;
 use crate::store::{ReadView, Store, StoredValue};
+use crate::telemetry::QueryStats;
 
 /// GetValues' answer while plaintext lookups are off (also ObliviousGetValues' hint in v2).
 pub const PLAINTEXT_DISABLED: &str = "plaintext lookups are turned off on this server (plaintext_lookups = \
@@ -185,18 +186,18 @@ impl KeyValueService for QueryService {
         &self,
         request: Request<GetValuesRequest>,
     ) -> Result<Response<EncodedGetValuesResponse>, Status> {
-        let started = crate::telemetry::request_started();
         let result = if self.plaintext_lookups {
             self.answer(request.get_ref())
         } else {
             Err(Status::failed_precondition(PLAINTEXT_DISABLED))
         };
-        let outcome = match &result {
-            Ok(response) => Ok((response.keys, response.not_found)),
-            Err(status) => Err(status.code() as i32),
-        };
-        crate::telemetry::record_get_values(started, request.metadata(), outcome);
-        result.map(|response| Response::new(EncodedGetValuesResponse::from_encoded(response.bytes)))
+        // Telemetry's layer reads the counts from the response (see telemetry::layer).
+        result.map(|response| {
+            let stats = QueryStats { keys: response.keys, not_found: response.not_found };
+            let mut response = Response::new(EncodedGetValuesResponse::from_encoded(response.bytes));
+            response.extensions_mut().insert(stats);
+            response
+        })
     }
 }
 

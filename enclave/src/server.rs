@@ -116,6 +116,7 @@ pub async fn run(
         .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
         .timeout(REQUEST_TIMEOUT)
         .layer(TrackCallsLayer)
+        .layer(crate::telemetry::RequestTelemetryLayer)
         .add_service(
             QueryService::new(app.store.clone(), app.limits)
                 .with_plaintext_lookups(app.plaintext_lookups)
