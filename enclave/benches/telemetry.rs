@@ -7,7 +7,9 @@
 //! ratio on/off of the medians, with the spans (against the calls made with telemetry on), log
 //! records and metric exports the receiver got. A third mode, `down`, exports to a closed port
 //! (the collector is gone): serving must not slow down. `KV_BENCH_UNSAMPLED=1` sends a
-//! `traceparent` that asks for no span (the cost of the metrics alone).
+//! `traceparent` that asks for no span (the cost of the metrics alone). `KV_BENCH_PEER_BIN=path`
+//! adds a fourth mode, `peer`: another kv-server build with telemetry on, in the same rounds (how
+//! the SDK pipeline was compared with the hand-written exporter it replaced).
 //!
 //! Run: `cargo bench -p kv-server --bench telemetry`.
 
@@ -90,11 +92,8 @@ impl TraceService for Counting {
 struct Server(Child, String);
 
 impl Server {
-    fn start(otlp: Option<&str>, sdk: bool) -> Server {
-        let mut cmd = Command::new(BIN);
-        if sdk {
-            cmd.env("KV_TELEMETRY_SDK", "1");
-        }
+    fn start(bin: &str, otlp: Option<&str>) -> Server {
+        let mut cmd = Command::new(bin);
         cmd.args(["--sample-data", "--listen", "tcp://127.0.0.1:0"]);
         if let Some(endpoint) = otlp {
             cmd.args(["--otlp-endpoint", endpoint, "--otlp-interval-ms", "1000", "--otlp-log-level", "info"]);
@@ -184,23 +183,25 @@ fn main() {
     // A port nobody listens on: bind, note it, close.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port");
     let down = format!("tcp://{closed}");
-    let modes: Vec<String> = std::env::var("KV_BENCH_MODES")
-        .unwrap_or_else(|_| "off,on,down".into())
-        .split(',')
-        .map(str::to_owned)
-        .collect();
+    // A peer build (e.g. an older kv-server) measured with telemetry on in the same run.
+    let peer = std::env::var("KV_BENCH_PEER_BIN").ok();
+    let mut modes = vec!["off", "on", "down"];
+    if peer.is_some() {
+        modes.push("peer");
+    }
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     let mut calls_made = vec![0u64; modes.len()];
     let mut spans_got = vec![0u64; modes.len()];
     for round in 1..=rounds {
         for (i, mode) in modes.iter().enumerate() {
-            let endpoint = match mode.as_str() {
-                "on" | "sdk" => Some(otlp.as_str()),
-                "down" | "sdk-down" => Some(down.as_str()),
+            let endpoint = match *mode {
+                "on" | "peer" => Some(otlp.as_str()),
+                "down" => Some(down.as_str()),
                 _ => None,
             };
+            let bin = if *mode == "peer" { peer.as_deref().unwrap_or(BIN) } else { BIN };
             let spans_before = receiver.spans.load(Ordering::Relaxed);
-            let server = Server::start(endpoint, mode.starts_with("sdk"));
+            let server = Server::start(bin, endpoint);
             let (rps, calls) = rt.block_on(requests_per_second(&server, Duration::from_secs(seconds)));
             if endpoint == Some(otlp.as_str()) {
                 calls_made[i] += calls;
@@ -214,7 +215,7 @@ fn main() {
         }
     }
     let medians: Vec<f64> = rates.into_iter().map(median).collect();
-    let off = modes.iter().position(|m| m == "off").map(|i| medians[i]);
+    let off = modes.iter().position(|m| *m == "off").map(|i| medians[i]);
     for (i, mode) in modes.iter().enumerate() {
         let ratio = off.map(|o| {
             format!(", {mode}/off = {:.3} ({:+.1} %)", medians[i] / o, (medians[i] / o - 1.0) * 100.0)
