@@ -1,7 +1,7 @@
 //! One declaration per setting: [`settings!`] makes the clap flags (each with its environment
 //! variable), the file's table (`deny_unknown_fields`) and the merge (flag, else environment
 //! variable, else file, else default) that keeps each value's [`Origin`] for the errors
-//! (`--data-dir`, `environment variable KV_DATA_DIR`, `/etc/kv.toml key `data_dir` (line 3)`).
+//! (`--data-dir`, `environment variable KV_DATA_DIR`, ``/etc/kv.toml key `data_dir` (line 3)``).
 //! Why a macro and not a crate (figment): docs/kv-server.md.
 
 use std::collections::BTreeMap;
