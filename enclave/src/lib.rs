@@ -2,7 +2,7 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`config`] | flags and the TOML file, checked before anything starts (`[aws]`, `[otlp]`, `[v2]` and fleet key settings included) |
+//! | [`config`] | flags, environment variables and the TOML file from one declaration per setting, checked before anything starts (`[aws]`, `[otlp]`, `[v2]` and fleet key settings included) |
 //! | [`data`] | data file names and formats (CSV, Avro of FlatBuffers records) |
 //! | [`source`] | where data files come from ([`source::Source`]; [`source::LocalDir`]) |
 //! | [`s3`] | [`s3::S3Source`]: a bucket + prefix through the parent's SOCKS5 egress |

@@ -433,6 +433,30 @@ fn bad_configuration_exits_non_zero_before_serving() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+    // Every setting has an environment variable: below the flag, above the file, and named in
+    // errors (a value clap could not parse as well as one the checks refuse).
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kv.toml");
+    std::fs::write(&config, "sample_data = true\nmax_keys_per_request = 0\n").unwrap();
+    let config = config.to_str().unwrap();
+    for (env, args, needle) in [
+        ("0", &["--sample-data"][..], "environment variable KV_MAX_KEYS_PER_REQUEST: 0 is outside"),
+        ("many", &["--sample-data"][..], "environment variable KV_MAX_KEYS_PER_REQUEST: \"many\""),
+        ("5", &["--config", config, "--max-request-bytes", "10"][..], "--max-request-bytes"),
+        (
+            "0",
+            &["--sample-data", "--max-keys-per-request", "5", "--max-request-bytes", "10"][..],
+            "--max-request-bytes",
+        ),
+    ] {
+        let output = Command::new(BIN).args(args).env("KV_MAX_KEYS_PER_REQUEST", env).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{env} {args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{env} {args:?}: {stderr}");
+    }
+    let output = Command::new(BIN).args(["--config", config]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("kv.toml key `max_keys_per_request` (line 2)"), "{stderr}");
     // The parent CID enclave-init hands over is checked like any other setting.
     let output = Command::new(BIN).arg("--sample-data").env("ENCLAVE_PARENT_CID", "one").output().unwrap();
     assert_eq!(output.status.code(), Some(2));
@@ -442,4 +466,30 @@ fn bad_configuration_exits_non_zero_before_serving() {
         stderr.contains("environment variable ENCLAVE_PARENT_CID") && stderr.contains("\"one\""),
         "{stderr}"
     );
+}
+
+#[test]
+fn help_lists_every_flag_with_its_environment_variable_and_file_key() {
+    let output = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    // An option's entry runs from its `--flag` line to the next one.
+    let mut entries: Vec<String> = Vec::new();
+    for line in help.lines().skip_while(|l| !l.starts_with("Options:")).skip(1) {
+        match entries.last_mut() {
+            Some(entry) if !line.trim_start().starts_with('-') => entry.push_str(line),
+            _ => entries.push(line.to_string()),
+        }
+    }
+    let mut flags = 0;
+    for entry in &entries {
+        let flag = entry.split_whitespace().find(|w| w.starts_with("--")).unwrap_or_default();
+        if ["--help", "--version"].contains(&flag) {
+            continue;
+        }
+        flags += 1;
+        assert!(entry.contains("[env: KV_"), "{flag} has no environment variable: {entry}");
+        assert!(entry.contains("[file: ") || flag == "--config", "{flag} has no file key: {entry}");
+    }
+    assert!(flags >= 36, "{flags} flags in:\n{help}");
 }

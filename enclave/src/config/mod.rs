@@ -1,8 +1,10 @@
-//! Command line and configuration file of `kv-server`.
+//! Command line, environment and configuration file of `kv-server`.
 //!
-//! Every setting can come from a TOML file (`--config FILE`, unknown keys refused) and from a
-//! flag; a flag wins over the file, the file over the default. [`ServeArgs::resolve`] checks every
-//! value before anything starts, and its errors name the flag or file key at fault.
+//! Every setting is declared once (the [`settings!`] lists here, in `aws.rs` and in `otlp.rs`)
+//! and can come from a flag, its environment variable (`KV_...`) or a key of the TOML file
+//! (`--config FILE`, unknown keys refused); a flag wins over the environment, the environment
+//! over the file, the file over the default. [`ServeArgs::resolve`] checks every value before
+//! anything starts, and its errors name where the bad value came from ([`Origin`]).
 //!
 //! Dialled endpoints may name the parent instance as `vsock://parent:PORT`: it is resolved here,
 //! once, with the CID in `ENCLAVE_PARENT_CID` (set by enclave-init; 3, Nitro's parent, when
@@ -13,31 +15,25 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
 use transport::Endpoint;
 
 pub mod aws;
 pub mod otlp;
+pub mod setting;
+
+use setting::settings;
+pub use setting::{FileAt, Origin, Setting};
 
 /// `vsock://any:50051`: kv-server's port of the address plan, on every CID of the enclave.
 pub fn default_listen() -> Endpoint {
     transport::plan::vsock_any(u32::from(transport::plan::KV_SERVER_PORT))
 }
 
-pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_MAX_KEYS_PER_REQUEST: usize = 1_000;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
-/// One day, if commit times are in microseconds (the reference's data CLI default).
-pub const DEFAULT_TOMBSTONE_RETENTION: i64 = 86_400_000_000;
-/// One hour in microseconds: how far ahead of the enclave's clock a commit time may be.
-pub const DEFAULT_MAX_COMMIT_TIME_AHEAD: i64 = 3_600_000_000;
-/// One day.
-/// Fetch attempts of one data file before it is rejected (about 4 minutes at a 1 s poll).
-pub const DEFAULT_MAX_FETCH_ATTEMPTS: u32 = 10;
-/// Age of the last complete sync beyond which `kv-data-freshness` is NOT_SERVING.
-pub const DEFAULT_MAX_STALENESS_SECS: u64 = 300;
 /// A connection without a call for this long is closed.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+/// One day.
 pub const DEFAULT_KEY_ROTATION_SECS: u64 = 86_400;
 /// One hour.
 pub const DEFAULT_KEY_GRACE_SECS: u64 = 3_600;
@@ -67,147 +63,107 @@ pub enum Command {
 
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
-    /// TOML configuration file; flags override its values.
-    #[arg(long, value_name = "FILE")]
+    /// TOML configuration file; flags and environment variables override its values.
+    #[arg(long, value_name = "FILE", env = "KV_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Endpoint to serve gRPC on: vsock://any:PORT, unix:///path or tcp://IP:PORT
-    /// [default: vsock://any:50051].
-    #[arg(long, value_name = "ENDPOINT")]
-    pub listen: Option<String>,
-    /// Directory holding SNAPSHOT_/DELTA_ data files (watched for new files).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Serve a small built-in sample data set instead of loading files.
-    #[arg(long)]
-    pub sample_data: bool,
-    /// How often the data source is checked for new files, in milliseconds [default: 1000].
-    #[arg(long, value_name = "MS")]
-    pub poll_interval_ms: Option<u64>,
-    /// Most keys one GetValues request may ask for, over all fields [default: 1000].
-    #[arg(long, value_name = "N")]
-    pub max_keys_per_request: Option<usize>,
-    /// Largest accepted GetValues request, in bytes [default: 1048576].
-    #[arg(long, value_name = "BYTES")]
-    pub max_request_bytes: Option<usize>,
-    /// Serve plaintext lookups (v1 GetValues, v2 GetValuesHttp): true or false [default: true].
-    /// With false only ObliviousGetValues answers lookups, and the parent sees no key or value.
-    #[arg(long, value_name = "BOOL")]
-    pub plaintext_lookups: Option<bool>,
-    /// Seconds between HPKE key rotations (v2) [default: 86400].
-    #[arg(long, value_name = "SECS")]
-    pub key_rotation_secs: Option<u64>,
-    /// Seconds a rotated-out HPKE key still decrypts requests [default: 3600; at most the
-    /// rotation interval].
-    #[arg(long, value_name = "SECS")]
-    pub key_grace_secs: Option<u64>,
-    /// Most partitions in one v2 request [default: 256].
-    #[arg(long, value_name = "N")]
-    pub max_partitions: Option<usize>,
-    /// Serve the fleet's HPKE key set instead of keys of this process alone: the KMS key (id,
-    /// ARN, alias name or alias ARN) whose data key seals the set. Needs the AWS settings
-    /// (--egress-socks5, ...). Never taken from SSM: see docs/fleet-keys.md.
-    #[arg(long, value_name = "KEY")]
-    pub fleet_keys_kms_key: Option<String>,
-    /// The fleet key set object, s3://BUCKET/KEY [default: the SSM parameter
-    /// PREFIX-fleet-keys-s3-uri].
-    #[arg(long, value_name = "URI")]
-    pub fleet_keys_s3_uri: Option<String>,
-    /// Seconds between reads of the fleet key set object [default: 60].
-    #[arg(long, value_name = "SECS")]
-    pub fleet_keys_poll_secs: Option<u64>,
-    /// KMS endpoint URL instead of the regional one (a test double).
-    #[arg(long, value_name = "URL")]
-    pub fleet_keys_kms_endpoint_url: Option<String>,
-    /// Tombstones older than the newest commit time minus this (in commit-time units) are
-    /// removed after each file; records that old are then ignored [default: 86400000000].
-    #[arg(long, value_name = "TIME")]
-    pub tombstone_retention: Option<i64>,
-    /// A data file with a commit time (or a name) more than this ahead of the enclave's clock, in
-    /// microseconds, is rejected whole [default: 3600000000].
-    #[arg(long, value_name = "TIME")]
-    pub max_commit_time_ahead: Option<i64>,
-    /// Seconds a client connection may stay open without a call before it is closed (HTTP/2
-    /// PINGs do not count) [default: 300].
-    #[arg(long, value_name = "SECS")]
-    pub idle_timeout_secs: Option<u64>,
-    /// Fetch attempts of one data file (retried with a doubling backoff from the poll interval
-    /// up to 60 s) before it is rejected and its prefix moves on [default: 10].
-    #[arg(long, value_name = "N")]
-    pub max_fetch_attempts: Option<u32>,
-    /// The `kv-data-freshness` health status is NOT_SERVING when the last poll that handled
-    /// every listed file is older than this, in seconds [default: 300].
-    #[arg(long, value_name = "SECS")]
-    pub max_staleness_secs: Option<u64>,
-    /// Largest data file, in bytes as stored; a larger one is rejected without being read whole
-    /// [default: 1073741824].
-    #[arg(long, value_name = "BYTES")]
-    pub max_file_bytes: Option<u64>,
-    /// Most bytes one data file may inflate to (Avro blocks after deflate, or CSV text); a file
-    /// over it is rejected [default: 1073741824].
-    #[arg(long, value_name = "BYTES")]
-    pub max_file_inflated_bytes: Option<u64>,
-    /// Most records in one data file; a file with more is rejected [default: 10000000].
-    #[arg(long, value_name = "N")]
-    pub max_file_records: Option<u64>,
-    /// Most members of one set value in a data file; a file with a larger set is rejected
-    /// [default: 100000].
-    #[arg(long, value_name = "N")]
-    pub max_set_members: Option<u64>,
-    /// Log format: text or json [default: text].
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub v2: V2Args,
+    #[command(flatten)]
+    pub aws: aws::AwsArgs,
+    #[command(flatten)]
+    pub otlp: otlp::OtlpArgs,
     /// Test only: wait this long before the initial data load, so that tests can observe
     /// `loadbalancer-healthcheck` NOT_SERVING.
     #[arg(long, value_name = "MS", hide = true)]
     pub test_initial_load_delay_ms: Option<u64>,
-    /// S3 data source, egress proxy and SSM parameters (see `crate::s3`).
-    #[command(flatten)]
-    pub aws: aws::AwsArgs,
-    /// OTLP export of metrics, spans and logs (see `crate::telemetry`).
-    #[command(flatten)]
-    pub otlp: otlp::OtlpArgs,
 }
 
-/// The configuration file. Every key is optional; unknown keys are an error.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub sample_data: Option<bool>,
-    pub poll_interval_ms: Option<u64>,
-    pub max_keys_per_request: Option<usize>,
-    pub max_request_bytes: Option<usize>,
-    pub tombstone_retention: Option<i64>,
-    pub max_commit_time_ahead: Option<i64>,
-    pub max_fetch_attempts: Option<u32>,
-    pub max_staleness_secs: Option<u64>,
-    pub idle_timeout_secs: Option<u64>,
-    pub max_file_bytes: Option<u64>,
-    pub max_file_inflated_bytes: Option<u64>,
-    pub max_file_records: Option<u64>,
-    pub max_set_members: Option<u64>,
-    pub log_format: Option<String>,
-    pub plaintext_lookups: Option<bool>,
-    /// `[v2]`: HPKE keys and limits of the v2 API.
-    pub v2: Option<V2FileConfig>,
-    /// `[aws]`: S3 data source, egress proxy, SSM parameters.
-    pub aws: Option<aws::AwsFileConfig>,
-    /// `[otlp]`: metrics, spans and logs to the collector.
-    pub otlp: Option<otlp::OtlpFileConfig>,
+settings! {
+    /// The top-level settings: listener, data source, limits, logs.
+    pub struct ServerArgs, file FileConfig in "", merged ServerSettings {
+        /// Endpoint to serve gRPC on: vsock://any:PORT, unix:///path or tcp://IP:PORT.
+        listen: String = default_listen().to_string(), value ENDPOINT, env KV_LISTEN, key listen;
+        /// Directory holding SNAPSHOT_/DELTA_ data files (watched for new files).
+        data_dir: PathBuf, value DIR, env KV_DATA_DIR, key data_dir;
+        /// Serve a small built-in sample data set instead of loading files.
+        sample_data: bool, env KV_SAMPLE_DATA, key sample_data;
+        /// How often the data source is checked for new files, in milliseconds.
+        poll_interval_ms: u64 = 1_000, value MS, env KV_POLL_INTERVAL_MS, key poll_interval_ms;
+        /// Most keys one GetValues request may ask for, over all fields.
+        max_keys_per_request: usize = DEFAULT_MAX_KEYS_PER_REQUEST,
+            value N, env KV_MAX_KEYS_PER_REQUEST, key max_keys_per_request;
+        /// Largest accepted GetValues request, in bytes.
+        max_request_bytes: usize = DEFAULT_MAX_REQUEST_BYTES,
+            value BYTES, env KV_MAX_REQUEST_BYTES, key max_request_bytes;
+        /// Serve plaintext lookups (v1 GetValues, v2 GetValuesHttp): true or false. With false only
+        /// ObliviousGetValues answers lookups, and the parent sees no key or value.
+        plaintext_lookups: bool = true, value BOOL, env KV_PLAINTEXT_LOOKUPS, key plaintext_lookups;
+        /// Tombstones older than the newest commit time minus this (in commit-time units) are
+        /// removed after each file; records that old are then ignored.
+        // One day, if commit times are in microseconds (the reference's data CLI default).
+        tombstone_retention: i64 = 86_400_000_000,
+            value TIME, env KV_TOMBSTONE_RETENTION, key tombstone_retention;
+        /// A data file with a commit time (or a name) more than this ahead of the enclave's clock, in
+        /// microseconds, is rejected whole.
+        // One hour.
+        max_commit_time_ahead: i64 = 3_600_000_000,
+            value TIME, env KV_MAX_COMMIT_TIME_AHEAD, key max_commit_time_ahead;
+        /// Seconds a client connection may stay open without a call before it is closed (HTTP/2
+        /// PINGs do not count).
+        idle_timeout_secs: u64 = DEFAULT_IDLE_TIMEOUT_SECS,
+            value SECS, env KV_IDLE_TIMEOUT_SECS, key idle_timeout_secs;
+        /// Fetch attempts of one data file (retried with a doubling backoff from the poll interval
+        /// up to 60 s) before it is rejected and its prefix moves on.
+        max_fetch_attempts: u32 = 10, value N, env KV_MAX_FETCH_ATTEMPTS, key max_fetch_attempts;
+        /// The `kv-data-freshness` health status is NOT_SERVING when the last poll that handled
+        /// every listed file is older than this, in seconds.
+        max_staleness_secs: u64 = 300, value SECS, env KV_MAX_STALENESS_SECS, key max_staleness_secs;
+        /// Largest data file, in bytes as stored; a larger one is rejected without being read whole.
+        max_file_bytes: u64 = crate::data::DEFAULT_MAX_FILE_BYTES,
+            value BYTES, env KV_MAX_FILE_BYTES, key max_file_bytes;
+        /// Most bytes one data file may inflate to (Avro blocks after deflate, or CSV text); a file
+        /// over it is rejected.
+        max_file_inflated_bytes: u64 = crate::data::DEFAULT_MAX_INFLATED_BYTES,
+            value BYTES, env KV_MAX_FILE_INFLATED_BYTES, key max_file_inflated_bytes;
+        /// Most records in one data file; a file with more is rejected.
+        max_file_records: u64 = crate::data::DEFAULT_MAX_RECORDS,
+            value N, env KV_MAX_FILE_RECORDS, key max_file_records;
+        /// Most members of one set value in a data file; a file with a larger set is rejected.
+        max_set_members: u64 = crate::data::DEFAULT_MAX_SET_MEMBERS,
+            value N, env KV_MAX_SET_MEMBERS, key max_set_members;
+        /// Log format: text or json.
+        log_format: String = "text".to_owned(), value FORMAT, env KV_LOG_FORMAT, key log_format;
+    }
+    tables { v2: V2FileConfig, aws: aws::AwsFileConfig, otlp: otlp::OtlpFileConfig }
 }
 
-/// `[v2]` in the configuration file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct V2FileConfig {
-    pub key_rotation_secs: Option<u64>,
-    pub key_grace_secs: Option<u64>,
-    pub max_partitions: Option<usize>,
-    pub fleet_keys_kms_key: Option<String>,
-    pub fleet_keys_s3_uri: Option<String>,
-    pub fleet_keys_poll_secs: Option<u64>,
-    pub fleet_keys_kms_endpoint_url: Option<String>,
+settings! {
+    /// HPKE keys and limits of the v2 API; the fleet's key set.
+    pub struct V2Args, file V2FileConfig in "v2.", merged V2Settings {
+        /// Seconds between HPKE key rotations (v2).
+        key_rotation_secs: u64 = DEFAULT_KEY_ROTATION_SECS,
+            value SECS, env KV_KEY_ROTATION_SECS, key key_rotation_secs;
+        /// Seconds a rotated-out HPKE key still decrypts requests [default: 3600; at most the
+        /// rotation interval].
+        key_grace_secs: u64, value SECS, env KV_KEY_GRACE_SECS, key key_grace_secs;
+        /// Most partitions in one v2 request.
+        max_partitions: usize = DEFAULT_MAX_PARTITIONS, value N, env KV_MAX_PARTITIONS, key max_partitions;
+        /// Serve the fleet's HPKE key set instead of keys of this process alone: the KMS key (id,
+        /// ARN, alias name or alias ARN) whose data key seals the set. Needs the AWS settings
+        /// (--egress-socks5, ...). Never taken from SSM: see docs/fleet-keys.md.
+        fleet_keys_kms_key: String, value KEY, env KV_FLEET_KEYS_KMS_KEY, key fleet_keys_kms_key;
+        /// The fleet key set object, s3://BUCKET/KEY [default: the SSM parameter
+        /// PREFIX-fleet-keys-s3-uri].
+        fleet_keys_s3_uri: String, value URI, env KV_FLEET_KEYS_S3_URI, key fleet_keys_s3_uri;
+        /// Seconds between reads of the fleet key set object.
+        fleet_keys_poll_secs: u64 = DEFAULT_FLEET_KEYS_POLL.as_secs(),
+            value SECS, env KV_FLEET_KEYS_POLL_SECS, key fleet_keys_poll_secs;
+        /// KMS endpoint URL instead of the regional one (a test double).
+        fleet_keys_kms_endpoint_url: String,
+            value URL, env KV_FLEET_KEYS_KMS_ENDPOINT_URL, key fleet_keys_kms_endpoint_url;
+    }
 }
 
 /// The checked v2 settings.
@@ -330,8 +286,8 @@ pub enum ConfigError {
 }
 
 impl ServeArgs {
-    /// Merges flags over the file over the defaults and checks every value; `vsock://parent`
-    /// follows `ENCLAVE_PARENT_CID` from this process's environment.
+    /// Merges flags over the environment over the file over the defaults and checks every
+    /// value; `vsock://parent` follows `ENCLAVE_PARENT_CID` from this process's environment.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
         self.resolve_with_parent_cid(std::env::var_os(PARENT_CID_VAR).as_deref())
     }
@@ -339,43 +295,30 @@ impl ServeArgs {
     /// [`ServeArgs::resolve`] with the value of `ENCLAVE_PARENT_CID` given (`None`: unset).
     pub fn resolve_with_parent_cid(&self, parent_cid_var: Option<&OsStr>) -> Result<Config, ConfigError> {
         let parent_cid = parent_cid(parent_cid_var)?;
-        let file = match &self.config {
+        let (file, at) = match &self.config {
             Some(path) => load_file(path)?,
-            None => FileConfig::default(),
+            None => (FileConfig::default(), FileAt::new(None)),
         };
-        let origin = |flag: &str, key: &str, from_flag: bool| -> String {
-            match (&self.config, from_flag) {
-                (Some(path), false) => format!("{} key `{key}`", path.display()),
-                _ => format!("--{flag}"),
-            }
-        };
-        let invalid = |setting: String, reason: String| ConfigError::Invalid { setting, reason };
+        let s = self.server.settings(Some(&file), &at);
+        let v2 = self.v2.settings(file.v2.as_ref(), &at);
 
-        let listen_text = self.listen.clone().or(file.listen).unwrap_or_else(|| default_listen().to_string());
-        let listen: Endpoint = listen_text.parse().map_err(|e: transport::EndpointError| {
-            invalid(origin("listen", "listen", self.listen.is_some()), e.to_string())
-        })?;
+        let listen: Endpoint =
+            s.listen.value.parse().map_err(|e: transport::EndpointError| s.listen.invalid(e.to_string()))?;
         if matches!(listen, Endpoint::HybridVsock { .. }) {
-            return Err(invalid(
-                origin("listen", "listen", self.listen.is_some()),
-                format!("{listen}: a vsock-hybrid endpoint can only be dialed, not listened on"),
-            ));
+            return Err(s
+                .listen
+                .invalid(format!("{listen}: a vsock-hybrid endpoint can only be dialed, not listened on")));
         }
         if listen.names_parent() {
-            return Err(invalid(
-                origin("listen", "listen", self.listen.is_some()),
-                format!("{listen}: `parent` can only be dialed; listen on vsock://any:PORT"),
-            ));
+            return Err(s
+                .listen
+                .invalid(format!("{listen}: `parent` can only be dialed; listen on vsock://any:PORT")));
         }
 
-        let sample = self.sample_data || file.sample_data.unwrap_or(false);
-        let data_dir = self.data_dir.clone().or(file.data_dir);
-        let poll_set = self.poll_interval_ms.is_some() || file.poll_interval_ms.is_some();
-        let v2_file = file.v2.unwrap_or_default();
-        let fleet_kms_key = self.fleet_keys_kms_key.clone().or(v2_file.fleet_keys_kms_key.clone());
-        let mut aws =
-            aws::resolve(&self.aws, file.aws, self.config.as_deref(), poll_set, fleet_kms_key.is_some())?;
-        let mut otlp = self.otlp.resolve(file.otlp, self.config.as_deref())?;
+        let sample = s.sample_data.value.unwrap_or(false);
+        let aws_settings = self.aws.settings(file.aws.as_ref(), &at);
+        let mut aws = aws::check(aws_settings, s.poll_interval_ms.given(), v2.fleet_keys_kms_key.given())?;
+        let mut otlp = otlp::resolve(self.otlp.settings(file.otlp.as_ref(), &at))?;
         // Every dialled endpoint; a numeric CID (vsock://3:PORT) keeps its meaning.
         if let Some(aws) = &mut aws {
             aws.egress = aws.egress.clone().with_parent_cid(parent_cid);
@@ -384,289 +327,114 @@ impl ServeArgs {
         if let Some(otlp) = &mut otlp {
             otlp.endpoint = otlp.endpoint.clone().with_parent_cid(parent_cid);
         }
-        if s3.is_some() && (sample || data_dir.is_some()) {
-            return Err(invalid(
-                "S3 data source (--s3-bucket/--ssm-prefix)".into(),
-                "cannot be combined with --sample-data or a data directory".into(),
-            ));
+        if s3.is_some() && (sample || s.data_dir.given()) {
+            return Err(ConfigError::Invalid {
+                setting: "S3 data source (--s3-bucket/--ssm-prefix)".into(),
+                reason: "cannot be combined with --sample-data or a data directory".into(),
+            });
         }
-        let source = match (sample, data_dir) {
+        let source = match (sample, &s.data_dir.value) {
             (true, Some(dir)) => {
-                return Err(invalid(
-                    "--sample-data".into(),
-                    format!("cannot be combined with a data directory ({})", dir.display()),
-                ));
+                return Err(s
+                    .sample_data
+                    .invalid(format!("cannot be combined with a data directory ({})", dir.display())));
             }
             (true, None) => DataSourceConfig::Sample,
-            (false, Some(dir)) => {
-                let setting = origin("data-dir", "data_dir", self.data_dir.is_some());
-                match std::fs::metadata(&dir) {
-                    Ok(m) if m.is_dir() => DataSourceConfig::LocalDir(dir),
-                    Ok(_) => return Err(invalid(setting, format!("{} is not a directory", dir.display()))),
-                    Err(e) => return Err(invalid(setting, format!("{}: {e}", dir.display()))),
-                }
-            }
+            (false, Some(dir)) => match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => DataSourceConfig::LocalDir(dir.clone()),
+                Ok(_) => return Err(s.data_dir.invalid(format!("{} is not a directory", dir.display()))),
+                Err(e) => return Err(s.data_dir.invalid(format!("{}: {e}", dir.display()))),
+            },
             (false, None) => match s3 {
                 Some(s3) => DataSourceConfig::S3(s3),
                 None => {
-                    return Err(invalid(
-                        "data source".into(),
-                        "none given: use --data-dir DIR (or `data_dir` in the config file), --s3-bucket, \
-                         --ssm-prefix or --sample-data"
+                    return Err(ConfigError::Invalid {
+                        setting: "data source".into(),
+                        reason: "none given: use --data-dir DIR (or `data_dir` in the config file), \
+                                 --s3-bucket, --ssm-prefix or --sample-data"
                             .into(),
-                    ));
+                    });
                 }
             },
         };
 
-        let poll_ms = self.poll_interval_ms.or(file.poll_interval_ms).unwrap_or(DEFAULT_POLL_INTERVAL_MS);
-        if poll_ms == 0 || poll_ms > 3_600_000 {
-            return Err(invalid(
-                origin("poll-interval-ms", "poll_interval_ms", self.poll_interval_ms.is_some()),
-                format!("{poll_ms} is outside 1..=3600000 milliseconds"),
-            ));
-        }
-        let max_keys =
-            self.max_keys_per_request.or(file.max_keys_per_request).unwrap_or(DEFAULT_MAX_KEYS_PER_REQUEST);
-        if max_keys == 0 || max_keys > 1_000_000 {
-            return Err(invalid(
-                origin("max-keys-per-request", "max_keys_per_request", self.max_keys_per_request.is_some()),
-                format!("{max_keys} is outside 1..=1000000"),
-            ));
-        }
-        let max_bytes =
-            self.max_request_bytes.or(file.max_request_bytes).unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
-        if !(1024..=64 * 1024 * 1024).contains(&max_bytes) {
-            return Err(invalid(
-                origin("max-request-bytes", "max_request_bytes", self.max_request_bytes.is_some()),
-                format!("{max_bytes} is outside 1024..=67108864 bytes"),
-            ));
-        }
-        let retention =
-            self.tombstone_retention.or(file.tombstone_retention).unwrap_or(DEFAULT_TOMBSTONE_RETENTION);
-        if retention < 0 {
-            return Err(invalid(
-                origin("tombstone-retention", "tombstone_retention", self.tombstone_retention.is_some()),
-                format!("{retention} is negative"),
-            ));
-        }
-        let ahead = self
-            .max_commit_time_ahead
-            .or(file.max_commit_time_ahead)
-            .unwrap_or(DEFAULT_MAX_COMMIT_TIME_AHEAD);
-        if ahead < 0 {
-            return Err(invalid(
-                origin(
-                    "max-commit-time-ahead",
-                    "max_commit_time_ahead",
-                    self.max_commit_time_ahead.is_some(),
-                ),
-                format!("{ahead} is negative"),
-            ));
-        }
-        let max_fetch_attempts =
-            self.max_fetch_attempts.or(file.max_fetch_attempts).unwrap_or(DEFAULT_MAX_FETCH_ATTEMPTS);
-        if !(1..=1000).contains(&max_fetch_attempts) {
-            return Err(invalid(
-                origin("max-fetch-attempts", "max_fetch_attempts", self.max_fetch_attempts.is_some()),
-                format!("{max_fetch_attempts} is outside 1..=1000"),
-            ));
-        }
-        let max_staleness_secs =
-            self.max_staleness_secs.or(file.max_staleness_secs).unwrap_or(DEFAULT_MAX_STALENESS_SECS);
-        if !(1..=31_536_000).contains(&max_staleness_secs) {
-            return Err(invalid(
-                origin("max-staleness-secs", "max_staleness_secs", self.max_staleness_secs.is_some()),
-                format!("{max_staleness_secs} is outside 1..=31536000 seconds"),
-            ));
-        }
-        let idle_timeout_secs =
-            self.idle_timeout_secs.or(file.idle_timeout_secs).unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
-        if !(1..=86_400).contains(&idle_timeout_secs) {
-            return Err(invalid(
-                origin("idle-timeout-secs", "idle_timeout_secs", self.idle_timeout_secs.is_some()),
-                format!("{idle_timeout_secs} is outside 1..=86400 seconds"),
-            ));
-        }
-        let defaults = crate::data::Budget::default();
-        let mut budget = defaults;
-        for (flag, key, from_flag, from_file, default, field, zero_rejects) in [
-            (
-                "max-file-bytes",
-                "max_file_bytes",
-                self.max_file_bytes,
-                file.max_file_bytes,
-                defaults.max_file_bytes,
-                &mut budget.max_file_bytes,
-                "every file",
-            ),
-            (
-                "max-file-inflated-bytes",
-                "max_file_inflated_bytes",
-                self.max_file_inflated_bytes,
-                file.max_file_inflated_bytes,
-                defaults.max_inflated_bytes,
-                &mut budget.max_inflated_bytes,
-                "every file",
-            ),
-            (
-                "max-file-records",
-                "max_file_records",
-                self.max_file_records,
-                file.max_file_records,
-                defaults.max_records,
-                &mut budget.max_records,
-                "every file",
-            ),
-            (
-                "max-set-members",
-                "max_set_members",
-                self.max_set_members,
-                file.max_set_members,
-                defaults.max_set_members,
-                &mut budget.max_set_members,
-                "every file with a non-empty set",
-            ),
-        ] {
-            *field = from_flag.or(from_file).unwrap_or(default);
-            if *field == 0 {
-                return Err(invalid(
-                    origin(flag, key, from_flag.is_some()),
-                    format!("0 would reject {zero_rejects}; the least is 1"),
-                ));
-            }
-        }
-        let log_format = match self.log_format.clone().or(file.log_format).as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(invalid(
-                    origin("log-format", "log_format", self.log_format.is_some()),
-                    format!("{other:?} is not `text` or `json`"),
-                ));
+        let poll_ms = s.poll_interval_ms.within(1..=3_600_000, " milliseconds")?;
+        let max_keys = s.max_keys_per_request.within(1..=1_000_000, "")?;
+        let max_bytes = s.max_request_bytes.within(1024..=64 * 1024 * 1024, " bytes")?;
+        let not_negative = |v: &i64| if *v < 0 { Err(format!("{v} is negative")) } else { Ok(()) };
+        let retention = s.tombstone_retention.check(not_negative)?;
+        let ahead = s.max_commit_time_ahead.check(not_negative)?;
+        let max_fetch_attempts = s.max_fetch_attempts.within(1..=1000, "")?;
+        let max_staleness_secs = s.max_staleness_secs.within(1..=31_536_000, " seconds")?;
+        let idle_timeout_secs = s.idle_timeout_secs.within(1..=86_400, " seconds")?;
+        let at_least_one = |rejects: &'static str| {
+            move |v: &u64| {
+                if *v == 0 { Err(format!("0 would reject {rejects}; the least is 1")) } else { Ok(()) }
             }
         };
-        let plaintext_lookups = self.plaintext_lookups.or(file.plaintext_lookups).unwrap_or(true);
-        let v2_origin = |flag: &str, key: &str, from_flag: bool| match (&self.config, from_flag) {
-            (Some(path), false) => format!("{} key `v2.{key}`", path.display()),
-            _ => format!("--{flag}"),
+        let budget = crate::data::Budget {
+            max_file_bytes: s.max_file_bytes.check(at_least_one("every file"))?,
+            max_inflated_bytes: s.max_file_inflated_bytes.check(at_least_one("every file"))?,
+            max_records: s.max_file_records.check(at_least_one("every file"))?,
+            max_set_members: s.max_set_members.check(at_least_one("every file with a non-empty set"))?,
         };
-        let rotation =
-            self.key_rotation_secs.or(v2_file.key_rotation_secs).unwrap_or(DEFAULT_KEY_ROTATION_SECS);
-        if !(1..=31_536_000).contains(&rotation) {
-            return Err(invalid(
-                v2_origin("key-rotation-secs", "key_rotation_secs", self.key_rotation_secs.is_some()),
-                format!("{rotation} is outside 1..=31536000 seconds"),
-            ));
-        }
-        let grace =
-            self.key_grace_secs.or(v2_file.key_grace_secs).unwrap_or(DEFAULT_KEY_GRACE_SECS.min(rotation));
-        if grace > rotation {
-            return Err(invalid(
-                v2_origin("key-grace-secs", "key_grace_secs", self.key_grace_secs.is_some()),
-                format!(
+        let log_format = match s.log_format.value.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(s.log_format.invalid(format!("{other:?} is not `text` or `json`"))),
+        };
+
+        let rotation = v2.key_rotation_secs.within(1..=31_536_000, " seconds")?;
+        let grace = v2.key_grace_secs.or(DEFAULT_KEY_GRACE_SECS.min(rotation)).check(|&grace| {
+            if grace > rotation {
+                return Err(format!(
                     "{grace} is longer than the rotation interval ({rotation} s): one previous key is kept"
-                ),
-            ));
-        }
-        let max_partitions = self.max_partitions.or(v2_file.max_partitions).unwrap_or(DEFAULT_MAX_PARTITIONS);
-        if !(1..=100_000).contains(&max_partitions) {
-            return Err(invalid(
-                v2_origin("max-partitions", "max_partitions", self.max_partitions.is_some()),
-                format!("{max_partitions} is outside 1..=100000"),
-            ));
-        }
-        let fleet_keys = match (fleet_kms_key, aws) {
-            (Some(kms_key), Some(aws)) => {
-                let key_setting =
-                    v2_origin("fleet-keys-kms-key", "fleet_keys_kms_key", self.fleet_keys_kms_key.is_some());
-                if kms_key.is_empty() || kms_key.len() > 2048 || kms_key.chars().any(char::is_whitespace) {
-                    return Err(invalid(key_setting, "is not a KMS key id, ARN or alias".into()));
+                ));
+            }
+            Ok(())
+        })?;
+        let max_partitions = v2.max_partitions.within(1..=100_000, "")?;
+        let kms_key = v2.fleet_keys_kms_key;
+        let fleet_keys = match (&kms_key.value, aws) {
+            (Some(key), Some(aws)) => {
+                if key.is_empty() || key.len() > 2048 || key.chars().any(char::is_whitespace) {
+                    return Err(kms_key.invalid("is not a KMS key id, ARN or alias"));
                 }
-                let uri_from_flag = self.fleet_keys_s3_uri.is_some();
-                let location = match self.fleet_keys_s3_uri.clone().or(v2_file.fleet_keys_s3_uri) {
-                    Some(text) => Some(text.parse().map_err(|reason| {
-                        invalid(
-                            v2_origin("fleet-keys-s3-uri", "fleet_keys_s3_uri", uri_from_flag),
-                            format!("{text:?} {reason}"),
-                        )
-                    })?),
+                let uri = &v2.fleet_keys_s3_uri;
+                let location = match &uri.value {
+                    Some(text) => {
+                        Some(text.parse().map_err(|reason| uri.invalid(format!("{text:?} {reason}")))?)
+                    }
                     None if aws.ssm_prefix.is_none() => {
-                        return Err(invalid(
-                            v2_origin("fleet-keys-s3-uri", "fleet_keys_s3_uri", true),
-                            "required for fleet keys without --ssm-prefix (where is the key set object?)"
-                                .into(),
+                        return Err(uri.invalid(
+                            "required for fleet keys without --ssm-prefix (where is the key set object?)",
                         ));
                     }
                     None => None,
                 };
-                let poll_secs = self
-                    .fleet_keys_poll_secs
-                    .or(v2_file.fleet_keys_poll_secs)
-                    .unwrap_or(DEFAULT_FLEET_KEYS_POLL.as_secs());
-                if !(1..=3600).contains(&poll_secs) {
-                    return Err(invalid(
-                        v2_origin(
-                            "fleet-keys-poll-secs",
-                            "fleet_keys_poll_secs",
-                            self.fleet_keys_poll_secs.is_some(),
-                        ),
-                        format!("{poll_secs} is outside 1..=3600 seconds"),
-                    ));
-                }
-                let endpoint_from_flag = self.fleet_keys_kms_endpoint_url.is_some();
-                let kms_endpoint_url =
-                    self.fleet_keys_kms_endpoint_url.clone().or(v2_file.fleet_keys_kms_endpoint_url);
-                if let Some(url) = &kms_endpoint_url {
-                    let ok = url.parse::<http::Uri>().is_ok_and(|u| {
-                        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
-                    });
-                    if !ok {
-                        return Err(invalid(
-                            v2_origin(
-                                "fleet-keys-kms-endpoint-url",
-                                "fleet_keys_kms_endpoint_url",
-                                endpoint_from_flag,
-                            ),
-                            format!("{url:?} is not an http:// or https:// URL with a host"),
-                        ));
-                    }
-                }
+                let poll_secs = v2.fleet_keys_poll_secs.within(1..=3600, " seconds")?;
+                let kms_endpoint_url = v2.fleet_keys_kms_endpoint_url.check_some(|url| http_url(url))?;
                 Some(FleetConfig {
                     aws,
-                    kms_key,
+                    kms_key: key.clone(),
                     location,
                     kms_endpoint_url,
                     poll_interval: Duration::from_secs(poll_secs),
                 })
             }
             (Some(_), None) => {
-                return Err(invalid(
-                    "--fleet-keys-kms-key".into(),
-                    "needs the AWS settings (--egress-socks5 and the rest of `[aws]`)".into(),
-                ));
+                return Err(
+                    kms_key.invalid("needs the AWS settings (--egress-socks5 and the rest of `[aws]`)")
+                );
             }
             (None, _) => {
                 let stray = [
-                    (
-                        "fleet-keys-s3-uri",
-                        self.fleet_keys_s3_uri.is_some() || v2_file.fleet_keys_s3_uri.is_some(),
-                    ),
-                    (
-                        "fleet-keys-poll-secs",
-                        self.fleet_keys_poll_secs.is_some() || v2_file.fleet_keys_poll_secs.is_some(),
-                    ),
-                    (
-                        "fleet-keys-kms-endpoint-url",
-                        self.fleet_keys_kms_endpoint_url.is_some()
-                            || v2_file.fleet_keys_kms_endpoint_url.is_some(),
-                    ),
+                    &v2.fleet_keys_s3_uri.origin,
+                    &v2.fleet_keys_poll_secs.origin,
+                    &v2.fleet_keys_kms_endpoint_url.origin,
                 ];
-                if let Some((flag, _)) = stray.iter().find(|(_, set)| *set) {
-                    return Err(invalid(
-                        format!("--{flag}"),
-                        "only applies to fleet keys: add --fleet-keys-kms-key".into(),
-                    ));
+                if let Some(origin) = stray.into_iter().find(|o| o.given()) {
+                    return Err(origin.invalid("only applies to fleet keys: add --fleet-keys-kms-key"));
                 }
                 None
             }
@@ -680,7 +448,7 @@ impl ServeArgs {
                 max_request_bytes: max_bytes,
                 idle_timeout: Duration::from_secs(idle_timeout_secs),
             },
-            plaintext_lookups,
+            plaintext_lookups: s.plaintext_lookups.value,
             v2: V2Config {
                 key_rotation: Duration::from_secs(rotation),
                 key_grace: Duration::from_secs(grace),
@@ -706,23 +474,33 @@ fn parent_cid(value: Option<&OsStr>) -> Result<u32, ConfigError> {
     let Some(value) = value else {
         return Ok(transport::plan::PARENT_CID);
     };
-    let invalid = |reason: String| ConfigError::Invalid {
-        setting: format!("environment variable {PARENT_CID_VAR}"),
-        reason,
-    };
-    let text = value.to_str().ok_or_else(|| invalid(format!("{value:?} is not a number")))?;
-    let cid: u32 = text.trim().parse().map_err(|_| invalid(format!("{text:?} is not a number")))?;
+    let origin = Origin::Env(PARENT_CID_VAR);
+    let text = value.to_str().ok_or_else(|| origin.invalid(format!("{value:?} is not a number")))?;
+    let cid: u32 = text.trim().parse().map_err(|_| origin.invalid(format!("{text:?} is not a number")))?;
     if cid < 2 || cid == transport::CID_ANY {
-        return Err(invalid(format!("CID {cid} cannot be the parent (0, 1 and 4294967295 are reserved)")));
+        return Err(
+            origin.invalid(format!("CID {cid} cannot be the parent (0, 1 and 4294967295 are reserved)"))
+        );
     }
     Ok(cid)
 }
 
-fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+/// An endpoint URL of AWS or of a test double.
+fn http_url(url: &str) -> Result<(), String> {
+    let ok = url
+        .parse::<http::Uri>()
+        .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+    if ok { Ok(()) } else { Err(format!("{url:?} is not an http:// or https:// URL with a host")) }
+}
+
+/// The file's settings, and the line of each key for the errors.
+fn load_file(path: &Path) -> Result<(FileConfig, FileAt), ConfigError> {
     let shown = path.display().to_string();
     let text =
         std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: shown, message: e.to_string() })
+    let file =
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: shown, message: e.to_string() })?;
+    Ok((file, FileAt::with_lines(path, &text)))
 }
 
 #[cfg(test)]
@@ -980,6 +758,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--listen") && err.contains("only be dialed"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_file_line_or_the_environment_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.toml");
+        let p = path.to_str().unwrap();
+        std::fs::write(&path, "sample_data = true\n\n[v2]\nmax_partitions = 0\n").unwrap();
+        let err = args(&["--config", p]).resolve().unwrap_err().to_string();
+        assert!(err.contains("kv.toml key `v2.max_partitions` (line 4): 0 is outside"), "{err}");
+        std::fs::write(
+            &path,
+            "sample_data = true\notlp.endpoint = \"tcp://127.0.0.1:1\"\notlp.interval_ms = 0\n",
+        )
+        .unwrap();
+        let err = args(&["--config", p]).resolve().unwrap_err().to_string();
+        assert!(err.contains("kv.toml key `otlp.interval_ms` (line 3)"), "dotted keys too: {err}");
+
+        // What clap read from KV_MAX_PARTITIONS: over the file, under the flag (clap's part).
+        std::fs::write(&path, "sample_data = true\n[v2]\nmax_partitions = 0\n").unwrap();
+        let mut from_env = args(&["--config", p]);
+        from_env.v2.max_partitions = Some(0);
+        from_env.v2.from_env.push("max_partitions");
+        let err = from_env.resolve().unwrap_err().to_string();
+        assert!(err.starts_with("environment variable KV_MAX_PARTITIONS: 0 is outside"), "{err}");
+        from_env.v2.max_partitions = Some(3);
+        assert_eq!(from_env.resolve().unwrap().v2.max_partitions, 3, "the environment wins over the file");
+
+        let defaults = args(&["--sample-data"]).server.settings(None, &FileAt::new(None));
+        assert_eq!(defaults.poll_interval_ms.origin, Origin::Default("poll_interval_ms"));
+        assert!(!defaults.poll_interval_ms.given() && defaults.sample_data.given());
     }
 
     #[test]

@@ -3,48 +3,33 @@
 
 use std::time::Duration;
 
-use clap::Args;
 use tracing::Level;
 use transport::Endpoint;
 
 use super::ConfigError;
+use super::setting::{FileAt, settings};
 
 pub const DEFAULT_INTERVAL_MS: u64 = 10_000;
 
-/// OTLP flags (`kv-server --help`); each has a key in the config file's `[otlp]` table.
-#[derive(Debug, Args, Default, Clone)]
-pub struct OtlpArgs {
-    /// Collector to export OTLP metrics, spans and logs to over gRPC: tcp://HOST:PORT,
-    /// unix:///path or vsock://parent:4317 (a vsockproxy mapping to the parent's collector). Off when
-    /// not set.
-    #[arg(long, value_name = "ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
-    /// How often metrics are exported, and the longest a span or log record waits, in
-    /// milliseconds [default: 10000].
-    #[arg(long, value_name = "MS")]
-    pub otlp_interval_ms: Option<u64>,
-    /// Resource attribute `service.instance.id` (e.g. the EC2 instance id).
-    #[arg(long, value_name = "ID", env = "KV_INSTANCE_ID")]
-    pub otlp_instance_id: Option<String>,
-    /// Resource attribute `aws.nitro_enclave.pcr0`: the enclave image's PCR0 (read from the NSM
-    /// when not given and running in an enclave).
-    #[arg(long, value_name = "HEX", env = "KV_PCR0")]
-    pub otlp_pcr0: Option<String>,
-    /// Also export kv-server's log events at this level and above as OTLP logs: error, warn,
-    /// info, debug or trace [default: none, logs go to the console only].
-    #[arg(long, value_name = "LEVEL")]
-    pub otlp_log_level: Option<String>,
-}
-
-/// `[otlp]` in the configuration file; the flags override it.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OtlpFileConfig {
-    pub endpoint: Option<String>,
-    pub interval_ms: Option<u64>,
-    pub instance_id: Option<String>,
-    pub pcr0: Option<String>,
-    pub log_level: Option<String>,
+settings! {
+    /// OTLP flags (`kv-server --help`); each has a key in the config file's `[otlp]` table.
+    pub struct OtlpArgs, file OtlpFileConfig in "otlp.", merged OtlpSettings {
+        /// Collector to export OTLP metrics, spans and logs to over gRPC: tcp://HOST:PORT,
+        /// unix:///path or vsock://parent:4317 (a vsockproxy mapping to the parent's collector). Off
+        /// when not set.
+        otlp_endpoint: String, value ENDPOINT, env KV_OTLP_ENDPOINT, key endpoint;
+        /// How often metrics are exported, and the longest a span or log record waits, in
+        /// milliseconds.
+        otlp_interval_ms: u64 = DEFAULT_INTERVAL_MS, value MS, env KV_OTLP_INTERVAL_MS, key interval_ms;
+        /// Resource attribute `service.instance.id` (e.g. the EC2 instance id).
+        otlp_instance_id: String, value ID, env KV_INSTANCE_ID, key instance_id;
+        /// Resource attribute `aws.nitro_enclave.pcr0`: the enclave image's PCR0 (read from the NSM
+        /// when not given and running in an enclave).
+        otlp_pcr0: String, value HEX, env KV_PCR0, key pcr0;
+        /// Also export kv-server's log events at this level and above as OTLP logs: error, warn,
+        /// info, debug or trace [default: none, logs go to the console only].
+        otlp_log_level: String, value LEVEL, env KV_OTLP_LOG_LEVEL, key log_level;
+    }
 }
 
 /// The checked OTLP settings.
@@ -65,59 +50,39 @@ impl OtlpArgs {
         file: Option<OtlpFileConfig>,
         config_path: Option<&std::path::Path>,
     ) -> Result<Option<OtlpConfig>, ConfigError> {
-        let file = file.unwrap_or_default();
-        let origin = |flag: &str, key: &str, from_flag: bool| match (config_path, from_flag) {
-            (Some(path), false) => format!("{} key `otlp.{key}`", path.display()),
-            _ => format!("--otlp-{flag}"),
-        };
-        let invalid = |setting: String, reason: String| ConfigError::Invalid { setting, reason };
-        let endpoint_flag = self.otlp_endpoint.is_some();
-        let Some(text) = self.otlp_endpoint.clone().or(file.endpoint) else {
-            let stray = [
-                ("interval-ms", "interval_ms", self.otlp_interval_ms.is_some(), file.interval_ms.is_some()),
-                ("log-level", "log_level", self.otlp_log_level.is_some(), file.log_level.is_some()),
-            ];
-            if let Some((flag, key, from_flag, _)) = stray.iter().find(|(_, _, f, k)| *f || *k) {
-                return Err(invalid(
-                    origin(flag, key, *from_flag),
-                    "needs an OTLP endpoint (--otlp-endpoint or `otlp.endpoint`)".into(),
-                ));
-            }
-            return Ok(None);
-        };
-        let endpoint: Endpoint = text.parse().map_err(|e: transport::EndpointError| {
-            invalid(origin("endpoint", "endpoint", endpoint_flag), e.to_string())
-        })?;
-        let interval_ms = self.otlp_interval_ms.or(file.interval_ms).unwrap_or(DEFAULT_INTERVAL_MS);
-        if interval_ms == 0 || interval_ms > 3_600_000 {
-            return Err(invalid(
-                origin("interval-ms", "interval_ms", self.otlp_interval_ms.is_some()),
-                format!("{interval_ms} is outside 1..=3600000 milliseconds"),
-            ));
-        }
-        let pcr0 = self.otlp_pcr0.clone().or(file.pcr0);
-        if let Some(pcr0) = &pcr0
-            && (pcr0.is_empty() || !pcr0.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            return Err(invalid(
-                origin("pcr0", "pcr0", self.otlp_pcr0.is_some()),
-                format!("{pcr0:?} is not hexadecimal"),
-            ));
-        }
-        let log_level = match self.otlp_log_level.clone().or(file.log_level) {
-            None => None,
-            Some(text) => Some(parse_level(&text).map_err(|reason| {
-                invalid(origin("log-level", "log_level", self.otlp_log_level.is_some()), reason)
-            })?),
-        };
-        Ok(Some(OtlpConfig {
-            endpoint,
-            interval: Duration::from_millis(interval_ms),
-            instance_id: self.otlp_instance_id.clone().or(file.instance_id).filter(|s| !s.is_empty()),
-            pcr0,
-            log_level,
-        }))
+        resolve(self.settings(file.as_ref(), &FileAt::new(config_path)))
     }
+}
+
+/// The checked `[otlp]` settings; `None` when export is off.
+pub fn resolve(s: OtlpSettings) -> Result<Option<OtlpConfig>, ConfigError> {
+    let Some(text) = &s.otlp_endpoint.value else {
+        let stray = [&s.otlp_interval_ms.origin, &s.otlp_log_level.origin];
+        if let Some(origin) = stray.into_iter().find(|o| o.given()) {
+            return Err(origin.invalid("needs an OTLP endpoint (--otlp-endpoint or `otlp.endpoint`)"));
+        }
+        return Ok(None);
+    };
+    let endpoint: Endpoint =
+        text.parse().map_err(|e: transport::EndpointError| s.otlp_endpoint.invalid(e.to_string()))?;
+    let interval_ms = s.otlp_interval_ms.within(1..=3_600_000, " milliseconds")?;
+    let pcr0 = s.otlp_pcr0.check_some(|pcr0| {
+        match pcr0.is_empty() || !pcr0.bytes().all(|b| b.is_ascii_hexdigit()) {
+            true => Err(format!("{pcr0:?} is not hexadecimal")),
+            false => Ok(()),
+        }
+    })?;
+    let log_level = match &s.otlp_log_level.value {
+        None => None,
+        Some(text) => Some(parse_level(text).map_err(|reason| s.otlp_log_level.invalid(reason))?),
+    };
+    Ok(Some(OtlpConfig {
+        endpoint,
+        interval: Duration::from_millis(interval_ms),
+        instance_id: s.otlp_instance_id.value.filter(|s| !s.is_empty()),
+        pcr0,
+        log_level,
+    }))
 }
 
 /// Parses `--otlp-log-level`.
