@@ -16,7 +16,7 @@
 //! | [`keys`] | the enclave's HPKE key pairs: generated in-process, rotated, never exported |
 //! | [`health`] | `grpc.health.v1.Health` with the named load-balancer and autoscaler statuses |
 //! | [`attestation`] | documents from `/dev/nsm` only, never over a caller's key; `enclave.v1.Attestation` |
-//! | [`telemetry`] | OTLP metrics and spans to the collector on the parent (off unless configured) |
+//! | [`telemetry`] | OTLP metrics, spans and logs on the OpenTelemetry SDK to the collector on the parent (off unless configured) |
 //! | [`server`] | `run(listener, app, shutdown)`: every service on one listener |
 //! | [`idle`] | closing connections that carry no call for 5 minutes |
 //! | [`fleet`], [`recipient`] | the fleet key set through KMS attestation; the RSA key KMS encrypts to |

@@ -96,3 +96,59 @@ pub fn parse_level(text: &str) -> Result<Level, String> {
         _ => Err(format!("{text:?} is not one of error, warn, info, debug, trace")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_resolve() {
+        assert_eq!(OtlpArgs::default().resolve(None, None).unwrap(), None);
+        let only_interval = OtlpArgs { otlp_interval_ms: Some(5), ..Default::default() };
+        assert!(only_interval.resolve(None, None).unwrap_err().to_string().contains("--otlp-interval-ms"));
+        let only_logs = OtlpArgs { otlp_log_level: Some("info".into()), ..Default::default() };
+        assert!(only_logs.resolve(None, None).unwrap_err().to_string().contains("--otlp-log-level"));
+        let bad = OtlpArgs { otlp_endpoint: Some("http://x".into()), ..Default::default() };
+        assert!(bad.resolve(None, None).unwrap_err().to_string().contains("--otlp-endpoint"));
+        let level = OtlpArgs {
+            otlp_endpoint: Some("tcp://127.0.0.1:4317".into()),
+            otlp_log_level: Some("chatty".into()),
+            ..Default::default()
+        };
+        assert!(level.resolve(None, None).unwrap_err().to_string().contains("--otlp-log-level"));
+        let pcr = OtlpArgs {
+            otlp_endpoint: Some("tcp://127.0.0.1:4317".into()),
+            otlp_pcr0: Some("xyz".into()),
+            ..Default::default()
+        };
+        assert!(pcr.resolve(None, None).unwrap_err().to_string().contains("--otlp-pcr0"));
+        let ok = OtlpArgs { otlp_endpoint: Some("vsock://3:4317".into()), ..Default::default() };
+        let config = ok.resolve(None, None).unwrap().unwrap();
+        assert_eq!(config.interval, Duration::from_millis(DEFAULT_INTERVAL_MS));
+        assert_eq!(config.endpoint.to_string(), "vsock://3:4317");
+        assert_eq!(config.log_level, None);
+    }
+
+    #[test]
+    fn file_keys_apply_and_flags_override_them() {
+        let path = std::path::Path::new("/etc/kv/config.toml");
+        let file = OtlpFileConfig {
+            endpoint: Some("vsock://3:4317".into()),
+            interval_ms: Some(2000),
+            log_level: Some("warn".into()),
+            ..Default::default()
+        };
+        let config = OtlpArgs::default().resolve(Some(file.clone()), Some(path)).unwrap().unwrap();
+        assert_eq!(config.interval, Duration::from_millis(2000));
+        assert_eq!(config.log_level, Some(tracing::Level::WARN));
+        let flags = OtlpArgs { otlp_interval_ms: Some(500), ..Default::default() };
+        let config = flags.resolve(Some(file.clone()), Some(path)).unwrap().unwrap();
+        assert_eq!(config.interval, Duration::from_millis(500));
+        let bad = OtlpFileConfig { interval_ms: Some(0), ..file };
+        let err = OtlpArgs::default().resolve(Some(bad), Some(path)).unwrap_err().to_string();
+        assert!(err.contains("/etc/kv/config.toml key `otlp.interval_ms`"), "{err}");
+        let stray = OtlpFileConfig { log_level: Some("info".into()), ..Default::default() };
+        let err = OtlpArgs::default().resolve(Some(stray), Some(path)).unwrap_err().to_string();
+        assert!(err.contains("`otlp.log_level`") && err.contains("needs an OTLP endpoint"), "{err}");
+    }
+}
