@@ -46,7 +46,7 @@ pub mod logs;
 pub use layer::{QueryStats, RequestTelemetryLayer};
 
 /// Finished spans waiting for export; more are dropped (and counted by the SDK), never waited for.
-pub const SPAN_QUEUE: usize = 8192;
+pub const SPAN_QUEUE: usize = 32_768;
 /// Log records waiting for export.
 pub const LOG_QUEUE: usize = 4096;
 /// Most spans (or log records) in one export call.
