@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -288,7 +287,7 @@ async fn reload(proxy: &Proxy, source: &Source, nofile: u64, sidecars: &mut Side
             for section in &sections {
                 metrics.reload_not_applied(section);
             }
-            metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            metrics.reloads_ok.inc();
             if sections.is_empty() {
                 info!("configuration reloaded");
             } else {
@@ -296,11 +295,11 @@ async fn reload(proxy: &Proxy, source: &Source, nofile: u64, sidecars: &mut Side
             }
         }
         Ok(Err(e)) => {
-            metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            metrics.reloads_failed.inc();
             error!(error = %e, "reload rejected; the previous configuration stays in force");
         }
         Err(e) => {
-            metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            metrics.reloads_failed.inc();
             error!(error = %e, "reload failed; the previous configuration stays in force");
         }
     }

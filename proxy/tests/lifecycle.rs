@@ -193,6 +193,14 @@ async fn sighup_applies_dns_log_and_admin_and_names_what_needs_a_restart() {
     };
     denied().await;
     assert!(d.wait_log(&[("message", "address refused by policy")], Duration::from_millis(300)).is_none());
+    let lookups = |d: &Daemon| {
+        ["hit", "miss"]
+            .iter()
+            .map(|r| d.metric(&format!("vsockproxy_dns_cache_total{{result=\"{r}\"}}")).unwrap())
+            .sum::<f64>()
+    };
+    let before = lookups(&d);
+    assert!(before >= 2.0, "a.test and b.test were looked up: {before}");
 
     let extra = "max_connections = 7\n[log]\nlevel = \"info,vsockproxy::server=debug\"\n";
     let new = config("b.test", extra).replacen("tcp://127.0.0.1:0", &format!("tcp://{other_admin}"), 1);
@@ -207,6 +215,8 @@ async fn sighup_applies_dns_log_and_admin_and_names_what_needs_a_restart() {
     // [dns]: the new static host resolves, the old one is gone.
     assert!(connect("b.test").await, "[dns] applied:\n{}", d.log_text());
     assert!(!connect("a.test").await);
+    // The new resolver counts on from the old one's totals.
+    assert!(lookups(&d) >= before + 2.0, "{before} -> {}", lookups(&d));
     // [log]: the new level is in force.
     denied().await;
     let debug = d.wait_log(&[("message", "address refused by policy")], Duration::from_secs(3));
