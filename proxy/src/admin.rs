@@ -58,7 +58,7 @@ pub async fn run(
         let admin = &shared.metrics.admin;
         let Some(slot) = admin.limit.try_acquire() else {
             // Closed at once: a flood of local connections costs no file descriptor beyond the cap.
-            admin.refused_limit.fetch_add(1, Ordering::Relaxed);
+            admin.refused_limit.inc();
             debug!(max = admin.limit.max(), "admin connection refused: limit reached");
             continue;
         };
@@ -93,13 +93,13 @@ async fn serve_connection(
         r = conn => match r {
             Ok(()) => {}
             Err(e) if e.is_timeout() => {
-                admin.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                admin.header_timeouts.inc();
                 debug!("admin connection closed: no request head within the header-read timeout");
             }
             Err(e) => debug!(error = %e, "admin connection ended with an error"),
         },
         () = progress.idle(timeouts.idle) => {
-            admin.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+            admin.idle_timeouts.inc();
             debug!("admin connection closed: idle");
         }
     }
@@ -193,15 +193,20 @@ async fn handle(
             let (ready, body) = readiness(shared, listeners).await;
             text(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
         }
-        "/metrics" => {
-            let body = shared.metrics.render(&shared.global, shared.dns_cache_stats());
-            let mut r = text(StatusCode::OK, body);
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            r
-        }
+        "/metrics" => match shared.metrics.render() {
+            Ok(body) => {
+                let mut r = text(StatusCode::OK, body);
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                );
+                r
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot encode /metrics");
+                text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics\n".into())
+            }
+        },
         _ => text(StatusCode::NOT_FOUND, "not found; try /healthz, /readyz, /metrics\n".into()),
     }
 }

@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -14,10 +13,10 @@ use transport::Endpoint;
 
 use crate::cli::RunArgs;
 use crate::config::NotApplied;
-use crate::config::{Config, ForwardMode, OtlpConfig, Source};
+use crate::config::{Config, ForwardMode, Source};
 use crate::fds::{self, Fit};
 use crate::logging::Logging;
-use crate::server::{Proxy, Shared};
+use crate::server::Proxy;
 use crate::workers::Workers;
 use crate::{admin, notify, sys, watchdog};
 
@@ -91,8 +90,8 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
     log_fit(fit, nofile);
     warn_pipe_size(&config);
-    // The control plane (signals, reload, admin, OTLP) runs here; connections run on the
-    // forwarding threads, a runtime each (src/workers.rs).
+    // The control plane (signals, reload, admin) runs here; connections run on the forwarding
+    // threads, a runtime each (src/workers.rs).
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -145,38 +144,18 @@ fn warn_pipe_size(config: &Config) {
     }
 }
 
-/// What runs beside the proxy and a reload may change: the logger, the OTLP exporter, and
-/// the admin endpoint's address (which needs a restart).
+/// What runs beside the proxy and a reload may change: the logger, and the admin endpoint's
+/// address (which needs a restart).
 struct Sidecars {
     logging: Logging,
-    otlp: Option<(OtlpConfig, watch::Sender<bool>)>,
     admin_listen: Option<Endpoint>,
 }
 
 impl Sidecars {
-    fn start_otlp(&mut self, config: Option<OtlpConfig>, shared: &Arc<Shared>) {
-        if let Some((_, stop)) = self.otlp.take() {
-            let _ = stop.send(true);
-        }
-        if let Some(otlp) = config {
-            info!(endpoint = %otlp.endpoint, interval_ms = otlp.interval_ms, "OTLP metrics export on");
-            let (stop, stopped) = watch::channel(false);
-            tokio::spawn(crate::otlp::run(otlp.clone(), shared.clone(), stopped));
-            self.otlp = Some((otlp, stop));
-        }
-    }
-
-    /// Applies `[log]` and `[otlp]`; reports an `[admin]` address change, which needs a restart
-    /// (its caps and deadlines are applied by [`Proxy::reload`]).
-    fn reload(&mut self, config: &Config, shared: &Arc<Shared>) -> Vec<NotApplied> {
+    /// Applies `[log]`; reports an `[admin]` address change, which needs a restart (its caps
+    /// and deadlines are applied by [`Proxy::reload`]).
+    fn reload(&mut self, config: &Config) -> Vec<NotApplied> {
         let mut notes = self.logging.reload(&config.log);
-        let running = self.otlp.as_ref().map(|(c, _)| c);
-        if config.otlp.as_ref() != running {
-            if config.otlp.is_none() {
-                info!("[otlp] removed: OTLP metrics export off");
-            }
-            self.start_otlp(config.otlp.clone(), shared);
-        }
         let listen = config.admin.as_ref().map(|a| &a.listen);
         if listen != self.admin_listen.as_ref() {
             let shown = |e: Option<&Endpoint>| e.map_or("none".to_string(), |e| e.to_string());
@@ -201,7 +180,6 @@ async fn serve(
     runtimes: &[tokio::runtime::Handle],
 ) -> ExitCode {
     let admin_ep = config.admin.as_ref().map(|a| a.listen.clone());
-    let otlp = config.otlp.clone();
     let config_name = config.source.clone();
     let mut proxy = match Proxy::bind(config).await {
         Ok(p) => p,
@@ -228,8 +206,7 @@ async fn serve(
         let listeners = Arc::new(proxy.listeners.clone());
         tokio::spawn(admin::run(listener, proxy.shared.clone(), listeners, stop_rx));
     }
-    let mut sidecars = Sidecars { logging, otlp: None, admin_listen: admin_ep };
-    sidecars.start_otlp(otlp, &proxy.shared);
+    let mut sidecars = Sidecars { logging, admin_listen: admin_ep };
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -275,10 +252,8 @@ async fn serve(
     let deadline = Duration::from_millis(proxy.shared.settings().timeouts.drain_ms);
     let active = proxy.shared.global.active();
     info!(active, deadline_ms = deadline.as_millis() as u64, "stopping: listeners closed, draining");
-    let shared = proxy.shared.clone();
     let left = proxy.drain(deadline, Some(&main_beat)).await;
     let _ = stop_admin.send(true);
-    sidecars.start_otlp(None, &shared);
     if left > 0 {
         warn!(cut = left, "drain deadline reached; closing the remaining connections");
     } else {
@@ -301,7 +276,7 @@ async fn reload(proxy: &Proxy, source: &Source, nofile: u64, sidecars: &mut Side
         Ok(Ok((config, fit))) => {
             log_fit(fit, nofile);
             warn_pipe_size(&config);
-            let mut notes = sidecars.reload(&config, &proxy.shared);
+            let mut notes = sidecars.reload(&config);
             notes.extend(proxy.reload(config));
             let mut sections: Vec<&str> = notes.iter().map(|n| n.section).collect();
             sections.sort_unstable();
@@ -312,7 +287,7 @@ async fn reload(proxy: &Proxy, source: &Source, nofile: u64, sidecars: &mut Side
             for section in &sections {
                 metrics.reload_not_applied(section);
             }
-            metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            metrics.reloads_ok.inc();
             if sections.is_empty() {
                 info!("configuration reloaded");
             } else {
@@ -320,11 +295,11 @@ async fn reload(proxy: &Proxy, source: &Source, nofile: u64, sidecars: &mut Side
             }
         }
         Ok(Err(e)) => {
-            metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            metrics.reloads_failed.inc();
             error!(error = %e, "reload rejected; the previous configuration stays in force");
         }
         Err(e) => {
-            metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            metrics.reloads_failed.inc();
             error!(error = %e, "reload failed; the previous configuration stays in force");
         }
     }

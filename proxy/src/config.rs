@@ -61,9 +61,16 @@ pub struct FileConfig {
     pub forwarding: ForwardingConfig,
     #[serde(default)]
     pub log: LogConfig,
-    /// `[otlp]`: the /metrics series also pushed to a collector (see `crate::otlp`).
-    pub otlp: Option<OtlpConfig>,
+    /// `[otlp]` was removed: only read to refuse it with a message that says what replaced it
+    /// ([`OTLP_REMOVED`]).
+    #[serde(default)]
+    pub otlp: Option<toml::Value>,
 }
+
+/// Why a config file with an `[otlp]` section is refused.
+pub const OTLP_REMOVED: &str = "the [otlp] section was removed: vsockproxy no longer pushes its metrics over \
+     OTLP; the OpenTelemetry collector scrapes /metrics on the [admin] endpoint instead \
+     (collector/otel_collector_config.yaml, docs/observability.md). Delete the section";
 
 /// `[admin]`: the loopback HTTP endpoint and what one local client may hold of it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -338,7 +345,6 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     pub forwarding: ForwardingConfig,
     pub log: LogConfig,
-    pub otlp: Option<OtlpConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -487,6 +493,10 @@ fn validate(source: String, file: FileConfig) -> Result<Config, ConfigError> {
     let invalid = |key: String, message: String| ConfigError::Invalid { path: source.clone(), key, message };
     let FileConfig { admin, ingress, socks5, mapping, policy, dns, limits, timeouts, forwarding, log, otlp } =
         file;
+
+    if otlp.is_some() {
+        return Err(invalid("otlp".into(), OTLP_REMOVED.into()));
+    }
 
     if limits.max_connections == Some(0) {
         return Err(invalid("limits.max_connections".into(), "must be at least 1".into()));
@@ -652,7 +662,7 @@ fn validate(source: String, file: FileConfig) -> Result<Config, ConfigError> {
         max_connections: limits.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
         max_connections_set: limits.max_connections.is_some(),
     };
-    Ok(Config { source, admin, routes, socks5, policy, dns, limits, timeouts, forwarding, log, otlp })
+    Ok(Config { source, admin, routes, socks5, policy, dns, limits, timeouts, forwarding, log })
 }
 
 /// Two listen endpoints collide when they name the same socket (`tcp://0.0.0.0:P` also takes
@@ -679,26 +689,6 @@ impl Source {
     pub fn load(&self) -> Result<Config, ConfigError> {
         load(self.path.as_deref(), &self.overrides)
     }
-}
-
-fn default_otlp_interval_ms() -> u64 {
-    10_000
-}
-
-/// `[otlp]` in the config file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OtlpConfig {
-    /// The collector's OTLP/gRPC endpoint, e.g. `tcp://127.0.0.1:4317`.
-    #[serde(deserialize_with = "collector_endpoint")]
-    pub endpoint: Endpoint,
-    #[serde(default = "default_otlp_interval_ms")]
-    pub interval_ms: u64,
-}
-
-fn collector_endpoint<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Endpoint, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_dial(&s).map_err(serde::de::Error::custom)
 }
 
 /// The admin endpoint's deadlines, from `[admin]` or its defaults.
@@ -781,6 +771,20 @@ mod tests {
         assert!(e.contains("forwarding.buffer_size"), "{e}");
         let e = err("[socks5]\nlisten = \"tcp://127.0.0.1:0\"\n[forwarding]\nmode = \"zerocopy\"\n");
         assert!(e.contains("forwarding.mode"), "{e}");
+    }
+
+    #[test]
+    fn an_otlp_section_is_refused_and_says_what_replaced_it() {
+        let e = err(
+            "[socks5]\nlisten = \"tcp://127.0.0.1:0\"\n[otlp]\nendpoint = \"tcp://127.0.0.1:4317\"\ninterval_ms = 10000\n",
+        );
+        assert!(e.starts_with("t.toml: key `otlp`: the [otlp] section was removed"), "{e}");
+        assert!(e.contains("the OpenTelemetry collector scrapes /metrics"), "{e}");
+        assert!(!e.contains("unknown field"), "{e}");
+        // Even an empty table: the section itself is what is gone.
+        assert!(
+            err("[socks5]\nlisten = \"tcp://127.0.0.1:0\"\n[otlp]\n").contains("[otlp] section was removed")
+        );
     }
 
     #[test]

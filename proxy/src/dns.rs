@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,7 @@ use hickory_resolver::config::{
 };
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
@@ -120,8 +120,16 @@ struct Inner {
     timeout: Duration,
     static_hosts: HashMap<String, Arc<[IpAddr]>>,
     cache: Mutex<HashMap<String, Arc<Slot>>>,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    counters: CacheCounters,
+}
+
+/// Lookups answered without a new query (`hits`: the cache, a query already in flight,
+/// `static_hosts`) and lookups that sent one (`misses`). Clones share the counts, so a resolver
+/// that replaces another (a reload's new `[dns]`) goes on counting into the same series.
+#[derive(Debug, Clone, Default)]
+pub struct CacheCounters {
+    pub hits: Counter,
+    pub misses: Counter,
 }
 
 /// One cached name: empty while its query is in flight, then the answer and its expiry.
@@ -153,6 +161,11 @@ impl Resolver {
     /// Validates the configuration and sets up the resolver (reads `/etc/resolv.conf` and
     /// `/etc/hosts` unless `servers` is given). Sends no query.
     pub fn new(config: &DnsConfig) -> Result<Resolver, DnsError> {
+        Resolver::with_counters(config, CacheCounters::default())
+    }
+
+    /// [`Resolver::new`], counting its cache hits and misses into `counters`.
+    pub fn with_counters(config: &DnsConfig, counters: CacheCounters) -> Result<Resolver, DnsError> {
         let config_err = |field: &str, reason: String| DnsError::Config { field: field.to_owned(), reason };
         if config.min_ttl_secs > config.max_ttl_secs {
             return Err(config_err(
@@ -209,8 +222,7 @@ impl Resolver {
                 timeout,
                 static_hosts,
                 cache: Mutex::new(HashMap::new()),
-                hits: AtomicU64::new(0),
-                misses: AtomicU64::new(0),
+                counters,
             }),
         })
     }
@@ -227,7 +239,7 @@ impl Resolver {
         validate_name(&key).map_err(|reason| DnsError::InvalidName { name: name.to_owned(), reason })?;
         let inner = &self.inner;
         if let Some(addrs) = inner.static_hosts.get(&*key) {
-            inner.hits.fetch_add(1, Ordering::Relaxed);
+            inner.counters.hits.inc();
             return Ok(addrs.clone());
         }
 
@@ -237,12 +249,12 @@ impl Resolver {
             .answer
             .get_or_init(|| {
                 queried = true;
-                inner.misses.fetch_add(1, Ordering::Relaxed);
+                inner.counters.misses.inc();
                 self.query(&key)
             })
             .await;
         if !queried {
-            inner.hits.fetch_add(1, Ordering::Relaxed);
+            inner.counters.hits.inc();
         }
         answer.result.clone()
     }
@@ -250,7 +262,7 @@ impl Resolver {
     /// (hits, misses): lookups answered without a new query (cache, a query already in flight,
     /// `static_hosts`) and lookups that sent one.
     pub fn cache_stats(&self) -> (u64, u64) {
-        (self.inner.hits.load(Ordering::Relaxed), self.inner.misses.load(Ordering::Relaxed))
+        (self.inner.counters.hits.get(), self.inner.counters.misses.get())
     }
 
     /// The cache slot for `key`: the current one if fresh or in flight, else a new empty one.
@@ -365,7 +377,7 @@ fn fallback_config() -> (ResolverConfig, ResolverOpts) {
 mod tests {
     use super::*;
     use std::net::Ipv6Addr;
-    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::{AtomicU32, Ordering};
     use tokio::net::UdpSocket;
 
     /// A real UDP DNS server on 127.0.0.1 for tests: answers A queries for names in `a_records`

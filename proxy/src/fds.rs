@@ -23,7 +23,7 @@ pub const PER_ADMIN_CONNECTION: u64 = 2;
 /// eventfd.
 pub const PER_THREAD: u64 = 2;
 /// The daemon's own: standard streams, the runtime (epoll, eventfds, signal pipe), DNS sockets
-/// of lookups in flight, the OTLP channel, config file reads, notify datagrams.
+/// of lookups in flight, config file reads, notify datagrams.
 pub const RESERVED: u64 = 64;
 
 /// Connections that can be in flight at once: the global cap, or the sum of the listener caps

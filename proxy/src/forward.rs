@@ -30,6 +30,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::Interest;
 use tracing::{debug, info, warn};
 use transport::Stream;
@@ -101,15 +102,15 @@ pub const PIPE_LOG_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct SpliceCounters {
     /// `pipe2` failed; that direction was forwarded through a buffer instead.
-    pub create: AtomicU64,
+    pub create: Counter,
     /// `F_SETPIPE_SZ` failed; the pipe kept its default capacity.
-    pub resize: AtomicU64,
+    pub resize: Counter,
     /// splice(socket -> pipe) was refused (`EINVAL`/`EOPNOTSUPP`); the direction went on in
     /// copy mode.
-    pub refused_read: AtomicU64,
+    pub refused_read: Counter,
     /// splice(pipe -> socket) was refused; the pipe was emptied through a buffer and the
     /// direction went on in copy mode.
-    pub refused_write: AtomicU64,
+    pub refused_write: Counter,
     since: Instant,
     /// When the last warning was logged (ms since `since`), `u64::MAX` before the first.
     last_log_ms: AtomicU64,
@@ -119,24 +120,34 @@ pub struct SpliceCounters {
 
 impl Default for SpliceCounters {
     fn default() -> Self {
+        SpliceCounters::new(Counter::default(), Counter::default(), Counter::default(), Counter::default())
+    }
+}
+
+impl SpliceCounters {
+    /// Counting into the given series (the registry's, see `crate::metrics`).
+    pub fn new(
+        create: Counter,
+        resize: Counter,
+        refused_read: Counter,
+        refused_write: Counter,
+    ) -> SpliceCounters {
         SpliceCounters {
-            create: AtomicU64::new(0),
-            resize: AtomicU64::new(0),
-            refused_read: AtomicU64::new(0),
-            refused_write: AtomicU64::new(0),
+            create,
+            resize,
+            refused_read,
+            refused_write,
             since: Instant::now(),
             last_log_ms: AtomicU64::new(u64::MAX),
             refusal_logged: AtomicBool::new(false),
         }
     }
-}
 
-impl SpliceCounters {
     /// A splice the kernel refused for this pair of files: counted; logged at info the first
     /// time (it is a property of the kernel and socket family, not an incident), then at debug.
     fn refused(&self, op: &'static str, side: Side, error: &io::Error) {
         let counter = if op == "read" { &self.refused_read } else { &self.refused_write };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
         if !self.refusal_logged.swap(true, Ordering::Relaxed) {
             info!(
                 op,
@@ -152,7 +163,7 @@ impl SpliceCounters {
 
     fn record(&self, op: &'static str, size: usize, error: &io::Error) {
         let counter = if op == "create" { &self.create } else { &self.resize };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
         let now = self.since.elapsed().as_millis().min(u128::from(u64::MAX - 1)) as u64;
         let last = self.last_log_ms.load(Ordering::Relaxed);
         let due = last == u64::MAX || now.saturating_sub(last) >= PIPE_LOG_EVERY.as_millis() as u64;
@@ -161,8 +172,8 @@ impl SpliceCounters {
                 op,
                 size,
                 %error,
-                create_failures = self.create.load(Ordering::Relaxed),
-                resize_failures = self.resize.load(Ordering::Relaxed),
+                create_failures = self.create.get(),
+                resize_failures = self.resize.get(),
                 "splice pipe {op} failed ({}); counted in vsockproxy_splice_pipe_errors_total, \
                  logged at most every {} s",
                 if op == "create" { "forwarding through a buffer instead" } else { "keeping the default size" },
@@ -625,8 +636,8 @@ mod tests {
                     "{mode} vsock client {vsock_is_client}"
                 );
                 // A socketpair splices: no fallback here.
-                assert_eq!(errors.refused_read.load(Ordering::Relaxed), 0);
-                assert_eq!(errors.refused_write.load(Ordering::Relaxed), 0);
+                assert_eq!(errors.refused_read.get(), 0);
+                assert_eq!(errors.refused_write.get(), 0);
             }
         }
     }
@@ -648,9 +659,9 @@ mod tests {
             // Both directions are bulk (reads fill the small buffer), so both splice.
             exchange(client, up, &data, &reply).await;
             assert_eq!(task.await.unwrap().unwrap(), (200_000, reply.len() as u64), "{refuse:?}");
-            assert_eq!(errors.refused_read.load(Ordering::Relaxed), read, "{refuse:?}");
-            assert_eq!(errors.refused_write.load(Ordering::Relaxed), write, "{refuse:?}");
-            assert_eq!(errors.create.load(Ordering::Relaxed), 0);
+            assert_eq!(errors.refused_read.get(), read, "{refuse:?}");
+            assert_eq!(errors.refused_write.get(), write, "{refuse:?}");
+            assert_eq!(errors.create.get(), 0);
         }
     }
 
@@ -688,7 +699,7 @@ mod tests {
         let _ = client.write_all(&vec![8u8; 4 * SMALL_BUFFER]).await;
         let r = task.await.unwrap();
         assert!(matches!(r, Err(ForwardError::Io { side: Side::Client, .. })), "{r:?}");
-        assert_eq!(errors.refused_read.load(Ordering::Relaxed), 0);
+        assert_eq!(errors.refused_read.get(), 0);
     }
 
     /// Issue 15 item 2: a short connection (a request and an answer) paid for two pipes (four
@@ -713,7 +724,7 @@ mod tests {
         client.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, b"answer");
         assert_eq!(task.await.unwrap().unwrap(), (4000, 6));
-        assert_eq!(errors.create.load(Ordering::Relaxed), 0, "no pipe was asked for");
+        assert_eq!(errors.create.get(), 0, "no pipe was asked for");
     }
 
     /// A long-lived connection of small messages (envoy's HTTP/2 connection to kv-server: one
@@ -738,13 +749,13 @@ mod tests {
             up.write_all(&back).await.unwrap();
             client.read_exact(&mut back).await.unwrap();
         }
-        assert_eq!(errors.create.load(Ordering::Relaxed), 0, "small messages asked for no pipe");
+        assert_eq!(errors.create.get(), 0, "small messages asked for no pipe");
         // Then a bulk transfer on the same connection: it asks for a pipe (refused here, so it
         // goes on by copy, whole).
         let bulk: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         exchange(client, up, &bulk, b"end").await;
         assert_eq!(task.await.unwrap().unwrap(), (204_800 + 1_000_000, 204_800 + 3));
-        assert_eq!(errors.create.load(Ordering::Relaxed), 1, "the bulk direction asked for a pipe");
+        assert_eq!(errors.create.get(), 1, "the bulk direction asked for a pipe");
     }
 
     /// Out of descriptors (or pipe pages) for a pipe: the direction goes on through a buffer,
@@ -769,8 +780,8 @@ mod tests {
         client.read_to_end(&mut back).await.unwrap();
         assert!(back == reply);
         assert_eq!(task.await.unwrap().unwrap(), (200_000, 100_000));
-        assert_eq!(errors.create.load(Ordering::Relaxed), 2);
-        assert_eq!(errors.resize.load(Ordering::Relaxed), 0);
+        assert_eq!(errors.create.get(), 2);
+        assert_eq!(errors.resize.get(), 0);
     }
 
     #[tokio::test]

@@ -5,14 +5,15 @@
 //!   and drain; [`workers`]: the forwarding threads (a runtime each) the connections run on; [`forward`]: the byte pump (splice or copy) with half-close and idle timeout;
 //! - [`policy`]: the default-deny egress allowlist; [`dns`]: the shared caching resolver;
 //! - [`limits`]: connection caps; [`fds`]: the caps against `RLIMIT_NOFILE`;
-//! - [`metrics`] and [`admin`]: `/healthz`, `/readyz`, `/metrics`;
+//! - [`metrics`] (a prometheus-client registry, scraped by the collector) and [`admin`]:
+//!   `/healthz`, `/readyz`, `/metrics`;
 //! - [`notify`]: systemd readiness; [`watchdog`]: `WATCHDOG=1` tied to the loops' progress;
 //! - [`logging`]: the reloadable logger;
 //! - [`app`]: the daemon's life cycle; [`cli`].
 //!
-//! The modules import each other without cycles: [`config`] (with the types a reload reports on,
-//! `[otlp]` and the admin deadlines) sits under everything but [`policy`] and [`dns`]; [`server`]
-//! under [`admin`] and [`otlp`]; [`app`] on top.
+//! The modules import each other without cycles: [`config`] (with the types a reload reports on
+//! and the admin deadlines) sits under everything but [`policy`] and [`dns`]; [`metrics`] under
+//! [`server`]; [`server`] under [`admin`]; [`app`] on top.
 //!
 //! unsafe code is denied (the workspace's lints) except in `sys`, the system calls.
 
@@ -27,7 +28,6 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
-pub mod otlp;
 pub mod policy;
 pub mod server;
 mod sys;

@@ -61,10 +61,9 @@ impl Settings {
 /// State every connection task can see.
 pub struct Shared {
     pub metrics: Metrics,
-    /// Replaced when a reload changes `[dns]` (lookups in flight finish on the old one).
+    /// Replaced when a reload changes `[dns]` (lookups in flight finish on the old one); every
+    /// resolver counts into the same `vsockproxy_dns_cache_total` series.
     resolver: RwLock<(DnsConfig, Resolver)>,
-    /// Cache hits and misses of the resolvers replaced so far, so the counters never go back.
-    dns_stats_before: (AtomicU64, AtomicU64),
     pub global: Arc<Limit>,
     pub draining: AtomicBool,
     settings: RwLock<Arc<Settings>>,
@@ -79,15 +78,6 @@ impl Shared {
         }
     }
 
-    /// (hits, misses) of the DNS cache since start, over every resolver the daemon has had.
-    pub fn dns_cache_stats(&self) -> (u64, u64) {
-        let (hits, misses) = self.resolver().cache_stats();
-        (
-            hits + self.dns_stats_before.0.load(Ordering::Relaxed),
-            misses + self.dns_stats_before.1.load(Ordering::Relaxed),
-        )
-    }
-
     /// Puts a resolver for `dns` in place if that differs from the one running; the cache
     /// starts empty (its answers may come from servers or static hosts no longer configured).
     fn set_dns(&self, dns: &DnsConfig) -> Result<bool, DnsError> {
@@ -100,14 +90,11 @@ impl Shared {
         }
         // Built before taking the lock: lookups go on meanwhile. Reloads are serial (the main
         // loop), so nothing else replaces the resolver in between.
-        let fresh = Resolver::new(dns)?;
+        let fresh = Resolver::with_counters(dns, self.metrics.dns_cache.clone())?;
         let mut guard = match self.resolver.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let (hits, misses) = guard.1.cache_stats();
-        self.dns_stats_before.0.fetch_add(hits, Ordering::Relaxed);
-        self.dns_stats_before.1.fetch_add(misses, Ordering::Relaxed);
         *guard = (dns.clone(), fresh);
         Ok(true)
     }
@@ -195,12 +182,14 @@ pub struct Proxy {
 impl Proxy {
     /// Binds every listener of `config`; nothing is accepted until [`start`](Self::start).
     pub async fn bind(config: Config) -> Result<Proxy, StartError> {
-        let resolver = Resolver::new(&config.dns).map_err(StartError::Dns)?;
+        let global = Limit::new(config.limits.max_connections);
+        let metrics = Metrics::new(global.clone());
+        let resolver =
+            Resolver::with_counters(&config.dns, metrics.dns_cache.clone()).map_err(StartError::Dns)?;
         let shared = Arc::new(Shared {
-            metrics: Metrics::default(),
+            metrics,
             resolver: RwLock::new((config.dns.clone(), resolver)),
-            dns_stats_before: (AtomicU64::new(0), AtomicU64::new(0)),
-            global: Limit::new(config.limits.max_connections),
+            global,
             draining: AtomicBool::new(false),
             settings: RwLock::new(Arc::new(Settings {
                 policy: config.policy,
@@ -236,8 +225,7 @@ impl Proxy {
             let bound = listener
                 .local_endpoint()
                 .map_err(|source| StartError::Local { name: name.clone(), source })?;
-            let metrics = Arc::new(ListenerMetrics::new(kind, name.clone(), Limit::new(max)));
-            shared.metrics.register(metrics.clone());
+            let metrics = shared.metrics.listener(kind, &name, Limit::new(max));
             info!(listener = %name, kind, listen = %bound, "listening");
             listeners.push(Arc::new(ListenerState { name, listen, bound, role, metrics }));
             pending.push(listener);
@@ -264,7 +252,7 @@ impl Proxy {
         self.threads = runtimes.len();
         let placement = (!runtimes.is_empty()).then(|| Arc::new(Placement::new(runtimes)));
         if let Some(p) = &placement {
-            let _ = self.shared.metrics.threads.set(p.load.clone());
+            self.shared.metrics.set_threads(p.load.clone());
         }
         for (listener, state) in self.pending.drain(..).zip(self.listeners.iter()) {
             let placed: Vec<(Listener, Option<usize>)> = match &placement {
@@ -425,7 +413,7 @@ impl Proxy {
 /// that arrive together (envoy's to the enclave) do not end up on one thread.
 struct Placement {
     runtimes: Vec<Handle>,
-    /// Also in [`Metrics::threads`] (`vsockproxy_thread_connections`).
+    /// Also read by [`Metrics`] (`vsockproxy_thread_connections`, see [`Metrics::set_threads`]).
     load: Arc<[AtomicUsize]>,
 }
 
@@ -498,7 +486,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        state.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        state.metrics.accepted.inc();
         let permit = match Permit::acquire(&shared.global, &state.metrics.limit) {
             Ok(p) => p,
             Err(refusal) => {
@@ -513,7 +501,7 @@ async fn accept_loop(
         let placed = placement.as_ref().map(|(p, local)| p.place(*local));
         let remote = match (&placed, &placement) {
             (Some(placed), Some((p, local))) if placed.index != *local => {
-                shared.metrics.moved.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.moved.inc();
                 Some(&p.runtimes[placed.index])
             }
             _ => None,
@@ -743,8 +731,8 @@ async fn pipe(
         upstream,
         settings.forward_options(),
         &counters,
-        &state.metrics.client_to_upstream,
-        &state.metrics.upstream_to_client,
+        state.metrics.client_to_upstream.inner(),
+        state.metrics.upstream_to_client.inner(),
         &shared.metrics.splice,
     )
     .await;

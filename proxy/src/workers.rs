@@ -4,7 +4,7 @@
 //! thread with nothing to run sleeps in its own `epoll_wait`, so no thread wakes another to
 //! hand over work (what a work-stealing runtime does for every readiness event it cannot run
 //! at once). This is HAProxy's model of a thread per core; the control plane (signals, reload,
-//! admin endpoint, OTLP export) stays on the main runtime.
+//! admin endpoint) stays on the main runtime.
 
 use std::io;
 use std::thread::JoinHandle;

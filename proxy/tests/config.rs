@@ -67,6 +67,11 @@ fn bad_configs_name_file_key_and_reason() {
             &["mapping[0].upstream", "not allowed by [policy]"],
         ),
         ("syntax.toml", "[socks5\nlisten = 1\n", &[":1:"]),
+        (
+            "otlp.toml",
+            "[socks5]\nlisten = \"tcp://127.0.0.1:0\"\n[otlp]\nendpoint = \"tcp://127.0.0.1:4317\"\n",
+            &["key `otlp`", "[otlp] section was removed", "collector scrapes /metrics"],
+        ),
     ];
     for (name, text, wants) in cases {
         let path = dir.path().join(name);

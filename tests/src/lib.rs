@@ -1,9 +1,11 @@
 //! Helpers for the end-to-end tests in `tests/tests/`: where the repository, the workspace's
 //! binaries and the project-local tools are; rendering `envoy/envoy.yaml` with test ports;
-//! child processes that are killed when the test ends; waiting for readiness.
+//! child processes that are killed when the test ends; waiting for readiness; reading the
+//! Prometheus text that vsockproxy serves ([`prometheus_text`]).
 #![forbid(unsafe_code)]
 
 pub mod enclave;
+pub mod prometheus_text;
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};

@@ -1,6 +1,7 @@
 //! collector/otel_collector_config.yaml: every listener on loopback, the boot-time
-//! placeholders present where the launcher fills them, and a pipeline graph that only names
-//! components the file defines. (No trustworthy collector binary is available here to load it.)
+//! placeholders present where the launcher fills them, a pipeline graph that only names
+//! components the file defines, and a vsockproxy scrape aimed at the admin endpoint of the shipped
+//! vsockproxy config. (No trustworthy collector binary is available here to load it.)
 
 use e2e_tests::repo_root;
 use serde_yaml::Value;
@@ -68,14 +69,87 @@ fn receivers_and_extensions_listen_on_loopback_only() {
             "{path} = {addr} is not loopback"
         );
     }
-    // Receivers without an explicit endpoint would default to all interfaces.
+    // Receivers without an explicit endpoint would default to all interfaces; a Prometheus
+    // receiver listens on nothing (it scrapes), and its targets are checked below.
     for (name, _) in get(&cfg, &["receivers"]).as_mapping().unwrap() {
         let name = name.as_str().unwrap();
+        if is_scraper(name) {
+            continue;
+        }
         assert!(
             found.iter().any(|(p, _)| p.starts_with(&format!("receivers.{name}."))),
             "{name}: no endpoint"
         );
     }
+}
+
+/// A `prometheus` receiver (`prometheus` or `prometheus/NAME`): a scraper, not a listener.
+fn is_scraper(receiver: &str) -> bool {
+    receiver == "prometheus" || receiver.starts_with("prometheus/")
+}
+
+/// `[admin] listen` of proxy/examples/vsockproxy.toml, the config the bundle installs as
+/// /etc/vsockproxy/vsockproxy.toml (scripts/build-dist.sh, packaging/src/bundle.rs), as HOST:PORT.
+fn shipped_proxy_admin() -> String {
+    let text = std::fs::read_to_string(repo_root().join("proxy/examples/vsockproxy.toml")).unwrap();
+    let config: toml::Table = text.parse().expect("vsockproxy.toml is valid TOML");
+    let listen = config["admin"]["listen"].as_str().expect("[admin] listen");
+    listen
+        .strip_prefix("tcp://")
+        .unwrap_or_else(|| panic!("admin.listen {listen:?} is not tcp://"))
+        .to_string()
+}
+
+#[test]
+fn the_collector_scrapes_vsockproxys_admin_endpoint_from_the_shipped_config() {
+    let cfg = config();
+    let scrapers: Vec<(&str, &Value)> = get(&cfg, &["receivers"])
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter_map(|(k, v)| k.as_str().filter(|k| is_scraper(k)).map(|k| (k, v)))
+        .collect();
+    let admin = shipped_proxy_admin();
+    let mut found = Vec::new();
+    for (name, receiver) in &scrapers {
+        let jobs = get(receiver, &["config", "scrape_configs"]).as_sequence().expect("scrape_configs");
+        for job in jobs {
+            let job_name = str_at(job, &["job_name"]);
+            let path = job.get("metrics_path").and_then(Value::as_str).unwrap_or("/metrics");
+            let seconds = |key: &str| {
+                let v = str_at(job, &[key]);
+                v.strip_suffix('s')
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .unwrap_or_else(|| panic!("{key} {v:?}"))
+            };
+            let (interval, timeout) = (seconds("scrape_interval"), seconds("scrape_timeout"));
+            assert!((10..=15).contains(&interval), "{name} {job_name}: scrape every {interval} s");
+            assert!(timeout < interval, "{name} {job_name}: timeout {timeout} s >= interval {interval} s");
+            for sc in get(job, &["static_configs"]).as_sequence().unwrap() {
+                for target in get(sc, &["targets"]).as_sequence().unwrap() {
+                    let target = target.as_str().unwrap().to_string();
+                    let host = target.rsplit_once(':').map(|(h, _)| h).unwrap_or(&target);
+                    assert!(
+                        host == "127.0.0.1" || host == "[::1]" || host == "localhost",
+                        "{target} is not loopback"
+                    );
+                    found.push((*name, job_name.clone(), path.to_string(), target));
+                }
+            }
+        }
+    }
+    // The job name becomes the resource's service.name: `vsockproxy`, as its OTLP push named
+    // itself before the collector scraped it.
+    let vsockproxy: Vec<_> = found.iter().filter(|(_, job, _, _)| job == "vsockproxy").collect();
+    assert_eq!(vsockproxy.len(), 1, "one vsockproxy target; found {found:?}");
+    let (receiver, _, path, target) = vsockproxy[0];
+    assert_eq!(*target, admin, "the scrape target is the shipped vsockproxy config's [admin] listen");
+    assert_eq!(path, "/metrics");
+    let metrics = get(&cfg, &["service", "pipelines", "metrics", "receivers"]).as_sequence().unwrap();
+    assert!(
+        metrics.iter().any(|r| r.as_str() == Some(receiver)),
+        "{receiver} is not in the metrics pipeline"
+    );
 }
 
 #[test]

@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e_tests::{
-    EnvoyTarget, Proc, envoy_bin, free_port, http_get, render_envoy_config, run_vsockproxy, system_tool,
-    wait_until, workspace_bin,
+    EnvoyTarget, Proc, envoy_bin, free_port, http_get, prometheus_text, render_envoy_config, run_vsockproxy,
+    system_tool, wait_until, workspace_bin,
 };
 use kv_proto::kv_server::v1::GetValuesRequest;
 use kv_proto::kv_server::v1::key_value_service_client::KeyValueServiceClient;
@@ -205,18 +205,18 @@ fn kv_server_exports_metrics_and_spans_and_survives_the_collector_going_away() {
 }
 
 /// Starts the real vsockproxy with the OTLP mapping of the reference deployment, on loopback:
-/// `listen` (standing in for vsock port 4317) -> the receiver, allowed by the egress policy; its
-/// own metrics go to the receiver over OTLP (`[otlp]`).
-fn start_vsockproxy_mapping(dir: &std::path::Path, collector: SocketAddr) -> (Proc, SocketAddr) {
+/// `listen` (standing in for vsock port 4317) -> the receiver, allowed by the egress policy.
+/// Returns it, the mapping's address and its admin endpoint (whose `/metrics` the collector
+/// scrapes).
+fn start_vsockproxy_mapping(dir: &std::path::Path, collector: SocketAddr) -> (Proc, SocketAddr, SocketAddr) {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = format!(
         "[admin]\nlisten = \"tcp://{admin}\"\n\n[[mapping]]\nname = \"otel\"\nlisten = \"tcp://{listen}\"\n\
-         upstream = \"tcp://{collector}\"\n\n[[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"{}\"]\n\n\
-         [otlp]\nendpoint = \"tcp://{collector}\"\ninterval_ms = 200\n",
+         upstream = \"tcp://{collector}\"\n\n[[policy.allow]]\nip = \"127.0.0.1\"\nports = [\"{}\"]\n",
         collector.port()
     );
-    (run_vsockproxy(dir, &config, admin), listen)
+    (run_vsockproxy(dir, &config, admin), listen, admin)
 }
 
 /// The repository's envoy.yaml rendered for the test, with its `otel_collector` cluster pointed
@@ -280,7 +280,7 @@ const OTEL_COLLECTOR_PORT: &str = "port_value: 4317";
 fn envoy_span_and_kv_server_span_share_a_trace_through_the_proxy_mapping() {
     let dir = tempfile::tempdir().expect("temp dir");
     let receiver = Receiver::start(SocketAddr::from(([127, 0, 0, 1], 0)));
-    let (mut proxy, mapping) = start_vsockproxy_mapping(dir.path(), receiver.addr);
+    let (mut proxy, mapping, proxy_admin) = start_vsockproxy_mapping(dir.path(), receiver.addr);
     // kv-server exports through the proxy's mapping, as it does from the enclave (vsock 3:4317).
     let (mut kv, kv_addr) = start_kv_server(dir.path(), mapping);
     let (mut envoy, envoy_addr) = start_envoy(dir.path(), kv_addr.port(), receiver.addr);
@@ -323,12 +323,28 @@ fn envoy_span_and_kv_server_span_share_a_trace_through_the_proxy_mapping() {
             .filter(|n| *n >= 1.0)
     });
     assert!(counted.is_some(), "no kv-server request count through the mapping");
-    // vsockproxy's /metrics series arrive over OTLP: the mapping accepted kv-server's connection.
-    let proxied = wait_until(Duration::from_secs(30), || {
-        latest_value(&receiver.metrics(), "vsockproxy_connections_accepted_total", &[("listener", "otel")])
-            .filter(|n| *n >= 1.0)
-    });
-    assert!(proxied.is_some(), "no vsockproxy metrics over OTLP; vsockproxy log:\n{}", proxy.logs());
+    // vsockproxy's own series are what the collector scrapes from its admin endpoint: valid
+    // Prometheus text, in which the mapping accepted kv-server's connection.
+    let scraped = http_get(proxy_admin, "/metrics").expect("GET vsockproxy /metrics");
+    assert_eq!(scraped.status, 200, "{}", scraped.body);
+    let content_type = scraped.header("content-type").unwrap_or_default();
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "Content-Type {content_type:?}");
+    let exposition = prometheus_text::parse(&scraped.body)
+        .unwrap_or_else(|e| panic!("vsockproxy /metrics is not Prometheus text: {e}\n{}", scraped.body));
+    assert_eq!(
+        exposition.types.get("vsockproxy_connections_accepted_total").map(String::as_str),
+        Some("counter")
+    );
+    let accepted: Vec<f64> = exposition
+        .find("vsockproxy_connections_accepted_total", &[("listener", "otel"), ("kind", "mapping")])
+        .map(|s| s.value)
+        .collect();
+    assert!(
+        accepted.len() == 1 && accepted[0] > 0.0,
+        "vsockproxy_connections_accepted_total{{listener=\"otel\"}}: {accepted:?}\n{}\nvsockproxy log:\n{}",
+        scraped.body,
+        proxy.logs()
+    );
     kv.assert_running();
     proxy.assert_running();
     envoy.assert_running();
