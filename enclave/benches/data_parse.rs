@@ -43,7 +43,7 @@ fn main() {
     let value: String = "v".repeat(100);
     let records: Vec<Record> = (0..n)
         .map(|i| Record {
-            key: format!("{:016x}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            key: format!("{:016x}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).into(),
             logical_commit_time: 1,
             mutation: Mutation::Update(Value::String(value.clone())),
         })

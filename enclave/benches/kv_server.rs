@@ -130,7 +130,7 @@ async fn wait_serving(server: &Server) -> Duration {
 fn json_records(n: u64) -> Vec<Record> {
     (0..n)
         .map(|i| Record {
-            key: json_key(i),
+            key: json_key(i).into(),
             logical_commit_time: 1,
             mutation: Mutation::Update(Value::String(format!(
                 r#"{{"adRenderId":"{i:08}","price":{}.25,"tags":["sports","news"],"url":"https://ads.example/c/{i}"}}"#,

@@ -357,7 +357,7 @@ mod tests {
         let mut records = Vec::new();
         for (i, s) in strings.iter().enumerate() {
             records.push(Record {
-                key: format!("s{i}"),
+                key: format!("s{i}").into(),
                 logical_commit_time: 1,
                 mutation: Mutation::Update(DataValue::String(s.to_string())),
             });
@@ -369,7 +369,7 @@ mod tests {
         ];
         for (i, members) in sets.iter().enumerate() {
             records.push(Record {
-                key: format!("set{i}"),
+                key: format!("set{i}").into(),
                 logical_commit_time: 1,
                 mutation: Mutation::Update(DataValue::StringSet(members.clone())),
             });

@@ -101,7 +101,7 @@ pub fn decode(data: &[u8]) -> Vec<Op> {
         let record = |r: &mut Reader, mutation: fn(&mut Reader) -> Mutation| {
             let key = r.word(&KEYS);
             let logical_commit_time = r.time();
-            Op::Record(Record { key, logical_commit_time, mutation: mutation(r) })
+            Op::Record(Record { key: key.into(), logical_commit_time, mutation: mutation(r) })
         };
         ops.push(match op {
             OP_END_BATCH => Op::EndBatch,
@@ -229,9 +229,9 @@ impl Model {
             };
             let new = ModelEntry { time: r.logical_commit_time, value };
             let wins = r.logical_commit_time > self.floor
-                && self.map.get(&r.key).is_none_or(|old| new.rank() > old.rank());
+                && self.map.get(r.key.as_str()).is_none_or(|old| new.rank() > old.rank());
             if wins {
-                self.map.insert(r.key.clone(), new);
+                self.map.insert(r.key.to_string(), new);
                 applied += 1;
             } else {
                 stale += 1;
@@ -288,7 +288,7 @@ pub fn run(data: &[u8]) {
     let mut keys: Vec<String> = ops
         .iter()
         .filter_map(|op| match op {
-            Op::Record(r) => Some(r.key.clone()),
+            Op::Record(r) => Some(r.key.to_string()),
             _ => None,
         })
         .collect();

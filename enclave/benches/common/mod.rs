@@ -35,7 +35,7 @@ pub fn value(i: u64) -> String {
 pub fn records(n: u64) -> Vec<Record> {
     (0..n)
         .map(|i| Record {
-            key: key(i),
+            key: key(i).into(),
             logical_commit_time: 1,
             mutation: Mutation::Update(Value::String(value(i))),
         })

@@ -237,7 +237,7 @@ fn generate(
             bits >>= 6;
         }
         records.push(Record {
-            key,
+            key: key.into(),
             logical_commit_time: commit_time,
             mutation: Mutation::Update(Value::String(value)),
         });

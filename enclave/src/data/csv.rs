@@ -8,7 +8,7 @@
 use std::io::{self, Write};
 
 use super::budget::{check_set_members, memory, memory_exceeded};
-use super::{Budget, DataError, Mutation, Record, SET_SEPARATOR, Value};
+use super::{Budget, DataError, Key, Mutation, Record, SET_SEPARATOR, Value};
 
 const COLUMNS: [&str; 5] = ["key", "mutation_type", "logical_commit_time", "value", "value_type"];
 const KEY: usize = 0;
@@ -153,7 +153,7 @@ fn parse_row(f: &[&[u8]; 5], max_set_members: u64) -> Result<Record, String> {
     } else {
         return Err("mutation_type is unknown (expected UPDATE or DELETE)".to_owned());
     };
-    Ok(Record { key: key.to_owned(), logical_commit_time, mutation })
+    Ok(Record { key: Key::from(key), logical_commit_time, mutation })
 }
 
 fn parse_value(raw: &[u8], value_type: &str, max_set_members: u64) -> Result<Value, String> {

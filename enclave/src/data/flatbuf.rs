@@ -13,7 +13,7 @@ use flatbuffers::{FlatBufferBuilder, InvalidFlatbuffer, VerifierOptions, WIPOffs
 use kv_data_format as fb;
 
 use super::budget::{MEMBER_OVERHEAD, SET_MEMORY_FACTOR, check_set_members};
-use super::{Mutation, Record, Value};
+use super::{Key, Mutation, Record, Value};
 
 /// DataRecord > KeyValueMutationRecord > the value's table: three deep.
 const MAX_DEPTH: usize = 4;
@@ -125,7 +125,7 @@ pub(super) fn decode_within(buf: &[u8], max_set_members: u64) -> Result<Record, 
         fb::KeyValueMutationType::Delete => Mutation::Delete,
         m => return Err(format!("unknown mutation type {}", m.0)),
     };
-    Ok(Record { key: key.to_owned(), logical_commit_time: kv.logical_commit_time(), mutation })
+    Ok(Record { key: Key::from(key), logical_commit_time: kv.logical_commit_time(), mutation })
 }
 
 fn value(

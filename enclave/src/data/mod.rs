@@ -44,10 +44,14 @@ pub enum Mutation {
     Delete,
 }
 
+/// A record's key: up to 24 bytes are held inline (no allocation), and the store keeps it as it
+/// is, in its hash map's bucket (see `store.rs`).
+pub type Key = compact_str::CompactString;
+
 /// One row of a data file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    pub key: String,
+    pub key: Key,
     pub logical_commit_time: i64,
     pub mutation: Mutation,
 }

@@ -611,7 +611,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
     ];
     let mutation = prop_oneof![value.prop_map(Mutation::Update), Just(Mutation::Delete)];
     (key, any::<i64>(), mutation).prop_map(|(key, logical_commit_time, mutation)| Record {
-        key,
+        key: key.into(),
         logical_commit_time,
         mutation,
     })
