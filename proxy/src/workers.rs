@@ -5,6 +5,16 @@
 //! hand over work (what a work-stealing runtime does for every readiness event it cannot run
 //! at once). This is HAProxy's model of a thread per core; the control plane (signals, reload,
 //! admin endpoint) stays on the main runtime.
+//!
+//! Every thread's reactor holds the listening socket, so the kernel wakes every sleeping thread
+//! for a new connection. The threads that lose the race usually find the backlog empty when
+//! their `epoll_wait` re-checks it and sleep again without returning (measured: 0-35 `accept4`
+//! calls that found nothing per 2,000 connections); the thread that accepts calls `accept4` once
+//! more to reach `EAGAIN`, as edge-triggered readiness needs. `EPOLLEXCLUSIVE` would wake one
+//! thread only if set in the epoll the thread sleeps in, which tokio does not offer; through a
+//! nested epoll per thread it wakes them all again (the kernel counts an exclusive wake as done
+//! only when a task sleeps in `epoll_wait` on that epoll itself). BENCHMARKS.md, "Accept
+//! wake-ups", and `proxy/bench/exclusive-wake.c` have the figures.
 
 use std::io;
 use std::thread::JoinHandle;
