@@ -11,8 +11,11 @@
 # three rounds in alternation: direct, proxy, and proxy with every request traced (100 %, the
 # configuration before sampling, for the "at least 1.3x" comparison). Each row also gives the CPU
 # time per request of each process on the path (utime + stime from /proc, 10 ms ticks), so the
-# proxy hop's own cost is read directly. Spans go to 127.0.0.1:4317, where nothing listens in
-# this run (export fails fast), as in bench-tracing.sh.
+# proxy hop's own cost is read directly. Spans go to 127.0.0.1:4317, the collector's port, where
+# the run starts tests/examples/otlp_sink.rs (a test double of the collector: it accepts OTLP
+# exports and counts them), so traced requests pay for a real export as against the collector on
+# an instance; its span count is printed at the end. BENCH_COLLECTOR=none leaves the port empty
+# instead (export then fails fast, which understates what tracing costs).
 #
 # Usage: scripts/bench-e2e.sh [DURATION_SECONDS (default 8)]
 # Needs: the test set-up (scripts/setup-test-deps.sh: wrk, envoy); builds what it needs.
@@ -24,15 +27,33 @@ cd "$REPO_ROOT"
 source scripts/bench-common.sh
 bench_init bench-e2e 8 "$@"
 direct_pid=""
+sink_pid=""
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
-  if [[ -n $direct_pid ]]; then
-    kill -TERM "$direct_pid" 2>/dev/null || true
-    wait "$direct_pid" 2>/dev/null || true
-  fi
+  for pid in $direct_pid $sink_pid; do
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   bench_cleanup
 }
 trap cleanup EXIT
+
+collector=${BENCH_COLLECTOR:-sink}
+case $collector in
+  sink)
+    cargo build --release -q -p e2e-tests --example otlp_sink
+    "$CARGO_TARGET_DIR/release/examples/otlp_sink" 127.0.0.1:4317 >"$work/sink.log" 2>&1 &
+    sink_pid=$!
+    for _ in $(seq 1 50); do
+      grep -q '^listening' "$work/sink.log" && break
+      kill -0 "$sink_pid" 2>/dev/null || { cat "$work/sink.log" >&2; log "the OTLP sink failed to start (is 127.0.0.1:4317 taken?)"; exit 1; }
+      sleep 0.1
+    done
+    grep -q '^listening' "$work/sink.log" || { log "the OTLP sink did not start"; exit 1; }
+    ;;
+  none) ;;
+  *) log "BENCH_COLLECTOR: sink or none"; exit 2 ;;
+esac
 
 # Ports below the ephemeral range (32768-60999 here), so a client connection's TIME_WAIT on one
 # of them cannot keep a listener from binding.
@@ -134,3 +155,9 @@ for round in 1 2 3; do
   done
 done
 log "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [[ -n $sink_pid ]]; then
+  kill -TERM "$sink_pid"
+  wait "$sink_pid" || true
+  sink_pid=""
+  log "collector stand-in: $(grep '^received' "$work/sink.log" || echo 'no counts (it did not stop cleanly)')"
+fi
