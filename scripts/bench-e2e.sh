@@ -8,14 +8,16 @@
 # its default of 1 %); a second envoy starts from the same rendered config with its kv_server
 # cluster pointed straight at kv-server's socket (other ports). `wrk` sends
 # GET /v1/getvalues?keys=hello,example-key at concurrency 1 and 32 for DURATION seconds per row,
-# three rounds in alternation: direct, proxy, and proxy with every request traced (100 %, the
-# configuration before sampling, for the "at least 1.3x" comparison). Each row also gives the CPU
+# three rounds in alternation: direct and proxy with the shipped defaults (1 % of requests traced,
+# every failure and 1 % of successes in the access log), proxy with every request in the access
+# log, and proxy with every request traced and logged (the configuration before issue 15, for its
+# "at least 1.3x" comparison); the shares are switched through envoy's runtime keys
+# (`tracing.random_sampling`, `access_log.success_sampling`). Each row also gives the CPU
 # time per request of each process on the path (utime + stime from /proc, 10 ms ticks), so the
 # proxy hop's own cost is read directly. Spans go to 127.0.0.1:4317, the collector's port, where
-# the run starts tests/examples/otlp_sink.rs (a test double of the collector: it accepts OTLP
-# exports and counts them), so traced requests pay for a real export as against the collector on
-# an instance; its span count is printed at the end. BENCH_COLLECTOR=none leaves the port empty
-# instead (export then fails fast, which understates what tracing costs).
+# the run starts a collector test double that accepts and counts OTLP exports (start_collector in
+# bench-common.sh; BENCH_COLLECTOR=none leaves the port empty); its span count is printed at the
+# end.
 #
 # Usage: scripts/bench-e2e.sh [DURATION_SECONDS (default 8)]
 # Needs: the test set-up (scripts/setup-test-deps.sh: wrk, envoy); builds what it needs.
@@ -27,33 +29,16 @@ cd "$REPO_ROOT"
 source scripts/bench-common.sh
 bench_init bench-e2e 8 "$@"
 direct_pid=""
-sink_pid=""
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
-  for pid in $direct_pid $sink_pid; do
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  if [[ -n $direct_pid ]]; then
+    kill -TERM "$direct_pid" 2>/dev/null || true
+    wait "$direct_pid" 2>/dev/null || true
+  fi
   bench_cleanup
 }
 trap cleanup EXIT
-
-collector=${BENCH_COLLECTOR:-sink}
-case $collector in
-  sink)
-    cargo build --release -q -p e2e-tests --example otlp_sink
-    "$CARGO_TARGET_DIR/release/examples/otlp_sink" 127.0.0.1:4317 >"$work/sink.log" 2>&1 &
-    sink_pid=$!
-    for _ in $(seq 1 50); do
-      grep -q '^listening' "$work/sink.log" && break
-      kill -0 "$sink_pid" 2>/dev/null || { cat "$work/sink.log" >&2; log "the OTLP sink failed to start (is 127.0.0.1:4317 taken?)"; exit 1; }
-      sleep 0.1
-    done
-    grep -q '^listening' "$work/sink.log" || { log "the OTLP sink did not start"; exit 1; }
-    ;;
-  none) ;;
-  *) log "BENCH_COLLECTOR: sink or none"; exit 2 ;;
-esac
+start_collector
 
 # Ports below the ephemeral range (32768-60999 here), so a client connection's TIME_WAIT on one
 # of them cannot keep a listener from binding.
@@ -120,17 +105,20 @@ us_per_request() { # TICKS REQUESTS
   awk -v t="$1" -v n="$2" -v hz="$hz" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-" }'
 }
 
-printf '| round | path | tracing | concurrency | req/s | p50 | p99 | envoy CPU/req | vsockproxy CPU/req | kv-server CPU/req |\n'
-printf '|---|---|---|---|---|---|---|---|---|---|\n'
+printf '| round | path | traced | logged | concurrency | req/s | p50 | p99 | envoy CPU/req | vsockproxy CPU/req | kv-server CPU/req |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|\n'
 for round in 1 2 3; do
-  for mode in direct proxy proxy-traced; do
+  for mode in direct proxy proxy-logged proxy-before; do
     case $mode in
-      direct) port=$direct_port envoy=$direct_pid rate=1 ;;
-      proxy) port=$envoy_port envoy=$envoy_pid rate=1 ;;
-      proxy-traced) port=$envoy_port envoy=$envoy_pid rate=100 ;;
+      direct) port=$direct_port envoy=$direct_pid rate=1 logged=1 ;;
+      proxy) port=$envoy_port envoy=$envoy_pid rate=1 logged=1 ;;
+      proxy-logged) port=$envoy_port envoy=$envoy_pid rate=1 logged=100 ;;
+      proxy-before) port=$envoy_port envoy=$envoy_pid rate=100 logged=100 ;;
     esac
     admin=$([[ $mode == direct ]] && echo "$direct_admin_port" || echo "$admin_port")
-    curl -fsS -X POST "http://127.0.0.1:$admin/runtime_modify?tracing.random_sampling=$rate" >/dev/null
+    curl -fsS -X POST \
+      "http://127.0.0.1:$admin/runtime_modify?tracing.random_sampling=$rate&access_log.success_sampling=$logged" \
+      >/dev/null
     url="http://127.0.0.1:$port/v1/getvalues?keys=hello,example-key"
     for conns in 1 32; do
       e0=$(ticks "$envoy") p0=$(ticks "$proxy_pid") k0=$(ticks "$kv_pid")
@@ -146,8 +134,8 @@ for round in 1 2 3; do
       p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
       proxy_cpu=-
       [[ $mode == direct ]] || proxy_cpu=$(us_per_request "$((p1 - p0))" "$requests")
-      printf '| %s | %s | %s %% | %s | %s | %s | %s | %s us | %s | %s us |\n' "$round" \
-        "${mode%-traced}" "$rate" "$conns" "$rps" "$p50" "$p99" \
+      printf '| %s | %s | %s %% | %s %% | %s | %s | %s | %s | %s us | %s | %s us |\n' "$round" \
+        "${mode%-*}" "$rate" "$logged" "$conns" "$rps" "$p50" "$p99" \
         "$(us_per_request "$((e1 - e0))" "$requests")" \
         "$([[ $proxy_cpu == - ]] && echo - || echo "$proxy_cpu us")" \
         "$(us_per_request "$((k1 - k0))" "$requests")"
@@ -155,9 +143,4 @@ for round in 1 2 3; do
   done
 done
 log "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
-if [[ -n $sink_pid ]]; then
-  kill -TERM "$sink_pid"
-  wait "$sink_pid" || true
-  sink_pid=""
-  log "collector stand-in: $(grep '^received' "$work/sink.log" || echo 'no counts (it did not stop cleanly)')"
-fi
+collector_counts

@@ -8,9 +8,10 @@
 # knob in envoy.yaml) between 0 % (the untraced peer), the shipped default of 1 % and 100 %, three rounds in
 # alternation, and `wrk` sends GET /v1/getvalues?keys=hello,example-key at concurrency 1 and 32
 # for DURATION seconds per row (bounded: wrk stops at the deadline). Spans go to envoy's
-# `otel_collector` cluster (127.0.0.1:4317); nothing listens there in this run, so each export
-# fails fast: the figures are envoy's own cost of tracing (sampling, span building, the
-# traceparent header, batching), not a collector's.
+# `otel_collector` cluster (127.0.0.1:4317), where the run starts a collector test double that
+# accepts and counts OTLP exports (start_collector in bench-common.sh): the figures include
+# envoy's export (serialising and sending the spans), not a collector's own work.
+# BENCH_COLLECTOR=none leaves the port empty (each export fails fast).
 #
 # Usage: scripts/bench-tracing.sh [DURATION_SECONDS (default 8)]
 # Needs: the test set-up (scripts/setup-test-deps.sh: wrk, envoy); builds what it needs.
@@ -24,6 +25,7 @@ bench_init bench-tracing 8 "$@"
 
 envoy_port=51052
 admin_port=9902
+start_collector
 start_stack "$work/stack.log" 300 --release
 url="http://127.0.0.1:$envoy_port/v1/getvalues?keys=hello,example-key"
 
@@ -49,3 +51,4 @@ for round in 1 2 3; do
   done
 done
 log "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+collector_counts

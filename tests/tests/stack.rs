@@ -125,6 +125,52 @@ fn unknown_paths_get_404_and_malformed_queries_a_400_class_error() {
     assert!((400..500).contains(&r.status), "bad JSON body: {} {}", r.status, r.body);
 }
 
+/// envoy's access log has a line for every failed request (an HTTP error, or a gRPC error inside
+/// an HTTP 200) and, of the successful ones, the share set by the runtime key
+/// `access_log.success_sampling` (1 % by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_every_failure_and_the_configured_share_of_successes() {
+    let stack = tokio::task::spawn_blocking(|| {
+        let s = Stack::start(&["--sample-data"]);
+        s.wait_serving(READY);
+        s
+    })
+    .await
+    .unwrap();
+    let share = |percent: u32| {
+        let path = format!("/runtime_modify?access_log.success_sampling={percent}");
+        let r = http_request(stack.envoy.admin, "POST", &path, &[], b"").unwrap();
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    };
+    let lines = |marker: &str| stack.envoy.proc.logs().lines().filter(|l| l.contains(marker)).count();
+    // The log is written asynchronously (flushed about once a second).
+    let wait_lines = |marker: &str, n: usize| {
+        wait_until(Duration::from_secs(10), || (lines(marker) >= n).then_some(()))
+            .unwrap_or_else(|| panic!("{n} lines with {marker}; envoy log:\n{}", stack.envoy.proc.logs()));
+    };
+
+    share(0);
+    for i in 0..20 {
+        assert_eq!(stack.get(&format!("/v1/getvalues?keys=quiet{i}")).status, 200);
+    }
+    // An HTTP error (an unknown query parameter: 400 from the transcoder).
+    assert_eq!(stack.get("/v1/getvalues?keys=http-error&bogus=1").status, 400);
+    // A gRPC error in an HTTP 200: more keys than kv-server's limit (1,000 by default).
+    let mut client = KeyValueServiceClient::connect(format!("http://{}", stack.envoy.listen)).await.unwrap();
+    let too_many = GetValuesRequest { keys: vec![vec!["k"; 1001].join(",")], ..Default::default() };
+    let status = client.get_values(too_many).await.expect_err("over the key limit");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    wait_lines("keys=http-error", 1);
+    wait_lines("grpc=InvalidArgument", 1);
+    assert_eq!(lines("keys=quiet"), 0, "successes logged at a share of 0 %");
+
+    share(100);
+    for i in 0..5 {
+        assert_eq!(stack.get(&format!("/v1/getvalues?keys=loud{i}")).status, 200);
+    }
+    wait_lines("keys=loud", 5);
+}
+
 #[test]
 fn request_size_limit_and_kv_content_type() {
     let stack = Stack::start(&["--sample-data"]);

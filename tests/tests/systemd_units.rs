@@ -258,6 +258,24 @@ fn envoy_unit_uses_host_network_and_etc_envoy() {
     assert!(image.contains("envoyproxy/envoy-distroless"), "default image: {image}");
 }
 
+/// envoy writes its access log to stdout, which docker keeps: the unit bounds it (rotated files)
+/// unless /etc/envoy/envoy.env says otherwise, so the daemon's default of one file without a size
+/// limit cannot fill the disk.
+#[test]
+fn envoy_unit_bounds_the_container_log() {
+    let d = directives(&systemd_dir().join("envoy.service"));
+    let exec = value(&d, "ExecStart").join(" ");
+    assert!(exec.contains(" $ENVOY_LOG_OPTS "), "ExecStart does not pass ENVOY_LOG_OPTS: {exec}");
+    let opts = value(&d, "Environment")
+        .into_iter()
+        .find_map(|v| v.trim_matches('"').strip_prefix("ENVOY_LOG_OPTS="))
+        .expect("a default ENVOY_LOG_OPTS");
+    for want in ["--log-opt max-size=", "--log-opt max-file="] {
+        assert!(opts.contains(want), "ENVOY_LOG_OPTS lacks {want:?}: {opts}");
+    }
+    assert_eq!(value(&d, "EnvironmentFile"), ["-/etc/envoy/envoy.env"], "the operator's override file");
+}
+
 #[test]
 fn enclave_unit_supervises_with_watchdog_and_env_file() {
     let d = directives(&systemd_dir().join("nitro-enclave.service"));
