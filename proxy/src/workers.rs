@@ -13,8 +13,8 @@
 //! more to reach `EAGAIN`, as edge-triggered readiness needs. `EPOLLEXCLUSIVE` would wake one
 //! thread only if set in the epoll the thread sleeps in, which tokio does not offer; through a
 //! nested epoll per thread it wakes them all again (the kernel counts an exclusive wake as done
-//! only when a task sleeps in `epoll_wait` on that epoll itself). BENCHMARKS.md, "Accept
-//! wake-ups", and `proxy/bench/exclusive-wake.c` have the figures.
+//! only when a task sleeps in `epoll_wait` on that epoll itself). docs/benchmarks-history.md
+//! ("Accept wake-ups") and `proxy/bench/exclusive-wake.c` have the figures.
 
 use std::io;
 use std::thread::JoinHandle;
