@@ -347,8 +347,9 @@ async fn query_rows(
     let shapes: [(u64, bool); 4] = [(1, false), (10, false), (100, false), (10, true)];
     let only = std::env::var("KV_BENCH_ONLY").ok();
     for (keys, json) in shapes {
+        let noun = if keys == 1 { "key" } else { "keys" };
         let label =
-            if json { format!("GetValues {keys} JSON keys") } else { format!("GetValues {keys} keys") };
+            if json { format!("GetValues {keys} JSON {noun}") } else { format!("GetValues {keys} {noun}") };
         if only.as_deref().is_some_and(|only| !label.contains(only)) {
             continue;
         }
